@@ -1,0 +1,173 @@
+"""The container shim: the program every worker runs (`python -c` ... `runtime.container.main()`).
+
+It receives its listeners over the control channel, imports the user's app, serves it with the
+right server, reports READY (or why it could not boot), heartbeats, and drains when told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+from runtime import channel, loader
+from runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
+from runtime.server import BootError, Server
+
+PR_SET_PDEATHSIG = 1
+# How long a worker whose master vanished keeps finishing in-flight work.
+ORPHAN_DRAIN_SECONDS = 1.0
+
+
+def die_with_parent(master_pid: int) -> None:
+    """Ask the kernel to kill this worker when the master dies, and check it has not died already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if master_pid and os.getppid() != master_pid:
+        os._exit(1)
+
+
+def make_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> Server:
+    """The server for an interface; the HTTP one is imported only when needed."""
+    if interface in ("asgi", "wsgi"):
+        from runtime.http import make_http_server
+
+        return make_http_server(app, interface, options, loop)
+    if interface == "stream":
+        from runtime.stream import StreamServer
+
+        return StreamServer(app, options, loop)
+    if interface == "protocol":
+        from runtime.stream import ProtocolServer
+
+        return ProtocolServer(app, options, loop)
+    raise BootError(f"unknown interface {interface!r} (choose from {', '.join(loader.INTERFACES)})")
+
+
+class Worker:
+    """One worker's life: boot, serve, heartbeat, drain."""
+
+    def __init__(self, sock: socket.socket, options: WorkerOptions, listeners: list[socket.socket]) -> None:
+        self.sock = sock
+        self.options = options
+        self.listeners = listeners
+        self.server: Server | None = None
+        self.chan: channel.AsyncChannel | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.draining = False
+        self.recycle_asked = False
+
+    def run(self) -> int:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self.server = self.boot(loop)
+        except BootError as exc:
+            self.boot_failed(str(exc), exc.__cause__)
+            return EXIT_BOOT_FAILURE
+        except BaseException as exc:  # anything the app's start-up raised
+            self.boot_failed(f"{type(exc).__name__}: {exc}", exc)
+            return EXIT_BOOT_FAILURE
+        self.done = loop.create_future()
+        self.chan = channel.AsyncChannel(self.sock, loop, self.on_message, self.on_master_gone)
+        self.chan.send(channel.READY, pid=os.getpid())
+        loop.add_signal_handler(signal.SIGTERM, self.start_drain, self.options.graceful_timeout)
+        loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
+        loop.call_later(self.options.heartbeat_interval, self.heartbeat)
+        loop.run_until_complete(self.done)
+        return 0
+
+    def boot(self, loop: asyncio.AbstractEventLoop) -> Server:
+        opts = self.options
+        os.environ.update(opts.env)
+        app = loader.load(opts.app, opts.chdir, opts.factory)
+        server = make_server(app, loader.detect(app, opts.interface), opts, loop)
+        server.request_limit = opts.max_requests
+        server.on_limit = self.ask_recycle
+        loop.run_until_complete(server.startup())
+        loop.run_until_complete(server.serve(self.listeners))
+        return server
+
+    def boot_failed(self, message: str, cause: BaseException | None) -> None:
+        tb = "".join(traceback.format_exception(cause)) if cause is not None else ""
+        try:
+            channel.send(self.sock, channel.BOOT_ERROR, message=message, traceback=tb[-16000:])
+        except OSError:
+            print(f"prun worker: {message}", file=sys.stderr)
+
+    def heartbeat(self) -> None:
+        assert self.server is not None and self.chan is not None
+        self.chan.send(channel.HEARTBEAT, conns=self.server.connections, requests=self.server.requests)
+        self.server.loop.call_later(self.options.heartbeat_interval, self.heartbeat)
+
+    def ask_recycle(self) -> None:
+        if not self.recycle_asked and self.chan is not None:
+            self.recycle_asked = True
+            self.chan.send(channel.RECYCLE, requests=self.server.requests if self.server else 0)
+
+    def on_message(self, msg: channel.Message, fds: list[int]) -> None:
+        kind = msg.get("t")
+        if kind == channel.CONN and fds and self.server is not None:
+            self.server.accept(socket.socket(fileno=fds[0]))
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == channel.DRAIN:
+            self.start_drain(float(msg.get("timeout", self.options.graceful_timeout)))
+
+    def on_master_gone(self) -> None:
+        self.start_drain(ORPHAN_DRAIN_SECONDS)
+
+    def start_drain(self, timeout: float) -> None:
+        if self.draining or self.server is None:
+            return
+        self.draining = True
+        self.server.loop.create_task(self._drain(timeout))
+
+    async def _drain(self, timeout: float) -> None:
+        assert self.server is not None and self.done is not None
+        try:
+            await self.server.drain(timeout)
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+
+def main() -> None:
+    fd = int(os.environ.pop("PRUN_CHANNEL_FD"))
+    master_pid = int(os.environ.pop("PRUN_MASTER_PID", "0"))
+    die_with_parent(master_pid)
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    msg, fds = channel.recv(sock)
+    if msg is None or msg.get("t") != channel.BOOT:
+        os._exit(1)
+    options = WorkerOptions.from_dict(msg["options"])
+    listeners = [socket.socket(fileno=f) for f in fds]
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"prun worker {options.slot} {options.app} gen {options.generation}")
+    except ImportError:
+        pass
+    faulthandler.enable()  # SIGABRT from the master's heartbeat watchdog prints the stuck stack
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the master decides
+    code = Worker(sock, options, listeners).run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait on threads the app may have left behind
+
+
+if __name__ == "__main__":
+    main()

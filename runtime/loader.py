@@ -1,0 +1,94 @@
+"""Imports the user's MODULE:ATTR inside a worker and tells which interface serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+from runtime.server import BootError
+
+INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")
+OWN_PACKAGES = ("cluster", "runtime")
+
+
+def split_app(spec: str) -> tuple[str, str]:
+    """'pkg.mod:attr' -> ('pkg.mod', 'attr'); a bare 'mod' means 'mod:app'."""
+    module, _, attr = spec.partition(":")
+    return module, attr or "app"
+
+
+def _clash(directory: str, name: str) -> bool:
+    return os.path.isfile(os.path.join(directory, name + ".py")) or os.path.isfile(
+        os.path.join(directory, name, "__init__.py")
+    )
+
+
+def load(spec: str, chdir: str, factory: bool = False) -> Any:
+    """Import the app from `chdir` (first on sys.path). prun's own modules must already be loaded."""
+    directory = os.path.abspath(chdir)
+    module_name, attr = split_app(spec)
+    for own in OWN_PACKAGES:
+        if _clash(directory, own) or module_name.split(".")[0] == own:
+            raise BootError(
+                f"the app directory {directory} has a module named {own!r}, which clashes with prun's own "
+                f"{own!r} package; rename it"
+            )
+    os.chdir(directory)
+    sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise BootError(f"cannot import {module_name!r}: no module named {exc.name!r} (looked in {directory})") from None
+        raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt at import time are failures too
+        raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise BootError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if factory:
+        try:
+            app = app()
+        except Exception as exc:
+            raise BootError(f"calling the factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    return app
+
+
+def _positional_count(fn: Any) -> int:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return -1
+    return sum(
+        1 for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+
+
+def detect(app: Any, interface: str) -> str:
+    """The interface to serve `app` with: the explicit one, or a guess from its shape."""
+    if interface != "auto":
+        return interface
+    if inspect.isclass(app) and issubclass(app, asyncio.BaseProtocol):
+        return "protocol"
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
+    if call is None or not callable(app):
+        raise BootError(f"{type(app).__name__} object is not something prun can serve (not callable)")
+    count = _positional_count(call)
+    if inspect.iscoroutinefunction(call):
+        if count == 3:
+            return "asgi"
+        if count == 2:
+            return "stream"
+    elif count == 2:
+        return "wsgi"
+    elif count == 0:
+        return "protocol"
+    raise BootError(
+        f"cannot tell how to serve {getattr(app, '__name__', type(app).__name__)!r}; "
+        "pass --interface asgi|wsgi|stream|protocol"
+    )

@@ -1,0 +1,50 @@
+"""The settings a worker needs, sent by the master in the boot message."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+EXIT_BOOT_FAILURE = 3
+
+
+@dataclass
+class WorkerOptions:
+    """Everything a worker is told at boot; the master builds it from its Config."""
+
+    app: str = ""
+    chdir: str = "."
+    factory: bool = False
+    interface: str = "auto"  # auto | asgi | wsgi | stream | protocol
+    name: str = ""
+    slot: int = 0
+    generation: int = 1
+    # Seconds between heartbeats; the master's --timeout is several of these.
+    heartbeat_interval: float = 1.0
+    graceful_timeout: float = 30.0
+    balance: str = "shared"  # shared | leastconn
+    max_requests: int = 0  # 0: never recycle; already jittered by the master
+    # HTTP server (ASGI / WSGI)
+    lifespan: str = "auto"  # auto | on | off
+    root_path: str = ""
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
+    threads: int = 8
+    keepalive_timeout: float = 5.0
+    drain_idle_window: float = 0.5  # how long an idle connection may still send a request once draining
+    limit_request_line: int = 8190
+    limit_request_header_size: int = 16384
+    limit_request_body: int = 100 * 1024 * 1024
+    limit_concurrency: int = 0  # 0: unlimited
+    access_log: str = ""  # "" off | "common" | "json"
+    server_header: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

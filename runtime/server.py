@@ -1,0 +1,51 @@
+"""What the container shim runs inside a worker: one Server serving every listener.
+
+Each interface (stream, protocol, ASGI/WSGI HTTP) implements this contract; the shim only speaks to it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import socket
+from collections.abc import Callable
+
+from runtime.options import WorkerOptions
+
+
+class BootError(Exception):
+    """The worker cannot start serving; the message is shown to the user as is."""
+
+
+class Server(abc.ABC):
+    """A worker's server. The shim calls startup, serve, then drain; accept in leastconn mode."""
+
+    def __init__(self, app: object, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.options = options
+        self.loop = loop
+        self.connections = 0  # open right now
+        self.requests = 0  # served since start (a connection counts as one for stream/protocol apps)
+        # Set by the shim: called when `connections` changed in a way the master should hear at once.
+        self.on_change: Callable[[], None] = lambda: None
+        # max-requests: when `requests` reaches request_limit (0: never), call on_limit once.
+        self.request_limit = 0
+        self.on_limit: Callable[[], None] = lambda: None
+
+    async def startup(self) -> None:
+        """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""
+
+    @abc.abstractmethod
+    async def serve(self, listeners: list[socket.socket]) -> None:
+        """Start accepting on every listener; return once accepting."""
+
+    @abc.abstractmethod
+    def accept(self, conn: socket.socket) -> None:
+        """Serve one connection the master accepted and handed over (leastconn balancing)."""
+
+    @abc.abstractmethod
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight work finish (at most `timeout` s), close, then shut the app down.
+
+        Never shutdown() a listener: the socket is shared with the master and every other worker.
+        """

@@ -1,0 +1,103 @@
+"""Servers for raw TCP apps: stream handlers `async def handle(reader, writer)` and asyncio Protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from runtime.server import Server
+
+
+class ProtocolServer(Server):
+    """Serves an asyncio.Protocol factory with loop.create_server on each listener."""
+
+    def __init__(self, app: Any, options: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(app, options, loop)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._transports: set[asyncio.BaseTransport] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _factory(self) -> asyncio.Protocol:
+        return _Tracked(self, self.app())
+
+    def _opened(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.add(transport)
+        self.connections += 1
+        self.requests += 1
+        if self.requests == self.request_limit:
+            self.on_limit()
+        self._idle.clear()
+        self.on_change()
+
+    def _closed(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.discard(transport)
+        self.connections -= 1
+        if not self.connections:
+            self._idle.set()
+        self.on_change()
+
+    async def serve(self, listeners: list[socket.socket]) -> None:
+        for sock in listeners:
+            self._servers.append(await self.loop.create_server(self._factory, sock=sock))
+
+    def accept(self, conn: socket.socket) -> None:
+        self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn))
+
+    async def _stop_listening(self) -> None:
+        for srv in self._servers:
+            srv.close()  # closes this worker's copy of the listener fd; the master keeps the socket
+
+    async def drain(self, timeout: float) -> None:
+        await self._stop_listening()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            for transport in list(self._transports):
+                transport.abort()
+
+
+class _Tracked(asyncio.Protocol):
+    """Wraps the app's protocol to count open connections."""
+
+    def __init__(self, server: ProtocolServer, inner: asyncio.Protocol) -> None:
+        self._server = server
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._server._opened(transport)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._server._closed(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class StreamServer(ProtocolServer):
+    """Serves `async def handle(reader, writer)` the way asyncio.start_server does."""
+
+    def __init__(self, app: Callable[..., Any], options: Any, loop: asyncio.AbstractEventLoop) -> None:
+        handler = app
+
+        def protocol() -> asyncio.Protocol:
+            reader = asyncio.StreamReader(limit=2**16, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, handler, loop=loop)
+
+        super().__init__(protocol, options, loop)
