@@ -85,9 +85,10 @@ class AsyncChannel:
         self._on_eof = on_eof
         self.closed = False
         sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._readable)
+        loop.add_reader(sock.fileno(), self.pump)
 
-    def _readable(self) -> None:
+    def pump(self) -> None:
+        """Handle every message already waiting (also called before a peer's exit is handled)."""
         while not self.closed:
             try:
                 msg, fds = recv(self.sock)

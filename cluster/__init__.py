@@ -1,0 +1,1 @@
+"""prun's master side: CLI, config, listeners, the master loop, reloads, balancing."""

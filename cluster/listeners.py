@@ -1,0 +1,169 @@
+"""Binds every listening socket once, in the master, for every generation of workers to share."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import stat
+from dataclasses import dataclass
+
+from cluster.errors import PrunError, UsageError
+
+SD_LISTEN_FDS_START = 3
+
+
+@dataclass
+class Listener:
+    """A bound, listening socket and how to show it to a user."""
+
+    sock: socket.socket
+    spec: str  # as given: 127.0.0.1:0, unix:/run/app.sock, fd://3
+
+    @property
+    def kind(self) -> str:
+        return "unix" if self.sock.family == socket.AF_UNIX else "tcp"
+
+    @property
+    def address(self) -> str:
+        name = self.sock.getsockname()
+        if self.sock.family == socket.AF_UNIX:
+            return f"unix:{name}"
+        if self.sock.family == socket.AF_INET6:
+            return f"[{name[0]}]:{name[1]}"
+        return f"{name[0]}:{name[1]}"
+
+    @property
+    def url(self) -> str:
+        return self.address if self.kind == "unix" else f"http://{self.address}"
+
+
+BIND_HELP = "expected HOST:PORT, [::]:PORT, unix:PATH or fd://N"
+
+
+def parse(spec: str) -> tuple[str, object]:
+    """('unix', path) | ('fd', n) | ('inet', (host, port)) | ('inet6', (host, port))."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        if not path:
+            raise UsageError(f"invalid bind address {spec!r}: {BIND_HELP}")
+        return "unix", path
+    if spec.startswith("fd://"):
+        if not spec[5:].isdigit():
+            raise UsageError(f"invalid bind address {spec!r}: {BIND_HELP}")
+        return "fd", int(spec[5:])
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]*)\]:(\d{1,5})", spec)
+    if match:
+        return "inet6", (match.group(1) or "::", int(match.group(2)))
+    match = re.fullmatch(r"([\w.-]*):(\d{1,5})", spec)
+    if match and int(match.group(2)) <= 65535:
+        return "inet", (match.group(1) or "0.0.0.0", int(match.group(2)))
+    raise UsageError(f"invalid bind address {spec!r}: {BIND_HELP}")
+
+
+def _bind_inet(family: socket.AddressFamily, host: str, port: int, backlog: int, spec: str) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"invalid bind address {spec!r}: cannot resolve {host!r} ({exc.strerror})") from None
+    fam, type_, proto, _canon, addr = infos[0]
+    sock = socket.socket(fam, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(spec, exc) from None
+    return sock
+
+
+def _bind_unix(path: str, backlog: int, spec: str) -> socket.socket:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                os.unlink(path)  # a stale socket left by a process that is gone
+            else:
+                raise PrunError(f"cannot listen on {spec}: address already in use")
+            finally:
+                probe.close()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(spec, exc) from None
+    return sock
+
+
+def _bind_error(spec: str, exc: OSError) -> PrunError:
+    if exc.errno == errno.EADDRINUSE:
+        return PrunError(f"cannot listen on {spec}: address already in use")
+    if exc.errno == errno.EACCES:
+        return PrunError(f"cannot listen on {spec}: permission denied (ports below 1024 need privileges)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return PrunError(f"cannot listen on {spec}: no such address on this machine")
+    return PrunError(f"cannot listen on {spec}: {exc.strerror or exc}")
+
+
+def _adopt(fd: int, spec: str) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise UsageError(f"cannot use {spec}: fd {fd} is not an open socket ({exc.strerror})") from None
+    if sock.type != socket.SOCK_STREAM:
+        raise UsageError(f"cannot use {spec}: fd {fd} is not a stream socket")
+    try:
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) or sock.listen()
+    except OSError as exc:
+        raise UsageError(f"cannot use {spec}: fd {fd} cannot listen ({exc.strerror})") from None
+    os.set_inheritable(fd, False)
+    return sock
+
+
+def systemd_listeners(environ: dict[str, str] | os._Environ[str]) -> list[Listener]:
+    """Sockets passed by systemd socket activation (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES)."""
+    if environ.get("LISTEN_PID") != str(os.getpid()) or not environ.get("LISTEN_FDS", "").isdigit():
+        return []
+    count = int(environ["LISTEN_FDS"])
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    listeners = []
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        name = names[i] if i < len(names) and names[i] else f"fd://{fd}"
+        listeners.append(Listener(_adopt(fd, f"fd://{fd}"), name))
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)  # workers must not think the sockets are theirs
+    return listeners
+
+
+def bind_all(specs: list[str], backlog: int) -> list[Listener]:
+    """Bind every address; on any failure, close what was bound and raise."""
+    parsed = [(spec, parse(spec)) for spec in specs]
+    listeners: list[Listener] = []
+    try:
+        for spec, (kind, target) in parsed:
+            if kind == "unix":
+                sock = _bind_unix(str(target), backlog, spec)
+            elif kind == "fd":
+                sock = _adopt(int(target), spec)  # type: ignore[arg-type]
+            else:
+                host, port = target  # type: ignore[misc]
+                family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+                sock = _bind_inet(family, host, port, backlog, spec)
+            sock.setblocking(False)
+            listeners.append(Listener(sock, spec))
+    except BaseException:
+        for listener in listeners:
+            listener.sock.close()
+        raise
+    return listeners

@@ -1,0 +1,101 @@
+"""The master's view of one worker process: spawn it, talk to it, follow its state."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import runtime
+from runtime import channel
+from runtime.options import WorkerOptions
+
+# The worker is a fresh interpreter. `-c` puts the current directory first on sys.path; replace it
+# with prun's own install so that the shim's modules load before the app's directory is added.
+_PRUN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
+_SHIM = f"import sys; sys.path[0] = {_PRUN_ROOT!r}; from runtime.container import main; main()"
+
+
+class State(enum.Enum):
+    SPAWNING = "spawning"
+    BOOTING = "booting"
+    READY = "ready"
+    DRAINING = "draining"
+    EXITED = "exited"
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """One worker: its slot, generation, pid, state, channel and live stats."""
+
+    slot: int
+    generation: int
+    pid: int = 0
+    state: State = State.SPAWNING
+    started: float = field(default_factory=time.monotonic)
+    chan: channel.AsyncChannel | None = None
+    conns: int = 0
+    requests: int = 0
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    boot_error: str = ""
+    boot_traceback: str = ""
+    exit_status: int | None = None  # as os.waitstatus_to_exitcode: -N for signal N
+    ready: asyncio.Future[bool] | None = None  # True when READY, False when it died or failed first
+    exited: asyncio.Future[int] | None = None
+    kill_timer: asyncio.TimerHandle | None = None
+    aborted: bool = False  # killed by the heartbeat watchdog
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not State.EXITED
+
+    def signal(self, signum: int) -> None:
+        if self.alive and self.pid:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def describe(self) -> str:
+        return f"worker {self.slot} (pid {self.pid}, gen {self.generation})"
+
+
+def spawn(
+    options: WorkerOptions,
+    listeners: list[socket.socket],
+    loop: asyncio.AbstractEventLoop,
+    on_message: Callable[[WorkerProcess, channel.Message, list[int]], None],
+    on_eof: Callable[[WorkerProcess], None],
+    environ: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start a worker as a fresh interpreter (fork+exec) with only its channel end inherited."""
+    worker = WorkerProcess(slot=options.slot, generation=options.generation)
+    worker.ready = loop.create_future()
+    worker.exited = loop.create_future()
+    master_end, worker_end = channel.pair()
+    env = dict(os.environ if environ is None else environ)
+    env.update(options.env)
+    env["PRUN_CHANNEL_FD"] = str(worker_end.fileno())
+    env["PRUN_MASTER_PID"] = str(os.getpid())
+    os.set_inheritable(worker_end.fileno(), True)
+    try:
+        worker.pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SHIM], env)
+    finally:
+        worker_end.close()
+    channel.send(
+        master_end,
+        channel.BOOT,
+        fds=[s.fileno() for s in listeners],
+        options=options.to_dict(),
+    )
+    worker.state = State.BOOTING
+    worker.chan = channel.AsyncChannel(
+        master_end, loop, lambda msg, fds: on_message(worker, msg, fds), lambda: on_eof(worker)
+    )
+    return worker

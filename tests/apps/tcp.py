@@ -1,0 +1,38 @@
+"""Raw TCP apps for prun's tests. Each reads one command line per request.
+
+    sleep SECONDS   answer 'slept' after SECONDS without blocking the loop
+    block SECONDS   block the worker's loop for SECONDS (a hung worker)
+    pid             answer the worker's pid
+    anything else   echoed back
+"""
+
+import asyncio
+import os
+import time
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while line := await reader.readline():
+        command, _, arg = line.decode().strip().partition(" ")
+        if command == "sleep":
+            await asyncio.sleep(float(arg))
+            writer.write(b"slept\n")
+        elif command == "block":
+            time.sleep(float(arg))
+            writer.write(b"blocked\n")
+        elif command == "pid":
+            writer.write(f"{os.getpid()}\n".encode())
+        else:
+            writer.write(line)
+        await writer.drain()
+    writer.close()
+
+
+class EchoProtocol(asyncio.Protocol):
+    """The same echo as an asyncio.Protocol, for --interface protocol."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]

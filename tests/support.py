@@ -1,0 +1,223 @@
+"""Starting real prun masters in tests, and waiting on what they print, their pids and their ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+APPS = Path(__file__).parent / "apps"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def prun_command() -> list[str]:
+    exe = shutil.which("prun")
+    return [exe] if exe else [sys.executable, "-c", "from cluster.cli import main; main()"]
+
+
+class Prun:
+    """A prun master started with `args`; its merged stdout/stderr is collected line by line."""
+
+    def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env.pop("PORT", None)
+        full_env.update(env or {})
+        self.args = args
+        self.proc = subprocess.Popen(
+            prun_command() + list(args),
+            cwd=str(cwd or APPS),
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._known_workers: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
+        """The first line from index `start` on matching `pattern`; fails after `timeout` s."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            index = start
+            while True:
+                while index < len(self.lines):
+                    match = regex.search(self.lines[index])
+                    if match:
+                        return match
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; output:\n{self.output}")
+                self._cond.wait(min(remaining, 0.2))
+
+    def mark(self) -> int:
+        """An index for wait_for(start=...): only lines printed from now on."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait_ready(self, timeout: float = 20.0) -> int:
+        """Wait for the first generation; the first listener's port."""
+        port = int(self.wait_for(r"listening on (?:\S+):(\d+)", timeout).group(1))
+        self.wait_for(r"ready: \d+ workers", timeout)
+        return port
+
+    def workers(self) -> dict[int, str]:
+        """pid -> process title of each live worker."""
+        found = {}
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return {}
+        for child in children:
+            try:
+                title = " ".join(child.cmdline()).strip()
+            except psutil.Error:
+                continue
+            if title.startswith("prun worker"):
+                found[child.pid] = title
+        self._known_workers.update(found)
+        return found
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def cleanup(self) -> None:
+        """Stop the master and every worker it had, whatever state the test left them in."""
+        self.workers()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self._known_workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.proc.stdout:
+            self._reader.join(2)
+            self.proc.stdout.close()
+
+
+@contextmanager
+def running(*args: str, **kwargs: object) -> Iterator[Prun]:
+    prun = Prun(*args, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield prun
+    finally:
+        prun.cleanup()
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo(port: int, line: bytes = b"ping\n", timeout: float = 5.0) -> bytes:
+    """One line through a line-echo app on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(line)
+        return sock.makefile("rb").readline()
+
+
+class EchoLoad:
+    """Clients hammering a line-echo app over keep-alive connections until stopped.
+
+    Each connection carries up to `per_connection` requests, then the client opens a new one (as
+    connection pools do). A request fails if connecting, sending or reading fails, or the reply differs.
+    """
+
+    def __init__(self, port: int, clients: int = 8, per_connection: int = 100, max_seconds: float = 120.0) -> None:
+        self.port = port
+        self.per_connection = per_connection
+        self.max_seconds = max_seconds
+        self.ok = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> EchoLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    def _client(self, index: int) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        n = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                    reader = sock.makefile("rb")
+                    for _ in range(self.per_connection):
+                        if self._stop.is_set():
+                            break
+                        n += 1
+                        payload = f"client {index} request {n}\n".encode()
+                        sock.sendall(payload)
+                        if reader.readline() != payload:
+                            raise ConnectionError("wrong or missing reply")
+                        with self._lock:
+                            self.ok += 1
+            except OSError as exc:
+                with self._lock:
+                    self.failed += 1
+                    self.errors.append(repr(exc))
+
+    def wait_requests(self, count: int, timeout: float = 15.0) -> None:
+        start = self.ok
+        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} echo requests")
