@@ -88,8 +88,11 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 def _positive(kind: type) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
-        number = kind(value)
-        if number < 0:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a {'whole ' if kind is int else ''}number, got {value!r}") from None
+        if isinstance(value, bool) or number < 0:
             raise ValueError(f"expected a non-negative number, got {value!r}")
         return number
 

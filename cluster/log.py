@@ -24,6 +24,8 @@ class Log:
             line = json.dumps(record)
         else:
             line = f"prun: {message}" if level == "info" else f"prun: {level}: {message}"
+            if fields.get("traceback"):
+                line += "\n" + str(fields["traceback"]).rstrip()
         try:
             self.stream.write(line + "\n")
             self.stream.flush()

@@ -68,8 +68,10 @@ class Master:
         self.reconfigure = reconfigure
         self.slots: list[Slot] = []
         self.workers: dict[int, WorkerProcess] = {}
-        self.generation = 1
+        self.generation = 1  # the generation that serves
+        self.newest_generation = 1  # the last one started, served or not
         self.stopping = False
+        self.booted = False  # the first generation is ready; until then a death ends the master
         self.exit_code = 0
         self.operations = asyncio.Lock()  # reloads, recycles and scaling run one at a time
         self.reload_queued = False
@@ -100,21 +102,18 @@ class Master:
 
     async def first_generation_ready(self) -> bool:
         """Wait for every first worker; if any cannot boot, stop all and end with exit code 3."""
-        pending = {slot.worker.ready for slot in self.slots if slot.worker and slot.worker.ready}
-        while pending:
+        workers = {slot.worker.ready: slot.worker for slot in self.slots if slot.worker and slot.worker.ready}
+        pending = set(workers)
+        failed = None
+        while pending and failed is None:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if any(not fut.result() for fut in done):
-                break
-        else:
-            return True
-        if not self.stopping:
-            failed = next(s.worker for s in self.slots if s.worker and s.worker.ready and s.worker.ready.done()
-                          and not s.worker.ready.result())
-            self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}")
-            if failed.boot_traceback:
-                self.log.error(failed.boot_traceback.rstrip())
+            failed = next((workers[fut] for fut in done if not fut.result()), None)
+        self.booted = failed is None
+        if failed is not None and not self.stopping:
+            self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}",
+                           traceback=failed.boot_traceback)
             self.stop(graceful=False, code=EXIT_BOOT_FAILURE)
-        return False
+        return self.booted
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -279,11 +278,12 @@ class Master:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
             return
-        if slot is None or was_draining:
+        if slot is None or was_draining or not self.booted:
             return  # drained, scaled away, or a reload candidate (reload.py decides)
         if worker.boot_error:
             if worker.boot_error != slot.last_error:
-                self.log.error(f"{worker.describe()} could not boot: {worker.boot_error}")
+                self.log.error(f"{worker.describe()} could not boot: {worker.boot_error}",
+                               traceback=worker.boot_traceback)
             slot.last_error = worker.boot_error
         else:
             self.log.warning(f"{worker.describe()} {describe_exit(code)}; restarting it")

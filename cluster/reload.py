@@ -71,7 +71,8 @@ async def rolling_reload(master: Master) -> bool:
             return False
         config.instances = len(master.slots)  # scaling is TTIN/TTOU's business, not a reload's
         master.config = config
-    generation = master.generation + 1
+    master.newest_generation += 1  # a failed generation's number is not reused: logs stay unambiguous
+    generation = master.newest_generation
     old_workers = [slot.worker for slot in master.slots if slot.worker is not None]
     master.log.info(f"reloading: gen {master.generation} -> gen {generation}, {len(master.slots)} workers")
     batch = master.config.reload_batch

@@ -36,6 +36,22 @@ def die_with_parent(master_pid: int) -> None:
         os._exit(1)
 
 
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of an app's start-up failure, without prun's and importlib's own frames."""
+    tb = traceback.TracebackException.from_exception(exc)
+    frames = [
+        f for f in tb.stack
+        if not (f.filename.startswith(("<frozen", _OWN_DIR)) or os.sep + "importlib" + os.sep in f.filename)
+    ]
+    if not frames:
+        return ""
+    tb.stack = traceback.StackSummary.from_list(frames)
+    return "".join(tb.format())
+
+
 def make_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> Server:
     """The server for an interface; the HTTP one is imported only when needed."""
     if interface in ("asgi", "wsgi"):
@@ -100,7 +116,7 @@ class Worker:
         return server
 
     def boot_failed(self, message: str, cause: BaseException | None) -> None:
-        tb = "".join(traceback.format_exception(cause)) if cause is not None else ""
+        tb = user_traceback(cause) if cause is not None else ""
         try:
             channel.send(self.sock, channel.BOOT_ERROR, message=message, traceback=tb[-16000:])
         except OSError:

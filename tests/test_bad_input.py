@@ -1,0 +1,77 @@
+"""Bad input: one clear line on stderr, a non-zero exit code, no traceback wall, no crash loop."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("prun: error:")]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["nosuch:app"], 3, "cannot import 'nosuch': no module named 'nosuch' (looked in "),
+        (["tcp:nosuch"], 3, "module 'tcp' has no attribute 'nosuch'"),
+        (["broken:app", "-i", "2"], 3, "importing 'broken' failed: RuntimeError: the database is unreachable"),
+        (["tcp:handle", "-i", "banana"], 2, "invalid instances 'banana'"),
+        (["tcp:handle", "--bind", "nonsense"], 2, "invalid bind address 'nonsense'"),
+        (["tcp:handle", "--chdir", "/no/such/dir"], 2, "--chdir /no/such/dir: no such directory"),
+        (["tcp:handle", "--config", "/no/such/prun.toml"], 2, "cannot read config file /no/such/prun.toml"),
+        (["nonsense"], 2, "invalid app 'nonsense': expected MODULE:ATTR"),
+        (["tcp:handle", "--timeout", "soon"], 2, "invalid --timeout 'soon': expected a number"),
+        (["tcp:handle", "--no-such-flag"], 2, "No such option '--no-such-flag'"),
+        (["tcp:handle", "--interface", "grpc"], 2, "invalid --interface 'grpc'"),
+        (["runtime:app"], 3, "clashes with prun's own 'runtime' package"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
+    started = time.monotonic()
+    master = prun(*args, "-b", "127.0.0.1:0")
+    assert master.wait_exit(10) == code
+    assert time.monotonic() - started < 5
+    errors = _error_lines(master.output)
+    assert len(errors) == 1, master.output
+    assert message in errors[0]
+    assert "Traceback" not in master.output or code == 3  # an app's own traceback is shown, once
+    assert master.output.count(message) == 1
+
+
+def test_import_error_traceback_shows_the_apps_frame_once(prun):
+    master = prun("broken:app", "-i", "2", "-b", "127.0.0.1:0")
+    assert master.wait_exit(10) == 3
+    assert master.output.count("Traceback (most recent call last)") == 1
+    assert 'broken.py", line 3' in master.output
+    assert "importlib" not in master.output
+
+
+def test_bind_address_in_use(prun):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        master = prun("tcp:handle", "-b", f"127.0.0.1:{port}")
+        assert master.wait_exit(10) == 1
+    assert _error_lines(master.output) == [f"prun: error: cannot listen on 127.0.0.1:{port}: address already in use"]
+
+
+def test_unreadable_config_file(prun, tmp_path):
+    bad = tmp_path / "prun.toml"
+    bad.write_text("instances = [unclosed\n")
+    master = prun("tcp:handle", "--config", str(bad), "-b", "127.0.0.1:0")
+    assert master.wait_exit(10) == 2
+    (line,) = _error_lines(master.output)
+    assert line.startswith(f"prun: error: cannot read config file {bad}: invalid TOML")
+
+
+def test_app_clashing_with_prun_package_names(prun, tmp_path):
+    (tmp_path / "cluster.py").write_text("x = 1\n")
+    (tmp_path / "web.py").write_text("async def handle(r, w):\n    pass\n")
+    master = prun("web:handle", "-b", "127.0.0.1:0", cwd=tmp_path)
+    assert master.wait_exit(10) == 3
+    (line,) = _error_lines(master.output)
+    assert f"the app directory {tmp_path} has a module named 'cluster'" in line
