@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster import reload
+from cluster.balance import LeastConn
 from cluster.config import Config
 from cluster.errors import EXIT_BOOT_FAILURE, PrunError
 from cluster.listeners import Listener
@@ -80,6 +81,7 @@ class Master:
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
 
     # ---- the main line -------------------------------------------------------------------------
 
@@ -88,6 +90,8 @@ class Master:
                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
         self.reap()  # anything that exited before the handler was in place
+        if self.balancer:
+            self.balancer.start()
         self.slots = [Slot(i, self.generation) for i in range(self.config.instances)]
         for slot in self.slots:
             self.start_worker(slot)
@@ -204,9 +208,11 @@ class Master:
         jitter = self.config.max_requests_jitter
         limit = self.config.max_requests + (int.from_bytes(os.urandom(2), "little") % (jitter + 1) if jitter else 0)
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
-        worker = spawn(options, [listener.sock for listener in self.listeners], self.loop, self.on_message,
-                       lambda w: None)
+        shared = [] if self.balancer else [listener.sock for listener in self.listeners]
+        worker = spawn(options, shared, self.loop, self.on_message, lambda w: None)
         self.workers[worker.pid] = worker
+        if self.balancer:
+            self.balancer.add(worker)
         return worker
 
     def start_worker(self, slot: Slot) -> None:
@@ -233,12 +239,16 @@ class Master:
             worker.last_heartbeat = time.monotonic()
             worker.conns = int(msg.get("conns", 0))
             worker.requests = int(msg.get("requests", 0))
+            if self.balancer:
+                self.balancer.acknowledged(worker, int(msg.get("accepted", 0)))
         elif kind == channel.READY:
             worker.state = State.READY
             worker.last_heartbeat = time.monotonic()
             if worker.ready and not worker.ready.done():
                 worker.ready.set_result(True)
             self.log.info(f"{worker.describe()} ready")
+            if self.balancer:
+                self.balancer.ready(worker)
         elif kind == channel.BOOT_ERROR:
             worker.boot_error = str(msg.get("message", "unknown error"))
             worker.boot_traceback = str(msg.get("traceback", ""))
@@ -273,6 +283,8 @@ class Master:
             worker.ready.set_result(False)
         if worker.exited and not worker.exited.done():
             worker.exited.set_result(code)
+        if self.balancer:
+            self.balancer.gone(worker)
         slot = self.slot_of(worker)
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
@@ -338,6 +350,8 @@ class Master:
         self.stopping = True
         if first:
             self.exit_code = code
+            if self.balancer:
+                self.balancer.stop()
             for task in list(self._tasks):
                 task.cancel()
             for slot in self.slots:
@@ -359,6 +373,8 @@ class Master:
             self.finish()
 
     def finish(self) -> None:
+        if self.balancer:
+            self.balancer.close()
         if not self.finished.done():
             self.finished.set_result(self.exit_code)
 

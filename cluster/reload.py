@@ -46,7 +46,7 @@ async def roll_slots(master: Master, slots: list[Slot], generation: int) -> str 
     if not all(results):
         failed = next(c for c, ok in zip(candidates, results) if not ok)
         for candidate in candidates:
-            master.kill(candidate)
+            master.drain(candidate)  # a ready one may already serve: drain it; the others are killed
         return f"{failed.describe()}: {failure_reason(failed)}"
     for slot, candidate in zip(slots, candidates):
         old, slot.worker, slot.generation = slot.worker, candidate, generation

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,9 @@ class WorkerProcess:
     exited: asyncio.Future[int] | None = None
     kill_timer: asyncio.TimerHandle | None = None
     aborted: bool = False  # killed by the heartbeat watchdog
+    # leastconn: connections handed over but not yet acknowledged, and how many were acknowledged
+    inflight: deque[socket.socket] = field(default_factory=deque)
+    acked: int = 0
 
     @property
     def alive(self) -> bool:

@@ -81,6 +81,8 @@ class Worker:
         self.done: asyncio.Future[None] | None = None
         self.draining = False
         self.recycle_asked = False
+        self.accepted = 0  # connections handed over by the master (leastconn)
+        self.report_scheduled = False
 
     def run(self) -> int:
         import uvloop
@@ -96,6 +98,8 @@ class Worker:
             self.boot_failed(f"{type(exc).__name__}: {exc}", exc)
             return EXIT_BOOT_FAILURE
         self.done = loop.create_future()
+        if self.options.balance == "leastconn":
+            self.server.on_change = self.schedule_report
         self.chan = channel.AsyncChannel(self.sock, loop, self.on_message, self.on_master_gone)
         self.chan.send(channel.READY, pid=os.getpid())
         loop.add_signal_handler(signal.SIGTERM, self.start_drain, self.options.graceful_timeout)
@@ -122,9 +126,21 @@ class Worker:
         except OSError:
             print(f"prun worker: {message}", file=sys.stderr)
 
-    def heartbeat(self) -> None:
+    def report(self) -> None:
         assert self.server is not None and self.chan is not None
-        self.chan.send(channel.HEARTBEAT, conns=self.server.connections, requests=self.server.requests)
+        self.report_scheduled = False
+        self.chan.send(channel.HEARTBEAT, conns=self.server.connections, requests=self.server.requests,
+                       accepted=self.accepted)
+
+    def schedule_report(self) -> None:
+        """leastconn: tell the master about connection changes, once per loop iteration at most."""
+        if not self.report_scheduled and self.server is not None:
+            self.report_scheduled = True
+            self.server.loop.call_soon(self.report)
+
+    def heartbeat(self) -> None:
+        assert self.server is not None
+        self.report()
         self.server.loop.call_later(self.options.heartbeat_interval, self.heartbeat)
 
     def ask_recycle(self) -> None:
@@ -135,7 +151,9 @@ class Worker:
     def on_message(self, msg: channel.Message, fds: list[int]) -> None:
         kind = msg.get("t")
         if kind == channel.CONN and fds and self.server is not None:
+            self.accepted += 1
             self.server.accept(socket.socket(fileno=fds[0]))
+            self.schedule_report()
             return
         for fd in fds:
             os.close(fd)
