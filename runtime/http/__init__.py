@@ -1,4 +1,13 @@
-"""prun's HTTP/1.1 server for ASGI and WSGI apps."""
+"""prun's HTTP/1.1 server for ASGI and WSGI apps (httptools + uvloop).
+
+    server.py     listeners, connections, the once-a-second clock (Date header, keep-alive sweep), drain
+    protocol.py   one connection: parsing, pipelining, flow control, limits      (hot path)
+    exchange.py   one request/response: body buffering, response framing        (hot path)
+    asgi.py       ASGI receive/send and running the app without a Task per request (hot path)
+    wsgi.py       WSGI apps on a bounded thread pool, with a streamed wsgi.input
+    lifespan.py   ASGI lifespan startup/shutdown and the shared state
+    logs.py       app errors (stderr) and the access log (stdout)
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,11 @@ import asyncio
 from typing import Any
 
 from runtime.options import WorkerOptions
-from runtime.server import BootError, Server
+from runtime.server import Server
 
 
 def make_http_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> Server:
-    raise BootError(f"the {interface} interface is not available yet")
+    """The Server for an ASGI (`interface="asgi"`) or WSGI (`"wsgi"`) app."""
+    from runtime.http.server import HttpServer
+
+    return HttpServer(app, interface, options, loop)

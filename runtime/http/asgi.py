@@ -1,0 +1,220 @@
+"""ASGI 3 requests: receive/send for one exchange, and running the app without a Task per request.
+
+Hot path, written for speed. Running the app: the first step of the app's coroutine is driven inline
+with `coro.send(None)` from data_received. A hello-world app completes in that step, so the request costs
+no Task, no loop iteration and no future. An app that suspends is handed, where it stopped, to its
+connection's *host task*, which drives it on.
+
+Why a host task and not a Task created at the suspension: during the inline step,
+`asyncio.current_task()` must already name the task that will run the rest of the coroutine, or
+`asyncio.timeout()`, TaskGroup, anyio cancel scopes and sniffio break or bind to the wrong task. So the
+inline step runs "inside" the connection's host task (entered with asyncio's _enter_task while that task
+sits idle), and the host task is the one that resumes the coroutine. Each request still gets its own
+contextvars Context, as it would with a Task of its own. When the host task is busy (an app still
+running after its response, e.g. background work, while the next request arrives), the next request
+gets a plain Task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import types
+from asyncio.tasks import _enter_task, _leave_task  # type: ignore[attr-defined]
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from runtime.http.exchange import Exchange
+from runtime.http.protocol import HIGH_WATER, HttpProtocol
+
+_DISCONNECT = {"type": "http.disconnect"}  # copied before it is handed out
+
+
+@types.coroutine
+def _drive(ctx: contextvars.Context, coro: Coroutine[Any, Any, Any], fut: Any) -> Generator[Any, Any, Any]:
+    """Go on driving `coro`, suspended on `fut`, from inside whichever task awaits this.
+
+    Yielding what the coroutine yielded lets the enclosing Task wait on it exactly as if it ran `coro`
+    itself; each step runs in the request's own Context.
+    """
+    send = coro.send
+    throw = coro.throw
+    while True:
+        try:
+            yield fut
+        except BaseException as exc:  # the enclosing task was cancelled: deliver it to the app
+            try:
+                fut = ctx.run(throw, exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                fut = ctx.run(send, None)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def host_main(proto: HttpProtocol) -> None:
+    """A connection's host task: finishes, one at a time, the app coroutines that suspended inline."""
+    cancel_first = False
+    while True:
+        job = proto.host_job
+        if job is None:
+            if proto.closed:
+                return
+            proto.host_wake = wake = proto.loop.create_future()
+            try:
+                await wake
+            except asyncio.CancelledError:
+                if proto.closed:
+                    return
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                # The app cancelled "its" task during its inline step: deliver it when it resumes.
+                cancel_first = proto.host_job is not None
+            continue
+        proto.host_job = None
+        ex, ctx, coro, fut = job
+        try:
+            if cancel_first:
+                cancel_first = False
+                fut = ctx.run(coro.throw, asyncio.CancelledError())
+            await _drive(ctx, coro, fut)
+        except BaseException as exc:
+            ex.app_done(exc)
+        else:
+            ex.app_done(None)
+        finally:
+            proto.host_busy = False
+
+
+class AsgiExchange(Exchange):
+    """An ASGI http request: the app's receive and send, and how the app is run."""
+
+    __slots__ = ("chunks", "waiter", "delivered")
+
+    def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
+        super().__init__(proto, scope, keep_alive, expect)
+        self.chunks: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.delivered = False  # the last body message was handed to the app
+
+    # -- running the app --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        proto = self.proto
+        server = proto.server
+        if server.limit_concurrency and server.active >= server.limit_concurrency:
+            self.answer_error(503)
+            return
+        server.active += 1
+        try:
+            coro = server.app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.app_done(exc)
+            return
+        if proto.host_busy or proto.closed:
+            proto.loop.create_task(self.in_task(coro))
+            return
+        host = proto.host
+        if host is None:
+            host = proto.host = proto.loop.create_task(host_main(proto))
+        ctx = contextvars.copy_context()
+        loop = proto.loop
+        _enter_task(loop, host)
+        try:
+            fut = ctx.run(coro.send, None)
+        except StopIteration:
+            _leave_task(loop, host)
+            self.app_done(None)
+            return
+        except BaseException as exc:
+            _leave_task(loop, host)
+            self.app_done(exc)
+            return
+        _leave_task(loop, host)
+        # The app suspended: its host task takes it from here.
+        proto.host_busy = True
+        proto.host_job = (self, ctx, coro, fut)
+        wake = proto.host_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def in_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coro
+        except BaseException as exc:
+            self.app_done(exc)
+        else:
+            self.app_done(None)
+
+    # -- request body -----------------------------------------------------------------------------
+
+    def feed(self, body: bytes) -> None:
+        if self.finished or self.disconnected:
+            return  # the app answered without reading it
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER:
+            self.proto.pause_reading()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def complete(self) -> None:
+        self.body_complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_finished(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        while True:
+            if self.disconnected or self.finished:
+                return dict(_DISCONNECT)
+            if self.chunks or (self.body_complete and not self.delivered):
+                chunks = self.chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if chunks:
+                    self.chunks = []
+                    self.buffered = 0
+                    if self.proto.read_paused:
+                        self.proto.maybe_resume_reading()
+                more = not self.body_complete
+                if not more:
+                    self.delivered = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self.expect and not self.continued:
+                self.send_continue()
+            self.waiter = waiter = self.proto.loop.create_future()
+            await waiter
+            self.waiter = None
+
+    # -- response ---------------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self.disconnected:
+                return
+            more = message.get("more_body", False)
+            self.write(message.get("body", b""), more)
+            if more and self.proto.write_paused:
+                await self.proto.drain_writes()
+        elif kind == "http.response.start":
+            if self.disconnected:
+                return
+            self.start(message["status"], message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} for an http request")

@@ -1,0 +1,406 @@
+"""One HTTP/1.1 connection: parsing with httptools, pipelining, flow control, keep-alive and closing.
+
+This module is a hot path and is written for speed: no timer or Task per request, attributes in
+__slots__, the per-request work done in as few Python calls as possible. Idle keep-alive timeouts are
+enforced by the server's once-a-second sweep, not by a timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httptools
+
+from runtime.http.exchange import Exchange, write_error
+
+if TYPE_CHECKING:
+    from runtime.http.server import HttpServer
+
+# Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+# After the last response on a connection, how long to wait for the client to close (lingering close).
+LINGER_SECONDS = 2.0
+
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+_WATCH = frozenset((b"content-length", b"expect"))
+_WATCH_PROXY = _WATCH | {b"x-forwarded-for", b"x-forwarded-proto"}
+
+
+class Reject(Exception):
+    """A request the server answers itself with an error status, without calling the app."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class HttpProtocol(asyncio.Protocol):
+    """Serves the requests of one connection in order, one at a time."""
+
+    __slots__ = (
+        "server", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
+        "head_size", "in_head", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
+        "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
+        "closing", "closed", "lingering", "host", "host_busy", "host_job", "host_wake", "draining_idle",
+    )  # fmt: skip
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.client: tuple[str, int] | None = None
+        self.sockname: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.in_head = False
+        self.head_bytes = 0
+        self.expect = False
+        self.fwd_for: bytes | None = None
+        self.fwd_proto: bytes | None = None
+        self.watch = _WATCH
+        self.parsing: Exchange | None = None  # the request whose body the parser is reading
+        self.current: Exchange | None = None  # the request being answered
+        self.queue: deque[Exchange | int] = deque()  # pipelined requests (or an error status) waiting
+        self.start_pending = False
+        self.idle_since = server.clock
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiters: list[Any] = []
+        self.closing = False  # no more requests will be read on this connection
+        self.closed = False
+        self.lingering = False
+        # The per-connection host task: see runtime/http/asgi.py.
+        self.host: asyncio.Task[None] | None = None
+        self.host_busy = False
+        self.host_job: Any = None
+        self.host_wake: asyncio.Future[None] | None = None
+        self.draining_idle = False
+
+    # -- connection events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+        if isinstance(local, tuple):
+            self.sockname = (local[0], local[1])
+        if server.proxy_headers and (self.client is None or server.trusts(self.client[0])):
+            self.watch = _WATCH_PROXY
+        server.opened(self)
+        if server.draining:
+            self.drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.closing = True
+        for ex in (self.current, self.parsing):
+            if ex is not None:
+                ex.disconnect()
+        for item in self.queue:
+            if isinstance(item, Exchange):
+                item.disconnect()
+        self.queue.clear()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+        if self.host is not None and not self.host_busy:
+            self.host.cancel()
+        self.server.closed(self)
+
+    def eof_received(self) -> bool | None:
+        if self.current is None and not self.queue:
+            self.transport.close()
+            return None
+        if self.parsing is not None:
+            self.parsing.disconnect()  # its body can no longer arrive
+        self.closing = True
+        return True  # half-closed: finish the response in flight, then close
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- parsing (httptools callbacks) --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # after the last response: discard whatever the client still sends
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no protocol upgrades: the request is answered as plain HTTP and the connection closed
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self.reject(cause.status if isinstance(cause, Reject) else 400)
+            return
+        except httptools.HttpParserError:
+            self.reject(400)
+            return
+        if self.in_head:
+            # A head that has not ended yet: bound what httptools accumulates for us.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.server.limit_head:
+                self.reject(414 if not self.headers and self.url else 431)
+                return
+        if self.start_pending:
+            self.start_pending = False
+            self.current.run()  # type: ignore[union-attr]
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        self.head_bytes = 0
+        self.in_head = True
+        self.idle_since = 0.0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.server.limit_line:
+            raise Reject(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if name in self.watch:
+            self.watched(name, value)
+
+    def watched(self, name: bytes, value: bytes) -> None:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise Reject(400)
+            if int(value) > self.server.limit_body:
+                raise Reject(413)
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self.expect = True
+        elif name == b"x-forwarded-for":
+            self.fwd_for = value
+        else:
+            self.fwd_proto = value
+
+    def on_headers_complete(self) -> None:
+        server = self.server
+        self.in_head = False
+        if self.head_size > server.limit_header:
+            raise Reject(431)
+        parser = self.parser
+        url = self.url
+        if url[:1] != b"/":
+            if url == b"*":
+                raw_path, query = url, b""
+            else:  # absolute-form (a proxy request): keep only the path and query
+                parsed = httptools.parse_url(url)
+                raw_path, query = parsed.path or b"/", parsed.query or b""
+        else:
+            raw_path, _, query = url.partition(b"?")
+            if b"#" in query:
+                query = query.partition(b"#")[0]
+        if b"%" in raw_path:
+            path = unquote(raw_path.decode("latin-1"))
+        else:
+            try:
+                path = raw_path.decode("ascii")
+            except UnicodeDecodeError:
+                path = raw_path.decode("utf-8", "replace")
+        method = parser.get_method()
+        client = self.client
+        scheme = self.scheme
+        if self.fwd_for is not None or self.fwd_proto is not None:
+            client, scheme = server.forwarded(client, scheme, self.fwd_for, self.fwd_proto)
+            self.fwd_for = self.fwd_proto = None
+        root = server.root_path
+        if root:
+            path = root + path
+            raw_path = server.root_path_bytes + raw_path
+        state = server.state
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": parser.get_http_version(),
+            "server": self.sockname,
+            "client": client,
+            "scheme": scheme,
+            "method": _METHODS.get(method) or method.decode("ascii"),
+            "root_path": root,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+            "state": state.copy() if state else {},
+        }
+        ex = server.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
+        self.expect = False
+        self.parsing = ex
+        if method == b"HEAD":
+            ex.head_only = True
+        if self.current is None and not self.start_pending:
+            self.current = ex
+            self.start_pending = True
+        else:
+            self.queue.append(ex)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        ex.received += len(body)  # type: ignore[union-attr]
+        if ex.received > self.server.limit_body:  # type: ignore[union-attr]
+            raise Reject(413)
+        ex.feed(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        ex.complete()  # type: ignore[union-attr]
+        if self.server.draining and self.current is ex and not self.queue:
+            self.closing = True  # the answer to this request will be the connection's last
+
+    # -- flow control -------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def maybe_resume_reading(self) -> None:
+        """Resume reading once no pipelined request waits and the app has taken the buffered body."""
+        if self.read_paused and not self.queue and not self.closed:
+            ex = self.parsing
+            if ex is None or ex.buffered < LOW_WATER:
+                self.read_paused = False
+                self.transport.resume_reading()
+
+    async def drain_writes(self) -> None:
+        """Wait until the transport's write buffer has room again (or the connection is gone)."""
+        if self.write_paused and not self.closed:
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
+            await waiter
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def response_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """The response to `current` has been written completely."""
+        server = self.server
+        server.requests += 1
+        if server.requests == server.request_limit:
+            server.on_limit()
+        if server.access_log is not None:
+            server.access_log.write(ex)
+        if self.current is not ex:
+            return
+        self.current = None
+        if not keep_alive or self.closed:
+            self.close_gracefully()
+            return
+        if self.queue:
+            self.loop.call_soon(self.next_request)
+            return
+        self.idle_since = server.clock
+        if self.read_paused:
+            self.maybe_resume_reading()
+        if self.draining_idle:
+            self.close_gracefully()
+
+    def next_request(self) -> None:
+        if self.closed or self.current is not None or not self.queue:
+            return
+        item = self.queue.popleft()
+        if isinstance(item, int):
+            self.write_error(item)
+            return
+        self.current = item
+        if not self.queue:
+            self.maybe_resume_reading()
+            if self.server.draining and item.body_complete:
+                self.closing = True
+        item.run()
+
+    def reject(self, status: int) -> None:
+        """Answer a request the parser refused, after any response still owed, then close."""
+        self.closing = True
+        self.in_head = False
+        self.pause_reading()
+        if self.current is None and not self.queue:
+            self.write_error(status)
+        else:
+            self.queue.append(status)
+
+    def write_error(self, status: int) -> None:
+        if not self.closed:
+            write_error(self, status)
+            self.server.requests += 1
+        self.close_gracefully()
+
+    def close_gracefully(self) -> None:
+        """Close after what was written: half-close, then wait briefly for the client to close.
+
+        Closing outright with unread request bytes in the kernel would reset the connection and could
+        destroy the last response before the client reads it.
+        """
+        self.closing = True
+        if self.closed or self.lingering:
+            return
+        self.lingering = True
+        self.idle_since = self.server.clock
+        transport = self.transport
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+                return
+            except (OSError, RuntimeError):
+                pass
+        transport.close()
+
+    # -- keep-alive and drain -----------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return self.current is None and not self.queue and not self.in_head and not self.start_pending
+
+    def sweep(self, now: float, keepalive: float) -> None:
+        """Called once a second by the server: close connections idle for too long."""
+        since = self.idle_since
+        if since and not self.closed and now - since >= (LINGER_SECONDS if self.lingering else keepalive):
+            if self.lingering:
+                self.transport.abort()
+            elif self.is_idle():
+                self.close_gracefully()
+
+    def drain(self) -> None:
+        """The server drains: every later response closes the connection; idle ones get a short window."""
+        if self.closed:
+            return
+        if self.is_idle():
+            self.draining_idle = True
+        elif self.parsing is None and self.current is not None and not self.queue:
+            # The request in flight is complete: its response is the last on this connection.
+            if self.current.body_complete:
+                self.closing = True
+
+    def close_if_idle(self) -> None:
+        """End of the drain window: an idle connection that sent nothing more is closed."""
+        if not self.closed and self.is_idle():
+            self.close_gracefully()

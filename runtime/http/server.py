@@ -1,0 +1,213 @@
+"""The HTTP server of a worker: listeners, open connections, the once-a-second clock, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from typing import Any
+
+from runtime.http.lifespan import Lifespan
+from runtime.http.logs import AccessLog
+from runtime.http.protocol import HttpProtocol
+from runtime.options import WorkerOptions
+from runtime.server import BootError, Server
+
+# listen() is called again on every listener handed to create_server: keep the kernel queue deep.
+BACKLOG = 2048
+TICK_SECONDS = 1.0
+
+
+class TrustedProxies:
+    """The peers whose X-Forwarded-* headers are believed (--forwarded-allow-ips)."""
+
+    def __init__(self, spec: str) -> None:
+        self.everyone = False
+        self.hosts: set[str] = set()
+        self.networks: list[Any] = []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            if item == "*":
+                self.everyone = True
+            elif "/" in item:
+                try:
+                    self.networks.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    raise BootError(f"--forwarded-allow-ips: {item!r} is not an IP address or network") from None
+            else:
+                self.hosts.add(item)
+
+    def __contains__(self, host: str) -> bool:
+        if self.everyone or host in self.hosts:
+            return True
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            return any(address in net for net in self.networks)
+        return False
+
+
+class HttpServer(Server):
+    """Serves an ASGI or WSGI app over HTTP/1.1 on every listener."""
+
+    def __init__(self, app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(app, options, loop)
+        if interface == "wsgi":
+            from runtime.http.wsgi import WsgiExchange
+
+            self.exchange_cls: Any = WsgiExchange
+            self.lifespan = Lifespan(app, "off", loop)
+            self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+                max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
+            )
+        elif interface == "asgi":
+            from runtime.http.asgi import AsgiExchange
+
+            self.exchange_cls = AsgiExchange
+            self.lifespan = Lifespan(app, options.lifespan, loop)
+            self.executor = None
+        else:
+            raise BootError(f"the HTTP server serves asgi or wsgi apps, not {interface!r}")
+        if options.access_log not in ("", "common", "json"):
+            raise BootError(f"unknown access log format {options.access_log!r} (choose from common, json)")
+        self.interface = interface
+        self.state = self.lifespan.state
+        self.access_log = AccessLog(options.access_log) if options.access_log else None
+        self.root_path = options.root_path.rstrip("/")
+        self.root_path_bytes = self.root_path.encode()
+        self.proxy_headers = options.proxy_headers
+        self.trusted = TrustedProxies(options.forwarded_allow_ips)
+        self.limit_line = options.limit_request_line
+        self.limit_header = options.limit_request_header_size
+        self.limit_head = options.limit_request_line + options.limit_request_header_size + 4096
+        self.limit_body = options.limit_request_body
+        self.limit_concurrency = options.limit_concurrency
+        self.keepalive = options.keepalive_timeout
+        self.active = 0  # app calls running
+        self.draining = False
+        self.protocols: set[HttpProtocol] = set()
+        self._servers: list[Any] = []
+        self._all_closed: asyncio.Future[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self.clock = loop.time()
+        self.date_server = b""
+        self.date_lines = 1
+        self._update_date()
+
+    # -- the clock: Date header cache and keep-alive sweep ------------------------------------------
+
+    def _update_date(self) -> None:
+        line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        if self.options.server_header:
+            line += b"server: prun\r\n"
+        self.date_server = line
+        self.date_lines = line.count(b"\n")
+
+    def _tick(self) -> None:
+        """Once a second: refresh the Date header and close connections idle past keepalive_timeout."""
+        self.clock = now = self.loop.time()
+        self._update_date()
+        keepalive = self.keepalive
+        for proto in list(self.protocols):
+            proto.sweep(now, keepalive)
+        self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def trusts(self, host: str) -> bool:
+        return host in self.trusted
+
+    def forwarded(
+        self, client: Any, scheme: str, fwd_for: bytes | None, fwd_proto: bytes | None
+    ) -> tuple[Any, str]:
+        """The client and scheme a trusted proxy reports (X-Forwarded-For / X-Forwarded-Proto)."""
+        if fwd_proto is not None:
+            proto = fwd_proto.decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                scheme = proto
+        if fwd_for is not None:
+            hops = [h.strip() for h in fwd_for.decode("latin-1").split(",") if h.strip()]
+            # The client is the nearest hop that is not itself a trusted proxy.
+            host = None
+            for hop in reversed(hops):
+                host = hop
+                if hop not in self.trusted:
+                    break
+            if host is not None:
+                client = (host, 0)
+        return client, scheme
+
+    def _factory(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    def opened(self, proto: HttpProtocol) -> None:
+        self.protocols.add(proto)
+        self.connections += 1
+        self.on_change()
+
+    def closed(self, proto: HttpProtocol) -> None:
+        self.protocols.discard(proto)
+        self.connections -= 1
+        self.on_change()
+        if not self.protocols and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    # -- the Server contract ------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        await self.lifespan.startup()
+
+    async def serve(self, listeners: list[socket.socket]) -> None:
+        for sock in listeners:
+            backlog = BACKLOG if sock.family != socket.AF_UNIX else 1024
+            self._servers.append(await self.loop.create_server(self._factory, sock=sock, backlog=backlog))
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
+
+    def accept(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        self.loop.create_task(self._accept(conn))
+
+    async def _accept(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self._factory, conn)
+        except OSError:
+            conn.close()
+
+    async def drain(self, timeout: float) -> None:
+        loop = self.loop
+        deadline = loop.time() + timeout
+        self.draining = True
+        for srv in self._servers:
+            srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
+        self._all_closed = loop.create_future()
+        if self.protocols:
+            for proto in list(self.protocols):
+                proto.drain()
+            window = min(self.options.drain_idle_window, max(0.0, deadline - loop.time()))
+            await self._wait_closed(window)
+            for proto in list(self.protocols):
+                proto.close_if_idle()
+            await self._wait_closed(deadline - loop.time())
+            for proto in list(self.protocols):
+                proto.transport.abort()
+                if proto.host is not None:
+                    proto.host.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.lifespan.shutdown(max(1.0, deadline - loop.time()))
+
+    async def _wait_closed(self, seconds: float) -> None:
+        assert self._all_closed is not None
+        if self.protocols and seconds > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._all_closed), seconds)
+            except asyncio.TimeoutError:
+                pass
