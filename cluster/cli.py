@@ -39,9 +39,14 @@ def serve(cli_values: dict[str, Any]) -> int:
     from cluster import listeners as listeners_mod
     from cluster import master
     from cluster.log import Log
+    from cluster.notify import Notifier
 
     environ = dict(os.environ)
     config = config_mod.build(cli_values, environ)
+    if config.health:
+        from cluster.health import parse_address
+
+        parse_address(config.health)
     log = Log(config.log_format, app=config.name or config.app)
     for spec in config.bind:
         listeners_mod.parse(spec)  # every address is checked before any is bound
@@ -59,7 +64,8 @@ def serve(cli_values: dict[str, Any]) -> int:
     if config.pid_file:
         _write_pid_file(config.pid_file)
     try:
-        return master.run(config, listeners, log, lambda: config_mod.build(cli_values, environ))
+        notifier = Notifier.from_environ()
+        return master.run(config, listeners, log, lambda: config_mod.build(cli_values, environ), notifier)
     finally:
         if config.pid_file:
             _remove_pid_file(config.pid_file)
@@ -97,14 +103,17 @@ def cli() -> None:
 @click.option("--config", "config", help="A TOML config file (or [tool.prun] in pyproject.toml).")
 @click.option("--backlog", help="Listen backlog.  [default: 2048]")
 @click.option("--balance", help="shared (the kernel balances) or leastconn.  [default: shared]")
-@click.option("--graceful-timeout", help="Seconds a draining worker may take.  [default: 30]")
+@click.option("--graceful-timeout", help="Seconds a draining worker may take.  [default: 25]")
 @click.option("--ready-timeout", help="Seconds a new worker may take to become ready.  [default: 60]")
 @click.option("--timeout", help="Seconds without a heartbeat before a worker is aborted (0: never).  [default: 30]")
 @click.option("--reload-batch", help="Workers replaced at a time during a reload.  [default: 1]")
 @click.option("--max-requests", help="Replace a worker after this many requests (0: never).  [default: 0]")
 @click.option("--max-requests-jitter", help="Add up to this many to --max-requests, per worker.  [default: 0]")
 @click.option("--pid-file", help="Write the master's pid here.")
-@click.option("--log-format", help="text or json.  [default: text]")
+@click.option("--log-format", help="text or json (one object per line, workers' output too).  [default: text]")
+@click.option("--container", is_flag=True, default=None, help="Run as a container's PID 1 (implied when prun is "
+              "PID 1): reap every child, pass the app's exit status through.")
+@click.option("--health", metavar="[HOST:]PORT", help="Serve /livez, /readyz and /status (loopback by default).")
 @click.option("--lifespan", help="ASGI lifespan: auto, on or off.  [default: auto]")
 @click.option("--root-path", help="ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.")
 @click.option("--proxy-headers", is_flag=True, default=None, help="Trust X-Forwarded-For/-Proto from "

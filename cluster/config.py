@@ -117,7 +117,7 @@ class Config:
     env: dict[str, str] = field(default_factory=dict)
     backlog: int = 2048
     balance: str = "shared"
-    graceful_timeout: float = 30.0
+    graceful_timeout: float = 25.0  # below Kubernetes' 30 s grace period
     ready_timeout: float = 60.0
     timeout: float = 30.0
     reload_batch: int = 1
@@ -125,6 +125,8 @@ class Config:
     max_requests_jitter: int = 0
     pid_file: str = ""
     log_format: str = "text"
+    container: bool = False
+    health: str = ""
     # HTTP server (worker side)
     lifespan: str = "auto"
     root_path: str = ""
@@ -189,6 +191,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_requests_jitter": _int,
     "pid_file": str,
     "log_format": _choice("text", "json"),
+    "container": parse_bool,
+    "health": str,
     "lifespan": _choice("auto", "on", "off"),
     "root_path": str,
     "proxy_headers": parse_bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -11,26 +12,49 @@ from typing import Any, TextIO
 class Log:
     """Writes the master's own lines; `json` gives one object per line for log collectors."""
 
-    def __init__(self, fmt: str = "text", app: str = "", stream: TextIO | None = None) -> None:
+    def __init__(self, fmt: str = "text", app: str = "", stream: TextIO | None = None,
+                 out: TextIO | None = None) -> None:
         self.fmt = fmt
         self.app = app
         self.stream = stream or sys.stderr
+        self.out = out or sys.stdout
 
     def _write(self, level: str, message: str, fields: dict[str, Any]) -> None:
         if self.fmt == "json":
-            record = {"time": round(time.time(), 3), "level": level, "app": self.app, "source": "master"}
+            record = {"time": round(time.time(), 3), "level": level, "app": self.app, "worker": None,
+                      "pid": os.getpid(), "stream": "stderr"}
             record.update(fields)
             record["msg"] = message
-            line = json.dumps(record)
+            line = json.dumps(record, default=str)
         else:
             line = f"prun: {message}" if level == "info" else f"prun: {level}: {message}"
             if fields.get("traceback"):
                 line += "\n" + str(fields["traceback"]).rstrip()
+        self._emit(self.stream, line)
+
+    @staticmethod
+    def _emit(stream: TextIO, line: str) -> None:
         try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            stream.write(line + "\n")
+            stream.flush()
         except (OSError, ValueError):
             pass  # a closed terminal must not stop the master
+
+    def worker_line(self, slot: int, pid: int, stream: str, text: str) -> None:
+        """A line a worker printed, as a JSON object (a line that is a JSON object is merged in)."""
+        record: dict[str, Any] = {"time": round(time.time(), 3), "level": "info" if stream == "stdout" else "error",
+                                  "app": self.app, "worker": slot, "pid": pid, "stream": stream}
+        parsed = None
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+        if isinstance(parsed, dict):
+            record.update({k: v for k, v in parsed.items() if k not in record})
+        else:
+            record["msg"] = text
+        self._emit(self.out if stream == "stdout" else self.stream, json.dumps(record, default=str))
 
     def info(self, message: str, **fields: Any) -> None:
         self._write("info", message, fields)

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from cluster import reload
 from cluster.balance import LeastConn
 from cluster.config import Config
-from cluster.errors import EXIT_BOOT_FAILURE, PrunError
+from cluster.errors import PrunError
+from cluster.health import HealthServer
 from cluster.listeners import Listener
 from cluster.log import Log
+from cluster.notify import Notifier
 from cluster.worker import State, WorkerProcess, spawn
 from runtime import channel
 
@@ -43,6 +45,11 @@ class Slot:
     last_error: str = ""
 
 
+def exit_status(code: int) -> int:
+    """A child's status as a shell shows it: its exit code, or 128+N for signal N."""
+    return 128 - code if code < 0 else code
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -62,8 +69,11 @@ class Master:
         listeners: list[Listener],
         log: Log,
         reconfigure: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.notifier = notifier or Notifier(None)
+        self.container = config.container or os.getpid() == 1
         self.listeners = listeners
         self.log = log
         self.reconfigure = reconfigure
@@ -82,6 +92,8 @@ class Master:
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
+        self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
+        self._partial: dict[int, bytes] = {}  # unfinished output lines of workers, by pipe fd
 
     # ---- the main line -------------------------------------------------------------------------
 
@@ -90,6 +102,10 @@ class Master:
                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
         self.reap()  # anything that exited before the handler was in place
+        if self.container:
+            self.log.info(f"container mode{' (PID 1)' if os.getpid() == 1 else ''}: reaping every child")
+        if self.health:
+            self.log.info(f"health endpoint on http://{await self.health.start()}/readyz")
         if self.balancer:
             self.balancer.start()
         self.slots = [Slot(i, self.generation) for i in range(self.config.instances)]
@@ -100,9 +116,12 @@ class Master:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
+                self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
             return await self.finished
         finally:
             watchdog.cancel()
+            if self.health:
+                self.health.close()
 
     async def first_generation_ready(self) -> bool:
         """Wait for every first worker; if any cannot boot, stop all and end with exit code 3."""
@@ -116,7 +135,7 @@ class Master:
         if failed is not None and not self.stopping:
             self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}",
                            traceback=failed.boot_traceback)
-            self.stop(graceful=False, code=EXIT_BOOT_FAILURE)
+            self.stop(graceful=False, code=exit_status(failed.exit_status or 0) or 1)
         return self.booted
 
     # ---- signals ---------------------------------------------------------------------------------
@@ -134,13 +153,14 @@ class Master:
         self.reload_queued = True
         self.task(self._reload())
 
-    def handle_term(self) -> None:
-        self.stop(graceful=not self.stopping)
+    def handle_term(self, signum: int = signal.SIGTERM) -> None:
+        self.stop(graceful=not self.stopping, code=0 if not self.stopping else 128 + signum)
 
-    handle_int = handle_term
+    def handle_int(self) -> None:
+        self.handle_term(signal.SIGINT)
 
     def handle_quit(self) -> None:
-        self.stop(graceful=False)
+        self.stop(graceful=False, code=128 + signal.SIGQUIT)
 
     def handle_ttin(self) -> None:
         self.task(self._scale(+1))
@@ -167,10 +187,13 @@ class Master:
             if self.stopping:
                 return
             self.reloading = True
+            self.notifier.reloading(f"reloading {len(self.slots)} workers")
             try:
-                await reload.rolling_reload(self)
+                ok = await reload.rolling_reload(self)
             finally:
                 self.reloading = False
+            self.notifier.ready(f"{len(self.slots)} workers ready, gen {self.generation}"
+                                + ("" if ok else " (the last reload failed)"))
 
     async def _scale(self, delta: int) -> None:
         async with self.operations:
@@ -209,8 +232,12 @@ class Master:
         limit = self.config.max_requests + (int.from_bytes(os.urandom(2), "little") % (jitter + 1) if jitter else 0)
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
         shared = [] if self.balancer else [listener.sock for listener in self.listeners]
-        worker = spawn(options, shared, self.loop, self.on_message, lambda w: None)
+        worker = spawn(options, shared, self.loop, self.on_message, lambda w: None,
+                       capture=self.config.log_format == "json")
         self.workers[worker.pid] = worker
+        for fd in worker.outputs:
+            os.set_blocking(fd, False)
+            self.loop.add_reader(fd, self._read_output, worker, fd)
         if self.balancer:
             self.balancer.add(worker)
         return worker
@@ -255,6 +282,51 @@ class Master:
         elif kind == channel.RECYCLE and self.config.max_requests:
             worker.requests = int(msg.get("requests", worker.requests))
             self.task(self._recycle(worker))
+
+    def _read_output(self, worker: WorkerProcess, fd: int) -> None:
+        """--log-format json: turn a worker's output into JSON lines, whole lines only."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buffered = self._partial.pop(fd, b"") + data
+        if data:
+            *lines, rest = buffered.split(b"\n")
+            if rest:
+                self._partial[fd] = rest
+        else:
+            lines = [buffered] if buffered else []
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        stream = worker.outputs.get(fd, "stdout")
+        for line in lines:
+            self.log.worker_line(worker.slot, worker.pid, stream, line.decode(errors="replace"))
+
+    def is_ready(self) -> bool:
+        """Every slot has a READY worker, and no shutdown has begun (the /readyz probe)."""
+        return self.booted and not self.stopping and all(
+            slot.worker is not None and slot.worker.state is State.READY for slot in self.slots)
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        return {
+            "app": self.config.app,
+            "name": self.config.name or self.config.app,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "ready": self.is_ready(),
+            "stopping": self.stopping,
+            "reloading": self.reloading,
+            "uptime": round(now - self.started, 3),
+            "workers": [
+                {"slot": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state.value,
+                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests,
+                 "restarts": self.slots[w.slot].restarts if w.slot < len(self.slots) else 0}
+                for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))
+            ],
+        }
 
     def reap(self) -> None:
         """Collect every child that exited (as PID 1, orphans we never started too)."""
@@ -348,8 +420,10 @@ class Master:
         """Graceful: drain every worker, then exit. Otherwise (or asked twice): stop them at once."""
         first = not self.stopping
         self.stopping = True
-        if first:
+        if first or not graceful:
             self.exit_code = code
+        if first:
+            self.notifier.stopping("draining" if graceful else "stopping")
             if self.balancer:
                 self.balancer.stop()
             for task in list(self._tasks):
@@ -379,10 +453,11 @@ class Master:
             self.finished.set_result(self.exit_code)
 
 
-def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None) -> int:
+def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
+        notifier: Notifier | None = None) -> int:
     """Run a master until it stops; its exit code."""
     async def main() -> int:
-        return await Master(config, listeners, log, reconfigure).run()
+        return await Master(config, listeners, log, reconfigure, notifier).run()
 
     try:
         return asyncio.run(main())

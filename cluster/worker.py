@@ -54,6 +54,8 @@ class WorkerProcess:
     # leastconn: connections handed over but not yet acknowledged, and how many were acknowledged
     inflight: deque[socket.socket] = field(default_factory=deque)
     acked: int = 0
+    # --log-format json: the read ends of the worker's stdout and stderr pipes
+    outputs: dict[int, str] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -77,6 +79,7 @@ def spawn(
     on_message: Callable[[WorkerProcess, channel.Message, list[int]], None],
     on_eof: Callable[[WorkerProcess], None],
     environ: dict[str, str] | None = None,
+    capture: bool = False,
 ) -> WorkerProcess:
     """Start a worker as a fresh interpreter (fork+exec) with only its channel end inherited."""
     worker = WorkerProcess(slot=options.slot, generation=options.generation)
@@ -88,10 +91,24 @@ def spawn(
     env["PRUN_CHANNEL_FD"] = str(worker_end.fileno())
     env["PRUN_MASTER_PID"] = str(os.getpid())
     os.set_inheritable(worker_end.fileno(), True)
+    actions = []
+    child_ends = []
+    if capture:
+        for target, stream in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            worker.outputs[read_end] = stream
+            child_ends.append(write_end)
+            actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
     try:
-        worker.pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SHIM], env)
+        worker.pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SHIM], env, file_actions=actions)
+    except OSError:
+        for fd in worker.outputs:
+            os.close(fd)
+        raise
     finally:
         worker_end.close()
+        for fd in child_ends:
+            os.close(fd)
     channel.send(
         master_end,
         channel.BOOT,

@@ -93,7 +93,7 @@ class Worker:
             self.server = self.boot(loop)
         except BootError as exc:
             self.boot_failed(str(exc), exc.__cause__)
-            return EXIT_BOOT_FAILURE
+            return exc.exit_code
         except BaseException as exc:  # anything the app's start-up raised
             self.boot_failed(f"{type(exc).__name__}: {exc}", exc)
             return EXIT_BOOT_FAILURE

@@ -45,7 +45,10 @@ def load(spec: str, chdir: str, factory: bool = False) -> Any:
         if exc.name and module_name.startswith(exc.name):
             raise BootError(f"cannot import {module_name!r}: no module named {exc.name!r} (looked in {directory})") from None
         raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt at import time are failures too
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        raise BootError(f"importing {module_name!r} called sys.exit({exc.code!r})", code or 3) from exc
+    except BaseException as exc:  # KeyboardInterrupt at import time is a failure too
         raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     try:
         app = getattr(module, attr)

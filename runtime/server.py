@@ -16,6 +16,10 @@ from runtime.options import WorkerOptions
 class BootError(Exception):
     """The worker cannot start serving; the message is shown to the user as is."""
 
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # the worker's exit status: 3, or the code the app passed to sys.exit
+
 
 class Server(abc.ABC):
     """A worker's server. The shim calls startup, serve, then drain; accept in leastconn mode."""

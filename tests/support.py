@@ -29,13 +29,15 @@ def prun_command() -> list[str]:
 class Prun:
     """A prun master started with `args`; its merged stdout/stderr is collected line by line."""
 
-    def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None, **popen: object) -> None:
         full_env = dict(os.environ)
         full_env.pop("PORT", None)
         full_env.update(env or {})
         self.args = args
-        self.proc = subprocess.Popen(
-            prun_command() + list(args),
+        self.wrapped = bool(wrapper)
+        self.proc = subprocess.Popen(  # type: ignore[call-overload]
+            (wrapper or []) + prun_command() + list(args),
             cwd=str(cwd or APPS),
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -43,6 +45,7 @@ class Prun:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            **popen,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []
@@ -93,11 +96,19 @@ class Prun:
         self.wait_for(r"ready: \d+ workers", timeout)
         return port
 
+    @property
+    def master_pid(self) -> int:
+        """The master's pid (under a wrapper such as unshare, the wrapper's child)."""
+        if not self.wrapped:
+            return self.pid
+        return wait_until(lambda: next((c.pid for c in psutil.Process(self.pid).children()), None),
+                          what="the master under its wrapper")
+
     def workers(self) -> dict[int, str]:
         """pid -> process title of each live worker."""
         found = {}
         try:
-            children = psutil.Process(self.pid).children()
+            children = psutil.Process(self.master_pid).children()
         except psutil.NoSuchProcess:
             return {}
         for child in children:
@@ -116,11 +127,16 @@ class Prun:
         return code
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        os.kill(self.master_pid, signum)
 
     def cleanup(self) -> None:
         """Stop the master and every worker it had, whatever state the test left them in."""
         self.workers()
+        if self.wrapped and self.proc.poll() is None:
+            try:
+                os.kill(self.master_pid, signal.SIGKILL)
+            except (ProcessLookupError, AssertionError, psutil.Error):
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             try:
