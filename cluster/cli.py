@@ -48,6 +48,8 @@ def serve(cli_values: dict[str, Any]) -> int:
 
         parse_address(config.health)
     log = Log(config.log_format, app=config.name or config.app)
+    if config.log_file:
+        os.close(log.open_file(config.log_file))
     for spec in config.bind:
         listeners_mod.parse(spec)  # every address is checked before any is bound
     listeners = listeners_mod.systemd_listeners(os.environ)
@@ -111,6 +113,7 @@ def cli() -> None:
 @click.option("--max-requests-jitter", help="Add up to this many to --max-requests, per worker.  [default: 0]")
 @click.option("--pid-file", help="Write the master's pid here.")
 @click.option("--log-format", help="text or json (one object per line, workers' output too).  [default: text]")
+@click.option("--log-file", help="Append the master's and workers' output to this file; USR1 reopens it.")
 @click.option("--container", is_flag=True, default=None, help="Run as a container's PID 1 (implied when prun is "
               "PID 1): reap every child, pass the app's exit status through.")
 @click.option("--health", metavar="[HOST:]PORT", help="Serve /livez, /readyz and /status (loopback by default).")

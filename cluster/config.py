@@ -125,6 +125,7 @@ class Config:
     max_requests_jitter: int = 0
     pid_file: str = ""
     log_format: str = "text"
+    log_file: str = ""
     container: bool = False
     health: str = ""
     # HTTP server (worker side)
@@ -191,6 +192,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_requests_jitter": _int,
     "pid_file": str,
     "log_format": _choice("text", "json"),
+    "log_file": str,
     "container": parse_bool,
     "health": str,
     "lifespan": _choice("auto", "on", "off"),

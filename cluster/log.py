@@ -56,6 +56,20 @@ class Log:
             record["msg"] = text
         self._emit(self.out if stream == "stdout" else self.stream, json.dumps(record, default=str))
 
+    def open_file(self, path: str) -> int:
+        """Send the master's stdout and stderr (and so its workers') to `path`; the new fd."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            from cluster.errors import PrunError
+
+            raise PrunError(f"cannot open log file {path}: {exc.strerror}") from None
+        for stream in (self.out, self.stream):
+            stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        return fd
+
     def info(self, message: str, **fields: Any) -> None:
         self._write("info", message, fields)
 

@@ -169,7 +169,22 @@ class Master:
         self.task(self._scale(-1))
 
     def handle_usr1(self) -> None:
-        self.log.info("USR1: the master writes to stderr; no log file to reopen")
+        """Reopen --log-file (after logrotate moved it) in the master and in every worker."""
+        if not self.config.log_file:
+            self.log.info("USR1: no --log-file to reopen")
+            return
+        try:
+            fd = self.log.open_file(self.config.log_file)
+        except PrunError as exc:
+            self.log.error(str(exc))
+            return
+        try:
+            for worker in self.workers.values():
+                if worker.chan and not worker.outputs:
+                    worker.chan.send(channel.LOG_FILE, fds=[fd])
+        finally:
+            os.close(fd)
+        self.log.info(f"reopened log file {self.config.log_file}")
 
     def handle_chld(self) -> None:
         self.reap()

@@ -18,6 +18,7 @@ from typing import Any
 BOOT = "boot"  # {"options": {...}, "listeners": [{"kind", "address"}...]} + one fd per listener
 DRAIN = "drain"  # {"timeout": seconds}: stop accepting, finish in-flight work, exit 0
 CONN = "conn"  # one accepted connection fd (leastconn balancing)
+LOG_FILE = "log_file"  # the reopened log file's fd: becomes the worker's stdout and stderr (USR1)
 # worker -> master
 READY = "ready"  # {"pid"}: serving
 BOOT_ERROR = "boot_error"  # {"message", "traceback"}: could not start; the worker exits 3

@@ -155,6 +155,11 @@ class Worker:
             self.server.accept(socket.socket(fileno=fds[0]))
             self.schedule_report()
             return
+        if kind == channel.LOG_FILE and fds:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[0], 2)
         for fd in fds:
             os.close(fd)
         if kind == channel.DRAIN:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -157,3 +158,32 @@ def test_unix_socket_and_ipv6_binds(prun, tmp_path):
     master.signal(signal.SIGTERM)
     assert master.wait_exit() == 0
     assert not path.exists()
+
+
+def test_usr1_reopens_the_log_file_in_master_and_workers(prun, tmp_path):
+    log = tmp_path / "prun.log"
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-file", str(log))
+    port = int(wait_until(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()) if log.exists()
+                          else None, what="the listening line in the log file").group(1))
+    wait_until(lambda: "ready: 2 workers" in log.read_text(), what="ready in the log file")
+    rotated = tmp_path / "prun.log.1"
+    log.rename(rotated)
+    master.signal(signal.SIGUSR1)
+    wait_until(lambda: log.exists() and "reopened log file" in log.read_text(), what="a new log file")
+    workers = set(master.workers())
+
+    def say_from_each() -> set[int]:  # connect until both workers have printed a line
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"pid\n")
+            reader = sock.makefile("rb")
+            pid = int(reader.readline())
+            sock.sendall(f"say after the rotation from {pid}\n".encode())
+            assert reader.readline() == b"said\n"
+            said.add(pid)
+        return said == workers
+
+    said: set[int] = set()
+    wait_until(say_from_each, what="a line from each worker")
+    text = log.read_text()
+    assert all(f"after the rotation from {pid}" in text for pid in workers)
+    assert "after the rotation" not in rotated.read_text()

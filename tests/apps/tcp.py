@@ -3,6 +3,7 @@
     sleep SECONDS   answer 'slept' after SECONDS without blocking the loop
     block SECONDS   block the worker's loop for SECONDS (a hung worker)
     pid             answer the worker's pid
+    say TEXT        print TEXT on the worker's stdout, answer 'said'
     anything else   echoed back
 """
 
@@ -20,6 +21,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         elif command == "block":
             time.sleep(float(arg))
             writer.write(b"blocked\n")
+        elif command == "say":
+            print(arg, flush=True)
+            writer.write(b"said\n")
         elif command == "pid":
             writer.write(f"{os.getpid()}\n".encode())
         else:
