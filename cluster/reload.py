@@ -39,9 +39,9 @@ async def roll_slots(master: Master, slots: list[Slot], generation: int) -> str 
     candidates = [master.spawn(slot.index, generation) for slot in slots]
     try:
         results = await asyncio.gather(*(c.ready for c in candidates if c.ready))
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # the master is stopping: a ready candidate may already serve
         for candidate in candidates:
-            master.kill(candidate)
+            master.drain(candidate)
         raise
     if not all(results):
         failed = next(c for c, ok in zip(candidates, results) if not ok)
