@@ -69,7 +69,7 @@ async def host_main(proto: HttpProtocol) -> None:
                 if proto.closed:
                     return
                 task = asyncio.current_task()
-                if task is not None:
+                if task is not None and hasattr(task, "uncancel"):
                     task.uncancel()
                 # The app cancelled "its" task during its inline step: deliver it when it resumes.
                 cancel_first = proto.host_job is not None

@@ -118,6 +118,8 @@ class Exchange:
         keep = self.keep_alive and not proto.closing
         if keep and server.draining and not proto.queue:
             keep = False
+        if self.expect and not self.continued and not self.body_complete:
+            keep = False  # the client may or may not send the body it announced: do not reuse the connection
         length = -1
         for name, value in self.resp_headers:
             lname = name.lower()
@@ -201,8 +203,6 @@ class Exchange:
                 )
             self.finished = True
             self.on_finished()
-            if self.expect and not self.continued and not self.body_complete:
-                self.keep_alive = False  # the client may still send the body it announced: close instead
             proto.response_done(self, self.keep_alive)
 
     def on_finished(self) -> None:

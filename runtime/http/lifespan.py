@@ -62,8 +62,9 @@ class Lifespan:
         return await self._incoming.get()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        self._sent_any = True
         kind = message.get("type")
+        if isinstance(kind, str) and kind.startswith("lifespan."):
+            self._sent_any = True
         if kind == "lifespan.startup.complete":
             self.supported = True
             if not self._started.done():

@@ -121,13 +121,9 @@ class HttpProtocol(asyncio.Protocol):
         self.server.closed(self)
 
     def eof_received(self) -> bool | None:
-        if self.current is None and not self.queue:
-            self.transport.close()
-            return None
-        if self.parsing is not None:
-            self.parsing.disconnect()  # its body can no longer arrive
-        self.closing = True
-        return True  # half-closed: finish the response in flight, then close
+        # The client is gone (HTTP clients do not half-close): the transport closes, the app sees
+        # http.disconnect.
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True

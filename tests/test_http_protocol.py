@@ -1,0 +1,462 @@
+"""The HTTP/1.1 protocol with an ASGI app: keep-alive, pipelining, bodies, HEAD, 100-continue, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import socket
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_http_support import Client, ok, serving
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with a JSON view of the scope and the body it read."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    chunks = 0
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        chunks += 1
+        if not message.get("more_body"):
+            break
+    view = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "raw_path": scope["raw_path"].decode("latin-1"),
+        "query_string": scope["query_string"].decode(),
+        "root_path": scope["root_path"],
+        "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+        "client": scope["client"],
+        "server": scope["server"],
+        "scheme": scope["scheme"],
+        "http_version": scope["http_version"],
+        "asgi": scope["asgi"],
+        "type": scope["type"],
+        "body": body.decode("latin-1"),
+        "chunks": chunks,
+    }
+    data = json.dumps(view).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def test_keep_alive_serves_many_requests_on_one_connection_with_date_and_server_headers() -> None:
+    with serving(ok(b"hello")) as srv, Client(srv.port) as client:
+        for _ in range(3):
+            response = client.get("/")
+            assert response.status == 200
+            assert response.body == b"hello"
+            assert response.headers["content-length"] == "5"
+            assert response.headers["server"] == "prun"
+            assert response.headers["date"].endswith(" GMT")
+            assert "connection" not in response.headers
+        assert srv.server.requests == 3
+        assert srv.server.connections == 1
+
+
+def test_scope_is_complete_and_path_percent_decoded() -> None:
+    with serving(echo_app) as srv:
+        response = httpx.get(f"http://127.0.0.1:{srv.port}/a%20b/%C3%A9?x=1&y=%20", headers={"X-Thing": "Yes"})
+    view = response.json()
+    assert view["type"] == "http"
+    assert view["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert view["http_version"] == "1.1"
+    assert view["method"] == "GET"
+    assert view["path"] == "/a b/é"
+    assert view["raw_path"] == "/a%20b/%C3%A9"
+    assert view["query_string"] == "x=1&y=%20"
+    assert view["root_path"] == ""
+    assert ["x-thing", "Yes"] in view["headers"]
+    assert all(name == name.lower() for name, _ in view["headers"])
+    assert view["client"][0] == "127.0.0.1" and view["client"][1] > 0
+    assert view["server"] == ["127.0.0.1", srv.port]
+    assert view["scheme"] == "http"
+
+
+def test_root_path_prefixes_path_and_raw_path() -> None:
+    with serving(echo_app, root_path="/api") as srv:
+        view = httpx.get(f"http://127.0.0.1:{srv.port}/users").json()
+    assert view["root_path"] == "/api"
+    assert view["path"] == "/api/users"
+    assert view["raw_path"] == "/api/users"
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0.05)  # the first request suspends; the others must still wait their turn
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        client.send(b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in ("/slow", "/b", "/c", "/d")))
+        assert [client.read().body for _ in range(4)] == [b"/slow", b"/b", b"/c", b"/d"]
+
+
+def test_pipelined_requests_with_bodies() -> None:
+    with serving(echo_app) as srv, Client(srv.port) as client:
+        client.send(
+            b"POST /1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+            b"POST /2 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n1\r\nf\r\n0\r\n\r\n"
+            b"GET /3 HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        views = [json.loads(client.read().body) for _ in range(3)]
+    assert [(v["path"], v["body"]) for v in views] == [("/1", "abc"), ("/2", "def"), ("/3", "")]
+
+
+def test_chunked_request_body_is_streamed_to_the_app() -> None:
+    arrived = threading.Event()
+    seen: list[tuple[bytes, bool]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            seen.append((message["body"], message["more_body"]))
+            arrived.set()
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"".join(b for b, _ in seen)})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        assert arrived.wait(5)  # the first chunk reaches the app before the body is complete
+        assert seen[0] == (b"hello", True)
+        client.send(b"6\r\n world\r\n0\r\n\r\n")
+        response = client.read()
+    assert response.body == b"hello world"
+    assert seen[-1][1] is False
+
+
+def test_chunked_response_when_the_app_streams_without_length() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        response = client.get("/")
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in response.headers
+        assert response.body == b"one two three"
+        assert client.get("/").body == b"one two three"  # the connection is still usable
+        with httpx.Client() as hc:
+            assert hc.get(f"http://127.0.0.1:{srv.port}/").text == "one two three"
+
+
+def test_streamed_response_with_content_length_is_not_chunked() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"6")]})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"def"})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        response = client.get("/")
+    assert response.headers["content-length"] == "6"
+    assert "transfer-encoding" not in response.headers
+    assert response.body == b"abcdef"
+
+
+def test_head_sends_headers_without_body() -> None:
+    with serving(ok(b"twelve bytes", headers=[(b"content-length", b"12")])) as srv, Client(srv.port) as client:
+        client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+        response = client.read(head=True)
+        assert response.status == 200
+        assert response.headers["content-length"] == "12"
+        # No body bytes were written: the next response follows the head directly.
+        assert client.get("/").body == b"twelve bytes"
+
+
+def test_expect_100_continue() -> None:
+    with serving(echo_app) as srv, Client(srv.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        interim = client.read()
+        assert interim.status == 100
+        client.send(b"data")
+        response = client.read()
+    assert response.status == 200
+    assert json.loads(response.body)["body"] == "data"
+
+
+def test_expect_100_continue_not_sent_when_the_app_answers_without_reading() -> None:
+    with serving(ok(b"no thanks", status=403)) as srv, Client(srv.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        response = client.read()
+        assert response.status == 403
+        assert response.headers["connection"] == "close"  # the announced body may still come: do not reuse
+        assert client.closed_by_server()
+
+
+def test_client_disconnect_reaches_the_app_as_http_disconnect() -> None:
+    got: list[str] = []
+    done = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the (empty) body
+        got.append((await receive())["type"])  # blocks until the client goes away
+        done.set()
+
+    with serving(app) as srv:
+        with Client(srv.port) as client:
+            client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert done.wait(5)
+    assert got == ["http.disconnect"]
+
+
+def test_request_and_connection_counters_and_change_callback() -> None:
+    with serving(ok()) as srv:
+        with Client(srv.port) as client:
+            client.get("/")
+            client.get("/")
+            assert srv.call(lambda: srv.server.connections) == 1
+        with httpx.Client() as hc:
+            hc.get(f"http://127.0.0.1:{srv.port}/")
+    assert srv.server.requests == 3
+    assert srv.changes >= 3  # opened, closed, opened...
+
+
+def test_request_limit_calls_on_limit_once() -> None:
+    with serving(ok()) as srv:
+        srv.server.request_limit = 2
+        with Client(srv.port) as client:
+            for _ in range(4):
+                assert client.get("/").status == 200
+    assert srv.limit_hits == 1
+
+
+def test_http_1_0_closes_unless_keep_alive() -> None:
+    with serving(ok(b"x")) as srv:
+        with Client(srv.port) as client:
+            client.send(b"GET / HTTP/1.0\r\n\r\n")
+            response = client.read()
+            assert response.body == b"x"
+            assert response.headers["connection"] == "close"
+            assert client.closed_by_server()
+        with Client(srv.port) as client:
+            client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            assert client.read().headers["connection"] == "keep-alive"
+            client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            assert client.read().body == b"x"
+
+
+def test_client_connection_close_is_honoured() -> None:
+    with serving(ok()) as srv, Client(srv.port) as client:
+        response = client.get("/", headers="Connection: close\r\n")
+        assert response.headers["connection"] == "close"
+        assert client.closed_by_server()
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    with serving(ok(), keepalive_timeout=0.2) as srv, Client(srv.port, timeout=5) as client:
+        assert client.get("/").status == 200
+        assert client.closed_by_server()  # by the once-a-second sweep, well within the socket timeout
+    assert srv.server.connections == 0
+
+
+def test_request_body_flow_control_pauses_reading_until_the_app_reads() -> None:
+    go = threading.Event()
+    size = 64 * 1024 * 1024
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while not go.is_set():
+            await asyncio.sleep(0.01)
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message["body"])
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(total).encode()})
+
+    with serving(app, limit_request_body=size) as srv, Client(srv.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"x" * (1024 * 1024)
+        client.sock.settimeout(0.5)
+        sent = 0
+        with pytest.raises(socket.timeout):
+            while sent < size:  # the server stops reading: the kernel buffers fill and sending blocks
+                client.sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < size // 2
+        go.set()
+        client.sock.settimeout(10)
+        # Part of the timed-out chunk may have gone out: keep sending until the server has the announced
+        # length and answers (anything beyond it is refused later; only the first response matters).
+
+        def pump() -> None:
+            try:
+                while True:
+                    client.sock.sendall(chunk)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=pump, daemon=True)
+        sender.start()
+        response = client.read()
+        assert response.status == 200
+        assert int(response.body) == size
+
+
+def test_app_that_suspends_runs_in_a_task_with_its_own_context() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        before = var.get()
+        var.set(scope["path"])
+        first = asyncio.current_task()
+        async with asyncio.timeout(5):  # needs a current task, before and after suspending
+            await asyncio.sleep(0.01)
+        seen.append((before, var.get(), first is not None, first is asyncio.current_task()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        assert client.get("/one").status == 200
+        assert client.get("/two").status == 200
+    assert seen == [("unset", "/one", True, True), ("unset", "/two", True, True)]
+
+
+def test_app_timeout_cancels_the_suspended_app() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(10)
+            text = b"not cancelled"
+        except TimeoutError:
+            text = b"timed out"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": text})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        assert client.get("/").body == b"timed out"
+
+
+def test_app_still_running_after_its_response_does_not_block_the_next_request() -> None:
+    release = asyncio.Event()
+    finished = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+        if scope["path"] == "/background":
+            await release.wait()  # background work after the response
+            finished.set()
+        elif scope["path"] == "/release":
+            release.set()
+
+    with serving(app) as srv, Client(srv.port) as client:
+        assert client.get("/background").body == b"/background"
+        assert client.get("/release").body == b"/release"
+        assert finished.wait(5)
+
+
+def test_json_and_common_access_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    with serving(ok(b"abc"), access_log="json") as srv, Client(srv.port) as client:
+        client.get("/p?q=1")
+    with serving(ok(b"abcd", status=201), access_log="common") as srv, Client(srv.port) as client:
+        client.get("/c")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    entry = json.loads(lines[0])
+    assert entry["method"] == "GET" and entry["path"] == "/p?q=1" and entry["status"] == 200
+    assert entry["bytes"] == 3 and entry["client"].startswith("127.0.0.1:")
+    assert isinstance(entry["duration"], float) and entry["time"].endswith("Z")
+    assert lines[1].startswith("127.0.0.1 - - [")
+    assert lines[1].endswith('] "GET /c HTTP/1.1" 201 4')
+
+
+def test_access_log_is_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with serving(ok()) as srv, Client(srv.port) as client:
+        client.get("/")
+    assert capsys.readouterr().out == ""
+
+
+def test_proxy_headers_from_a_trusted_peer_set_client_and_scheme() -> None:
+    headers = {"X-Forwarded-For": "203.0.113.7, 10.0.0.1", "X-Forwarded-Proto": "https"}
+    with serving(echo_app, proxy_headers=True, forwarded_allow_ips="127.0.0.1,10.0.0.0/8") as srv:
+        view = httpx.get(f"http://127.0.0.1:{srv.port}/", headers=headers).json()
+    assert view["client"] == ["203.0.113.7", 0]
+    assert view["scheme"] == "https"
+
+
+def test_proxy_headers_from_an_untrusted_peer_are_ignored() -> None:
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    with serving(echo_app, proxy_headers=True, forwarded_allow_ips="192.0.2.1") as srv:
+        view = httpx.get(f"http://127.0.0.1:{srv.port}/", headers=headers).json()
+    assert view["client"][0] == "127.0.0.1"
+    assert view["scheme"] == "http"
+    with serving(echo_app, proxy_headers=False, forwarded_allow_ips="*") as srv:
+        view = httpx.get(f"http://127.0.0.1:{srv.port}/", headers=headers).json()
+    assert view["client"][0] == "127.0.0.1"
+
+
+def test_proxy_headers_with_star_trust_everyone() -> None:
+    with serving(echo_app, proxy_headers=True, forwarded_allow_ips="*") as srv:
+        view = httpx.get(f"http://127.0.0.1:{srv.port}/", headers={"X-Forwarded-For": "198.51.100.2"}).json()
+    assert view["client"] == ["198.51.100.2", 0]
+
+
+def test_unix_socket_listener() -> None:
+    import os
+    import tempfile
+
+    import uvloop
+
+    from runtime.http import make_http_server
+    from runtime.options import WorkerOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(16)
+        loop = uvloop.new_event_loop()
+        server = make_http_server(echo_app, "asgi", WorkerOptions(), loop)
+
+        async def main() -> dict[str, Any]:
+            await server.startup()
+            await server.serve([listener])
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            await server.drain(1)
+            return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+        try:
+            view = loop.run_until_complete(main())
+        finally:
+            loop.close()
+            listener.close()
+    assert view["path"] == "/u"
+    assert view["client"] is None

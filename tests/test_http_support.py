@@ -1,0 +1,181 @@
+"""Serving an app in-process (a uvloop loop in a thread) and talking raw HTTP/1.1 to it, for the HTTP tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import uvloop
+
+from runtime.http import make_http_server
+from runtime.options import WorkerOptions
+
+
+class ServerThread:
+    """make_http_server(app) on its own loop and thread, listening on 127.0.0.1 on an ephemeral port."""
+
+    def __init__(self, app: Any, interface: str = "asgi", **options: Any) -> None:
+        self.options = WorkerOptions(**options)
+        self.loop = uvloop.new_event_loop()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.server = make_http_server(app, interface, self.options, self.loop)
+        self.changes = 0
+        self.limit_hits = 0
+        self.server.on_change = self._changed
+        self.server.on_limit = self._limited
+        self._booted: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def _limited(self) -> None:
+        self.limit_hits += 1
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.startup())
+            self.loop.run_until_complete(self.server.serve([self.sock]))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self._booted.set_exception(exc)
+            return
+        self._booted.set_result(None)
+        self.loop.run_forever()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self._booted.result(10)
+        return self
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the server's loop and return its result."""
+        done: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result(10)
+
+    def drain(self, timeout: float) -> Future[None]:
+        return asyncio.run_coroutine_threadsafe(self.server.drain(timeout), self.loop)  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            try:
+                if not self.server.draining:  # type: ignore[attr-defined]
+                    self.drain(1.0).result(10)
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+        self.sock.close()
+
+
+@contextmanager
+def serving(app: Any, interface: str = "asgi", **options: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, interface, **options)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+class Response:
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.header_list = headers
+        self.headers = {k: v for k, v in headers}
+        self.body = body
+
+
+class Client:
+    """A raw HTTP/1.1 connection: send bytes, read responses one by one."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def get(self, path: str = "/", headers: str = "") -> Response:
+        self.send(f"GET {path} HTTP/1.1\r\nHost: t\r\n{headers}\r\n".encode())
+        return self.read()
+
+    def read(self, head: bool = False) -> Response:
+        line = self.file.readline()
+        if not line:
+            raise EOFError("the server closed the connection")
+        version, status, *reason = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        assert version == "HTTP/1.1", line
+        headers = []
+        while True:
+            raw = self.file.readline()
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        code = int(status)
+        found = dict(headers)
+        if head or code < 200 or code in (204, 304):
+            body = b""
+        elif "content-length" in found:
+            body = self.file.read(int(found["content-length"]))
+        elif found.get("transfer-encoding") == "chunked":
+            parts = []
+            while True:
+                size = int(self.file.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.file.readline() not in (b"\r\n", b""):
+                        pass
+                    break
+                parts.append(self.file.read(size))
+                self.file.readline()
+            body = b"".join(parts)
+        else:
+            body = self.file.read()
+        return Response(code, reason[0] if reason else "", headers, body)
+
+    def closed_by_server(self) -> bool:
+        """True when the server has closed its side (EOF or reset) with nothing more to read."""
+        try:
+            return self.file.read(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def ok(body: bytes = b"ok", status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """A tiny ASGI app answering every http request with `body`."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers or []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
