@@ -69,10 +69,17 @@ def _bind_inet(family: socket.AddressFamily, host: str, port: int, backlog: int,
         raise UsageError(f"invalid bind address {spec!r}: cannot resolve {host!r} ({exc.strerror})") from None
     fam, type_, proto, _canon, addr = infos[0]
     sock = socket.socket(fam, type_, proto)
+    options = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
+    if fam == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1))
+    return _listen(sock, addr, backlog, spec, options)
+
+
+def _listen(sock: socket.socket, addr: object, backlog: int, spec: str,
+            options: list[tuple[int, int, int]] = []) -> socket.socket:  # noqa: B006 (never mutated)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for level, name, value in options:
+            sock.setsockopt(level, name, value)
         sock.bind(addr)
         sock.listen(backlog)
     except OSError as exc:
@@ -95,14 +102,7 @@ def _bind_unix(path: str, backlog: int, spec: str) -> socket.socket:
                 probe.close()
     except FileNotFoundError:
         pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise _bind_error(spec, exc) from None
-    return sock
+    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog, spec)
 
 
 def _bind_error(spec: str, exc: OSError) -> PrunError:

@@ -21,6 +21,7 @@ from cluster.health import HealthServer
 from cluster.listeners import Listener
 from cluster.log import Log
 from cluster.notify import Notifier
+from cluster.output import OutputRelay
 from cluster.worker import State, WorkerProcess, spawn
 from runtime import channel
 
@@ -93,7 +94,7 @@ class Master:
         self._tasks: set[asyncio.Task[None]] = set()
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
-        self._partial: dict[int, bytes] = {}  # unfinished output lines of workers, by pipe fd
+        self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
 
     # ---- the main line -------------------------------------------------------------------------
 
@@ -248,11 +249,10 @@ class Master:
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
         shared = [] if self.balancer else [listener.sock for listener in self.listeners]
         worker = spawn(options, shared, self.loop, self.on_message, lambda w: None,
-                       capture=self.config.log_format == "json")
+                       capture=self.output is not None)
         self.workers[worker.pid] = worker
-        for fd in worker.outputs:
-            os.set_blocking(fd, False)
-            self.loop.add_reader(fd, self._read_output, worker, fd)
+        if self.output:
+            self.output.attach(worker)
         if self.balancer:
             self.balancer.add(worker)
         return worker
@@ -297,27 +297,6 @@ class Master:
         elif kind == channel.RECYCLE and self.config.max_requests:
             worker.requests = int(msg.get("requests", worker.requests))
             self.task(self._recycle(worker))
-
-    def _read_output(self, worker: WorkerProcess, fd: int) -> None:
-        """--log-format json: turn a worker's output into JSON lines, whole lines only."""
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        buffered = self._partial.pop(fd, b"") + data
-        if data:
-            *lines, rest = buffered.split(b"\n")
-            if rest:
-                self._partial[fd] = rest
-        else:
-            lines = [buffered] if buffered else []
-            self.loop.remove_reader(fd)
-            os.close(fd)
-        stream = worker.outputs.get(fd, "stdout")
-        for line in lines:
-            self.log.worker_line(worker.slot, worker.pid, stream, line.decode(errors="replace"))
 
     def is_ready(self) -> bool:
         """Every slot has a READY worker, and no shutdown has begun (the /readyz probe)."""
