@@ -19,12 +19,17 @@ from runtime.options import WorkerOptions
 class ServerThread:
     """make_http_server(app) on its own loop and thread, listening on 127.0.0.1 on an ephemeral port."""
 
-    def __init__(self, app: Any, interface: str = "asgi", **options: Any) -> None:
+    def __init__(self, app: Any, interface: str = "asgi", listener: socket.socket | None = None, **options: Any) -> None:
         self.options = WorkerOptions(**options)
         self.loop = uvloop.new_event_loop()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        if listener is None:  # the "master's" listener; the server gets its own copy, as a worker does
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(128)
+            self.listener: socket.socket | None = listener
+        else:
+            self.listener = None  # owned by the caller
+        self.sock = listener.dup()
         self.port = self.sock.getsockname()[1]
         self.server = make_http_server(app, interface, self.options, self.loop)
         self.changes = 0
@@ -70,7 +75,11 @@ class ServerThread:
         return done.result(10)
 
     def drain(self, timeout: float) -> Future[None]:
-        return asyncio.run_coroutine_threadsafe(self.server.drain(timeout), self.loop)  # type: ignore[return-value]
+        """Start draining; returns once the server is draining, with a future for the end of the drain."""
+        done = asyncio.run_coroutine_threadsafe(self.server.drain(timeout), self.loop)
+        while not self.call(lambda: self.server.draining) and not done.done():  # type: ignore[attr-defined]
+            pass
+        return done  # type: ignore[return-value]
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -82,12 +91,17 @@ class ServerThread:
                 self._thread.join(10)
         if not self.loop.is_running():
             self.loop.close()
-        self.sock.close()
+        if self._booted.done() and self._booted.exception() is None:
+            self.sock.detach()  # the server closed its copy
+        else:
+            self.sock.close()
+        if self.listener is not None:
+            self.listener.close()
 
 
 @contextmanager
 def serving(app: Any, interface: str = "asgi", **options: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app, interface, **options)
+    server = ServerThread(app, interface, **options)  # listener=... shares a listener between servers
     try:
         yield server.start()
     finally:

@@ -155,7 +155,7 @@ class HttpProtocol(asyncio.Protocol):
             # A head that has not ended yet: bound what httptools accumulates for us.
             self.head_bytes += len(data)
             if self.head_bytes > self.server.limit_head:
-                self.reject(414 if not self.headers and self.url else 431)
+                self.reject(431)  # a URL too long is caught by on_url, as it arrives
                 return
         if self.start_pending:
             self.start_pending = False
@@ -337,6 +337,18 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         self.in_head = False
         self.pause_reading()
+        ex = self.parsing
+        if ex is not None and ex is self.current:
+            # The request being answered broke its own body (413): it gets the error as its answer,
+            # and the app, if it runs already, sees http.disconnect.
+            self.parsing = None
+            self.start_pending = False
+            ex.disconnect()
+            if ex.head_sent:
+                self.transport.close()
+            else:
+                ex.answer_error(status)
+            return
         if self.current is None and not self.queue:
             self.write_error(status)
         else:
