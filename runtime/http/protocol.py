@@ -278,11 +278,11 @@ class HttpProtocol(asyncio.Protocol):
             self.read_paused = True
             self.transport.pause_reading()
 
-    def maybe_resume_reading(self) -> None:
+    def maybe_resume_reading(self, force: bool = False) -> None:
         """Resume reading once no pipelined request waits and the app has taken the buffered body."""
         if self.read_paused and not self.queue and not self.closed:
             ex = self.parsing
-            if ex is None or ex.buffered < LOW_WATER:
+            if force or ex is None or ex.buffered < LOW_WATER:
                 self.read_paused = False
                 self.transport.resume_reading()
 

@@ -44,6 +44,9 @@ class WsgiInput:
             self._asked = True
             self._ex.call(self._ex.send_continue)
         while not ready() and not self._eof:
+            if self._ex.proto.read_paused:
+                # The reader needs more than is buffered: read from the client again, whatever the level.
+                self._ex.call(self._ex.proto.maybe_resume_reading, True)
             self._cond.wait()
 
     def _took(self, data: bytes) -> bytes:
