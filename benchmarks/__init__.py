@@ -1,0 +1,1 @@
+"""Reproducible comparisons of prun against peer servers (python -m benchmarks)."""

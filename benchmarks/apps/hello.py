@@ -1,3 +1,6 @@
+"""The hello-world ASGI app every server in the benchmark serves."""
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
