@@ -39,6 +39,8 @@ class WorkerOptions:
     limit_concurrency: int = 0  # 0: unlimited
     access_log: str = ""  # "" off | "common" | "json"
     server_header: bool = True
+    # listen() is called again on each listener a worker serves: the same backlog as the master's bind
+    backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -122,7 +122,11 @@ class AsgiExchange(Exchange):
             host = proto.host = proto.loop.create_task(host_main(proto))
         ctx = contextvars.copy_context()
         loop = proto.loop
-        _enter_task(loop, host)
+        try:
+            _enter_task(loop, host)
+        except RuntimeError:  # called from inside a running task (not from a protocol callback)
+            loop.create_task(self.in_task(coro))
+            return
         try:
             fut = ctx.run(coro.send, None)
         except StopIteration:

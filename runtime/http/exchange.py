@@ -113,7 +113,8 @@ class Exchange:
         proto = self.proto
         server = proto.server
         status = self.status
-        parts = [status_line(status, self.reason), server.date_server]
+        line = STATUS_LINES.get(status) if self.reason is None else None
+        parts = [line or status_line(status, self.reason), server.date_server]
         lines = server.date_lines + 2
         keep = self.keep_alive and not proto.closing
         if keep and server.draining and not proto.queue:

@@ -15,8 +15,6 @@ from runtime.http.protocol import HttpProtocol
 from runtime.options import WorkerOptions
 from runtime.server import BootError, Server
 
-# listen() is called again on every listener handed to create_server: keep the kernel queue deep.
-BACKLOG = 2048
 TICK_SECONDS = 1.0
 
 
@@ -164,8 +162,9 @@ class HttpServer(Server):
 
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            backlog = BACKLOG if sock.family != socket.AF_UNIX else 1024
-            self._servers.append(await self.loop.create_server(self._factory, sock=sock, backlog=backlog))
+            # create_server calls listen() again on the shared socket: keep the master's backlog.
+            server = await self.loop.create_server(self._factory, sock=sock, backlog=self.options.backlog)
+            self._servers.append(server)
         if self._ticker is None:
             self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
