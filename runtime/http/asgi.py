@@ -92,13 +92,7 @@ async def host_main(proto: HttpProtocol) -> None:
 class AsgiExchange(Exchange):
     """An ASGI http request: the app's receive and send, and how the app is run."""
 
-    __slots__ = ("chunks", "waiter", "delivered")
-
-    def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
-        super().__init__(proto, scope, keep_alive, expect)
-        self.chunks: list[bytes] = []
-        self.waiter: asyncio.Future[None] | None = None
-        self.delivered = False  # the last body message was handed to the app
+    __slots__ = ()
 
     # -- running the app --------------------------------------------------------------------------
 
@@ -178,11 +172,6 @@ class AsgiExchange(Exchange):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def on_finished(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     async def receive(self) -> dict[str, Any]:
         while True:
             if self.disconnected or self.finished:
@@ -217,8 +206,10 @@ class AsgiExchange(Exchange):
             if more and self.proto.write_paused:
                 await self.proto.drain_writes()
         elif kind == "http.response.start":
-            if self.disconnected:
-                return
-            self.start(message["status"], message.get("headers", ()))
+            if self.started:
+                raise RuntimeError("the response has already started")
+            self.started = True  # Exchange.start, inlined on this hot path
+            self.status = message["status"]
+            self.resp_headers = message.get("headers", ())
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} for an http request")

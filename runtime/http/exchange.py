@@ -53,7 +53,7 @@ class Exchange:
     __slots__ = (
         "proto", "scope", "keep_alive", "expect", "head_only", "http11", "received", "buffered",
         "body_complete", "disconnected", "status", "reason", "resp_headers", "started", "head_sent",
-        "finished", "chunked", "length", "sent", "continued", "start_time",
+        "finished", "chunked", "length", "sent", "continued", "start_time", "chunks", "waiter", "delivered",
     )  # fmt: skip
 
     def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
@@ -78,6 +78,10 @@ class Exchange:
         self.sent = 0
         self.continued = False
         self.start_time = proto.loop.time() if proto.server.access_log is not None else 0.0
+        # The ASGI body buffer lives here so that creating an AsgiExchange is a single __init__ call.
+        self.chunks: list[bytes] = []
+        self.waiter: Any = None  # a future the app's receive() waits on
+        self.delivered = False  # the last body message was handed to the app
 
     # -- request side (called by the protocol on the loop) ----------------------------------------
 
@@ -203,11 +207,10 @@ class Exchange:
                     f"the response ended after {self.sent} of its {self.length} bytes (Content-Length)"
                 )
             self.finished = True
-            self.on_finished()
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # an ASGI receive() in wait now returns http.disconnect
             proto.response_done(self, self.keep_alive)
-
-    def on_finished(self) -> None:
-        """Hook: the response is complete."""
 
     # -- the end of the app's call ----------------------------------------------------------------
 

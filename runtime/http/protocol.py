@@ -202,7 +202,7 @@ class HttpProtocol(asyncio.Protocol):
             raise Reject(431)
         parser = self.parser
         url = self.url
-        if url[:1] != b"/":
+        if not url.startswith(b"/"):
             if url == b"*":
                 raw_path, query = url, b""
             else:  # absolute-form (a proxy request): keep only the path and query
