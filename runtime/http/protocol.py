@@ -43,7 +43,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
-        "head_size", "in_head", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
+        "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_busy", "host_job", "host_wake", "draining_idle",
     )  # fmt: skip
@@ -59,7 +59,6 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
-        self.in_head = False
         self.head_bytes = 0
         self.expect = False
         self.fwd_for: bytes | None = None
@@ -151,7 +150,7 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self.reject(400)
             return
-        if self.in_head:
+        if self.url:
             # A head that has not ended yet: bound what httptools accumulates for us.
             self.head_bytes += len(data)
             if self.head_bytes > self.server.limit_head:
@@ -160,14 +159,6 @@ class HttpProtocol(asyncio.Protocol):
         if self.start_pending:
             self.start_pending = False
             self.current.run()  # type: ignore[union-attr]
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.head_size = 0
-        self.head_bytes = 0
-        self.in_head = True
-        self.idle_since = 0.0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -197,11 +188,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         server = self.server
-        self.in_head = False
         if self.head_size > server.limit_header:
             raise Reject(431)
         parser = self.parser
         url = self.url
+        headers = self.headers
+        # Ready for the next head (no on_message_begin callback: one Python call less per request).
+        self.url = b""
+        self.headers = []
+        self.head_size = self.head_bytes = 0
         if not url.startswith(b"/"):
             if url == b"*":
                 raw_path, query = url, b""
@@ -242,7 +237,7 @@ class HttpProtocol(asyncio.Protocol):
             "path": path,
             "raw_path": raw_path,
             "query_string": query,
-            "headers": self.headers,
+            "headers": headers,
             "state": state.copy() if state else {},
         }
         ex = server.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
@@ -335,7 +330,7 @@ class HttpProtocol(asyncio.Protocol):
     def reject(self, status: int) -> None:
         """Answer a request the parser refused, after any response still owed, then close."""
         self.closing = True
-        self.in_head = False
+        self.url = b""
         self.pause_reading()
         ex = self.parsing
         if ex is not None and ex is self.current:
@@ -386,7 +381,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- keep-alive and drain -----------------------------------------------------------------------
 
     def is_idle(self) -> bool:
-        return self.current is None and not self.queue and not self.in_head and not self.start_pending
+        return self.current is None and not self.queue and not self.url and not self.start_pending
 
     def sweep(self, now: float, keepalive: float) -> None:
         """Called once a second by the server: close connections idle for too long."""
