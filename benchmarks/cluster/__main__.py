@@ -1,0 +1,77 @@
+"""python -m benchmarks.cluster [scenario ...] [--quick] [--servers a,b] [--reloads N]
+
+Scenarios (all by default, in this order): reload-loss, fairness, memory, startup, throughput,
+reload-time, then plots (which also writes cluster-summary.md from every cluster-*.json present).
+Results go to benchmarks/results/cluster-*.json, cluster-*.md and cluster-*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+import time
+
+from benchmarks.cluster import procs
+from benchmarks.cluster.common import RESULTS, Context
+
+SCENARIOS = {
+    "reload-loss": "reload_loss",
+    "fairness": "fairness",
+    "memory": "memory",
+    "startup": "startup",
+    "throughput": "throughput",
+    "reload-time": "reload_time",
+    "plots": "plots",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", help="fewer reloads and shorter runs")
+    parser.add_argument("--servers", default=",".join(procs.SERVERS),
+                        help=f"comma-separated, from {','.join(procs.SERVERS)} (default: all)")
+    parser.add_argument("--reloads", type=int, help="reloads per run in reload-loss (default 20, --quick 5)")
+    parser.add_argument("--results", default=str(RESULTS), help="where result files go")
+    args = parser.parse_args(argv)
+    chosen = args.scenarios or list(SCENARIOS)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    servers = [s for s in args.servers.split(",") if s]
+    bad = [s for s in servers if s not in procs.SERVERS]
+    if unknown or bad:
+        parser.error(f"unknown scenario or server: {', '.join(unknown + bad)}")
+    from pathlib import Path
+
+    ctx = Context(quick=args.quick, servers=servers, results=Path(args.results), reloads=args.reloads)
+    began = time.monotonic()
+    failed = []
+    try:
+        for name in chosen:
+            module = importlib.import_module(f"benchmarks.cluster.{SCENARIOS[name]}")
+            ctx.log(f"== {name}")
+            try:
+                module.run(ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the other scenarios still run
+                import traceback
+
+                traceback.print_exc()
+                failed.append(f"{name}: {exc}")
+    except KeyboardInterrupt:
+        ctx.log("interrupted: stopping every process started")
+        return 130
+    finally:
+        procs.REGISTRY.cleanup()
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        ctx.log(f"done in {time.monotonic() - began:.0f}s")
+    for line in failed:
+        print(f"scenario failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
