@@ -460,3 +460,15 @@ def test_unix_socket_listener() -> None:
             listener.close()
     assert view["path"] == "/u"
     assert view["client"] is None
+
+
+def test_upgrade_request_is_answered_as_plain_http_then_closed() -> None:
+    with serving(echo_app) as srv, Client(srv.port) as client:
+        client.send(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x00"
+        )
+        response = client.read()
+        assert response.status == 200 and json.loads(response.body)["path"] == "/ws"
+        assert response.headers["connection"] == "close"
+        assert client.closed_by_server()

@@ -142,7 +142,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # no protocol upgrades: the request is answered as plain HTTP and the connection closed
+            # No protocol upgrades (WebSocket): the request is answered as plain HTTP, then the connection
+            # closes, since what follows on it is not HTTP.
+            self.closing = True
+            if self.parsing is not None:
+                self.parsing.complete()
+                self.parsing = None
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self.reject(cause.status if isinstance(cause, Reject) else 400)
