@@ -472,3 +472,19 @@ def test_upgrade_request_is_answered_as_plain_http_then_closed() -> None:
         assert response.status == 200 and json.loads(response.body)["path"] == "/ws"
         assert response.headers["connection"] == "close"
         assert client.closed_by_server()
+
+
+def test_connection_handed_over_by_the_master_is_served() -> None:
+    """leastconn balancing: the master accepts and passes the connection to accept()."""
+    with serving(ok(b"handed over")) as srv, socket.socket() as front:
+        front.bind(("127.0.0.1", 0))
+        front.listen(1)
+        with socket.create_connection(front.getsockname(), timeout=5) as raw:
+            conn, _ = front.accept()
+            srv.call(srv.server.accept, conn)
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := raw.recv(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"\r\n\r\nhanded over")
