@@ -146,3 +146,23 @@ def machine_line(data: dict) -> str:
     peers = ", ".join(f"{k} {v[k]}" for k in ("prun", "uvicorn", "gunicorn", "granian", "node", "pm2") if v.get(k))
     return (f"Measured {m['date']} on {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; {peers}"
             f"{' (--quick)' if data.get('quick') else ''}.")
+
+
+def wait_quiet(ctx: Context, limit: float = 90.0, threshold: float = 30.0) -> float:
+    """Wait (at most `limit` s) until the CPUs are mostly idle, as other work would skew timings.
+
+    Returns the last CPU use seen (percent of all CPUs), which the scenarios record beside their numbers.
+    """
+    import psutil
+
+    deadline = time.monotonic() + limit
+    said = False
+    while True:
+        busy = psutil.cpu_percent(interval=0.5)
+        if busy < threshold or time.monotonic() > deadline:
+            if busy >= threshold:
+                ctx.log(f"  the machine is still busy ({busy:.0f}% CPU): measuring anyway")
+            return round(busy, 1)
+        if not said:
+            ctx.log(f"  the machine is busy ({busy:.0f}% CPU before starting): waiting up to {limit:g}s")
+            said = True

@@ -14,7 +14,7 @@ import time
 import traceback
 
 from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, latency_summary, machine_line, table, write_json, write_md
+from benchmarks.cluster.common import Context, latency_summary, machine_line, table, wait_quiet, write_json, write_md
 
 NAME = "fairness"
 INSTANCES = 4
@@ -42,6 +42,7 @@ def run(ctx: Context) -> dict:
             results[name] = {"skipped": str(exc)}
             continue
         try:
+            busy = wait_quiet(ctx)
             server.start()
             server.wait_ready(30)
             server.wait_serving(30)
@@ -60,6 +61,7 @@ def run(ctx: Context) -> dict:
             lat = latency_summary(r["latency"])
             results[name] = {
                 "label": server.label,
+                "cpu_busy_before": busy,
                 "service_ms": round(service, 3),
                 "ok": r["ok"],
                 "failed": r["failed"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import traceback
 
 from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, write_json, write_md
+from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
 from benchmarks.cluster.reload_loss import reload_under_load
 
 NAME = "reload-time"
@@ -29,12 +29,14 @@ def run(ctx: Context) -> dict:
             results[name] = {"skipped": str(exc)}
             continue
         try:
+            busy = wait_quiet(ctx)
             server.start()
             server.wait_ready(30)
             server.wait_serving(30)
             r = reload_under_load(ctx, server, "keepalive", reloads, gap=1.5)
             results[name] = {
                 "label": server.label,
+                "cpu_busy_before": busy,
                 "reload_method": server.reload_method,
                 "reloads": r["reloads_done"],
                 "error": r["error"],

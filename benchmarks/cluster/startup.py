@@ -13,7 +13,7 @@ import time
 import traceback
 
 from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, write_json, write_md
+from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
 
 NAME = "startup"
 
@@ -40,6 +40,7 @@ def run(ctx: Context) -> dict:
                         raise StopIteration from None
                     entry["label"] = server.label
                     entry["ready_method"] = server.ready_method
+                    wait_quiet(ctx, limit=15)
                     try:
                         server.prepare()
                         began = server.start()

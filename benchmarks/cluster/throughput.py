@@ -14,7 +14,7 @@ import subprocess
 import traceback
 
 from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, write_json, write_md
+from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
 
 NAME = "throughput"
 INSTANCES = 2
@@ -53,12 +53,13 @@ def wrk(port: int, shape: str, duration: float) -> dict:
 
 def measure(ctx: Context, name: str, duration: float) -> dict:
     server = procs.make(name, INSTANCES)
+    busy = wait_quiet(ctx)
     try:
         server.start()
         server.wait_ready(30)
         server.wait_serving(30)
         wrk(server.port, "keepalive", 1.0)  # warm-up
-        out = {}
+        out: dict = {"cpu_busy_before": busy}
         for shape in SHAPES:
             out[shape] = wrk(server.port, shape, duration)
             ctx.log(f"  {name} {shape}: {out[shape]['requests_per_s']:.0f} req/s, p99 {out[shape]['p99_ms']} ms")
@@ -105,7 +106,7 @@ def run(ctx: Context) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    out: dict = {"rounds": len(runs)}
+    out: dict = {"rounds": len(runs), "cpu_busy_before": [r["cpu_busy_before"] for r in runs]}
     for shape in SHAPES:
         shaped = [r[shape] for r in runs]
         out[shape] = {
