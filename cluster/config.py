@@ -168,6 +168,7 @@ class Config:
             limit_request_body=self.limit_request_body,
             limit_concurrency=self.limit_concurrency,
             access_log=self.access_log,
+            backlog=self.backlog,
             env=dict(self.env),
         )
 

@@ -41,7 +41,9 @@ class ProtocolServer(Server):
 
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            self._servers.append(await self.loop.create_server(self._factory, sock=sock))
+            # create_server calls listen() again on the shared socket: keep the master's backlog.
+            server = await self.loop.create_server(self._factory, sock=sock, backlog=self.options.backlog)
+            self._servers.append(server)
 
     def accept(self, conn: socket.socket) -> None:
         self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn))

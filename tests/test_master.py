@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import re
 import signal
 import socket
 import time
 
 import psutil
+import pytest
 
 from cluster.config import cpu_count
 from tests.support import EXAMPLES, echo, wait_until
@@ -187,3 +190,11 @@ def test_usr1_reopens_the_log_file_in_master_and_workers(prun, tmp_path):
     text = log.read_text()
     assert all(f"after the rotation from {pid}" in text for pid in workers)
     assert "after the rotation" not in rotated.read_text()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a listener's backlog")
+def test_workers_keep_the_masters_listen_backlog(prun):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--backlog", "777")
+    port = master.wait_ready()
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert listing.split()[2] == "777", listing  # Send-Q of a listener is its backlog
