@@ -125,7 +125,10 @@ class AsgiExchange(Exchange):
             fut = ctx.run(coro.send, None)
         except StopIteration:
             _leave_task(loop, host)
-            self.app_done(None)
+            if self.finished:
+                server.active -= 1  # the common case of app_done, inlined
+            else:
+                self.app_done(None)
             return
         except BaseException as exc:
             _leave_task(loop, host)
