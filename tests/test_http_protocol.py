@@ -488,3 +488,26 @@ def test_connection_handed_over_by_the_master_is_served() -> None:
                 data += chunk
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.endswith(b"\r\n\r\nhanded over")
+
+
+def test_repeated_responses_keep_their_own_length_and_framing() -> None:
+    """Response heads are reused between alike responses: each still gets its own length and framing."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        n = int(scope["path"][1:])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"x" * n, "more_body": n == 0})
+        if n == 0:
+            await send({"type": "http.response.body", "body": b"streamed"})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        for n in (3, 5, 3, 0, 5, 0):
+            response = client.get(f"/{n}")
+            if n:
+                assert response.headers["content-length"] == str(n) and response.body == b"x" * n
+            else:
+                assert response.headers["transfer-encoding"] == "chunked" and response.body == b"streamed"
+        last = client.get("/3", headers="Connection: close\r\n")
+        assert last.headers["connection"] == "close" and last.body == b"xxx"

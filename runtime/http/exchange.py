@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HEAD_CACHE_SIZE = 256
 _FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding"))
 
 
@@ -117,6 +118,22 @@ class Exchange:
         proto = self.proto
         server = proto.server
         status = self.status
+        # A plain keep-alive response with the same status, headers and length as an earlier one reuses
+        # the head built then: apps answer with the same few heads over and over. The cache is emptied
+        # every second, when the Date header changes.
+        key: Any = None
+        if (
+            self.keep_alive and self.http11 and self.reason is None and not self.head_only and not self.expect
+            and not proto.closing and not server.draining
+        ):  # fmt: skip
+            key = (status, -1 if more else body_len, tuple(self.resp_headers))
+            try:
+                cached = server.heads.get(key)
+            except TypeError:  # header pairs given as lists: not hashable, build the head as usual
+                key = cached = None
+            if cached is not None:
+                self.length, self.chunked = cached[1], cached[2]
+                return cached[0]
         line = STATUS_LINES.get(status) if self.reason is None else None
         parts = [line or status_line(status, self.reason), server.date_server]
         lines = server.date_lines + 2
@@ -165,6 +182,8 @@ class Exchange:
             raise ValueError("response header names and values must not contain CR or LF")
         self.keep_alive = keep
         self.length = length
+        if key is not None and keep and not self.head_only and len(server.heads) < HEAD_CACHE_SIZE:
+            server.heads[key] = (head, length, self.chunked)
         return head
 
     def write(self, body: bytes, more: bool) -> None:

@@ -95,6 +95,7 @@ class HttpServer(Server):
         self.clock = loop.time()
         self.date_server = b""
         self.date_lines = 1
+        self.heads: dict[Any, tuple[bytes, int, bool]] = {}  # response heads built this second (exchange.py)
         self._update_date()
 
     # -- the clock: Date header cache and keep-alive sweep ------------------------------------------
@@ -105,6 +106,7 @@ class HttpServer(Server):
             line += b"server: prun\r\n"
         self.date_server = line
         self.date_lines = line.count(b"\n")
+        self.heads.clear()
 
     def _tick(self) -> None:
         """Once a second: refresh the Date header and close connections idle past keepalive_timeout."""
