@@ -6,6 +6,7 @@
     asgi.py       ASGI receive/send and running the app without a Task per request (hot path)
     wsgi.py       WSGI apps on a bounded thread pool, with a streamed wsgi.input
     lifespan.py   ASGI lifespan startup/shutdown and the shared state
+    proxy.py      --proxy-headers: trusted peers and the X-Forwarded-* they report
     logs.py       app errors (stderr) and the access log (stdout)
 """
 

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import httptools
 
 from runtime.http.exchange import Exchange, write_error
+from runtime.http.proxy import forwarded
 
 if TYPE_CHECKING:
     from runtime.http.server import HttpServer
@@ -93,7 +94,7 @@ class HttpProtocol(asyncio.Protocol):
             self.client = (peer[0], peer[1])
         if isinstance(local, tuple):
             self.sockname = (local[0], local[1])
-        if server.proxy_headers and (self.client is None or server.trusts(self.client[0])):
+        if server.proxy_headers and (self.client is None or self.client[0] in server.trusted):
             self.watch = _WATCH_PROXY
         server.opened(self)
         if server.draining:
@@ -223,7 +224,7 @@ class HttpProtocol(asyncio.Protocol):
         client = self.client
         scheme = self.scheme
         if self.fwd_for is not None or self.fwd_proto is not None:
-            client, scheme = server.forwarded(client, scheme, self.fwd_for, self.fwd_proto)
+            client, scheme = forwarded(server.trusted, client, scheme, self.fwd_for, self.fwd_proto)
             self.fwd_for = self.fwd_proto = None
         root = server.root_path
         if root:
