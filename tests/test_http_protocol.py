@@ -511,3 +511,51 @@ def test_repeated_responses_keep_their_own_length_and_framing() -> None:
                 assert response.headers["transfer-encoding"] == "chunked" and response.body == b"streamed"
         last = client.get("/3", headers="Connection: close\r\n")
         assert last.headers["connection"] == "close" and last.body == b"xxx"
+
+
+def test_starlette_middleware_background_tasks_and_thread_pool() -> None:
+    """anyio task groups, thread pools and background tasks need a real current task from the first step."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    done = threading.Event()
+
+    class Tag(BaseHTTPMiddleware):
+        async def dispatch(self, request: Any, call_next: Any) -> Any:
+            response = await call_next(request)
+            response.headers["x-tag"] = "yes"
+            return response
+
+    def sync_view(request: Any) -> Any:
+        return PlainTextResponse("sync", background=BackgroundTask(done.set))
+
+    async def async_view(request: Any) -> Any:
+        return PlainTextResponse("async")
+
+    app = Starlette(routes=[Route("/sync", sync_view), Route("/async", async_view)], middleware=[Middleware(Tag)])
+    with serving(app) as srv, Client(srv.port) as client:
+        for _ in range(3):
+            for path, body in (("/sync", b"sync"), ("/async", b"async")):
+                response = client.get(path)
+                assert (response.status, response.body, response.headers["x-tag"]) == (200, body, "yes")
+        assert done.wait(5)
+
+
+def test_an_app_that_does_not_suspend_costs_no_task_per_request() -> None:
+    created: list[Any] = []
+    with serving(ok(b"fast")) as srv:
+
+        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+            created.append(coro)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        srv.call(srv.loop.set_task_factory, counting_factory)
+        with Client(srv.port) as client:
+            for _ in range(50):
+                assert client.get("/").body == b"fast"
+        srv.call(srv.loop.set_task_factory, None)
+    assert len(created) <= 1  # at most the connection's host task
