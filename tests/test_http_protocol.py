@@ -460,6 +460,7 @@ def test_unix_socket_listener() -> None:
             listener.close()
     assert view["path"] == "/u"
     assert view["client"] is None
+    assert view["server"] == [path, None]
 
 
 def test_upgrade_request_is_answered_as_plain_http_then_closed() -> None:

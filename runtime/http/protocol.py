@@ -94,6 +94,8 @@ class HttpProtocol(asyncio.Protocol):
             self.client = (peer[0], peer[1])
         if isinstance(local, tuple):
             self.sockname = (local[0], local[1])
+        elif local:
+            self.sockname = (local, None)  # type: ignore[assignment]  # a unix socket: [path, None]
         if server.proxy_headers and (self.client is None or self.client[0] in server.trusted):
             self.watch = _WATCH_PROXY
         server.opened(self)

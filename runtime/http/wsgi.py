@@ -171,6 +171,8 @@ class WsgiExchange(Exchange):
         server = self.proto.server
         raw = scope["raw_path"][len(server.root_path_bytes) :]
         host, port = scope["server"] or ("localhost", 80)
+        if port is None:  # a unix socket
+            host, port = "localhost", 80
         env: dict[str, Any] = {
             "REQUEST_METHOD": scope["method"],
             "SCRIPT_NAME": server.root_path,
