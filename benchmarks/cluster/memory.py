@@ -107,7 +107,7 @@ def markdown(data: dict) -> str:
         "",
         "Idle after a warm-up of 400 requests, in MiB (psutil `memory_full_info`). USS is memory only that "
         "process holds; PSS shares the pages it shares with others among them, so the tree's PSS sum is its "
-        "real footprint (an RSS sum counts shared pages once per process). gunicorn and granian workers share "
+        "real footprint (an RSS sum counts shared pages once per process). gunicorn workers share "
         "pages with their master (gunicorn forks without exec), while prun and uvicorn start each worker as a "
         "fresh interpreter, so their workers' USS carries the interpreter and the imports.",
         "",
