@@ -560,3 +560,23 @@ def test_an_app_that_does_not_suspend_costs_no_task_per_request() -> None:
                 assert client.get("/").body == b"fast"
         srv.call(srv.loop.set_task_factory, None)
     assert len(created) <= 1  # at most the connection's host task
+
+
+def test_app_cancelling_its_own_task_in_its_first_step_is_cancelled_at_its_next_await() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(1)
+            text = b"not cancelled"
+        except asyncio.CancelledError:
+            text = b"cancelled"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": text})
+
+    with serving(app) as srv, Client(srv.port) as client:
+        assert client.get("/").body == b"cancelled"
+        assert client.get("/").body == b"cancelled"  # the connection's host task lives on

@@ -54,8 +54,23 @@ def _drive(ctx: contextvars.Context, coro: Coroutine[Any, Any, Any], fut: Any) -
                 return stop.value
 
 
+async def finish(ex: AsgiExchange, ctx: contextvars.Context, coro: Any, fut: Any, cancel: bool = False) -> None:
+    """Drive an app coroutine that suspended inline to its end (cancelled first if `cancel`)."""
+    try:
+        if cancel:
+            fut = ctx.run(coro.throw, asyncio.CancelledError())
+        await _drive(ctx, coro, fut)
+    except StopIteration:  # the app caught that cancellation and returned
+        ex.app_done(None)
+    except BaseException as exc:
+        ex.app_done(exc)
+    else:
+        ex.app_done(None)
+
+
 async def host_main(proto: HttpProtocol) -> None:
     """A connection's host task: finishes, one at a time, the app coroutines that suspended inline."""
+    proto.host_ready = True
     cancel_first = False
     while True:
         job = proto.host_job
@@ -75,17 +90,10 @@ async def host_main(proto: HttpProtocol) -> None:
                 cancel_first = proto.host_job is not None
             continue
         proto.host_job = None
-        ex, ctx, coro, fut = job
         try:
-            if cancel_first:
-                cancel_first = False
-                fut = ctx.run(coro.throw, asyncio.CancelledError())
-            await _drive(ctx, coro, fut)
-        except BaseException as exc:
-            ex.app_done(exc)
-        else:
-            ex.app_done(None)
+            await finish(*job, cancel=cancel_first)
         finally:
+            cancel_first = False
             proto.host_busy = False
 
 
@@ -108,12 +116,10 @@ class AsgiExchange(Exchange):
         except BaseException as exc:
             self.app_done(exc)
             return
-        if proto.host_busy or proto.closed:
+        host = proto.host
+        if proto.host_busy or host is None or proto.closed:
             proto.loop.create_task(self.in_task(coro))
             return
-        host = proto.host
-        if host is None:
-            host = proto.host = proto.loop.create_task(host_main(proto))
         ctx = contextvars.copy_context()
         loop = proto.loop
         try:
@@ -135,6 +141,13 @@ class AsgiExchange(Exchange):
             self.app_done(exc)
             return
         _leave_task(loop, host)
+        if not proto.host_ready and getattr(host, "cancelling", lambda: 0)():
+            # The app cancelled its task before that task ever ran a step, which no task survives: this
+            # request ends in a task of its own, with the cancellation delivered, and the connection gets
+            # a new host task.
+            proto.host = proto.server.make_host(proto)
+            loop.create_task(finish(self, ctx, coro, fut, cancel=True))
+            return
         # The app suspended: its host task takes it from here.
         proto.host_busy = True
         proto.host_job = (self, ctx, coro, fut)

@@ -46,7 +46,8 @@ class HttpProtocol(asyncio.Protocol):
         "server", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
-        "closing", "closed", "lingering", "host", "host_busy", "host_job", "host_wake", "draining_idle",
+        "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
+        "draining_idle",
     )  # fmt: skip
 
     def __init__(self, server: HttpServer) -> None:
@@ -78,6 +79,7 @@ class HttpProtocol(asyncio.Protocol):
         self.lingering = False
         # The per-connection host task: see runtime/http/asgi.py.
         self.host: asyncio.Task[None] | None = None
+        self.host_ready = False
         self.host_busy = False
         self.host_job: Any = None
         self.host_wake: asyncio.Future[None] | None = None
@@ -98,6 +100,8 @@ class HttpProtocol(asyncio.Protocol):
             self.sockname = (local, None)  # type: ignore[assignment]  # a unix socket: [path, None]
         if server.proxy_headers and (self.client is None or self.client[0] in server.trusted):
             self.watch = _WATCH_PROXY
+        if server.make_host is not None:
+            self.host = server.make_host(self)
         server.opened(self)
         if server.draining:
             self.drain()
@@ -120,6 +124,7 @@ class HttpProtocol(asyncio.Protocol):
         self.drain_waiters.clear()
         if self.host is not None and not self.host_busy:
             self.host.cancel()
+            self.host = None
         self.server.closed(self)
 
     def eof_received(self) -> bool | None:

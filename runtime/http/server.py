@@ -27,14 +27,16 @@ class HttpServer(Server):
             from runtime.http.wsgi import WsgiExchange
 
             self.exchange_cls: Any = WsgiExchange
+            self.make_host: Any = None
             self.lifespan = Lifespan(app, "off", loop)
             self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
                 max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
             )
         elif interface == "asgi":
-            from runtime.http.asgi import AsgiExchange
+            from runtime.http.asgi import AsgiExchange, host_main
 
             self.exchange_cls = AsgiExchange
+            self.make_host = lambda proto: loop.create_task(host_main(proto))  # one per connection (asgi.py)
             self.lifespan = Lifespan(app, options.lifespan, loop)
             self.executor = None
         else:
