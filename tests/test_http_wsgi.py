@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 from typing import Any
@@ -205,3 +206,40 @@ def test_requests_run_on_a_bounded_pool() -> None:
             for t in threads:
                 t.join(10)
     assert peak == 2
+
+
+def test_unread_upload_stops_the_server_reading_until_the_app_reads() -> None:
+    go = threading.Event()
+    size = 64 * 1024 * 1024
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        go.wait(10)
+        total = 0
+        while chunk := environ["wsgi.input"].read(1 << 20):
+            total += len(chunk)
+        start_response("200 OK", [])
+        return [str(total).encode()]
+
+    with serving(app, "wsgi", limit_request_body=size) as srv, Client(srv.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"x" * (1024 * 1024)
+        client.sock.settimeout(0.5)
+        sent = 0
+        with pytest.raises(socket.timeout):
+            while sent < size:  # the server stops reading: the kernel buffers fill and sending blocks
+                client.sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < size // 2
+        go.set()
+        client.sock.settimeout(10)
+
+        def pump() -> None:  # the rest of the body (and a little more: only the first response counts)
+            try:
+                while True:
+                    client.sock.sendall(chunk)
+            except OSError:
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+        response = client.read()
+        assert response.status == 200 and int(response.body) == size
