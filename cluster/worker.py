@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-import signal
 import socket
 import sys
 import time

@@ -177,6 +177,7 @@ class Worker:
     async def _drain(self, timeout: float) -> None:
         assert self.server is not None and self.done is not None
         try:
+            await self.server.settle()  # a connection handed over just before the drain is served too
             await self.server.drain(timeout)
         finally:
             if not self.done.done():

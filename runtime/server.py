@@ -35,6 +35,7 @@ class Server(abc.ABC):
         # max-requests: when `requests` reaches request_limit (0: never), call on_limit once.
         self.request_limit = 0
         self.on_limit: Callable[[], None] = lambda: None
+        self._handing_over: set[asyncio.Task[None]] = set()
 
     async def startup(self) -> None:
         """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""
@@ -44,8 +45,26 @@ class Server(abc.ABC):
         """Start accepting on every listener; return once accepting."""
 
     @abc.abstractmethod
+    def protocol(self) -> asyncio.Protocol:
+        """A protocol instance for one new connection."""
+
     def accept(self, conn: socket.socket) -> None:
         """Serve one connection the master accepted and handed over (leastconn balancing)."""
+        conn.setblocking(False)
+        task = self.loop.create_task(self._serve_handed_over(conn))
+        self._handing_over.add(task)
+        task.add_done_callback(self._handing_over.discard)
+
+    async def _serve_handed_over(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.protocol, conn)
+        except OSError:
+            conn.close()
+
+    async def settle(self) -> None:
+        """Wait until every handed-over connection is being served, so that a drain counts it."""
+        while self._handing_over:
+            await asyncio.gather(*self._handing_over, return_exceptions=True)
 
     @abc.abstractmethod
     async def drain(self, timeout: float) -> None:

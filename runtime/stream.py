@@ -20,7 +20,7 @@ class ProtocolServer(Server):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def _factory(self) -> asyncio.Protocol:
+    def protocol(self) -> asyncio.Protocol:
         return _Tracked(self, self.app())
 
     def _opened(self, transport: asyncio.BaseTransport) -> None:
@@ -42,11 +42,8 @@ class ProtocolServer(Server):
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
             # create_server calls listen() again on the shared socket: keep the master's backlog.
-            server = await self.loop.create_server(self._factory, sock=sock, backlog=self.options.backlog)
+            server = await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
             self._servers.append(server)
-
-    def accept(self, conn: socket.socket) -> None:
-        self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn))
 
     async def _stop_listening(self) -> None:
         for srv in self._servers:

@@ -69,6 +69,19 @@ def test_no_connection_goes_to_a_draining_worker_and_reload_loses_nothing(prun):
     assert load.failed == 0, load.errors[:5]
 
 
+def test_reloads_under_connection_per_request_load_lose_nothing(prun):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    port = master.wait_ready()
+    with EchoLoad(port, clients=8, per_connection=1) as load:
+        load.wait_requests(100)
+        for n in range(2, 12):
+            mark = master.mark()
+            master.signal(signal.SIGHUP)
+            master.wait_for(rf"reload complete: 2 workers on gen {n}", start=mark, timeout=20)
+            load.wait_requests(30)
+    assert load.failed == 0, load.errors[:5]
+
+
 def test_a_worker_killed_with_queued_connections_loses_none(prun):
     master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn", "--timeout", "0")
     port = master.wait_ready()

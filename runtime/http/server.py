@@ -89,7 +89,7 @@ class HttpServer(Server):
 
     # -- connections --------------------------------------------------------------------------------
 
-    def _factory(self) -> HttpProtocol:
+    def protocol(self) -> HttpProtocol:
         return HttpProtocol(self)
 
     def opened(self, proto: HttpProtocol) -> None:
@@ -112,20 +112,10 @@ class HttpServer(Server):
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
             # create_server calls listen() again on the shared socket: keep the master's backlog.
-            server = await self.loop.create_server(self._factory, sock=sock, backlog=self.options.backlog)
+            server = await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
             self._servers.append(server)
         if self._ticker is None:
             self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
-
-    def accept(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        self.loop.create_task(self._accept(conn))
-
-    async def _accept(self, conn: socket.socket) -> None:
-        try:
-            await self.loop.connect_accepted_socket(self._factory, conn)
-        except OSError:
-            conn.close()
 
     async def drain(self, timeout: float) -> None:
         loop = self.loop
