@@ -2,6 +2,7 @@
 
 Scenarios (all by default, in this order): reload-loss, fairness, memory, startup, throughput,
 reload-time, then plots (which also writes cluster-summary.md from every cluster-*.json present).
+reload-soak (prun's policies only, the reload-loss runs repeated --rounds times) runs only when named.
 Results go to benchmarks/results/cluster-*.json, cluster-*.md and cluster-*.png.
 """
 
@@ -25,32 +26,36 @@ SCENARIOS = {
     "reload-time": "reload_time",
     "plots": "plots",
 }
+OPT_IN = {"reload-soak": "reload_soak"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join([*SCENARIOS, *OPT_IN]))
     parser.add_argument("--quick", action="store_true", help="fewer reloads and shorter runs")
     parser.add_argument("--servers", default=",".join(procs.SERVERS),
                         help=f"comma-separated, from {','.join(procs.SERVERS)} (default: all)")
     parser.add_argument("--reloads", type=int, help="reloads per run in reload-loss (default 20, --quick 5)")
+    parser.add_argument("--rounds", type=int, help="rounds of reload-soak (default 3, --quick 1)")
     parser.add_argument("--results", default=str(RESULTS), help="where result files go")
     args = parser.parse_args(argv)
     chosen = args.scenarios or list(SCENARIOS)
-    unknown = [s for s in chosen if s not in SCENARIOS]
+    modules = {**SCENARIOS, **OPT_IN}
+    unknown = [s for s in chosen if s not in modules]
     servers = [s for s in args.servers.split(",") if s]
     bad = [s for s in servers if s not in procs.SERVERS]
     if unknown or bad:
         parser.error(f"unknown scenario or server: {', '.join(unknown + bad)}")
     from pathlib import Path
 
-    ctx = Context(quick=args.quick, servers=servers, results=Path(args.results), reloads=args.reloads)
+    ctx = Context(quick=args.quick, servers=servers, results=Path(args.results), reloads=args.reloads,
+                  rounds=args.rounds)
     began = time.monotonic()
     failed = []
     try:
         for name in chosen:
-            module = importlib.import_module(f"benchmarks.cluster.{SCENARIOS[name]}")
+            module = importlib.import_module(f"benchmarks.cluster.{modules[name]}")
             ctx.log(f"== {name}")
             try:
                 module.run(ctx)

@@ -25,6 +25,7 @@ class Context:
     results: Path = RESULTS
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prun-bench-")))
     reloads: int | None = None
+    rounds: int | None = None
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

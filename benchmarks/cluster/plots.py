@@ -136,13 +136,18 @@ def policy_choice(results: dict[str, dict]) -> tuple[str, list[str]]:
             points[winner] += 1
         lines.append(f"- {what}: shared {shared:g}, leastconn {leastconn:g} -> {winner}")
 
-    rl = results.get("reload-loss")
-    if rl:
-        totals = {}
+    rl, soak = results.get("reload-loss"), results.get("reload-soak")
+    if rl or soak:
+        totals: dict[str, int | None] = {}
+        reloads = 0
         for policy in ("shared", "leastconn"):
-            shapes = rl["servers"].get(f"prun-{policy}", {}).get("shapes", {})
-            totals[policy] = sum(r["failed"] for r in shapes.values()) if shapes else None
-        compare("failed requests over all reloads", totals["shared"], totals["leastconn"], False, 0)
+            shapes = (rl or {}).get("servers", {}).get(f"prun-{policy}", {}).get("shapes", {})
+            soaked = [t for key, t in (soak or {}).get("totals", {}).items() if key.startswith(f"prun-{policy} ")]
+            found = list(shapes.values()) + soaked
+            totals[policy] = sum(r["failed"] for r in found) if found else None
+            reloads = sum(r.get("reloads_done", r.get("reloads", 0)) for r in found)
+        compare(f"failed requests over {reloads} reloads each (reload-loss and reload-soak)", totals["shared"],
+                totals["leastconn"], False, 0)
     fa = results.get("fairness")
     if fa:
         sh, lc = fa["servers"].get("prun-shared", {}), fa["servers"].get("prun-leastconn", {})
@@ -166,7 +171,7 @@ def policy_choice(results: dict[str, dict]) -> tuple[str, list[str]]:
 
 def run(ctx: Context) -> dict:
     results = {name: load(ctx, name) for name in
-               ("reload-loss", "fairness", "memory", "startup", "throughput", "reload-time")}
+               ("reload-loss", "reload-soak", "fairness", "memory", "startup", "throughput", "reload-time")}
     images = {}
     if results["fairness"]:
         images["fairness"] = plot_fairness(ctx, results["fairness"])
@@ -184,8 +189,9 @@ def summary(results: dict[str, dict | None], images: dict[str, str | None]) -> s
     lines = [
         "# prun cluster benchmarks: summary",
         "",
-        "Run them with `python -m benchmarks.cluster` (all scenarios, a few minutes) or "
-        "`python -m benchmarks.cluster --quick`; one scenario with e.g. `python -m benchmarks.cluster fairness`. "
+        "Run them with `python -m benchmarks.cluster` (all scenarios, about 11 minutes on 2 CPUs) or "
+        "`python -m benchmarks.cluster --quick`, and the opt-in `python -m benchmarks.cluster reload-soak plots`; "
+        "one scenario with e.g. `python -m benchmarks.cluster fairness`. "
         "Every number below comes from the `cluster-*.json` files next to this one, written by the last run of "
         "each scenario. The machine is small and noisy and the clients share its CPUs: compare servers within a "
         "table, not across machines.",
@@ -213,6 +219,14 @@ def summary(results: dict[str, dict | None], images: dict[str, str | None]) -> s
         if images.get("reload-loss"):
             lines += [f"![failed requests per server]({images['reload-loss']})", ""]
         lines += [f"- {'met' if g else 'NOT met'}: {t}" for t, g in reload_loss.verdict(rl)] + [""]
+
+    soak = results.get("reload-soak")
+    if soak:
+        lines += ["## Reload soak (prun only)", "", f"The reload-loss runs for prun repeated {soak['rounds']} times, "
+                  f"{soak['reloads']} reloads each ([details](cluster-reload-soak.md)).", ""]
+        rows = [[key, t["reloads"], t["ok"], t["failed"], t["runs_with_failures"], t["runs"]]
+                for key, t in soak["totals"].items()]
+        lines += [table(["policy and load", "reloads", "ok", "failed", "runs with failures", "runs"], rows), ""]
 
     fa = results.get("fairness")
     if fa:
