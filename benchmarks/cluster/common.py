@@ -92,8 +92,11 @@ def machine() -> dict[str, object]:
 
     pm2 = PM2_DIR / "node_modules" / "pm2" / "package.json"
     pm2_version = json.loads(pm2.read_text())["version"] if pm2.exists() else None
+    root = Path(__file__).resolve().parents[2]
+    commit = _command_version(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "prun_commit": commit,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -145,7 +148,8 @@ def machine_line(data: dict) -> str:
     m = data["machine"]
     v = m["versions"]
     peers = ", ".join(f"{k} {v[k]}" for k in ("prun", "uvicorn", "gunicorn", "granian", "node", "pm2") if v.get(k))
-    return (f"Measured {m['date']} on {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; {peers}"
+    commit = f" at commit {m['prun_commit']}" if m.get("prun_commit") else ""
+    return (f"Measured {m['date']}{commit} on {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; {peers}"
             f"{' (--quick)' if data.get('quick') else ''}.")
 
 
