@@ -104,7 +104,8 @@ def cli() -> None:
 @click.option("--env", multiple=True, metavar="KEY=VALUE", help="Set a variable in the workers; repeatable.")
 @click.option("--config", "config", help="A TOML config file (or [tool.prun] in pyproject.toml).")
 @click.option("--backlog", help="Listen backlog.  [default: 2048]")
-@click.option("--balance", help="shared (the kernel balances) or leastconn.  [default: shared]")
+@click.option("--balance", help="leastconn (the master hands each connection to the least busy worker) or "
+              "shared (the kernel balances).  [default: leastconn]")
 @click.option("--graceful-timeout", help="Seconds a draining worker may take.  [default: 25]")
 @click.option("--ready-timeout", help="Seconds a new worker may take to become ready.  [default: 60]")
 @click.option("--timeout", help="Seconds without a heartbeat before a worker is aborted (0: never).  [default: 30]")

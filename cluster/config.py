@@ -116,7 +116,7 @@ class Config:
     name: str = ""
     env: dict[str, str] = field(default_factory=dict)
     backlog: int = 2048
-    balance: str = "shared"
+    balance: str = "leastconn"  # chosen by benchmarks/results/cluster-summary.md
     graceful_timeout: float = 25.0  # below Kubernetes' 30 s grace period
     ready_timeout: float = 60.0
     timeout: float = 30.0

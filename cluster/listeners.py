@@ -127,6 +127,7 @@ def _adopt(fd: int, spec: str) -> socket.socket:
     except OSError as exc:
         raise UsageError(f"cannot use {spec}: fd {fd} cannot listen ({exc.strerror})") from None
     os.set_inheritable(fd, False)
+    sock.setblocking(False)  # the master may accept on it (leastconn): never block the loop
     return sock
 
 

@@ -152,3 +152,16 @@ def test_json_logs_from_master_and_workers(prun):
     assert any(r["msg"] == f"app imported in pid {r['pid']}" for r in workers)
     master.signal(signal.SIGTERM)
     assert master.wait_exit() == 0
+
+
+@pytest.mark.parametrize("balance", ["shared", "leastconn"])
+def test_bind_to_an_inherited_fd(prun, balance):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    master = prun("tcp:handle", "-b", f"fd://{sock.fileno()}", "--balance", balance, pass_fds=(sock.fileno(),))
+    sock.close()
+    master.wait_for(rf"listening on 127\.0\.0\.1:{port}")
+    master.wait_for("ready:")
+    assert echo(port) == b"ping\n"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import signal
 
+import pytest
+
 from tests.support import APPS, EchoLoad, echo, wait_until
 
 
-def test_ten_hups_under_keepalive_load_replace_every_worker_and_lose_nothing(prun):
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+@pytest.mark.parametrize("balance", ["shared", "leastconn"])
+def test_ten_hups_under_keepalive_load_replace_every_worker_and_lose_nothing(prun, balance):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--graceful-timeout", "10", "--balance", balance)
     port = master.wait_ready()
     pids = wait_until(lambda: len(master.workers()) == 2 and set(master.workers()))
     with EchoLoad(port, clients=8, per_connection=50) as load:
