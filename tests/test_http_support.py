@@ -175,6 +175,31 @@ class Client:
             body = self.file.read()
         return Response(code, reason[0] if reason else "", headers, body)
 
+    def send_until_blocked(self, limit: int, chunk: bytes = b"x" * (1 << 20)) -> int:
+        """Send `chunk`s until sending blocks for 0.5 s (the server stopped reading); the bytes sent."""
+        self.sock.settimeout(0.5)
+        sent = 0
+        try:
+            while sent < limit:
+                self.sock.sendall(chunk)
+                sent += len(chunk)
+        except socket.timeout:
+            self.sock.settimeout(10)
+            return sent
+        raise AssertionError(f"sending {limit} bytes never blocked: the server read everything")
+
+    def keep_sending(self, chunk: bytes = b"x" * (1 << 20)) -> None:
+        """Send `chunk`s from a thread until the connection fails or closes."""
+
+        def pump() -> None:
+            try:
+                while True:
+                    self.sock.sendall(chunk)
+            except OSError:
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+
     def closed_by_server(self) -> bool:
         """True when the server has closed its side (EOF or reset) with nothing more to read."""
         try:
