@@ -217,8 +217,18 @@ def reload_under_load(scenario: Scenario, hups: int, seconds: float, procs: Proc
           f"non-2xx {run.non_2xx}", flush=True)
 
 
+def prun_balance() -> str:
+    """prun's default balancing policy, which these runs use (it decides who accepts connections)."""
+    import dataclasses
+
+    from cluster.config import Config
+
+    return next(str(f.default) for f in dataclasses.fields(Config) if f.name == "balance")
+
+
 def markdown(scenarios: list[Scenario], meta: dict[str, object]) -> str:
     out = ["# prun HTTP benchmark", "", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+           f"- prun with its default balancing: {meta['prun_balance']}",
            f"- {meta['connections']} keep-alive connections, {meta['seconds']:g} s per run, "
            f"{meta['rounds']} rounds, app: benchmarks/apps/hello.py", ""]
     for sc in scenarios:
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "connections": CONNECTIONS,
-            "seconds": args.duration, "rounds": args.rounds,
+            "seconds": args.duration, "rounds": args.rounds, "prun_balance": prun_balance(),
             "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
