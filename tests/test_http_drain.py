@@ -51,18 +51,33 @@ def test_in_flight_request_finishes_with_connection_close_then_lifespan_shutdown
         assert events == ["response", "lifespan shutdown"]
 
 
-def test_idle_keep_alive_and_silent_connections_are_closed_after_the_window() -> None:
-    with serving(ok(), drain_idle_window=0.2) as srv, Client(srv.port) as idle, Client(srv.port) as silent:
+def test_idle_keep_alive_connections_are_closed_after_the_window_fresh_ones_are_served() -> None:
+    with serving(ok(b"late"), drain_idle_window=0.2) as srv, Client(srv.port) as idle, \
+            Client(srv.port) as fresh:
         assert idle.get("/").status == 200
-        srv.call(lambda: None)  # the silent connection has been accepted by now
+        srv.call(lambda: None)  # the fresh connection has been accepted by now
         started = time.monotonic()
         drained = srv.drain(10)
-        assert idle.closed_by_server()
-        assert silent.closed_by_server()
+        assert idle.closed_by_server()  # the window has passed
+        assert time.monotonic() - started >= 0.15
+        response = fresh.get("/")  # a client slow to send its first request is still answered
+        assert response.body == b"late"
+        assert response.headers["connection"] == "close"
+        assert fresh.closed_by_server()
         idle.close()
+        fresh.close()
+        drained.result(10)
+
+
+def test_a_connection_that_never_speaks_is_closed_at_the_keepalive_timeout() -> None:
+    with serving(ok(), drain_idle_window=0.1, keepalive_timeout=1.0) as srv, Client(srv.port) as silent:
+        srv.call(lambda: None)
+        started = time.monotonic()
+        drained = srv.drain(10)
+        assert silent.closed_by_server()
         silent.close()
         drained.result(10)
-        assert 0.15 <= time.monotonic() - started < 5  # the window, not the graceful timeout
+        assert 0.5 <= time.monotonic() - started < 5  # the keep-alive timeout, not the graceful one
 
 
 def test_idle_connection_may_send_one_more_request_during_the_window() -> None:

@@ -47,7 +47,7 @@ class HttpProtocol(asyncio.Protocol):
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
-        "draining_idle",
+        "draining_idle", "reused",
     )  # fmt: skip
 
     def __init__(self, server: HttpServer) -> None:
@@ -84,6 +84,7 @@ class HttpProtocol(asyncio.Protocol):
         self.host_job: Any = None
         self.host_wake: asyncio.Future[None] | None = None
         self.draining_idle = False
+        self.reused = False  # it has had a response: its client knows to retry on a closed keep-alive
 
     # -- connection events --------------------------------------------------------------------------
 
@@ -314,6 +315,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.current is not ex:
             return
         self.current = None
+        self.reused = True
         if not keep_alive or self.closed:
             self.close_gracefully()
             return
@@ -417,6 +419,11 @@ class HttpProtocol(asyncio.Protocol):
                 self.closing = True
 
     def close_if_idle(self) -> None:
-        """End of the drain window: an idle connection that sent nothing more is closed."""
-        if not self.closed and self.is_idle():
+        """End of the drain window: an idle keep-alive connection that sent nothing more is closed.
+
+        A connection that has not sent its first request yet is left open (until it speaks, the
+        keep-alive timeout or the drain deadline): its client just connected and is about to send,
+        and closing it now could reset a request in flight that no client would retry.
+        """
+        if not self.closed and self.reused and self.is_idle():
             self.close_gracefully()
