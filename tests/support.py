@@ -121,6 +121,12 @@ class Prun:
         self._known_workers.update(found)
         return found
 
+    def reload(self, pattern: str = r"reload complete", timeout: float = 30.0) -> re.Match[str]:
+        """Send HUP and wait for the line the reload ends with (by default, its completion)."""
+        mark = self.mark()
+        self.signal(signal.SIGHUP)
+        return self.wait_for(pattern, timeout, start=mark)
+
     def wait_exit(self, timeout: float = 30.0) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(5)

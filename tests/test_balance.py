@@ -75,9 +75,7 @@ def test_reloads_under_connection_per_request_load_lose_nothing(prun):
     with EchoLoad(port, clients=8, per_connection=1) as load:
         load.wait_requests(100)
         for n in range(2, 12):
-            mark = master.mark()
-            master.signal(signal.SIGHUP)
-            master.wait_for(rf"reload complete: 2 workers on gen {n}", start=mark, timeout=20)
+            master.reload(rf"reload complete: 2 workers on gen {n}")
             load.wait_requests(30)
     assert load.failed == 0, load.errors[:5]
 

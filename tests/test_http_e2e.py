@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import signal
 import threading
 import time
 from pathlib import Path
@@ -173,9 +172,7 @@ def test_hups_under_keep_alive_http_load_lose_no_request(prun, tmp_path: Path) -
     with HttpLoad(port) as load:
         load.wait_requests(200)
         for generation in range(2, 6):
-            mark = master.mark()
-            master.signal(signal.SIGHUP)
-            master.wait_for(rf"reload complete: 2 workers on gen {generation}", start=mark, timeout=30)
+            master.reload(rf"reload complete: 2 workers on gen {generation}")
             load.wait_requests(100)
         time.sleep(0.2)  # a moment of load on the last generation before stopping
     assert load.failed == 0, load.errors[:5]

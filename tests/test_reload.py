@@ -18,9 +18,7 @@ def test_ten_hups_under_keepalive_load_replace_every_worker_and_lose_nothing(pru
     with EchoLoad(port, clients=8, per_connection=50) as load:
         load.wait_requests(200)
         for n in range(2, 12):
-            mark = master.mark()
-            master.signal(signal.SIGHUP)
-            master.wait_for(rf"reload complete: 2 workers on gen {n}", start=mark, timeout=30)
+            master.reload(rf"reload complete: 2 workers on gen {n}")
             new = wait_until(lambda: len(master.workers()) == 2 and set(master.workers()), what="2 workers")
             assert not new & pids, f"gen {n}: some worker was not replaced"
             assert all(t.endswith(f"gen {n}") for t in master.workers().values())
@@ -41,17 +39,13 @@ def test_reload_onto_broken_code_keeps_the_old_workers_then_a_fixed_reload_compl
     app.write_text(good_code + "\nraise ImportError('a half-deployed release')\n")
     with EchoLoad(port, clients=4, per_connection=20) as load:
         load.wait_requests(50)
-        mark = master.mark()
-        master.signal(signal.SIGHUP)
-        master.wait_for(r"reload failed: worker 0 \(pid \d+, gen 2\): importing 'service' failed: "
-                        r"ImportError: a half-deployed release; every worker keeps serving gen 1", start=mark)
+        master.reload(r"reload failed: worker 0 \(pid \d+, gen 2\): importing 'service' failed: "
+                      r"ImportError: a half-deployed release; every worker keeps serving gen 1")
         load.wait_requests(50)
         assert set(master.workers()) == old
         assert master.proc.poll() is None
         app.write_text(good_code)
-        mark = master.mark()
-        master.signal(signal.SIGHUP)
-        master.wait_for(r"reload complete: 2 workers on gen 3", start=mark)
+        master.reload(r"reload complete: 2 workers on gen 3")
         load.wait_requests(50)
     assert load.failed == 0, load.errors[:5]
     assert not set(master.workers()) & old
@@ -79,9 +73,7 @@ def test_reload_batch_replaces_two_at_a_time(prun):
     master = prun("tcp:handle", "-i", "4", "-b", "127.0.0.1:0", "--reload-batch", "2")
     master.wait_ready()
     old = wait_until(lambda: len(master.workers()) == 4 and set(master.workers()))
-    mark = master.mark()
-    master.signal(signal.SIGHUP)
-    master.wait_for("reload complete: 4 workers on gen 2", start=mark)
+    master.reload("reload complete: 4 workers on gen 2")
     assert not set(wait_until(lambda: len(master.workers()) == 4 and master.workers())) & old
 
 
