@@ -4,7 +4,6 @@ from __future__ import annotations
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_BOOT_FAILURE = 3
 
 
 class PrunError(Exception):

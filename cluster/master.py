@@ -22,7 +22,7 @@ from cluster.listeners import Listener
 from cluster.log import Log
 from cluster.notify import Notifier
 from cluster.output import OutputRelay
-from cluster.worker import State, WorkerProcess, spawn
+from cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
 from runtime import channel
 
 BACKOFF_FIRST = 0.1
@@ -44,21 +44,6 @@ class Slot:
     failures: int = 0  # consecutive early deaths, for the backoff
     restart_timer: asyncio.TimerHandle | None = None
     last_error: str = ""
-
-
-def exit_status(code: int) -> int:
-    """A child's status as a shell shows it: its exit code, or 128+N for signal N."""
-    return 128 - code if code < 0 else code
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
 
 
 class Master:
@@ -248,8 +233,7 @@ class Master:
         limit = self.config.max_requests + (int.from_bytes(os.urandom(2), "little") % (jitter + 1) if jitter else 0)
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
         shared = [] if self.balancer else [listener.sock for listener in self.listeners]
-        worker = spawn(options, shared, self.loop, self.on_message, lambda w: None,
-                       capture=self.output is not None)
+        worker = spawn(options, shared, self.loop, self.on_message, capture=self.output is not None)
         self.workers[worker.pid] = worker
         if self.output:
             self.output.attach(worker)
@@ -453,7 +437,4 @@ def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callab
     async def main() -> int:
         return await Master(config, listeners, log, reconfigure, notifier).run()
 
-    try:
-        return asyncio.run(main())
-    except PrunError:
-        raise
+    return asyncio.run(main())

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cluster.errors import PrunError
-from cluster.worker import WorkerProcess
+from cluster.worker import WorkerProcess, describe_exit
 
 if TYPE_CHECKING:
     from cluster.master import Master, Slot
@@ -28,8 +28,6 @@ def failure_reason(worker: WorkerProcess) -> str:
     if worker.boot_error:
         return worker.boot_error
     if worker.exit_status is not None:
-        from cluster.master import describe_exit
-
         return f"it {describe_exit(worker.exit_status)} before it was ready"
     return "it did not become ready"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import signal
 import socket
 import sys
 import time
@@ -20,6 +21,21 @@ from runtime.options import WorkerOptions
 # with prun's own install so that the shim's modules load before the app's directory is added.
 _PRUN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
 _SHIM = f"import sys; sys.path[0] = {_PRUN_ROOT!r}; from runtime.container import main; main()"
+
+
+def exit_status(code: int) -> int:
+    """A child's status as a shell shows it: its exit code, or 128+N for signal N."""
+    return 128 - code if code < 0 else code
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
 
 
 class State(enum.Enum):
@@ -76,7 +92,6 @@ def spawn(
     listeners: list[socket.socket],
     loop: asyncio.AbstractEventLoop,
     on_message: Callable[[WorkerProcess, channel.Message, list[int]], None],
-    on_eof: Callable[[WorkerProcess], None],
     environ: dict[str, str] | None = None,
     capture: bool = False,
 ) -> WorkerProcess:
@@ -116,6 +131,6 @@ def spawn(
     )
     worker.state = State.BOOTING
     worker.chan = channel.AsyncChannel(
-        master_end, loop, lambda msg, fds: on_message(worker, msg, fds), lambda: on_eof(worker)
+        master_end, loop, lambda msg, fds: on_message(worker, msg, fds), lambda: None  # its exit is seen by waitpid
     )
     return worker

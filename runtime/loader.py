@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from runtime.options import EXIT_BOOT_FAILURE
 from runtime.server import BootError
 
 INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")
@@ -47,7 +48,7 @@ def load(spec: str, chdir: str, factory: bool = False) -> Any:
         raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-        raise BootError(f"importing {module_name!r} called sys.exit({exc.code!r})", code or 3) from exc
+        raise BootError(f"importing {module_name!r} called sys.exit({exc.code!r})", code or EXIT_BOOT_FAILURE) from exc
     except BaseException as exc:  # KeyboardInterrupt at import time is a failure too
         raise BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     try:

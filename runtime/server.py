@@ -10,13 +10,13 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from runtime.options import WorkerOptions
+from runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 
 
 class BootError(Exception):
     """The worker cannot start serving; the message is shown to the user as is."""
 
-    def __init__(self, message: str, exit_code: int = 3) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_BOOT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # the worker's exit status: 3, or the code the app passed to sys.exit
 

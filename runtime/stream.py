@@ -45,12 +45,9 @@ class ProtocolServer(Server):
             server = await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
             self._servers.append(server)
 
-    async def _stop_listening(self) -> None:
+    async def drain(self, timeout: float) -> None:
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener fd; the master keeps the socket
-
-    async def drain(self, timeout: float) -> None:
-        await self._stop_listening()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
