@@ -72,7 +72,7 @@ def server_commands(port: int, workers: int) -> dict[str, list[str]]:
     if workers > 1:
         uvicorn += ["--workers", str(workers)]
     return {
-        "prun": [py, "-c", "from cluster.cli import main; main()", "hello:app", "-i", str(workers),
+        "prun": [py, "-c", "from prun.cluster.cli import main; main()", "hello:app", "-i", str(workers),
                  "-b", f"127.0.0.1:{port}", "--chdir", str(APPS)],
         "uvicorn": uvicorn,
         "gunicorn": [py, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
@@ -221,7 +221,7 @@ def prun_balance() -> str:
     """prun's default balancing policy, which these runs use (it decides who accepts connections)."""
     import dataclasses
 
-    from cluster.config import Config
+    from prun.cluster.config import Config
 
     return next(str(f.default) for f in dataclasses.fields(Config) if f.name == "balance")
 

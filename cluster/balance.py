@@ -14,12 +14,12 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
-from cluster.worker import State, WorkerProcess
-from runtime import channel
+from prun.cluster.worker import State, WorkerProcess
+from prun.runtime import channel
 
 if TYPE_CHECKING:
-    from cluster.listeners import Listener
-    from cluster.log import Log
+    from prun.cluster.listeners import Listener
+    from prun.cluster.log import Log
 
 ACCEPTS_PER_WAKEUP = 64
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from cluster import config as config_mod
-from cluster.errors import EXIT_USAGE, PrunError
+from prun.cluster import config as config_mod
+from prun.cluster.errors import EXIT_USAGE, PrunError
 
 COMMANDS = ("run",)
 
@@ -36,15 +36,15 @@ def _remove_pid_file(path: str) -> None:
 
 def serve(cli_values: dict[str, Any]) -> int:
     """Build the config, bind the listeners, run the master; the exit code."""
-    from cluster import listeners as listeners_mod
-    from cluster import master
-    from cluster.log import Log
-    from cluster.notify import Notifier
+    from prun.cluster import listeners as listeners_mod
+    from prun.cluster import master
+    from prun.cluster.log import Log
+    from prun.cluster.notify import Notifier
 
     environ = dict(os.environ)
     config = config_mod.build(cli_values, environ)
     if config.health:
-        from cluster.health import parse_address
+        from prun.cluster.health import parse_address
 
         parse_address(config.health)
     log = Log(config.log_format, app=config.name or config.app)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import UsageError
-from runtime.loader import INTERFACES
-from runtime.options import WorkerOptions
+from prun.cluster.errors import UsageError
+from prun.runtime.loader import INTERFACES
+from prun.runtime.options import WorkerOptions
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from cluster.errors import UsageError
+from prun.cluster.errors import UsageError
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 

@@ -9,7 +9,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from cluster.errors import PrunError, UsageError
+from prun.cluster.errors import PrunError, UsageError
 
 SD_LISTEN_FDS_START = 3
 

@@ -61,7 +61,7 @@ class Log:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as exc:
-            from cluster.errors import PrunError
+            from prun.cluster.errors import PrunError
 
             raise PrunError(f"cannot open log file {path}: {exc.strerror}") from None
         for stream in (self.out, self.stream):

@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster import reload
-from cluster.balance import LeastConn
-from cluster.config import Config
-from cluster.errors import PrunError
-from cluster.health import HealthServer
-from cluster.listeners import Listener
-from cluster.log import Log
-from cluster.notify import Notifier
-from cluster.output import OutputRelay
-from cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
-from runtime import channel
+from prun.cluster import reload
+from prun.cluster.balance import LeastConn
+from prun.cluster.config import Config
+from prun.cluster.errors import PrunError
+from prun.cluster.health import HealthServer
+from prun.cluster.listeners import Listener
+from prun.cluster.log import Log
+from prun.cluster.notify import Notifier
+from prun.cluster.output import OutputRelay
+from prun.cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
+from prun.runtime import channel
 
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 1.5

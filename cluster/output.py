@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from cluster.log import Log
-from cluster.worker import WorkerProcess
+from prun.cluster.log import Log
+from prun.cluster.worker import WorkerProcess
 
 
 class OutputRelay:

@@ -16,11 +16,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from cluster.errors import PrunError
-from cluster.worker import WorkerProcess, describe_exit
+from prun.cluster.errors import PrunError
+from prun.cluster.worker import WorkerProcess, describe_exit
 
 if TYPE_CHECKING:
-    from cluster.master import Master, Slot
+    from prun.cluster.master import Master, Slot
 
 
 def failure_reason(worker: WorkerProcess) -> str:

@@ -13,14 +13,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import runtime
-from runtime import channel
-from runtime.options import WorkerOptions
+from prun.runtime import channel
+from prun.runtime.options import WorkerOptions
 
-# The worker is a fresh interpreter. `-c` puts the current directory first on sys.path; replace it
-# with prun's own install so that the shim's modules load before the app's directory is added.
-_PRUN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
-_SHIM = f"import sys; sys.path[0] = {_PRUN_ROOT!r}; from runtime.container import main; main()"
+# The worker is a fresh interpreter. `-c` puts the current directory first on sys.path: drop it, so
+# that nothing in the directory prun was started from can shadow prun's own modules.
+_SHIM = "import sys; del sys.path[0]; from prun.runtime.container import main; main()"
 
 
 def exit_status(code: int) -> int:

@@ -1,4 +1,4 @@
 """prun's worker side: everything that runs inside a worker process.
 
-This package never imports `cluster`: a worker starts light and fast.
+This package never imports `prun.cluster`: a worker starts light and fast.
 """

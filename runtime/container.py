@@ -1,4 +1,4 @@
-"""The container shim: the program every worker runs (`python -c` ... `runtime.container.main()`).
+"""The container shim: the program every worker runs (`python -c` ... `prun.runtime.container.main()`).
 
 It receives its listeners over the control channel, imports the user's app, serves it with the
 right server, reports READY (or why it could not boot), heartbeats, and drains when told.
@@ -16,9 +16,9 @@ import sys
 import traceback
 from typing import Any
 
-from runtime import channel, loader
-from runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
-from runtime.server import BootError, Server
+from prun.runtime import channel, loader
+from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
+from prun.runtime.server import BootError, Server
 
 PR_SET_PDEATHSIG = 1
 # How long a worker whose master vanished keeps finishing in-flight work.
@@ -55,15 +55,15 @@ def user_traceback(exc: BaseException) -> str:
 def make_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> Server:
     """The server for an interface; the HTTP one is imported only when needed."""
     if interface in ("asgi", "wsgi"):
-        from runtime.http import make_http_server
+        from prun.runtime.http import make_http_server
 
         return make_http_server(app, interface, options, loop)
     if interface == "stream":
-        from runtime.stream import StreamServer
+        from prun.runtime.stream import StreamServer
 
         return StreamServer(app, options, loop)
     if interface == "protocol":
-        from runtime.stream import ProtocolServer
+        from prun.runtime.stream import ProtocolServer
 
         return ProtocolServer(app, options, loop)
     raise BootError(f"unknown interface {interface!r} (choose from {', '.join(loader.INTERFACES)})")

@@ -9,11 +9,10 @@ import os
 import sys
 from typing import Any
 
-from runtime.options import EXIT_BOOT_FAILURE
-from runtime.server import BootError
+from prun.runtime.options import EXIT_BOOT_FAILURE
+from prun.runtime.server import BootError
 
 INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")
-OWN_PACKAGES = ("cluster", "runtime")
 
 
 def split_app(spec: str) -> tuple[str, str]:
@@ -22,22 +21,12 @@ def split_app(spec: str) -> tuple[str, str]:
     return module, attr or "app"
 
 
-def _clash(directory: str, name: str) -> bool:
-    return os.path.isfile(os.path.join(directory, name + ".py")) or os.path.isfile(
-        os.path.join(directory, name, "__init__.py")
-    )
-
-
 def load(spec: str, chdir: str, factory: bool = False) -> Any:
     """Import the app from `chdir` (first on sys.path). prun's own modules must already be loaded."""
     directory = os.path.abspath(chdir)
     module_name, attr = split_app(spec)
-    for own in OWN_PACKAGES:
-        if _clash(directory, own) or module_name.split(".")[0] == own:
-            raise BootError(
-                f"the app directory {directory} has a module named {own!r}, which clashes with prun's own "
-                f"{own!r} package; rename it"
-            )
+    if module_name.split(".")[0] == "prun":
+        raise BootError(f"the app module {module_name!r} has the name of prun's own package; rename it")
     os.chdir(directory)
     sys.path.insert(0, directory)
     try:

@@ -10,7 +10,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
+from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 
 
 class BootError(Exception):

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from runtime.server import Server
+from prun.runtime.server import Server
 
 
 class ProtocolServer(Server):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +21,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def prun_command() -> list[str]:
-    exe = shutil.which("prun")
-    return [exe] if exe else [sys.executable, "-c", "from cluster.cli import main; main()"]
+    """The prun installed beside the interpreter running the tests (not whichever is first on PATH)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "prun")
+    return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "prun.cluster"]
 
 
 class Prun:

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from tests.support import echo
+
 
 def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("prun: error:")]
@@ -26,7 +28,7 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--timeout", "soon"], 2, "invalid --timeout 'soon': expected a number"),
         (["tcp:handle", "--no-such-flag"], 2, "No such option '--no-such-flag'"),
         (["tcp:handle", "--interface", "grpc"], 2, "invalid --interface 'grpc'"),
-        (["runtime:app"], 3, "clashes with prun's own 'runtime' package"),
+        (["runtime:app"], 3, "cannot import 'runtime': no module named 'runtime'"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
@@ -68,10 +70,17 @@ def test_unreadable_config_file(prun, tmp_path):
     assert line.startswith(f"prun: error: cannot read config file {bad}: invalid TOML")
 
 
-def test_app_clashing_with_prun_package_names(prun, tmp_path):
-    (tmp_path / "cluster.py").write_text("x = 1\n")
-    (tmp_path / "web.py").write_text("async def handle(r, w):\n    pass\n")
+@pytest.mark.parametrize("own", ["cluster.py", "runtime/__init__.py", "prun.py"])
+def test_app_beside_modules_named_like_prun_packages_is_served(prun, tmp_path, own):
+    """prun imports as prun.cluster / prun.runtime: a user's cluster.py, runtime/ or prun.py cannot clash."""
+    (tmp_path / own).parent.mkdir(exist_ok=True)
+    (tmp_path / own).write_text("raise RuntimeError('the app directory module was imported by prun')\n")
+    (tmp_path / "web.py").write_text(
+        "async def handle(reader, writer):\n"
+        "    writer.write(await reader.readline())\n"
+        "    await writer.drain()\n"
+        "    writer.close()\n"
+    )
     master = prun("web:handle", "-b", "127.0.0.1:0", cwd=tmp_path)
-    assert master.wait_exit(10) == 3
-    (line,) = _error_lines(master.output)
-    assert f"the app directory {tmp_path} has a module named 'cluster'" in line
+    port = master.wait_ready()
+    assert echo(port) == b"ping\n"

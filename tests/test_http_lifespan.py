@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runtime.server import BootError
+from prun.runtime.server import BootError
 from tests.test_http_support import Client, ServerThread, serving
 
 

@@ -414,8 +414,8 @@ def test_unix_socket_listener() -> None:
 
     import uvloop
 
-    from runtime.http import make_http_server
-    from runtime.options import WorkerOptions
+    from prun.runtime.http import make_http_server
+    from prun.runtime.options import WorkerOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "s.sock")

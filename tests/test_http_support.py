@@ -12,8 +12,8 @@ from typing import Any
 
 import uvloop
 
-from runtime.http import make_http_server
-from runtime.options import WorkerOptions
+from prun.runtime.http import make_http_server
+from prun.runtime.options import WorkerOptions
 
 
 class ServerThread:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runtime.options import WorkerOptions
-from runtime.server import Server
+from prun.runtime.options import WorkerOptions
+from prun.runtime.server import Server
 
 
 def make_http_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> Server:
     """The Server for an ASGI (`interface="asgi"`) or WSGI (`"wsgi"`) app."""
-    from runtime.http.server import HttpServer
+    from prun.runtime.http.server import HttpServer
 
     return HttpServer(app, interface, options, loop)

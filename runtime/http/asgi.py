@@ -24,8 +24,8 @@ from asyncio.tasks import _enter_task, _leave_task  # type: ignore[attr-defined]
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from runtime.http.exchange import Exchange
-from runtime.http.protocol import HIGH_WATER, HttpProtocol
+from prun.runtime.http.exchange import Exchange
+from prun.runtime.http.protocol import HIGH_WATER, HttpProtocol
 
 _DISCONNECT = {"type": "http.disconnect"}  # copied before it is handed out
 

@@ -10,10 +10,10 @@ import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from runtime.http.logs import log_app_error
+from prun.runtime.http.logs import log_app_error
 
 if TYPE_CHECKING:
-    from runtime.http.protocol import HttpProtocol
+    from prun.runtime.http.protocol import HttpProtocol
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

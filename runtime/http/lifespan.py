@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import Any
 
-from runtime.server import BootError
+from prun.runtime.server import BootError
 
 
 class Lifespan:

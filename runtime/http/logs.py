@@ -9,7 +9,7 @@ import traceback
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.http.exchange import Exchange
+    from prun.runtime.http.exchange import Exchange
 
 ACCESS_LOG_FORMATS = ("", "common", "json")
 

@@ -14,11 +14,11 @@ from urllib.parse import unquote
 
 import httptools
 
-from runtime.http.exchange import Exchange, write_error
-from runtime.http.proxy import forwarded
+from prun.runtime.http.exchange import Exchange, write_error
+from prun.runtime.http.proxy import forwarded
 
 if TYPE_CHECKING:
-    from runtime.http.server import HttpServer
+    from prun.runtime.http.server import HttpServer
 
 # Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
 HIGH_WATER = 64 * 1024

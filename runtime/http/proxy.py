@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from runtime.server import BootError
+from prun.runtime.server import BootError
 
 
 class TrustedProxies:

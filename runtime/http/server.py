@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
-from runtime.http.lifespan import Lifespan
-from runtime.http.logs import AccessLog
-from runtime.http.protocol import HttpProtocol
-from runtime.http.proxy import TrustedProxies
-from runtime.options import WorkerOptions
-from runtime.server import BootError, Server
+from prun.runtime.http.lifespan import Lifespan
+from prun.runtime.http.logs import AccessLog
+from prun.runtime.http.protocol import HttpProtocol
+from prun.runtime.http.proxy import TrustedProxies
+from prun.runtime.options import WorkerOptions
+from prun.runtime.server import BootError, Server
 
 TICK_SECONDS = 1.0
 
@@ -24,7 +24,7 @@ class HttpServer(Server):
     def __init__(self, app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(app, options, loop)
         if interface == "wsgi":
-            from runtime.http.wsgi import WsgiExchange
+            from prun.runtime.http.wsgi import WsgiExchange
 
             self.exchange_cls: Any = WsgiExchange
             self.make_host: Any = None
@@ -33,7 +33,7 @@ class HttpServer(Server):
                 max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
             )
         elif interface == "asgi":
-            from runtime.http.asgi import AsgiExchange, host_main
+            from prun.runtime.http.asgi import AsgiExchange, host_main
 
             self.exchange_cls = AsgiExchange
             self.make_host = lambda proto: loop.create_task(host_main(proto))  # one per connection (asgi.py)

@@ -12,8 +12,8 @@ import threading
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from runtime.http.exchange import Exchange
-from runtime.http.protocol import HIGH_WATER, LOW_WATER, HttpProtocol
+from prun.runtime.http.exchange import Exchange
+from prun.runtime.http.protocol import HIGH_WATER, LOW_WATER, HttpProtocol
 
 
 class WsgiInput:
