@@ -8,6 +8,7 @@ import re
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Any, cast
 
 from prun.cluster.errors import PrunError, UsageError
 
@@ -75,7 +76,7 @@ def _bind_inet(family: socket.AddressFamily, host: str, port: int, backlog: int,
     return _listen(sock, addr, backlog, spec, options)
 
 
-def _listen(sock: socket.socket, addr: object, backlog: int, spec: str,
+def _listen(sock: socket.socket, addr: Any, backlog: int, spec: str,
             options: list[tuple[int, int, int]] = []) -> socket.socket:  # noqa: B006 (never mutated)
     try:
         for level, name, value in options:
@@ -123,7 +124,8 @@ def _adopt(fd: int, spec: str) -> socket.socket:
     if sock.type != socket.SOCK_STREAM:
         raise UsageError(f"cannot use {spec}: fd {fd} is not a stream socket")
     try:
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) or sock.listen()
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.listen()
     except OSError as exc:
         raise UsageError(f"cannot use {spec}: fd {fd} cannot listen ({exc.strerror})") from None
     os.set_inheritable(fd, False)
@@ -156,9 +158,9 @@ def bind_all(specs: list[str], backlog: int) -> list[Listener]:
             if kind == "unix":
                 sock = _bind_unix(str(target), backlog, spec)
             elif kind == "fd":
-                sock = _adopt(int(target), spec)  # type: ignore[arg-type]
+                sock = _adopt(int(cast(int, target)), spec)
             else:
-                host, port = target  # type: ignore[misc]
+                host, port = cast("tuple[str, int]", target)
                 family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
                 sock = _bind_inet(family, host, port, backlog, spec)
             sock.setblocking(False)

@@ -10,8 +10,9 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from prun.cluster import reload
 from prun.cluster.balance import LeastConn
@@ -177,8 +178,8 @@ class Master:
 
     # ---- operations ------------------------------------------------------------------------------
 
-    def task(self, coro: object) -> None:
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+    def task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -68,9 +68,9 @@ def detect(app: Any, interface: str) -> str:
         return interface
     if inspect.isclass(app) and issubclass(app, asyncio.BaseProtocol):
         return "protocol"
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
-    if call is None or not callable(app):
+    if not callable(app):
         raise BootError(f"{type(app).__name__} object is not something prun can serve (not callable)")
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else app.__call__
     count = _positional_count(call)
     if inspect.iscoroutinefunction(call):
         if count == 3:

@@ -9,6 +9,7 @@ import abc
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 
@@ -24,7 +25,7 @@ class BootError(Exception):
 class Server(abc.ABC):
     """A worker's server. The shim calls startup, serve, then drain; accept in leastconn mode."""
 
-    def __init__(self, app: object, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: Any, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
         self.options = options
         self.loop = loop
@@ -37,7 +38,7 @@ class Server(abc.ABC):
         self.on_limit: Callable[[], None] = lambda: None
         self._handing_over: set[asyncio.Task[None]] = set()
 
-    async def startup(self) -> None:
+    async def startup(self) -> None:  # noqa: B027 (optional hook: most servers need no startup)
         """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""
 
     @abc.abstractmethod

@@ -52,7 +52,8 @@ class ProtocolServer(Server):
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
             for transport in list(self._transports):
-                transport.abort()
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.abort()
 
 
 class _Tracked(asyncio.Protocol):
@@ -74,7 +75,7 @@ class _Tracked(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)  # type: ignore[attr-defined]
+        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()

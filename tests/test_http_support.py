@@ -183,7 +183,7 @@ class Client:
             while sent < limit:
                 self.sock.sendall(chunk)
                 sent += len(chunk)
-        except socket.timeout:
+        except TimeoutError:
             self.sock.settimeout(10)
             return sent
         raise AssertionError(f"sending {limit} bytes never blocked: the server read everything")

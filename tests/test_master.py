@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 
 import psutil
@@ -119,7 +119,7 @@ def test_ttin_and_ttou_scale_by_one(prun):
     for expected in (2, 1):
         master.signal(signal.SIGTTOU)
         master.wait_for(f"scaled down to {expected} workers")
-        wait_until(lambda: len(master.workers()) == expected, what=f"{expected} workers")
+        wait_until(lambda expected=expected: len(master.workers()) == expected, what=f"{expected} workers")
     master.signal(signal.SIGTTOU)
     master.wait_for("already at 1 worker")
     assert len(master.workers()) == 1

@@ -13,8 +13,16 @@ import time
 import traceback
 
 from benchmarks.cluster import procs
-from benchmarks.cluster.common import (Context, latency_summary, machine_line, median, split_by_windows, table,
-                                       write_json, write_md)
+from benchmarks.cluster.common import (
+    Context,
+    latency_summary,
+    machine_line,
+    median,
+    split_by_windows,
+    table,
+    write_json,
+    write_md,
+)
 from benchmarks.cluster.load import KINDS
 
 NAME = "reload-loss"

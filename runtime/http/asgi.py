@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import types
-from asyncio.tasks import _enter_task, _leave_task  # type: ignore[attr-defined]
+from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -84,14 +85,14 @@ async def host_main(proto: HttpProtocol) -> None:
                 if proto.closed:
                     return
                 task = asyncio.current_task()
-                if task is not None and hasattr(task, "uncancel"):
+                if task is not None and sys.version_info >= (3, 11):
                     task.uncancel()
                 # The app cancelled "its" task during its inline step: deliver it when it resumes.
                 cancel_first = proto.host_job is not None
             continue
         proto.host_job = None
         try:
-            await finish(*job, cancel=cancel_first)
+            await finish(job[0], job[1], job[2], job[3], cancel=cancel_first)
         finally:
             cancel_first = False
             proto.host_busy = False

@@ -88,7 +88,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- connection events --------------------------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         server = self.server
         peer = transport.get_extra_info("peername")

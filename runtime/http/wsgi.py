@@ -80,7 +80,7 @@ class WsgiInput:
             return self._took(data)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
