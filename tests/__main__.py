@@ -6,7 +6,6 @@ report that ends the run counts all of them. Extra arguments go to pytest (`pyth
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
