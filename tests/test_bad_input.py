@@ -20,7 +20,7 @@ def _error_lines(output: str) -> list[str]:
         (["nosuch:app"], 3, "cannot import 'nosuch': no module named 'nosuch' (looked in "),
         (["tcp:nosuch"], 3, "module 'tcp' has no attribute 'nosuch'"),
         (["broken:app", "-i", "2"], 3, "importing 'broken' failed: RuntimeError: the database is unreachable"),
-        (["tcp:handle", "-i", "banana"], 2, "invalid instances 'banana'"),
+        (["tcp:handle", "-i", "banana"], 2, "invalid --instances 'banana': expected a number"),
         (["tcp:handle", "--bind", "nonsense"], 2, "invalid bind address 'nonsense'"),
         (["tcp:handle", "--chdir", "/no/such/dir"], 2, "--chdir /no/such/dir: no such directory"),
         (["tcp:handle", "--config", "/no/such/prun.toml"], 2, "cannot read config file /no/such/prun.toml"),
