@@ -250,8 +250,8 @@ OPTIONS: tuple[Option, ...] = (
            worker=True, reload=True),
     Option("limit_request_header_size", parse_int, 16384, "Largest header section, bytes (431 beyond).",
            metavar="BYTES", worker=True, reload=True),
-    Option("limit_request_body", parse_int, 100 * 1024 * 1024, "Largest request body, bytes (413 beyond).",
-           metavar="BYTES", shown_default="104857600 (100 MiB)", worker=True, reload=True),
+    Option("limit_request_body", parse_int, 100 * 1024 * 1024, "Largest request body, bytes (413 beyond; "
+           "0: no limit).", metavar="BYTES", shown_default="104857600 (100 MiB)", worker=True, reload=True),
     Option("limit_concurrency", parse_int, 0, "Requests in progress per worker before 503 (0: no limit).",
            metavar="N", worker=True, reload=True),
     Option("access_log", parse_access_log, "", "One line per request: off, common or json.",
