@@ -192,12 +192,12 @@ class Reconfigure:
             if not option.reload:
                 setattr(new, option.name, running)
                 if now != was:
-                    self.log.info(f"reload: {option.long} changed to {option.describe(now)}; it needs a restart "
+                    self.log.info(f"reload: {option.label} changed to {option.describe(now)}; it needs a restart "
                                   f"(kept {option.describe(running)})")
             elif now != running:
                 changed = (f"changed (keys now: {option.describe(now)})" if not option.show_values
                            else f"changed to {option.describe(now)} (was {option.describe(running)})")
-                self.log.info(f"reload: {option.long} {changed}")
+                self.log.info(f"reload: {option.label} {changed}")
         self.asked, self.running = asked, new
         return new
 

@@ -159,6 +159,11 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def label(self) -> str:
+        """How messages name it: its long flag, or APP for the argument."""
+        return self.metavar if self.argument else self.long
+
+    @property
     def env(self) -> str:
         return "PRUN_" + self.name.upper()
 
