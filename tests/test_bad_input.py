@@ -39,6 +39,8 @@ def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
     errors = _error_lines(master.output)
     assert len(errors) == 1, master.output
     assert message in errors[0]
+    prun_lines = [line for line in master.output.splitlines() if line.startswith("prun:")]
+    assert prun_lines[-1] == errors[0], master.output  # nothing of prun's own after the error
     assert "Traceback" not in master.output or code == 3  # an app's own traceback is shown, once
     assert master.output.count(message) == 1
 
