@@ -149,7 +149,8 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
         for name, value in read_file(config_path).items():
             values[name] = parse(name, value, f"{name} in {config_path}")
     for name, (value, variable) in from_environ(environ).items():
-        values[name] = parse(name, value, variable)
+        if name != "config":  # already looked at, above
+            values[name] = parse(name, value, variable)
     for name, value in given.items():
         values[name] = parse(name, value, _source(BY_NAME[name], value))
     config = Config.defaults(**values, config=config_path)

@@ -112,6 +112,11 @@ def test_precedence_command_line_environment_file_default(tmp_path):
     assert build({"instances": "5"}, {"WEB_CONCURRENCY": "3", "PRUN_INSTANCES": "4"}).instances == 5
     assert build({"timeout": "8"}, {"PRUN_TIMEOUT": "9"}).timeout == 8.0
     assert build({}, {"WEB_CONCURRENCY": "max"}).instances == cpu_count()
+    other = tmp_path / "other.toml"
+    other.write_text('app = "m:b"\ninstances = 6\n')
+    from_variable = config_mod.build({}, {"PRUN_CONFIG": str(other)})
+    assert (from_variable.app, from_variable.instances, from_variable.config) == ("m:b", 6, str(other))
+    assert build({}, {"PRUN_CONFIG": str(other)}).instances == 2  # --config beats PRUN_CONFIG
     with pytest.raises(UsageError, match="invalid WEB_CONCURRENCY: expected a number, 'max', 0 or -N, got 'lots'"):
         build({}, {"WEB_CONCURRENCY": "lots"})
     with pytest.raises(UsageError, match="invalid PRUN_TIMEOUT: expected a number"):
@@ -122,3 +127,14 @@ def test_web_concurrency_sets_the_workers_of_a_real_master(prun):
     master = prun("tcp:handle", "-b", "127.0.0.1:0", env={"WEB_CONCURRENCY": "2"})
     master.wait_ready()
     assert "ready: 2 workers" in master.output
+
+
+def test_tool_prun_in_the_apps_pyproject_is_read(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.prun]\napp = "m:a"\n'
+                                             'keepalive-timeout = 9\nenv = { A = "1" }\n')
+    config = config_mod.build({"chdir": str(tmp_path)}, {})
+    assert (config.app, config.keepalive_timeout, config.env) == ("m:a", 9.0, {"A": "1"})
+    assert config.config == str(tmp_path / "pyproject.toml")
+    with pytest.raises(UsageError, match="unknown setting 'config' in"):
+        (tmp_path / "pyproject.toml").write_text('[tool.prun]\napp = "m:a"\nconfig = "other.toml"\n')
+        config_mod.build({"chdir": str(tmp_path)}, {})
