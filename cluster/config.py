@@ -12,80 +12,20 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prun.cluster.errors import UsageError
 from prun.cluster.log import Log
-from prun.cluster.options import BY_NAME, OPTIONS, WORKER, Option, parse
-from prun.runtime.options import WorkerOptions
+from prun.cluster.options import BY_NAME, OPTIONS, Config, Option, cpu_count, parse, parse_env, parse_instances
+
+# Config and the parsers live in the option table (cluster/options.py); they stay importable from here.
+__all__ = ["Config", "Reconfigure", "build", "cpu_count", "from_environ", "parse_env", "parse_instances",
+           "read_file", "validate"]
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@dataclass
-class Config:
-    """Every setting of a prun master: one field per row of cluster/options.py, same name, no default here.
-
-    `build` fills it (the defaults are the table's); tests/test_options.py checks the fields against it.
-    """
-
-    app: str
-    instances: int
-    bind: list[str]
-    chdir: str
-    factory: bool
-    interface: str
-    name: str
-    env: dict[str, str]
-    config: str  # the config file read, if any
-    backlog: int
-    balance: str
-    graceful_timeout: float
-    ready_timeout: float
-    timeout: float
-    reload_batch: int
-    max_requests: int
-    max_requests_jitter: int
-    pid_file: str
-    log_format: str
-    log_file: str
-    container: bool
-    health: str
-    lifespan: str
-    root_path: str
-    proxy_headers: bool
-    forwarded_allow_ips: str
-    threads: int
-    keepalive_timeout: float
-    limit_request_line: int
-    limit_request_header_size: int
-    limit_request_body: int
-    limit_concurrency: int
-    access_log: str
-
-    @classmethod
-    def defaults(cls, **values: Any) -> Config:
-        """The table's defaults, with `values` in their place."""
-        return cls(**{**{option.name: option.default_value() for option in OPTIONS}, **values})
-
-    def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
-        """What a worker of this config is told at boot (`max_requests` is already jittered)."""
-        values = {option.name: getattr(self, option.name) for option in WORKER}
-        values.update(chdir=os.path.abspath(self.chdir), max_requests=max_requests, env=dict(self.env))
-        return WorkerOptions(
-            slot=slot,
-            generation=generation,
-            heartbeat_interval=min(1.0, self.timeout / 4) if self.timeout else 1.0,
-            **values,
-        )
-
-
-assert [f.name for f in dataclasses.fields(Config)] == [option.name for option in OPTIONS], \
-    "Config's fields must be the rows of cluster/options.py, in order"
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -153,7 +93,7 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
             values[name] = parse(name, value, variable)
     for name, value in given.items():
         values[name] = parse(name, value, _source(BY_NAME[name], value))
-    config = Config.defaults(**values, config=config_path)
+    config = Config(**values, config=config_path)
     validate(config)
     return config
 

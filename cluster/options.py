@@ -1,21 +1,22 @@
-"""The one table of prun's options: every option of `prun run` is one `Option` row below.
+"""The one table of prun's options: `Config`, whose every field is one option of `prun run`.
 
-From this table come the click options of `prun run` (and their `--help`), the `PRUN_<NAME>`
-environment variables, the keys of a TOML config file (`--config FILE`, `[tool.prun]` in
-pyproject.toml), the fields of `Config` (cluster/config.py), the options a worker is told at boot
-(`WorkerOptions` in runtime/options.py, checked against this table by tests/test_options.py), what
-a reload (HUP) applies or reports as needing a restart, and the README's options table.
+A row is a typed field, `name: type = option(parser, default, help, ...)`: its name and type are the
+option's, `option` declares the rest (flags, metavar, whether workers get it, whether a reload may
+change it; see `Option`). From the table come the click options of `prun run` and its `--help`
+(`click_options`), the `PRUN_<NAME>` environment variables and the TOML keys (cluster/config.py merges
+them), the options a worker is told at boot (`Config.worker_options`), what a reload applies or reports
+as needing a restart (`config.Reconfigure`), and the README's options table (`readme_table`).
 
-To add an option: add one row to `OPTIONS` (name, parser, default, help; `worker=True` if workers
-need it, `reload=True` if a reload may change it), add a typed field of the same name to `Config`,
-and, for a worker option, to `WorkerOptions` with the same default; then run
-`python -m prun.cluster.options README.md` to regenerate the README's table. tests/test_options.py
-fails until all of them agree.
+To add an option, add its row to `Config`. A worker option (`worker=True`) also needs a field of the same
+name and default in `WorkerOptions` (runtime/options.py: workers do not import cluster/). Then run
+`python -m prun.cluster.options README.md` to regenerate the README's table; tests/test_options.py fails
+until WorkerOptions and the README agree with the table.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ import click
 
 from prun.cluster.errors import UsageError
 from prun.runtime.loader import INTERFACES
+from prun.runtime.options import WorkerOptions
 
 DEFAULT_BIND = "127.0.0.1:8000"
 
@@ -131,9 +133,9 @@ def parse_access_log(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One option of `prun run`, declared once."""
+    """One option of `prun run`: what `option(...)` declares for a field of Config."""
 
-    name: str  # the Config (and WorkerOptions) field; --name-with-dashes, PRUN_NAME, TOML key name-with-dashes
+    name: str  # the Config (and WorkerOptions) field; gives --name-with-dashes, PRUN_NAME, TOML key name-with-dashes
     parse: Callable[[Any], Any]  # text from the command line or environment, or a TOML value -> the value
     default: Any
     help: str
@@ -198,71 +200,95 @@ class Option:
         return str(value) if value != "" else "(none)"
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("app", parse_str, "", "MODULE:ATTR to serve, e.g. app:server.", argument=True, worker=True,
-           metavar="APP"),
-    Option("instances", parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
-           "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
-           shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY"),
-    Option("bind", parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
-           "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
-           shown_default=f"{DEFAULT_BIND}, or 0.0.0.0:$PORT", fallback_env="PORT", fallback_format="0.0.0.0:{}"),
-    Option("chdir", parse_str, ".", "Directory to import the app from (first on sys.path).", metavar="DIR",
-           worker=True, reload=True),
-    Option("factory", parse_bool, False, "APP is a factory: call it to get the app.", flag=True, worker=True,
-           reload=True),
-    Option("interface", Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).", worker=True,
-           reload=True),
-    Option("name", parse_str, "", "The app's name in process titles and logs.", worker=True),
-    Option("env", parse_env, {}, "Set a variable in the workers; repeatable (a table in a config file).",
-           metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False),
-    Option("config", parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
-           "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any"),
-    Option("backlog", parse_int, 2048, "Listen backlog.", worker=True),
-    Option("balance", Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
-           "to the least busy worker; shared: the kernel balances.", worker=True),
-    Option("graceful_timeout", parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
-           reload=True),
-    Option("ready_timeout", parse_float, 60.0, "Seconds a new worker may take to become ready.", reload=True),
-    Option("timeout", parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
-           reload=True),
-    Option("reload_batch", parse_int, 1, "Workers replaced at a time during a reload.", reload=True),
-    Option("max_requests", parse_int, 0, "Replace a worker after this many requests (0: never).", worker=True,
-           reload=True),
-    Option("max_requests_jitter", parse_int, 0, "Add up to this many to --max-requests, per worker.",
-           reload=True),
-    Option("pid_file", parse_str, "", "Write the master's pid to this file.", metavar="FILE"),
-    Option("log_format", Choice("text", "json"), "text", "json: one object per line, the workers' output "
-           "too."),
-    Option("log_file", parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it.",
-           metavar="FILE"),
-    Option("container", parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
-           "every child, pass the app's exit status through.", flag=True),
-    Option("health", parse_str, "", "Serve /livez, /readyz and /status on this port (loopback unless a host "
-           "is given).", metavar="[HOST:]PORT"),
-    Option("lifespan", Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
-           reload=True),
-    Option("root_path", parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
-           metavar="PATH", worker=True, reload=True),
-    Option("proxy_headers", parse_bool, False, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.",
-           flag=True, worker=True, reload=True),
-    Option("forwarded_allow_ips", parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
-           "or *.", metavar="IPS", worker=True, reload=True),
-    Option("threads", parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True),
-    Option("keepalive_timeout", parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
-           metavar="SECONDS", worker=True, reload=True),
-    Option("limit_request_line", parse_int, 8190, "Longest request line, bytes (414 beyond).", metavar="BYTES",
-           worker=True, reload=True),
-    Option("limit_request_header_size", parse_int, 16384, "Largest header section, bytes (431 beyond).",
-           metavar="BYTES", worker=True, reload=True),
-    Option("limit_request_body", parse_int, 100 * 1024 * 1024, "Largest request body, bytes (413 beyond; "
-           "0: no limit).", metavar="BYTES", shown_default="104857600 (100 MiB)", worker=True, reload=True),
-    Option("limit_concurrency", parse_int, 0, "Requests in progress per worker before 503 (0: no limit).",
-           metavar="N", worker=True, reload=True),
-    Option("access_log", parse_access_log, "", "One line per request: off, common or json.",
-           shown_default="off", metavar="[off|common|json]", worker=True,
-           reload=True),
-)
+def option(parse: Callable[[Any], Any], default: Any, help: str, **declaration: Any) -> Any:
+    """One row of the table: a field of Config, with its Option (all but the name) in the field's metadata."""
+    row = {"option": Option("", parse, default, help, **declaration)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=row)
+    return dataclasses.field(default=default, metadata=row)
+
+
+@dataclass
+class Config:
+    """Every setting of a prun master, and the option table: one field per option, in --help's order."""
+
+    app: str = option(parse_str, "", "MODULE:ATTR to serve, e.g. app:server.", argument=True, worker=True,
+        metavar="APP")
+    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
+        "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
+        shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY")
+    bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
+        "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
+        shown_default=f"{DEFAULT_BIND}, or 0.0.0.0:$PORT", fallback_env="PORT", fallback_format="0.0.0.0:{}")
+    chdir: str = option(parse_str, ".", "Directory to import the app from (first on sys.path).", metavar="DIR",
+        worker=True, reload=True)
+    factory: bool = option(parse_bool, False, "APP is a factory: call it to get the app.", flag=True, worker=True,
+        reload=True)
+    interface: str = option(Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).",
+        worker=True, reload=True)
+    name: str = option(parse_str, "", "The app's name in process titles and logs.", worker=True)
+    env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
+        "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
+    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
+        "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
+    backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
+    balance: str = option(Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
+        "to the least busy worker; shared: the kernel balances.", worker=True)
+    graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
+        reload=True)
+    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready.", reload=True)
+    timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
+        reload=True)
+    reload_batch: int = option(parse_int, 1, "Workers replaced at a time during a reload.", reload=True)
+    max_requests: int = option(parse_int, 0, "Replace a worker after this many requests (0: never).", worker=True,
+        reload=True)
+    max_requests_jitter: int = option(parse_int, 0, "Add up to this many to --max-requests, per worker.",
+        reload=True)
+    pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
+    log_format: str = option(Choice("text", "json"), "text", "json: one object per line, the workers' output "
+        "too.")
+    log_file: str = option(parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it.",
+        metavar="FILE")
+    container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
+        "every child, pass the app's exit status through.", flag=True)
+    health: str = option(parse_str, "", "Serve /livez, /readyz and /status on this port (loopback unless a host "
+        "is given).", metavar="[HOST:]PORT")
+    lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
+        reload=True)
+    root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
+        metavar="PATH", worker=True, reload=True)
+    proxy_headers: bool = option(parse_bool, False, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.",
+        flag=True, worker=True, reload=True)
+    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
+        "or *.", metavar="IPS", worker=True, reload=True)
+    threads: int = option(parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True)
+    keepalive_timeout: float = option(parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
+        metavar="SECONDS", worker=True, reload=True)
+    limit_request_line: int = option(parse_int, 8190, "Longest request line, bytes (414 beyond).", metavar="BYTES",
+        worker=True, reload=True)
+    limit_request_header_size: int = option(parse_int, 16384, "Largest header section, bytes (431 beyond).",
+        metavar="BYTES", worker=True, reload=True)
+    limit_request_body: int = option(parse_int, 100 * 1024 * 1024, "Largest request body, bytes (413 beyond; "
+        "0: no limit).", metavar="BYTES", shown_default="104857600 (100 MiB)", worker=True, reload=True)
+    limit_concurrency: int = option(parse_int, 0, "Requests in progress per worker before 503 (0: no limit).",
+        metavar="N", worker=True, reload=True)
+    access_log: str = option(parse_access_log, "", "One line per request: off, common or json.",
+        shown_default="off", metavar="[off|common|json]", worker=True, reload=True)
+
+    def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
+        """What a worker of this config is told at boot (`max_requests` is already jittered)."""
+        values = {option.name: getattr(self, option.name) for option in WORKER}
+        values.update(chdir=os.path.abspath(self.chdir), max_requests=max_requests, env=dict(self.env))
+        return WorkerOptions(
+            slot=slot,
+            generation=generation,
+            heartbeat_interval=min(1.0, self.timeout / 4) if self.timeout else 1.0,
+            **values,
+        )
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(Config))
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 WORKER: tuple[Option, ...] = tuple(option for option in OPTIONS if option.worker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import typing
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_the_readme_options_table_is_the_generated_one():
 
 def test_help_lists_every_option_with_its_default():
     result = subprocess.run(prun_command() + ["run", "--help"], capture_output=True, text=True, timeout=30,
-                            env={"COLUMNS": "200", "PATH": ""})
+                            env=dict(os.environ, COLUMNS="200"))
     assert result.returncode == 0, result.stderr
     flat = " ".join(result.stdout.split())  # click wraps lines
     for option in OPTIONS:
