@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from prun.cluster import config as config_mod
 from prun.cluster import options
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
@@ -37,6 +36,7 @@ def _remove_pid_file(path: str) -> None:
 
 def serve(cli_values: dict[str, Any]) -> int:
     """Build the config, bind the listeners, run the master; the exit code."""
+    from prun.cluster import config as config_mod
     from prun.cluster import listeners as listeners_mod
     from prun.cluster import master
     from prun.cluster.log import Log

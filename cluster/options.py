@@ -27,8 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from prun.cluster.errors import UsageError
-from prun.runtime.loader import INTERFACES
-from prun.runtime.options import WorkerOptions
+from prun.runtime.options import INTERFACES, WorkerOptions
 
 DEFAULT_BIND = "127.0.0.1:8000"
 

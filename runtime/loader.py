@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from prun.runtime.options import EXIT_BOOT_FAILURE
+from prun.runtime.options import EXIT_BOOT_FAILURE, INTERFACES
 from prun.runtime.server import BootError
 
-INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")
+__all__ = ["INTERFACES", "detect", "load", "resolve", "split_app"]
 
 
 def split_app(spec: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXIT_BOOT_FAILURE = 3
+INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")  # how a worker may serve an app (--interface)
 
 
 @dataclass
