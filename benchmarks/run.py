@@ -219,11 +219,9 @@ def reload_under_load(scenario: Scenario, hups: int, seconds: float, procs: Proc
 
 def prun_balance() -> str:
     """prun's default balancing policy, which these runs use (it decides who accepts connections)."""
-    import dataclasses
+    from prun.cluster.options import BY_NAME
 
-    from prun.cluster.config import Config
-
-    return next(str(f.default) for f in dataclasses.fields(Config) if f.name == "balance")
+    return str(BY_NAME["balance"].default)
 
 
 def markdown(scenarios: list[Scenario], meta: dict[str, object]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from prun.cluster import config as config_mod
+from prun.cluster import options
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
 COMMANDS = ("run",)
@@ -36,6 +36,7 @@ def _remove_pid_file(path: str) -> None:
 
 def serve(cli_values: dict[str, Any]) -> int:
     """Build the config, bind the listeners, run the master; the exit code."""
+    from prun.cluster import config as config_mod
     from prun.cluster import listeners as listeners_mod
     from prun.cluster import master
     from prun.cluster.log import Log
@@ -67,7 +68,8 @@ def serve(cli_values: dict[str, Any]) -> int:
         _write_pid_file(config.pid_file)
     try:
         notifier = Notifier.from_environ()
-        return master.run(config, listeners, log, lambda: config_mod.build(cli_values, environ), notifier)
+        reconfigure = config_mod.Reconfigure(cli_values, environ, config, log)
+        return master.run(config, listeners, log, reconfigure, notifier)
     finally:
         if config.pid_file:
             _remove_pid_file(config.pid_file)
@@ -92,44 +94,7 @@ def cli() -> None:
 
 
 @cli.command("run")
-@click.argument("app", required=False)
-@click.option("-i", "--instances", help="Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N).  [default: 1]")
-@click.option("-b", "--bind", multiple=True,
-              help="HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable.  [default: 127.0.0.1:8000, "
-                   "or 0.0.0.0:$PORT]")
-@click.option("--chdir", help="Directory to import the app from (first on sys.path).")
-@click.option("--factory", is_flag=True, default=None, help="APP is a factory: call it to get the app.")
-@click.option("--interface", help="auto, asgi, wsgi, stream or protocol.  [default: auto]")
-@click.option("--name", help="The app's name in titles and logs.")
-@click.option("--env", multiple=True, metavar="KEY=VALUE", help="Set a variable in the workers; repeatable.")
-@click.option("--config", "config", help="A TOML config file (or [tool.prun] in pyproject.toml).")
-@click.option("--backlog", help="Listen backlog.  [default: 2048]")
-@click.option("--balance", help="leastconn (the master hands each connection to the least busy worker) or "
-              "shared (the kernel balances).  [default: leastconn]")
-@click.option("--graceful-timeout", help="Seconds a draining worker may take.  [default: 25]")
-@click.option("--ready-timeout", help="Seconds a new worker may take to become ready.  [default: 60]")
-@click.option("--timeout", help="Seconds without a heartbeat before a worker is aborted (0: never).  [default: 30]")
-@click.option("--reload-batch", help="Workers replaced at a time during a reload.  [default: 1]")
-@click.option("--max-requests", help="Replace a worker after this many requests (0: never).  [default: 0]")
-@click.option("--max-requests-jitter", help="Add up to this many to --max-requests, per worker.  [default: 0]")
-@click.option("--pid-file", help="Write the master's pid here.")
-@click.option("--log-format", help="text or json (one object per line, workers' output too).  [default: text]")
-@click.option("--log-file", help="Append the master's and workers' output to this file; USR1 reopens it.")
-@click.option("--container", is_flag=True, default=None, help="Run as a container's PID 1 (implied when prun is "
-              "PID 1): reap every child, pass the app's exit status through.")
-@click.option("--health", metavar="[HOST:]PORT", help="Serve /livez, /readyz and /status (loopback by default).")
-@click.option("--lifespan", help="ASGI lifespan: auto, on or off.  [default: auto]")
-@click.option("--root-path", help="ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.")
-@click.option("--proxy-headers", is_flag=True, default=None, help="Trust X-Forwarded-For/-Proto from "
-              "--forwarded-allow-ips.")
-@click.option("--forwarded-allow-ips", help="Comma-separated peers trusted for proxy headers, or *.")
-@click.option("--threads", help="WSGI thread pool size per worker.  [default: 8]")
-@click.option("--keepalive-timeout", help="Seconds an idle keep-alive connection stays open.  [default: 5]")
-@click.option("--limit-request-line", help="Longest request line, bytes (414 beyond).  [default: 8190]")
-@click.option("--limit-request-header-size", help="Largest header section, bytes (431 beyond).  [default: 16384]")
-@click.option("--limit-request-body", help="Largest request body, bytes (413 beyond).  [default: 100 MiB]")
-@click.option("--limit-concurrency", help="Requests in progress per worker before 503 (0: no limit).")
-@click.option("--access-log", help="off, common or json.  [default: off]")
+@options.click_options
 def run_command(**values: Any) -> None:
     """Serve APP (MODULE:ATTR) with a master in the foreground."""
     sys.exit(serve(values))

@@ -1,7 +1,8 @@
 """The one Config behind the command line, PRUN_* environment variables and config files.
 
-Precedence: command line > environment > config file (--config FILE, or [tool.prun] in
-pyproject.toml) > defaults. Every setting is one field below with one parser, whatever its source.
+Precedence: command line > environment (PRUN_<NAME>, then PORT for the bind and WEB_CONCURRENCY for
+the instances) > config file (--config FILE, or [tool.prun] in pyproject.toml) > defaults. The
+options, their parsers and defaults are the table in cluster/options.py; this module only merges.
 """
 
 from __future__ import annotations
@@ -10,218 +11,21 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from prun.cluster.errors import UsageError
-from prun.runtime.loader import INTERFACES
-from prun.runtime.options import WorkerOptions
+from prun.cluster.log import Log
+from prun.cluster.options import BY_NAME, OPTIONS, Config, Option, cpu_count, parse, parse_env, parse_instances
+
+# Config and the parsers live in the option table (cluster/options.py); they stay importable from here.
+__all__ = ["Config", "Reconfigure", "build", "cpu_count", "from_environ", "parse_env", "parse_instances",
+           "read_file", "validate"]
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-DEFAULT_BIND = "127.0.0.1:8000"
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
-def parse_instances(value: Any) -> int:
-    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them."""
-    text = str(value).strip().lower()
-    if text in ("max", "0"):
-        return cpu_count()
-    if re.fullmatch(r"-?\d+", text):
-        n = int(text)
-        return max(1, cpu_count() + n) if n < 0 else n
-    raise UsageError(f"invalid instances {value!r}: expected a number, 'max', 0 or -N")
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def parse_binds(value: Any) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    binds = [str(b).strip() for b in items if str(b).strip()]
-    if not binds:
-        raise ValueError("expected at least one address")
-    return binds
-
-
-def parse_env(value: Any) -> dict[str, str]:
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
-    items = value if isinstance(value, (list, tuple)) else [value]
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, val = str(item).partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        env[key] = val
-    return env
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def _positive(kind: type) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a {'whole ' if kind is int else ''}number, got {value!r}") from None
-        if isinstance(value, bool) or number < 0:
-            raise ValueError(f"expected a non-negative number, got {value!r}")
-        return number
-
-    return parse
-
-
-_int = _positive(int)
-_float = _positive(float)
-
-
-@dataclass
-class Config:
-    """Every setting of a prun master, and the worker options derived from them."""
-
-    app: str = ""
-    instances: int = 1
-    bind: list[str] = field(default_factory=lambda: [DEFAULT_BIND])
-    chdir: str = "."
-    factory: bool = False
-    interface: str = "auto"
-    name: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    backlog: int = 2048
-    balance: str = "leastconn"  # chosen by benchmarks/results/cluster-summary.md
-    graceful_timeout: float = 25.0  # below Kubernetes' 30 s grace period
-    ready_timeout: float = 60.0
-    timeout: float = 30.0
-    reload_batch: int = 1
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    pid_file: str = ""
-    log_format: str = "text"
-    log_file: str = ""
-    container: bool = False
-    health: str = ""
-    # HTTP server (worker side)
-    lifespan: str = "auto"
-    root_path: str = ""
-    proxy_headers: bool = False
-    forwarded_allow_ips: str = "127.0.0.1"
-    threads: int = 8
-    keepalive_timeout: float = 5.0
-    limit_request_line: int = 8190
-    limit_request_header_size: int = 16384
-    limit_request_body: int = 100 * 1024 * 1024
-    limit_concurrency: int = 0
-    access_log: str = ""
-    # Where the settings came from (not settings themselves).
-    config_file: str = ""
-
-    def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
-        """What a worker of this config is told at boot."""
-        return WorkerOptions(
-            app=self.app,
-            chdir=os.path.abspath(self.chdir),
-            factory=self.factory,
-            interface=self.interface,
-            name=self.name,
-            slot=slot,
-            generation=generation,
-            heartbeat_interval=min(1.0, self.timeout / 4) if self.timeout else 1.0,
-            graceful_timeout=self.graceful_timeout,
-            balance=self.balance,
-            max_requests=max_requests,
-            lifespan=self.lifespan,
-            root_path=self.root_path,
-            proxy_headers=self.proxy_headers,
-            forwarded_allow_ips=self.forwarded_allow_ips,
-            threads=self.threads,
-            keepalive_timeout=self.keepalive_timeout,
-            limit_request_line=self.limit_request_line,
-            limit_request_header_size=self.limit_request_header_size,
-            limit_request_body=self.limit_request_body,
-            limit_concurrency=self.limit_concurrency,
-            access_log=self.access_log,
-            backlog=self.backlog,
-            env=dict(self.env),
-        )
-
-
-# One parser per setting; the same one serves the command line, PRUN_* variables and files.
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "app": str,
-    "instances": parse_instances,
-    "bind": parse_binds,
-    "chdir": str,
-    "factory": parse_bool,
-    "interface": _choice(*INTERFACES),
-    "name": str,
-    "env": parse_env,
-    "backlog": _int,
-    "balance": _choice("shared", "leastconn"),
-    "graceful_timeout": _float,
-    "ready_timeout": _float,
-    "timeout": _float,
-    "reload_batch": _int,
-    "max_requests": _int,
-    "max_requests_jitter": _int,
-    "pid_file": str,
-    "log_format": _choice("text", "json"),
-    "log_file": str,
-    "container": parse_bool,
-    "health": str,
-    "lifespan": _choice("auto", "on", "off"),
-    "root_path": str,
-    "proxy_headers": parse_bool,
-    "forwarded_allow_ips": str,
-    "threads": _int,
-    "keepalive_timeout": _float,
-    "limit_request_line": _int,
-    "limit_request_header_size": _int,
-    "limit_request_body": _int,
-    "limit_concurrency": _int,
-    "access_log": lambda v: "" if str(v).lower() in ("", "off", "false", "0") else _choice("common", "json")(v),
-}
-assert set(PARSERS) == {f.name for f in dataclasses.fields(Config)} - {"config_file"}
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _parse(name: str, value: Any, source: str) -> Any:
-    try:
-        return PARSERS[name](value)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"invalid {source}: {exc}") from None
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -241,29 +45,39 @@ def read_file(path: str) -> dict[str, Any]:
         data = data.get("tool", {}).get("prun", {})
     settings: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in PARSERS:
+        option = BY_NAME.get(key.replace("-", "_"))
+        if option is None or not option.file:
             raise UsageError(f"unknown setting {key!r} in {path}")
-        settings[name] = value
+        settings[option.name] = value
     return settings
 
 
-def from_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """PRUN_* variables, plus PORT for the default bind (0.0.0.0:$PORT, as platforms expect)."""
-    settings = {
-        name: environ[f"PRUN_{name.upper()}"] for name in PARSERS if f"PRUN_{name.upper()}" in environ
-    }
-    if "bind" not in settings and environ.get("PORT"):
-        settings["bind"] = f"0.0.0.0:{environ['PORT']}"
+def from_environ(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Settings from the environment: name -> (value, the variable it came from).
+
+    PRUN_<NAME> first; below it an option's fallback variable (PORT gives the bind 0.0.0.0:$PORT and
+    WEB_CONCURRENCY the instances, as platforms and other servers expect).
+    """
+    settings: dict[str, tuple[str, str]] = {}
+    for option in OPTIONS:
+        if option.env in environ:
+            settings[option.name] = (environ[option.env], option.env)
+        elif option.fallback_env and environ.get(option.fallback_env):
+            settings[option.name] = (option.fallback_format.format(environ[option.fallback_env]),
+                                     option.fallback_env)
     return settings
+
+
+def _source(option: Option, value: Any) -> str:
+    return "app" if option.argument else f"{option.long} {value!r}"
 
 
 def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """The Config for these command-line values (None: not given) and this environment."""
     environ = os.environ if environ is None else environ
     given = {k: v for k, v in cli.items() if v is not None and v != () and k != "config"}
-    config_path = cli.get("config") or environ.get("PRUN_CONFIG") or ""
-    chdir = given.get("chdir") or environ.get("PRUN_CHDIR") or "."
+    config_path = cli.get("config") or environ.get(BY_NAME["config"].env) or ""
+    chdir = given.get("chdir") or environ.get(BY_NAME["chdir"].env) or "."
     if not os.path.isdir(chdir):
         raise UsageError(f"--chdir {chdir}: no such directory")
     if not config_path and os.path.isfile(os.path.join(chdir, "pyproject.toml")):
@@ -273,12 +87,13 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
     values: dict[str, Any] = {}
     if config_path:
         for name, value in read_file(config_path).items():
-            values[name] = _parse(name, value, f"{name} in {config_path}")
-    for name, value in from_environ(environ).items():
-        values[name] = _parse(name, value, f"PRUN_{name.upper()}")
+            values[name] = parse(name, value, f"{name} in {config_path}")
+    for name, (value, variable) in from_environ(environ).items():
+        if name != "config":  # already looked at, above
+            values[name] = parse(name, value, variable)
     for name, value in given.items():
-        values[name] = _parse(name, value, f"{_option(name)} {value!r}" if name != "app" else "app")
-    config = Config(**values, config_file=config_path)
+        values[name] = parse(name, value, _source(BY_NAME[name], value))
+    config = Config(**values, config=config_path)
     validate(config)
     return config
 
@@ -293,3 +108,37 @@ def validate(config: Config) -> None:
         raise UsageError("--instances must be at least 1")
     if config.reload_batch < 1:
         raise UsageError("--reload-batch must be at least 1")
+
+
+class Reconfigure:
+    """What a master calls on a reload (HUP): the Config re-read from every source.
+
+    Options the table marks reloadable take their new value (one line each says so); any other
+    option that changed keeps its running value, and one line each says that it needs a restart.
+    """
+
+    def __init__(self, cli: Mapping[str, Any], environ: Mapping[str, str], running: Config, log: Log) -> None:
+        self.cli = dict(cli)
+        self.environ = dict(environ)
+        self.log = log
+        self.running = running
+        self.asked = dataclasses.replace(running)  # what the sources said last time, before keeping
+
+    def __call__(self) -> Config:
+        new = build(self.cli, self.environ)
+        asked = dataclasses.replace(new, bind=list(new.bind), env=dict(new.env))
+        for option in OPTIONS:
+            was, now = getattr(self.asked, option.name), getattr(new, option.name)
+            running = getattr(self.running, option.name)
+            if not option.reload:
+                setattr(new, option.name, running)
+                if now != was:
+                    self.log.info(f"reload: {option.label} changed to {option.describe(now)}; it needs a restart "
+                                  f"(kept {option.describe(running)})")
+            elif now != running:
+                changed = (f"changed (keys now: {option.describe(now)})" if not option.show_values
+                           else f"changed to {option.describe(now)} (was {option.describe(running)})")
+                self.log.info(f"reload: {option.label} {changed}")
+        self.asked, self.running = asked, new
+        return new
+

@@ -120,9 +120,9 @@ class Master:
             failed = next((workers[fut] for fut in done if not fut.result()), None)
         self.booted = failed is None
         if failed is not None and not self.stopping:
-            self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}",
-                           traceback=failed.boot_traceback)
             self.stop(graceful=False, code=exit_status(failed.exit_status or 0) or 1)
+            self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}",  # the last line
+                           traceback=failed.boot_traceback)
         return self.booted
 
     # ---- signals ---------------------------------------------------------------------------------

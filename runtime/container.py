@@ -111,13 +111,19 @@ class Worker:
     def boot(self, loop: asyncio.AbstractEventLoop) -> Server:
         opts = self.options
         os.environ.update(opts.env)
-        app = loader.load(opts.app, opts.chdir, opts.factory)
-        server = make_server(app, loader.detect(app, opts.interface), opts, loop)
+        app, interface = loader.resolve(loader.load(opts.app, opts.chdir, opts.factory), opts.interface, opts.app,
+                                        self.warn)
+        server = make_server(app, interface, opts, loop)
         server.request_limit = opts.max_requests
         server.on_limit = self.ask_recycle
         loop.run_until_complete(server.startup())
         loop.run_until_complete(server.serve(self.listeners))
         return server
+
+    def warn(self, message: str) -> None:
+        """A warning about the app, printed by the first worker of each generation only (not once per worker)."""
+        if self.options.slot == 0:
+            print(f"prun: warning: {message}", file=sys.stderr, flush=True)
 
     def boot_failed(self, message: str, cause: BaseException | None) -> None:
         tb = user_traceback(cause) if cause is not None else ""

@@ -7,12 +7,13 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from prun.runtime.options import EXIT_BOOT_FAILURE
+from prun.runtime.options import EXIT_BOOT_FAILURE, INTERFACES
 from prun.runtime.server import BootError
 
-INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")
+__all__ = ["INTERFACES", "detect", "load", "resolve", "split_app"]
 
 
 def split_app(spec: str) -> tuple[str, str]:
@@ -85,3 +86,33 @@ def detect(app: Any, interface: str) -> str:
         f"cannot tell how to serve {getattr(app, '__name__', type(app).__name__)!r}; "
         "pass --interface asgi|wsgi|stream|protocol"
     )
+
+
+def _is_plain_function_without_parameters(app: Any) -> bool:
+    return inspect.isfunction(app) and not inspect.iscoroutinefunction(app) and _positional_count(app) == 0
+
+
+def resolve(app: Any, interface: str, spec: str, warn: Callable[[str], None]) -> tuple[Any, str]:
+    """What to serve and how: `detect`, except that a plain function without parameters is looked into.
+
+    Such a function is a protocol factory or an app factory given without --factory (`create_app`).
+    It is called once: a protocol it returns makes it a protocol factory (that probe protocol is
+    dropped); a servable app it returns is served, with a warning; anything else stops the boot.
+    """
+    if interface != "auto" or not _is_plain_function_without_parameters(app):
+        return app, detect(app, interface)
+    try:
+        made = app()
+    except Exception as exc:
+        raise BootError(f"{spec!r} takes no arguments, so prun called it to see what it makes, and it failed: "
+                        f"{type(exc).__name__}: {exc} (pass --factory for an app factory, --interface protocol "
+                        "for a protocol factory)") from exc
+    if isinstance(made, asyncio.BaseProtocol):
+        return app, "protocol"
+    try:
+        kind = detect(made, "auto")
+    except BootError:
+        raise BootError(f"{spec!r} takes no arguments and returned {type(made).__name__}, which is neither an app "
+                        "nor an asyncio protocol (for an app factory, pass --factory)") from None
+    warn(f"{spec!r} is an app factory: prun called it to get the app (pass --factory to say so)")
+    return made, kind

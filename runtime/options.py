@@ -7,11 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXIT_BOOT_FAILURE = 3
+INTERFACES = ("auto", "asgi", "wsgi", "stream", "protocol")  # how a worker may serve an app (--interface)
 
 
 @dataclass
 class WorkerOptions:
-    """Everything a worker is told at boot; the master builds it from its Config."""
+    """Everything a worker is told at boot; the master builds it from its Config.
+
+    Most fields are the worker rows of prun's option table (cluster/options.py), with its defaults;
+    tests/test_options.py checks that they agree. The others (slot, generation, heartbeat_interval,
+    drain_idle_window, server_header) are the master's to set, not options.
+    """
 
     app: str = ""
     chdir: str = "."
@@ -22,8 +28,8 @@ class WorkerOptions:
     generation: int = 1
     # Seconds between heartbeats; the master's --timeout is several of these.
     heartbeat_interval: float = 1.0
-    graceful_timeout: float = 30.0
-    balance: str = "shared"  # shared | leastconn
+    graceful_timeout: float = 25.0
+    balance: str = "leastconn"  # leastconn | shared
     max_requests: int = 0  # 0: never recycle; already jittered by the master
     # HTTP server (ASGI / WSGI)
     lifespan: str = "auto"  # auto | on | off

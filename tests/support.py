@@ -32,7 +32,8 @@ class Prun:
     def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None, **popen: object) -> None:
         full_env = dict(os.environ)
-        full_env.pop("PORT", None)
+        for variable in ("PORT", "WEB_CONCURRENCY"):
+            full_env.pop(variable, None)
         full_env.update(env or {})
         self.args = args
         self.wrapped = bool(wrapper)

@@ -20,7 +20,7 @@ def _error_lines(output: str) -> list[str]:
         (["nosuch:app"], 3, "cannot import 'nosuch': no module named 'nosuch' (looked in "),
         (["tcp:nosuch"], 3, "module 'tcp' has no attribute 'nosuch'"),
         (["broken:app", "-i", "2"], 3, "importing 'broken' failed: RuntimeError: the database is unreachable"),
-        (["tcp:handle", "-i", "banana"], 2, "invalid instances 'banana'"),
+        (["tcp:handle", "-i", "banana"], 2, "invalid --instances 'banana': expected a number"),
         (["tcp:handle", "--bind", "nonsense"], 2, "invalid bind address 'nonsense'"),
         (["tcp:handle", "--chdir", "/no/such/dir"], 2, "--chdir /no/such/dir: no such directory"),
         (["tcp:handle", "--config", "/no/such/prun.toml"], 2, "cannot read config file /no/such/prun.toml"),
@@ -39,6 +39,8 @@ def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
     errors = _error_lines(master.output)
     assert len(errors) == 1, master.output
     assert message in errors[0]
+    prun_lines = [line for line in master.output.splitlines() if line.startswith("prun:")]
+    assert prun_lines[-1] == errors[0], master.output  # nothing of prun's own after the error
     assert "Traceback" not in master.output or code == 3  # an app's own traceback is shown, once
     assert master.output.count(message) == 1
 

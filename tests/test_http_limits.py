@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import threading
 from typing import Any
 
@@ -191,3 +192,36 @@ def test_requests_over_the_concurrency_limit_get_503() -> None:
             release.set()
             assert holder.read().body == b"done"
         assert still_serves(srv.port)
+
+
+BODY_SIZE_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(str(size)))]})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+'''
+
+
+@pytest.mark.parametrize(("limit", "status"), [("10", 413), ("0", 200)])
+def test_limit_request_body_in_a_real_worker_zero_means_no_limit(prun, tmp_path, limit: str, status: int) -> None:
+    (tmp_path / "sizes.py").write_text(BODY_SIZE_APP)
+    master = prun("sizes:app", "-b", "127.0.0.1:0", "--limit-request-body", limit, cwd=tmp_path)
+    port = master.wait_ready()
+    body = b"x" * (1 << 20)
+    for headers in ({"Content-Length": str(len(body))}, {"Transfer-Encoding": "chunked"}):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            payload = body if "Content-Length" in headers else iter([body[:1000], body[1000:]])
+            conn.request("POST", "/", body=payload, headers=headers, encode_chunked="Content-Length" not in headers)
+            response = conn.getresponse()
+            assert response.status == status, headers
+            if status == 200:
+                assert response.read() == str(len(body)).encode()
+        finally:
+            conn.close()

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from prun.cluster.config import cpu_count
+from prun.cluster.options import cpu_count
 from tests.support import EXAMPLES, echo, wait_until
 
 

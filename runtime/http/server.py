@@ -53,7 +53,7 @@ class HttpServer(Server):
         self.limit_line = options.limit_request_line
         self.limit_header = options.limit_request_header_size
         self.limit_head = options.limit_request_line + options.limit_request_header_size + 4096
-        self.limit_body = options.limit_request_body
+        self.limit_body = options.limit_request_body or 1 << 62  # 0: no limit
         self.limit_concurrency = options.limit_concurrency
         self.keepalive = options.keepalive_timeout
         self.active = 0  # app calls running

@@ -1,0 +1,391 @@
+"""The one table of prun's options: `Config`, whose every field is one option of `prun run`.
+
+A row is a typed field, `name: type = option(parser, default, help, ...)`: its name and type are the
+option's, `option` declares the rest (flags, metavar, whether workers get it, whether a reload may
+change it; see `Option`). From the table come the click options of `prun run` and its `--help`
+(`click_options`), the `PRUN_<NAME>` environment variables and the TOML keys (cluster/config.py merges
+them), the options a worker is told at boot (`Config.worker_options`), what a reload applies or reports
+as needing a restart (`config.Reconfigure`), and the README's options table (`readme_table`).
+
+To add an option, add its row to `Config`. A worker option (`worker=True`) also needs a field of the same
+name and default in `WorkerOptions` (runtime/options.py: workers do not import cluster/). Then run
+`python -m prun.cluster.options README.md` to regenerate the README's table; tests/test_options.py fails
+until WorkerOptions and the README agree with the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from prun.cluster.errors import UsageError
+from prun.runtime.options import INTERFACES, WorkerOptions
+
+DEFAULT_BIND = "127.0.0.1:8000"
+
+
+# ---- parsers: one per option, the same for the command line, the environment and files ------------
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def parse_instances(value: Any) -> int:
+    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them."""
+    text = str(value).strip().lower()
+    if text in ("max", "0"):
+        return cpu_count()
+    if re.fullmatch(r"-?\d+", text):
+        n = int(text)
+        return max(1, cpu_count() + n) if n < 0 else n
+    raise ValueError(f"expected a number, 'max', 0 or -N, got {value!r}")
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_binds(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    binds = [str(b).strip() for b in items if str(b).strip()]
+    if not binds:
+        raise ValueError("expected at least one address")
+    return binds
+
+
+def parse_env(value: Any) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    items = value if isinstance(value, (list, tuple)) else [value]
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, val = str(item).partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        env[key] = val
+    return env
+
+
+def parse_str(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+class Choice:
+    """A parser for one of a few words (its metavar in --help lists them)."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return text
+
+
+def _non_negative(kind: type) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a {'whole ' if kind is int else ''}number, got {value!r}") from None
+        if isinstance(value, bool) or number < 0:
+            raise ValueError(f"expected a non-negative number, got {value!r}")
+        return number
+
+    return parse
+
+
+parse_int = _non_negative(int)
+parse_float = _non_negative(float)
+
+
+def parse_access_log(value: Any) -> str:
+    if str(value).strip().lower() in ("", "off", "false", "0"):
+        return ""
+    return Choice("common", "json")(value)
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of `prun run`: what `option(...)` declares for a field of Config."""
+
+    name: str  # the Config (and WorkerOptions) field; gives --name-with-dashes, PRUN_NAME, TOML key name-with-dashes
+    parse: Callable[[Any], Any]  # text from the command line or environment, or a TOML value -> the value
+    default: Any
+    help: str
+    short: str = ""  # e.g. "-i"
+    metavar: str = ""
+    worker: bool = False  # workers are told it at boot (a WorkerOptions field)
+    reload: bool = False  # a reload (HUP) applies a new value; otherwise it needs a restart and is kept
+    multiple: bool = False  # the flag may repeat
+    flag: bool = False  # a switch without a value
+    argument: bool = False  # the positional argument (APP), not a flag
+    file: bool = True  # may be set in a config file
+    shown_default: str | None = None  # what --help and the README show as the default, if not the value
+    fallback_env: str = ""  # an environment variable below PRUN_NAME, e.g. WEB_CONCURRENCY for instances
+    fallback_format: str = "{}"  # how that variable's value becomes this option's text
+    show_values: bool = True  # False: a reload names the changed keys, not their values (secrets)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.short, self.long) if self.short else (self.long,)
+
+    @property
+    def long(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its long flag, or APP for the argument."""
+        return self.metavar if self.argument else self.long
+
+    @property
+    def env(self) -> str:
+        return "PRUN_" + self.name.upper()
+
+    @property
+    def key(self) -> str:
+        """Its key in a TOML config file (underscores are accepted too)."""
+        return self.name.replace("_", "-")
+
+    def default_value(self) -> Any:
+        """A fresh copy of the default (lists and dicts are not shared between configs)."""
+        return copy.deepcopy(self.default)
+
+    def default_text(self) -> str:
+        """The default as --help and the README show it; '' when there is nothing to show."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.flag or self.default in ("", [], {}, ()):
+            return ""
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return str(self.default)
+
+    def describe(self, value: Any) -> str:
+        """A value as a reload line shows it."""
+        if isinstance(value, dict):
+            items = sorted(value.items())
+            return ", ".join(f"{k}={v}" if self.show_values else k for k, v in items) or "(none)"
+        if isinstance(value, list):
+            return ",".join(value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value) if value != "" else "(none)"
+
+
+def option(parse: Callable[[Any], Any], default: Any, help: str, **declaration: Any) -> Any:
+    """One row of the table: a field of Config, with its Option (all but the name) in the field's metadata."""
+    row = {"option": Option("", parse, default, help, **declaration)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=row)
+    return dataclasses.field(default=default, metadata=row)
+
+
+@dataclass
+class Config:
+    """Every setting of a prun master, and the option table: one field per option, in --help's order."""
+
+    app: str = option(parse_str, "", "MODULE:ATTR to serve, e.g. app:server.", argument=True, worker=True,
+        metavar="APP")
+    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
+        "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
+        shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY")
+    bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
+        "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
+        shown_default=f"{DEFAULT_BIND}, or 0.0.0.0:$PORT", fallback_env="PORT", fallback_format="0.0.0.0:{}")
+    chdir: str = option(parse_str, ".", "Directory to import the app from (first on sys.path).", metavar="DIR",
+        worker=True, reload=True)
+    factory: bool = option(parse_bool, False, "APP is a factory: call it to get the app.", flag=True, worker=True,
+        reload=True)
+    interface: str = option(Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).",
+        worker=True, reload=True)
+    name: str = option(parse_str, "", "The app's name in process titles and logs.", worker=True)
+    env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
+        "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
+    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
+        "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
+    backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
+    balance: str = option(Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
+        "to the least busy worker; shared: the kernel balances.", worker=True)
+    graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
+        reload=True)
+    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready.", reload=True)
+    timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
+        reload=True)
+    reload_batch: int = option(parse_int, 1, "Workers replaced at a time during a reload.", reload=True)
+    max_requests: int = option(parse_int, 0, "Replace a worker after this many requests (0: never).", worker=True,
+        reload=True)
+    max_requests_jitter: int = option(parse_int, 0, "Add up to this many to --max-requests, per worker.",
+        reload=True)
+    pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
+    log_format: str = option(Choice("text", "json"), "text", "json: one object per line, the workers' output "
+        "too.")
+    log_file: str = option(parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it.",
+        metavar="FILE")
+    container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
+        "every child, pass the app's exit status through.", flag=True)
+    health: str = option(parse_str, "", "Serve /livez, /readyz and /status on this port (loopback unless a host "
+        "is given).", metavar="[HOST:]PORT")
+    lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
+        reload=True)
+    root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
+        metavar="PATH", worker=True, reload=True)
+    proxy_headers: bool = option(parse_bool, False, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.",
+        flag=True, worker=True, reload=True)
+    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
+        "or *.", metavar="IPS", worker=True, reload=True)
+    threads: int = option(parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True)
+    keepalive_timeout: float = option(parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
+        metavar="SECONDS", worker=True, reload=True)
+    limit_request_line: int = option(parse_int, 8190, "Longest request line, bytes (414 beyond).", metavar="BYTES",
+        worker=True, reload=True)
+    limit_request_header_size: int = option(parse_int, 16384, "Largest header section, bytes (431 beyond).",
+        metavar="BYTES", worker=True, reload=True)
+    limit_request_body: int = option(parse_int, 100 * 1024 * 1024, "Largest request body, bytes (413 beyond; "
+        "0: no limit).", metavar="BYTES", shown_default="104857600 (100 MiB)", worker=True, reload=True)
+    limit_concurrency: int = option(parse_int, 0, "Requests in progress per worker before 503 (0: no limit).",
+        metavar="N", worker=True, reload=True)
+    access_log: str = option(parse_access_log, "", "One line per request: off, common or json.",
+        shown_default="off", metavar="[off|common|json]", worker=True, reload=True)
+
+    def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
+        """What a worker of this config is told at boot (`max_requests` is already jittered)."""
+        values = {option.name: getattr(self, option.name) for option in WORKER}
+        values.update(chdir=os.path.abspath(self.chdir), max_requests=max_requests, env=dict(self.env))
+        return WorkerOptions(
+            slot=slot,
+            generation=generation,
+            heartbeat_interval=min(1.0, self.timeout / 4) if self.timeout else 1.0,
+            **values,
+        )
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(Config))
+
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+WORKER: tuple[Option, ...] = tuple(option for option in OPTIONS if option.worker)
+
+
+def parse(name: str, value: Any, source: str) -> Any:
+    """`value` of option `name` from `source` (used in the error: '--timeout 'soon'', 'PRUN_TIMEOUT')."""
+    try:
+        return BY_NAME[name].parse(value)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"invalid {source}: {exc}") from None
+
+
+def from_file_key(key: str) -> Option | None:
+    """The option a TOML key names ('keepalive-timeout' or 'keepalive_timeout'), if a file may set it."""
+    option = BY_NAME.get(key.replace("-", "_"))
+    return option if option is not None and option.file else None
+
+
+# ---- click --------------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _metavar(option: Option) -> str:
+    if option.metavar:
+        return option.metavar
+    if option.name.endswith("timeout"):
+        return "SECONDS"
+    if isinstance(option.parse, Choice):
+        return "[" + "|".join(option.parse.choices) + "]"
+    if option.parse in (parse_int, parse_float):
+        return "N"
+    return "TEXT"
+
+
+def click_options(command: F) -> F:
+    """Decorate a click command with every option of the table, in the table's order.
+
+    Values arrive as text (None when not given) and are parsed by `config.build`, so that the command
+    line, the environment and files share one parser and one kind of error message.
+    """
+    for option in reversed(OPTIONS):
+        if option.argument:
+            command = click.argument(option.name, required=False, metavar=option.metavar)(command)
+            continue
+        shown = option.default_text()
+        text = option.help + (f"  [default: {shown}]" if shown else "")
+        if option.flag:
+            command = click.option(*option.flags, option.name, is_flag=True, default=None, help=text)(command)
+        else:
+            command = click.option(*option.flags, option.name, multiple=option.multiple, help=text,
+                                   metavar=_metavar(option))(command)
+    return command
+
+
+# ---- the README's options table ----------------------------------------------------------------
+
+README_BEGIN = "<!-- options: generated from cluster/options.py by `python -m prun.cluster.options README.md` -->"
+README_END = "<!-- end of options -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def readme_table() -> str:
+    """The README's options table, generated from OPTIONS."""
+    rows = ["| option | default | on reload (HUP) | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        if option.argument:
+            continue
+        flags = "/".join(option.flags) + ("" if option.flag else f" {_metavar(option)}")
+        default = option.default_text()
+        rows.append(f"| `{_cell(flags)}` | {f'`{_cell(default)}`' if default else ''} | "
+                    f"{'applied' if option.reload else 'needs a restart'} | {_cell(option.help)} |")
+    return "\n".join(rows)
+
+
+def readme_section(text: str) -> tuple[int, int]:
+    """Where the generated table sits in README text: (start, end) offsets between the markers."""
+    start = text.index(README_BEGIN) + len(README_BEGIN)
+    return start, text.index(README_END, start)
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the README's options table from OPTIONS; whether it changed."""
+    with open(path) as fh:
+        text = fh.read()
+    start, end = readme_section(text)
+    new = text[:start] + "\n" + readme_table() + "\n" + text[end:]
+    if new != text:
+        with open(path, "w") as fh:
+            fh.write(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("updated" if update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md") else "up to date")
