@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prun.cluster.log import Log
 
 ACCEPTS_PER_WAKEUP = 64
+_CONN = channel.Conn()
 
 
 class LeastConn:
@@ -90,7 +91,7 @@ class LeastConn:
                     best, best_index = worker, index
             if best is None:
                 return False
-            if best.chan is not None and best.chan.send(channel.CONN, fds=[conn.fileno()]):
+            if best.chan is not None and best.chan.send(_CONN, fds=[conn.fileno()]):
                 best.inflight.append(conn)
                 self.turn = best_index + 1
                 return True

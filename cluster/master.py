@@ -1,7 +1,9 @@
-"""The master: owns the listeners and the worker table, supervises, and turns signals into actions.
+"""The master: owns the listeners and the worker table, and turns signals into actions.
 
-Signal handlers only record what was asked; the loop runs `handle_<signal>`, restarts what died
-(with backoff), and aborts what hangs. Rolling replacement lives in cluster/reload.py.
+In gunicorn's arbiter shape: a signal handler only records the signal (the loop's signal wakeup);
+the loop then runs `handle_<signal>`, and a tick aborts what hangs. Replacing workers (reload,
+recycle, scaling) is the rollout's (cluster/rollout.py), restarting what died is supervision's
+(cluster/supervision.py); the master is the `Supervisor` both act through.
 """
 
 from __future__ import annotations
@@ -10,11 +12,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
-from prun.cluster import reload
 from prun.cluster.balance import LeastConn
 from prun.cluster.config import Config
 from prun.cluster.errors import PrunError
@@ -23,28 +22,13 @@ from prun.cluster.listeners import Listener
 from prun.cluster.log import Log
 from prun.cluster.notify import Notifier
 from prun.cluster.output import OutputRelay
-from prun.cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
+from prun.cluster.rollout import Rollout, Slot
+from prun.cluster.supervision import Supervision
+from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
 from prun.runtime import channel
 
-BACKOFF_FIRST = 0.1
-BACKOFF_FACTOR = 1.5
-BACKOFF_CAP = 15.0
-BACKOFF_RESET_AFTER = 30.0  # a worker up this long earns its slot a fresh backoff
-KILL_GRACE = 2.0  # after a drain deadline or SIGABRT, before SIGKILL
+STOP_GRACE = 1.0  # a fast stop: after SIGQUIT, before SIGKILL
 WATCHDOG_INTERVAL = 0.5
-
-
-@dataclass(eq=False)
-class Slot:
-    """A place for one worker; its worker is replaced on restart, reload and recycle."""
-
-    index: int
-    generation: int
-    worker: WorkerProcess | None = None
-    restarts: int = 0
-    failures: int = 0  # consecutive early deaths, for the backoff
-    restart_timer: asyncio.TimerHandle | None = None
-    last_error: str = ""
 
 
 class Master:
@@ -63,24 +47,23 @@ class Master:
         self.container = config.container or os.getpid() == 1
         self.listeners = listeners
         self.log = log
-        self.reconfigure = reconfigure
-        self.slots: list[Slot] = []
-        self.workers: dict[int, WorkerProcess] = {}
-        self.generation = 1  # the generation that serves
-        self.newest_generation = 1  # the last one started, served or not
+        self.rebuild_config = reconfigure
+        self.workers: dict[int, WorkerProcess] = {}  # by pid: every live worker, whatever its state
         self.stopping = False
         self.booted = False  # the first generation is ready; until then a death ends the master
         self.exit_code = 0
-        self.operations = asyncio.Lock()  # reloads, recycles and scaling run one at a time
-        self.reload_queued = False
-        self.reloading = False
         self.started = time.monotonic()
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances)
+        self.supervision = Supervision(self.loop, log, self.rollout)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
         self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
+
+    @property
+    def slots(self) -> list[Slot[WorkerProcess]]:
+        return self.rollout.slots
 
     # ---- the main line -------------------------------------------------------------------------
 
@@ -95,10 +78,9 @@ class Master:
             self.log.info(f"health endpoint on http://{await self.health.start()}/readyz")
         if self.balancer:
             self.balancer.start()
-        self.slots = [Slot(i, self.generation) for i in range(self.config.instances)]
         for slot in self.slots:
-            self.start_worker(slot)
-        watchdog = self.loop.call_later(WATCHDOG_INTERVAL, self.watchdog)
+            self.supervision.start(slot)
+        tick = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
@@ -106,13 +88,13 @@ class Master:
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
             return await self.finished
         finally:
-            watchdog.cancel()
+            tick.cancel()
             if self.health:
                 self.health.close()
 
     async def first_generation_ready(self) -> bool:
         """Wait for every first worker; if any cannot boot, stop all and end with exit code 3."""
-        workers = {slot.worker.ready: slot.worker for slot in self.slots if slot.worker and slot.worker.ready}
+        workers = {slot.worker.ready: slot.worker for slot in self.slots if slot.worker}
         pending = set(workers)
         failed = None
         while pending and failed is None:
@@ -121,9 +103,14 @@ class Master:
         self.booted = failed is None
         if failed is not None and not self.stopping:
             self.stop(graceful=False, code=exit_status(failed.exit_status or 0) or 1)
-            self.log.error(f"{failed.describe()} could not boot: {reload.failure_reason(failed)}",  # the last line
+            self.log.error(f"{failed.describe()} could not boot: {failed.why_not_ready()}",  # the last line
                            traceback=failed.boot_traceback)
         return self.booted
+
+    def tick(self) -> None:
+        """Murder the hung (the count is kept by supervision's restarts)."""
+        self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
+        self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -132,13 +119,8 @@ class Master:
         handler()
 
     def handle_hup(self) -> None:
-        if self.stopping:
-            return
-        if self.reload_queued:
-            self.log.info("reload already queued")
-            return
-        self.reload_queued = True
-        self.task(self._reload())
+        if not self.stopping:
+            self.rollout.request_reload()
 
     def handle_term(self, signum: int = signal.SIGTERM) -> None:
         self.stop(graceful=not self.stopping, code=0 if not self.stopping else 128 + signum)
@@ -150,10 +132,10 @@ class Master:
         self.stop(graceful=False, code=128 + signal.SIGQUIT)
 
     def handle_ttin(self) -> None:
-        self.task(self._scale(+1))
+        self.rollout.request_scale(+1)
 
     def handle_ttou(self) -> None:
-        self.task(self._scale(-1))
+        self.rollout.request_scale(-1)
 
     def handle_usr1(self) -> None:
         """Reopen --log-file (after logrotate moved it) in the master and in every worker."""
@@ -168,7 +150,7 @@ class Master:
         try:
             for worker in self.workers.values():
                 if worker.chan and not worker.outputs:
-                    worker.chan.send(channel.LOG_FILE, fds=[fd])
+                    worker.chan.send(channel.LogFile(), fds=[fd])
         finally:
             os.close(fd)
         self.log.info(f"reopened log file {self.config.log_file}")
@@ -176,57 +158,15 @@ class Master:
     def handle_chld(self) -> None:
         self.reap()
 
-    # ---- operations ------------------------------------------------------------------------------
+    # ---- the Supervisor the rollout acts through ---------------------------------------------------
 
-    def task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reload(self) -> None:
-        async with self.operations:
-            self.reload_queued = False
-            if self.stopping:
-                return
-            self.reloading = True
-            self.notifier.reloading(f"reloading {len(self.slots)} workers")
-            try:
-                ok = await reload.rolling_reload(self)
-            finally:
-                self.reloading = False
-            self.notifier.ready(f"{len(self.slots)} workers ready, gen {self.generation}"
-                                + ("" if ok else " (the last reload failed)"))
-
-    async def _scale(self, delta: int) -> None:
-        async with self.operations:
-            if self.stopping:
-                return
-            if delta > 0:
-                slot = Slot(len(self.slots), self.generation)
-                self.slots.append(slot)
-                self.start_worker(slot)
-                self.log.info(f"scaled up to {len(self.slots)} workers")
-            elif len(self.slots) > 1:
-                slot = self.slots.pop()
-                if slot.restart_timer:
-                    slot.restart_timer.cancel()
-                if slot.worker:
-                    self.drain(slot.worker)
-                self.log.info(f"scaled down to {len(self.slots)} workers")
-            else:
-                self.log.info("already at 1 worker; not scaling down")
-
-    async def _recycle(self, worker: WorkerProcess) -> None:
-        async with self.operations:
-            slot = self.slot_of(worker)
-            if self.stopping or slot is None or worker.state is not State.READY:
-                return
-            self.log.info(f"{worker.describe()} served {worker.requests} requests: replacing it")
-            reason = await reload.roll_slots(self, [slot], slot.generation)
-            if reason:
-                self.log.error(f"recycling {worker.describe()} failed: {reason}; it keeps serving")
-
-    # ---- workers ---------------------------------------------------------------------------------
+    def reconfigure(self) -> Config:
+        """Re-read the config (if it came from a file or the environment) as a reload begins."""
+        if self.rebuild_config is not None:
+            config = self.rebuild_config()
+            config.instances = len(self.slots)  # scaling is TTIN/TTOU's business, not a reload's
+            self.config = config
+        return self.config
 
     def spawn(self, slot: int, generation: int) -> WorkerProcess:
         """A new worker for `slot`, registered but not yet the slot's own."""
@@ -242,46 +182,45 @@ class Master:
             self.balancer.add(worker)
         return worker
 
-    def start_worker(self, slot: Slot) -> None:
-        slot.restart_timer = None
-        if self.stopping or slot not in self.slots or (slot.worker and slot.worker.alive):
+    def drain(self, worker: WorkerProcess, timeout: float) -> None:
+        """Tell a worker to finish what it serves and exit (the rollout holds the deadline)."""
+        if not worker.alive or worker.state is State.DRAINING:
             return
-        try:
-            slot.worker = self.spawn(slot.index, slot.generation)
-        except OSError as exc:
-            self.log.error(f"cannot start worker {slot.index}: {exc}")
-            self.schedule_restart(slot)
+        if worker.state is not State.READY:
+            self.kill(worker)  # nothing served yet: nothing to drain
+            return
+        worker.state = State.DRAINING
+        if not (worker.chan and worker.chan.send(channel.Drain(timeout=timeout))):
+            worker.signal(signal.SIGTERM)
 
-    def slot_of(self, worker: WorkerProcess) -> Slot | None:
-        for slot in self.slots:
-            if slot.worker is worker:
-                return slot
-        return None
+    def kill(self, worker: WorkerProcess) -> None:
+        worker.signal(signal.SIGKILL)
+
+    # ---- workers ---------------------------------------------------------------------------------
 
     def on_message(self, worker: WorkerProcess, msg: channel.Message, fds: list[int]) -> None:
         for fd in fds:
             os.close(fd)
-        kind = msg.get("t")
-        if kind == channel.HEARTBEAT:
+        if isinstance(msg, channel.Heartbeat):
             worker.last_heartbeat = time.monotonic()
-            worker.conns = int(msg.get("conns", 0))
-            worker.requests = int(msg.get("requests", 0))
+            worker.conns = msg.conns
+            worker.requests = msg.requests
             if self.balancer:
-                self.balancer.acknowledged(worker, int(msg.get("accepted", 0)))
-        elif kind == channel.READY:
+                self.balancer.acknowledged(worker, msg.accepted)
+        elif isinstance(msg, channel.Ready):
             worker.state = State.READY
             worker.last_heartbeat = time.monotonic()
-            if worker.ready and not worker.ready.done():
+            if not worker.ready.done():
                 worker.ready.set_result(True)
             self.log.info(f"{worker.describe()} ready")
             if self.balancer:
                 self.balancer.ready(worker)
-        elif kind == channel.BOOT_ERROR:
-            worker.boot_error = str(msg.get("message", "unknown error"))
-            worker.boot_traceback = str(msg.get("traceback", ""))
-        elif kind == channel.RECYCLE and self.config.max_requests:
-            worker.requests = int(msg.get("requests", worker.requests))
-            self.task(self._recycle(worker))
+        elif isinstance(msg, channel.BootFailure):
+            worker.boot_error = msg.message
+            worker.boot_traceback = msg.traceback
+        elif isinstance(msg, channel.Recycle) and self.config.max_requests:
+            worker.requests = msg.requests
+            self.rollout.request_recycle(worker, f"served {worker.requests} requests")
 
     def is_ready(self) -> bool:
         """Every slot has a READY worker, and no shutdown has begun (the /readyz probe)."""
@@ -294,10 +233,10 @@ class Master:
             "app": self.config.app,
             "name": self.config.name or self.config.app,
             "pid": os.getpid(),
-            "generation": self.generation,
+            "generation": self.rollout.generation,
             "ready": self.is_ready(),
             "stopping": self.stopping,
-            "reloading": self.reloading,
+            "reloading": self.rollout.reloading,
             "uptime": round(now - self.started, 3),
             "workers": [
                 {"slot": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state.value,
@@ -330,68 +269,20 @@ class Master:
         worker.exit_status = code
         if worker.kill_timer:
             worker.kill_timer.cancel()
-        if worker.ready and not worker.ready.done():
+        if not worker.ready.done():
             worker.ready.set_result(False)
-        if worker.exited and not worker.exited.done():
+        if not worker.exited.done():
             worker.exited.set_result(code)
         if self.balancer:
             self.balancer.gone(worker)
-        slot = self.slot_of(worker)
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
             return
-        if slot is None or was_draining or not self.booted:
-            return  # drained, scaled away, or a reload candidate (reload.py decides)
-        if worker.boot_error:
-            if worker.boot_error != slot.last_error:
-                self.log.error(f"{worker.describe()} could not boot: {worker.boot_error}",
-                               traceback=worker.boot_traceback)
-            slot.last_error = worker.boot_error
-        else:
-            self.log.warning(f"{worker.describe()} {describe_exit(code)}; restarting it")
-        if was_ready and time.monotonic() - worker.started >= BACKOFF_RESET_AFTER:
-            slot.failures = 0
-        slot.worker = None
-        slot.restarts += 1
-        self.schedule_restart(slot)
-
-    def schedule_restart(self, slot: Slot) -> None:
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**slot.failures)
-        slot.failures += 1
-        slot.restart_timer = self.loop.call_later(delay, self.start_worker, slot)
-
-    def drain(self, worker: WorkerProcess, timeout: float | None = None) -> None:
-        """Tell a worker to finish what it serves and exit; SIGKILL it if it overstays."""
-        if not worker.alive or worker.state is State.DRAINING:
-            return
-        timeout = self.config.graceful_timeout if timeout is None else timeout
-        if worker.state is not State.READY:
-            self.kill(worker)  # nothing served yet: nothing to drain
-            return
-        worker.state = State.DRAINING
-        if not (worker.chan and worker.chan.send(channel.DRAIN, timeout=timeout)):
-            worker.signal(signal.SIGTERM)
-        worker.kill_timer = self.loop.call_later(timeout + KILL_GRACE, self.kill, worker)
-
-    def kill(self, worker: WorkerProcess) -> None:
-        worker.signal(signal.SIGKILL)
-
-    def watchdog(self) -> None:
-        """Abort workers whose loop stopped heartbeating; kill those that never became ready."""
-        now = time.monotonic()
-        for worker in list(self.workers.values()):
-            if worker.state is State.BOOTING and now - worker.started > self.config.ready_timeout:
-                worker.boot_error = worker.boot_error or f"not ready after {self.config.ready_timeout:g}s"
-                self.kill(worker)
-            elif (worker.state in (State.READY, State.DRAINING) and self.config.timeout and not worker.aborted
-                  and now - worker.last_heartbeat > self.config.timeout):
-                self.log.error(f"{worker.describe()} sent no heartbeat for {self.config.timeout:g}s: "
-                               "aborting it (its stack follows)")
-                worker.aborted = True
-                worker.signal(signal.SIGABRT)
-                worker.kill_timer = self.loop.call_later(KILL_GRACE, self.kill, worker)
-        self.loop.call_later(WATCHDOG_INTERVAL, self.watchdog)
+        slot = self.rollout.slot_of(worker)
+        if slot is not None and not was_draining and self.booted:
+            self.supervision.died(slot, worker, code, was_ready)
+        # otherwise: drained, scaled away, or a candidate (the rollout decides)
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -405,15 +296,12 @@ class Master:
             self.notifier.stopping("draining" if graceful else "stopping")
             if self.balancer:
                 self.balancer.stop()
-            for task in list(self._tasks):
-                task.cancel()
-            for slot in self.slots:
-                if slot.restart_timer:
-                    slot.restart_timer.cancel()
+            self.rollout.stop()
+            self.supervision.stop()
         if graceful and first:
             self.log.info(f"stopping: draining {sum(w.alive for w in self.workers.values())} workers")
             for worker in list(self.workers.values()):
-                self.drain(worker)
+                self.rollout.retire(worker)
         else:
             if first or graceful:
                 self.log.info("stopping now")
@@ -421,7 +309,7 @@ class Master:
                 worker.signal(signal.SIGQUIT if worker.state in (State.READY, State.DRAINING) else signal.SIGKILL)
                 if worker.kill_timer:
                     worker.kill_timer.cancel()
-                worker.kill_timer = self.loop.call_later(1.0, self.kill, worker)
+                worker.kill_timer = self.loop.call_later(STOP_GRACE, self.kill, worker)
         if not any(w.alive for w in self.workers.values()):
             self.finish()
 

@@ -50,6 +50,8 @@ class WorkerProcess:
 
     slot: int
     generation: int
+    ready: asyncio.Future[bool]  # True when READY, False when it died or failed first
+    exited: asyncio.Future[int]  # its exit status, once reaped
     pid: int = 0
     state: State = State.SPAWNING
     started: float = field(default_factory=time.monotonic)
@@ -60,8 +62,6 @@ class WorkerProcess:
     boot_error: str = ""
     boot_traceback: str = ""
     exit_status: int | None = None  # as os.waitstatus_to_exitcode: -N for signal N
-    ready: asyncio.Future[bool] | None = None  # True when READY, False when it died or failed first
-    exited: asyncio.Future[int] | None = None
     kill_timer: asyncio.TimerHandle | None = None
     aborted: bool = False  # killed by the heartbeat watchdog
     # leastconn: connections handed over but not yet acknowledged, and how many were acknowledged
@@ -84,6 +84,14 @@ class WorkerProcess:
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.pid}, gen {self.generation})"
 
+    def why_not_ready(self) -> str:
+        """Why it did not become ready, in a user's words."""
+        if self.boot_error:
+            return self.boot_error
+        if self.exit_status is not None:
+            return f"it {describe_exit(self.exit_status)} before it was ready"
+        return "it did not become ready"
+
 
 def spawn(
     options: WorkerOptions,
@@ -94,9 +102,7 @@ def spawn(
     capture: bool = False,
 ) -> WorkerProcess:
     """Start a worker as a fresh interpreter (fork+exec) with only its channel end inherited."""
-    worker = WorkerProcess(slot=options.slot, generation=options.generation)
-    worker.ready = loop.create_future()
-    worker.exited = loop.create_future()
+    worker = WorkerProcess(options.slot, options.generation, loop.create_future(), loop.create_future())
     master_end, worker_end = channel.pair()
     env = dict(os.environ if environ is None else environ)
     env.update(options.env)
@@ -121,12 +127,7 @@ def spawn(
         worker_end.close()
         for fd in child_ends:
             os.close(fd)
-    channel.send(
-        master_end,
-        channel.BOOT,
-        fds=[s.fileno() for s in listeners],
-        options=options.to_dict(),
-    )
+    channel.send(master_end, channel.Boot(options=options.to_dict()), fds=[s.fileno() for s in listeners])
     worker.state = State.BOOTING
     worker.chan = channel.AsyncChannel(
         master_end, loop, lambda msg, fds: on_message(worker, msg, fds), lambda: None  # its exit is seen by waitpid

@@ -1,34 +1,137 @@
 """The control channel between the master and one worker.
 
-An AF_UNIX SOCK_SEQPACKET socketpair: one JSON message per datagram, file descriptors riding
-along as SCM_RIGHTS. Both sides use this module; the message names below are the whole protocol.
+An AF_UNIX SOCK_SEQPACKET socketpair: one JSON message per datagram, file descriptors riding along
+as SCM_RIGHTS. Both sides use this module: the dataclasses below are the whole protocol, so that
+mypy checks every field where a message is built and where it is read.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import dataclasses
 import json
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
-
-# master -> worker
-BOOT = "boot"  # {"options": {...}, "listeners": [{"kind", "address"}...]} + one fd per listener
-DRAIN = "drain"  # {"timeout": seconds}: stop accepting, finish in-flight work, exit 0
-CONN = "conn"  # one accepted connection fd (leastconn balancing)
-LOG_FILE = "log_file"  # the reopened log file's fd: becomes the worker's stdout and stderr (USR1)
-# worker -> master
-READY = "ready"  # {"pid"}: serving
-BOOT_ERROR = "boot_error"  # {"message", "traceback"}: could not start; the worker exits 3
-HEARTBEAT = "hb"  # {"conns", "requests"}: the loop is alive; live stats
-RECYCLE = "recycle"  # {"requests"}: max-requests reached, please replace me
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 MAX_MESSAGE = 256 * 1024
 MAX_FDS = 64
 
-Message = dict[str, Any]
+
+# ---- master -> worker ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Boot:
+    """The first message: the worker's options (WorkerOptions.to_dict()); one fd per listener rides along."""
+
+    KIND: ClassVar[str] = "boot"
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Stop accepting, finish in-flight work within `timeout` seconds, exit 0."""
+
+    KIND: ClassVar[str] = "drain"
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Conn:
+    """One accepted connection's fd rides along (leastconn balancing)."""
+
+    KIND: ClassVar[str] = "conn"
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """The reopened log file's fd rides along: it becomes the worker's stdout and stderr (USR1)."""
+
+    KIND: ClassVar[str] = "log_file"
+
+
+# ---- worker -> master ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker serves."""
+
+    KIND: ClassVar[str] = "ready"
+    pid: int
+
+
+@dataclass(frozen=True)
+class BootFailure:
+    """The worker could not start (it exits with a boot-failure code): why, and the app's traceback."""
+
+    KIND: ClassVar[str] = "boot_error"
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The worker's loop is alive; its live stats. `accepted`: connections taken from the master in all."""
+
+    KIND: ClassVar[str] = "hb"
+    conns: int
+    requests: int
+    accepted: int = 0
+    rss: int = 0  # resident memory in bytes (0: unknown)
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """max-requests reached: please replace me."""
+
+    KIND: ClassVar[str] = "recycle"
+    requests: int
+
+
+ToWorker = Boot | Drain | Conn | LogFile
+ToMaster = Ready | BootFailure | Heartbeat | Recycle
+Message = ToWorker | ToMaster
+
+_KINDS: dict[str, type[Message]] = {
+    cls.KIND: cls for cls in (Boot, Drain, Conn, LogFile, Ready, BootFailure, Heartbeat, Recycle)
+}
+_FIELDS = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
+
+
+class ProtocolError(ValueError):
+    """A datagram that is not one of the messages above."""
+
+
+def encode(msg: Message) -> bytes:
+    fields = dict(msg.__dict__)
+    fields["t"] = msg.KIND
+    data = json.dumps(fields, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"control message {msg.KIND!r} is {len(data)} bytes, over {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """A message from a datagram. Unknown fields are dropped: a worker of a newer prun may send more."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"control message is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("control message is not an object")
+    cls = _KINDS.get(raw.pop("t", None))
+    if cls is None:
+        raise ProtocolError(f"unknown control message {data[:80]!r}")
+    names = _FIELDS[cls]
+    try:
+        return cls(**{k: v for k, v in raw.items() if k in names})
+    except TypeError as exc:
+        raise ProtocolError(f"control message {cls.KIND!r}: {exc}") from None
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -36,17 +139,9 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def encode(kind: str, **fields: Any) -> bytes:
-    fields["t"] = kind
-    data = json.dumps(fields, separators=(",", ":")).encode()
-    if len(data) > MAX_MESSAGE:
-        raise ValueError(f"control message {kind!r} is {len(data)} bytes, over {MAX_MESSAGE}")
-    return data
-
-
-def send(sock: socket.socket, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
+def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> None:
     """Send one message (blocking socket or not: messages are small and the buffer large)."""
-    data = encode(kind, **fields)
+    data = encode(msg)
     if fds:
         sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     else:
@@ -54,7 +149,10 @@ def send(sock: socket.socket, kind: str, fds: list[int] | None = None, **fields:
 
 
 def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
-    """Receive one message; (None, []) on EOF. Received fds are made non-inheritable at once."""
+    """Receive one message; (None, []) on EOF. Received fds are made non-inheritable at once.
+
+    A datagram that is no message raises ProtocolError (its fds are closed first).
+    """
     fds = array.array("i")
     data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, type_, cdata in ancdata:
@@ -67,7 +165,12 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
         for fd in received:
             os.close(fd)
         return None, []
-    return json.loads(data), received
+    try:
+        return decode(data), received
+    except ProtocolError:
+        for fd in received:
+            os.close(fd)
+        raise
 
 
 class AsyncChannel:
@@ -95,6 +198,8 @@ class AsyncChannel:
                 msg, fds = recv(self.sock)
             except (BlockingIOError, InterruptedError):
                 return
+            except ProtocolError:
+                continue  # not ours to act on; the next datagram is still a message
             except OSError:
                 msg, fds = None, []
             if msg is None:
@@ -103,12 +208,12 @@ class AsyncChannel:
                 return
             self._on_message(msg, fds)
 
-    def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> bool:
+    def send(self, msg: Message, fds: list[int] | None = None) -> bool:
         """Send a message; False if the other end is gone or the buffer is full."""
         if self.closed:
             return False
         try:
-            send(self.sock, kind, fds, **fields)
+            send(self.sock, msg, fds)
             return True
         except (BlockingIOError, InterruptedError, OSError):
             return False

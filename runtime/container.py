@@ -101,7 +101,7 @@ class Worker:
         if self.options.balance == "leastconn":
             self.server.on_change = self.schedule_report
         self.chan = channel.AsyncChannel(self.sock, loop, self.on_message, self.on_master_gone)
-        self.chan.send(channel.READY, pid=os.getpid())
+        self.chan.send(channel.Ready(pid=os.getpid()))
         loop.add_signal_handler(signal.SIGTERM, self.start_drain, self.options.graceful_timeout)
         loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
         loop.call_later(self.options.heartbeat_interval, self.heartbeat)
@@ -128,15 +128,15 @@ class Worker:
     def boot_failed(self, message: str, cause: BaseException | None) -> None:
         tb = user_traceback(cause) if cause is not None else ""
         try:
-            channel.send(self.sock, channel.BOOT_ERROR, message=message, traceback=tb[-16000:])
+            channel.send(self.sock, channel.BootFailure(message=message, traceback=tb[-16000:]))
         except OSError:
             print(f"prun worker: {message}", file=sys.stderr)
 
     def report(self) -> None:
         assert self.server is not None and self.chan is not None
         self.report_scheduled = False
-        self.chan.send(channel.HEARTBEAT, conns=self.server.connections, requests=self.server.requests,
-                       accepted=self.accepted)
+        self.chan.send(channel.Heartbeat(conns=self.server.connections, requests=self.server.requests,
+                                         accepted=self.accepted))
 
     def schedule_report(self) -> None:
         """leastconn: tell the master about connection changes, once per loop iteration at most."""
@@ -152,24 +152,22 @@ class Worker:
     def ask_recycle(self) -> None:
         if not self.recycle_asked and self.chan is not None:
             self.recycle_asked = True
-            self.chan.send(channel.RECYCLE, requests=self.server.requests if self.server else 0)
+            self.chan.send(channel.Recycle(requests=self.server.requests if self.server else 0))
 
     def on_message(self, msg: channel.Message, fds: list[int]) -> None:
-        kind = msg.get("t")
-        if kind == channel.CONN and fds and self.server is not None:
+        if isinstance(msg, channel.Conn) and fds and self.server is not None:
             self.accepted += 1
-            self.server.accept(socket.socket(fileno=fds[0]))
+            self.server.accept(socket.socket(fileno=fds.pop(0)))
             self.schedule_report()
-            return
-        if kind == channel.LOG_FILE and fds:
+        elif isinstance(msg, channel.LogFile) and fds:
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(fds[0], 1)
             os.dup2(fds[0], 2)
+        elif isinstance(msg, channel.Drain):
+            self.start_drain(msg.timeout)
         for fd in fds:
             os.close(fd)
-        if kind == channel.DRAIN:
-            self.start_drain(float(msg.get("timeout", self.options.graceful_timeout)))
 
     def on_master_gone(self) -> None:
         self.start_drain(ORPHAN_DRAIN_SECONDS)
@@ -196,10 +194,13 @@ def main() -> None:
     die_with_parent(master_pid)
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
-    msg, fds = channel.recv(sock)
-    if msg is None or msg.get("t") != channel.BOOT:
+    try:
+        msg, fds = channel.recv(sock)
+    except (OSError, channel.ProtocolError):
         os._exit(1)
-    options = WorkerOptions.from_dict(msg["options"])
+    if not isinstance(msg, channel.Boot):
+        os._exit(1)
+    options = WorkerOptions.from_dict(msg.options)
     listeners = [socket.socket(fileno=f) for f in fds]
     try:
         import setproctitle
