@@ -1,0 +1,83 @@
+"""The daemon's commands, one module each (circus style): the command line and the RPC message side by side.
+
+Each module's docstring shows both; `command` is its click command (the client side, which prints the app
+table after acting) and `execute(god, args, writer)` runs in the daemon. The modules load lazily: `prun ls`
+imports only ls.py, the client and the table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+# command line name -> module
+CLI_COMMANDS = {
+    "start": "start", "ls": "ls", "list": "ls", "describe": "describe", "env": "env", "stop": "stop",
+    "reload": "reload", "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping",
+    "kill": "kill", "save": "save", "resurrect": "resurrect", "startup": "startup", "logs": "logs",
+    "events": "events", "update": "update",
+}
+# RPC command -> module (logs and startup have none: they run in the client alone)
+RPC_COMMANDS = {
+    "start": "start", "list": "ls", "describe": "describe", "env": "env", "stop": "stop", "reload": "reload",
+    "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping", "kill": "kill", "save": "save",
+    "resurrect": "resurrect", "subscribe": "events", "update": "update",
+}
+NAMES = tuple(CLI_COMMANDS)
+
+
+class Group(click.Group):
+    """The `prun` group, with the daemon's commands loaded only when one is run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | (set(CLI_COMMANDS) - {"list"}))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in CLI_COMMANDS:
+            module = importlib.import_module(f"prun.cluster.commands.{CLI_COMMANDS[cmd_name]}")
+            command: click.Command = module.command
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+def client() -> Any:
+    from prun.cluster.client import Client
+
+    return Client()
+
+
+def show(rows: list[dict[str, Any]], as_json: bool = False) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps(rows, indent=1))
+        return
+    from prun.cluster.commands.table import render
+
+    click.echo(render(rows))
+
+
+def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | None:
+    """The app names of an ecosystem file (prun.toml) given as a target, else None."""
+    if not target.endswith(".toml"):
+        return None
+    from prun.cluster.daemon.ecosystem import read
+
+    return [app["name"] for app in read(target, env_name)]
+
+
+def target_command(name: str, doc: str, verb: str) -> click.Command:
+    """A command taking NAME|ID|all|NAMESPACE|FILE.toml that sends `name` once per target and prints the table."""
+
+    @click.command(name, help=doc.split("\n\n")[0])
+    @click.argument("target")
+    def run(target: str) -> None:
+        c = client()
+        rows: list[dict[str, Any]] = []
+        for each in ecosystem_names(target) or [target]:
+            rows = c.call(name, target=each)
+        show(rows)
+
+    return run
