@@ -21,7 +21,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -98,23 +97,33 @@ class Client:
             return False
 
     def start_daemon(self) -> None:
-        """Start a daemon detached (its own session) and wait until it answers."""
+        """Start a daemon detached (its own session, not our child) and wait until it answers."""
         self.home.ensure()
         env = dict(os.environ, PRUN_HOME=self.home.path)
         log = os.open(self.home.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            start_at = os.fstat(log).st_size
-            proc = subprocess.Popen([sys.executable, "-m", "prun.cluster.daemon"], env=env, cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        finally:
-            os.close(log)
+        start_at = os.fstat(log).st_size
+        argv = [sys.executable, "-m", "prun.cluster.daemon"]
+        pid = os.fork()
+        if pid == 0:  # the child: a new session, then a grandchild that becomes the daemon
+            try:
+                os.setsid()
+                if os.fork() == 0:
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    os.chdir("/")
+                    os.execve(argv[0], argv, env)
+            finally:
+                os._exit(0)
+        os.close(log)
+        os.waitpid(pid, 0)
         deadline = time.monotonic() + DAEMON_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.running():
-                proc.returncode = 0  # it lives on without us: no ResourceWarning, no wait
                 return
-            if proc.poll() is not None and not self.running():
-                break
+            if "prun: error: " in _last_line(self.home.daemon_log, start_at, raw=True):
+                break  # it refused to start (another daemon holds the lock, a bad home)
             time.sleep(0.02)
         raise ClientError("NOT_RUNNING", f"the prun daemon did not start: {_last_line(self.home.daemon_log, start_at)}")
 
@@ -200,7 +209,7 @@ class Client:
         return self.ping()
 
     def subscribe(self) -> Iterator[dict[str, Any]]:
-        """Every event from now on, as the daemon publishes them (blocks between events)."""
+        """Every event from now on (subscribed before this returns), as the daemon publishes them."""
         try:
             sock = self._connect(None)
         except OSError:
@@ -208,11 +217,23 @@ class Client:
                 raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
             self.start_daemon()
             sock = self._connect(None)
-        with sock:
-            self._exchange(sock, "subscribe", {})
-            reader = sock.makefile("rb")
-            for line in reader:
-                yield json.loads(line)
+        reader = sock.makefile("rb")  # buffered: events may follow the reply in the same read
+        try:
+            sock.sendall(b'{"id": 0, "command": "subscribe"}\n')
+            reply = json.loads(reader.readline() or b"{}")
+        except BaseException:
+            sock.close()
+            raise
+        if reply.get("result") != "subscribed":
+            sock.close()
+            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {reply}")
+        return _events(sock, reader)
+
+
+def _events(sock: socket.socket, reader: Any) -> Iterator[dict[str, Any]]:
+    with sock, reader:
+        for line in reader:
+            yield json.loads(line)
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -227,22 +248,22 @@ def _read_line(sock: socket.socket) -> bytes:
 
 
 def _wait_gone(pid: int | None, timeout: float = 120.0) -> None:
+    from prun.cluster.daemon.home import start_time
+
     deadline = time.monotonic() + timeout
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    while pid and start_time(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
-def _last_line(path: str, offset: int) -> str:
+def _last_line(path: str, offset: int, raw: bool = False) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
             lines = [line for line in fh.read().decode("utf-8", "replace").splitlines() if line.strip()]
     except OSError:
         lines = []
+    if raw:
+        return lines[-1] if lines else ""
     return lines[-1].removeprefix("prun: error: ") if lines else "it exited without a word"
 
 

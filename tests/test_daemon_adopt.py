@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+from prun.cluster.daemon.home import start_time
 from tests.daemon_support import Home, HttpLoad, get
 from tests.support import wait_until
 
@@ -21,7 +22,7 @@ def test_daemon_sigkilled_while_apps_serve_then_adopted(home: Home) -> None:
     with HttpLoad(port) as load:
         load.wait_requests(20)
         os.kill(daemon, signal.SIGKILL)
-        wait_until(lambda: not os.path.exists(f"/proc/{daemon}"), what="the daemon to die")
+        wait_until(lambda: start_time(daemon) is None, what="the daemon to die")
         load.wait_requests(50)  # the apps serve on without a daemon
         after = {row["name"]: row for row in home.ls()}  # starts a new daemon, which adopts them
         assert home.daemon_pid() not in (None, daemon)

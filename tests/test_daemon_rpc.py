@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 
+from prun.cluster.daemon.home import start_time
 from tests.daemon_support import Home
 from tests.support import wait_until
 
@@ -70,7 +71,7 @@ def test_a_stale_socket_and_pid_file_start_a_new_daemon(home: Home) -> None:
     old = home.daemon_pid()
     assert old
     os.kill(old, 9)
-    wait_until(lambda: not os.path.exists(f"/proc/{old}"), what="the daemon to die")
+    wait_until(lambda: start_time(old) is None, what="the daemon to die")
     assert os.path.exists(os.path.join(home.path, "rpc.sock"))  # left behind
     out = home.prun("ping").stdout
     new = home.daemon_pid()

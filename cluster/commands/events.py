@@ -28,6 +28,7 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     from prun.cluster.daemon.rpc import STREAM
 
     god.bus.subscribe(writer)
+    god.say(f"subscriber {len(god.bus.subscribers)} connected")
     return STREAM
 
 

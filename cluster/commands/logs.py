@@ -74,12 +74,12 @@ def command(target: str, lines: int, nostream: bool) -> None:
     width = max((len(r["name"]) for r in rows), default=0)
     followed = []
     for row in rows:
-        for path, kind in zip(c.home.log_paths(row["name"]), ("out", "err")):
+        for path in c.home.log_paths(row["name"]):
             shown, end = tail(path, lines)
             if shown:
                 click.echo(f"==> {path} <==")
             for line in shown:
-                click.echo(f"{row['name']:<{width}} | {line}", err=kind == "err" and False)
+                click.echo(f"{row['name']:<{width}} | {line}")
             followed.append(Followed(row["name"], path, end))
     if nostream:
         return

@@ -1,7 +1,7 @@
 """`prun startup systemd [--install] [--unit-dir DIR]`: a systemd unit that resurrects the saved apps at boot.
 
-Prints the unit; with --install writes it (to /etc/systemd/system as root, ~/.config/systemd/user
-otherwise, or --unit-dir) and says which systemctl command enables it. Run `prun save` first: the unit
+Prints the unit; with --install writes it (a system unit in /etc/systemd/system as root, a user unit in
+~/.config/systemd/user otherwise or with --user; --unit-dir elsewhere) and says which systemctl command enables it. Run `prun save` first: the unit
 starts the daemon with `prun resurrect`, `systemctl reload` reloads every app, `systemctl stop` is `prun kill`.
 KillMode=process: the apps' masters outlive a crashed daemon, whose next start adopts them.
 """
@@ -46,12 +46,13 @@ def unit(home: Home, prun: str, system: bool) -> str:
 @click.command("startup")
 @click.argument("platform", type=click.Choice(["systemd"]))
 @click.option("--install", is_flag=True, help="Write the unit file instead of printing it.")
-@click.option("--unit-dir", help="Where to write it.  [default: /etc/systemd/system as root, else "
-                                 "~/.config/systemd/user]")
-def command(platform: str, install: bool, unit_dir: str | None) -> None:
+@click.option("--user", "user_unit", is_flag=True, help="A user unit (systemctl --user); the default when not root.")
+@click.option("--unit-dir", help="Where to write it.  [default: /etc/systemd/system for a system unit, "
+                                 "~/.config/systemd/user for a user unit]")
+def command(platform: str, install: bool, user_unit: bool, unit_dir: str | None) -> None:
     """Print (or --install) a systemd unit that resurrects the saved apps at boot."""
     home = Home.from_environ()
-    system = os.geteuid() == 0 and unit_dir is None or bool(unit_dir and unit_dir.startswith("/etc/"))
+    system = os.geteuid() == 0 and not user_unit
     prun = shutil.which("prun", path=os.path.dirname(sys.executable)) or f"{sys.executable} -m prun.cluster"
     text = unit(home, prun, system)
     if not install:

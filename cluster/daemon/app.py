@@ -355,6 +355,9 @@ class Runner:
             app.workers = _number(text.split(" to ", 1)[1])
             self.god.publish("scaled", app, workers=app.workers)
             self.resolve("scaled", text)
+        elif "; restarting it" in text:  # a worker (or fork-mode instance) died and its master restarts it
+            app.restarts += 1
+            self.god.publish("restarting", app, worker=text.split(" (pid", 1)[0], reason=text.split("; ", 1)[0])
         elif text.startswith("already at 1 worker"):
             self.resolve("scaled", text)
         elif text.startswith("error: ") and "could not boot" in text:
