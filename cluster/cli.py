@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from prun.cluster import commands, options
+from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
 COMMANDS = ("run", *commands.NAMES)
@@ -82,7 +83,7 @@ def serve(cli_values: dict[str, Any]) -> int:
             listener.sock.close()
 
 
-@click.group(cls=commands.Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="prun", prog_name="prun")
 def cli() -> None:
     """prun: a pre-fork cluster runtime for Python network services.

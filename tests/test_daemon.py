@@ -108,3 +108,26 @@ def test_targets_all_ids_and_namespaces(home: Home) -> None:
     assert {r["status"] for r in home.ls()} == {"stopped"}
     home.prun("delete", "all")
     assert home.ls() == []
+
+
+def test_logs_follow_what_the_app_prints_next(home: Home) -> None:
+    import subprocess
+
+    from tests.support import prun_command
+
+    home.prun("start", *HTTP_APP, "--name", "api")
+    port = home.port("api")
+    proc = subprocess.Popen(prun_command() + ["logs", "api", "--lines", "100"], env=home.env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("==> ")  # the tail has begun: what follows is followed
+        get(port, "/say?followed-7")
+        seen = []
+        while not any("api | said followed-7" in line for line in seen):
+            line = proc.stdout.readline()
+            assert line, seen
+            seen.append(line)
+    finally:
+        proc.kill()
+        proc.wait()

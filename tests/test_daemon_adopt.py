@@ -67,3 +67,22 @@ def test_no_autorestart_leaves_a_crashed_master_errored(home: Home) -> None:
     os.killpg(first, signal.SIGKILL)
     row = wait_until(lambda: (lambda r: r["status"] == "errored" and r)(home.app("api")), what="errored")
     assert row["pid"] is None and row["restarts"] == 0 and "SIGKILL" in row["error"]
+
+
+def test_without_its_holder_the_sockets_are_copied_back_from_the_master(home: Home) -> None:
+    home.prun("start", *HTTP_APP, "--name", "api")
+    described = home.prun("describe", "api").stdout
+    holder = int(described.split("holder pid")[1].split()[0])
+    daemon = home.daemon_pid()
+    assert daemon
+    for pid in (holder, daemon):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda pid=pid: start_time(pid) is None, what="it to die")  # type: ignore[misc]
+    port = home.port("api")  # a new daemon adopts the master; pidfd_getfd gives it the sockets
+    assert "took its listeners back from master" in open(os.path.join(home.path, "daemon.log")).read()
+    with HttpLoad(port) as load:
+        load.wait_requests(20)
+        home.prun("restart", "api")
+        load.wait_requests(20)
+    assert load.failed == 0, load.errors[:5]
+    assert f"holder pid    {holder}" not in home.prun("describe", "api").stdout

@@ -111,3 +111,12 @@ def test_the_protocol_document_lists_every_code_and_command() -> None:
         assert f"`{code}`" in text, code
     for command in RPC_COMMANDS:
         assert f"`{command}`" in text, command
+
+
+def test_prun_ls_imports_neither_click_nor_asyncio_nor_psutil(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "napper")
+    probe = ("import sys; sys.argv = ['prun', 'ls']; from prun.cluster.commands.entry import main; main(); "
+             "print(sorted(m for m in ('click', 'asyncio', 'psutil', 'prun.cluster.config') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], env=home.env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "napper" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout

@@ -2,15 +2,12 @@
 
 Each module's docstring shows both; `command` is its click command (the client side, which prints the app
 table after acting) and `execute(god, args, writer)` runs in the daemon. The modules load lazily: `prun ls`
-imports only ls.py, the client and the table.
+imports only the client and the table (entry.py), not even click.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
-
-import click
 
 # command line name -> module
 CLI_COMMANDS = {
@@ -28,20 +25,6 @@ RPC_COMMANDS = {
 NAMES = tuple(CLI_COMMANDS)
 
 
-class Group(click.Group):
-    """The `prun` group, with the daemon's commands loaded only when one is run."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | (set(CLI_COMMANDS) - {"list"}))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in CLI_COMMANDS:
-            module = importlib.import_module(f"prun.cluster.commands.{CLI_COMMANDS[cmd_name]}")
-            command: click.Command = module.command
-            return command
-        return super().get_command(ctx, cmd_name)
-
-
 def client() -> Any:
     from prun.cluster.client import Client
 
@@ -49,14 +32,11 @@ def client() -> Any:
 
 
 def show(rows: list[dict[str, Any]], as_json: bool = False) -> None:
-    if as_json:
-        import json
+    import json
 
-        click.echo(json.dumps(rows, indent=1))
-        return
     from prun.cluster.commands.table import render
 
-    click.echo(render(rows))
+    print(json.dumps(rows, indent=1) if as_json else render(rows), flush=True)
 
 
 def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | None:
@@ -68,8 +48,9 @@ def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | Non
     return [app["name"] for app in read(target, env_name)]
 
 
-def target_command(name: str, doc: str, verb: str) -> click.Command:
+def target_command(name: str, doc: str, verb: str) -> Any:
     """A command taking NAME|ID|all|NAMESPACE|FILE.toml that sends `name` once per target and prints the table."""
+    import click
 
     @click.command(name, help=doc.split("\n\n")[0])
     @click.argument("target")

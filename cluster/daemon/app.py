@@ -76,6 +76,7 @@ class App:
     created: float = field(default_factory=time.time)
     last_error: str = ""
     listen: list[str] = field(default_factory=list)
+    master_fds: list[int] = field(default_factory=list)  # the listeners' fd numbers inside the master
     # runtime only
     fds: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
@@ -98,13 +99,13 @@ class App:
                 "pid": self.pid, "pid_started": self.pid_started, "holder_pid": self.holder_pid,
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "master_fds": self.master_fds}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
-                    "online_since", "created", "listen", "last_error"):
+                    "online_since", "created", "listen", "last_error", "master_fds"):
             if key in data:
                 setattr(app, key, data[key])
         return app
@@ -150,13 +151,23 @@ class Runner:
                 app.fds = holder.fetch(path, len(app.spec.bind))
                 return
             except OSError as exc:
-                self.god.say(f"{app.name}: the listener holder did not answer ({exc}); binding again")
+                self.god.say(f"{app.name}: the listener holder did not answer ({exc})")
                 self.kill_holder()
+        if alive(app.pid, app.pid_started) and app.master_fds:
+            # the holder is gone but the master serves: copy its sockets out of it, then hold them anew
+            app.fds = copy_from_process(app.pid, app.master_fds)
+            self.start_holder(path)
+            self.god.say(f"{app.name}: took its listeners back from master {app.pid} (pidfd_getfd)")
+            return
         from prun.cluster import listeners as listeners_mod
 
         bound = listeners_mod.bind_all(app.spec.bind, app.spec.backlog)  # PrunError: cannot listen on ...
         app.listen = [listener.address for listener in bound]
         app.fds = [listener.sock.detach() for listener in bound]
+        self.start_holder(path)
+
+    def start_holder(self, path: str) -> None:
+        app = self.app
         unlink = [a for b in app.spec.bind if b.startswith("unix:") for a in ("--unlink", b[5:])]
         proc = subprocess.Popen(
             [sys.executable, "-m", "prun.cluster.daemon.holder", path, app.name, *map(str, app.fds), *unlink],
@@ -210,6 +221,7 @@ class Runner:
             os.close(out)
             os.close(err)
         app.pid, app.pid_started = app.proc.pid, start_time(app.proc.pid)
+        app.master_fds = list(app.fds)  # pass_fds keeps the numbers
         app.status, app.workers, app.expected_exit = LAUNCHING, 0, False
         self.watch()
         self.god.publish("started", app, pid=app.pid)
@@ -412,6 +424,31 @@ class Runner:
             except (ProcessLookupError, PermissionError):
                 pass
             await gone
+
+
+SYS_PIDFD_GETFD = 438  # Linux >= 5.6; os has no wrapper in Python 3.11
+
+
+def copy_from_process(pid: int, fds: list[int]) -> list[int]:
+    """Copies of another process's file descriptors (pidfd_getfd(2): same user, ptrace access allowed)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+            if copy < 0:
+                errno = ctypes.get_errno()
+                for done in copies:
+                    os.close(done)
+                raise OSError(errno, f"pidfd_getfd({pid}, {fd}): {os.strerror(errno)}")
+            os.set_inheritable(copy, False)
+            copies.append(copy)
+    finally:
+        os.close(pidfd)
+    return copies
 
 
 def describe_exit(code: int | None) -> str:

@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 from prun.cluster.errors import PrunError
 
 
-@dataclass(frozen=True)
 class Home:
-    path: str
+    """The paths under one $PRUN_HOME (a plain class: the client imports it on every command)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     @classmethod
     def from_environ(cls, environ: Any = None) -> Home:
