@@ -147,15 +147,17 @@ class Client:
 
     def start(self, target: str, name: str | None = None, namespace: str = "default",
               instances: str | int | None = None, env: dict[str, str] | None = None, autorestart: bool = True,
-              cwd: str | None = None, environ: dict[str, str] | None = None,
+              cwd: str | None = None, environ: dict[str, str] | None = None, max_memory: str | int | None = None,
               **run_options: Any) -> Rows:
         """Start TARGET (MODULE:ATTR in cluster mode; a script or a command in fork mode) under the daemon.
 
-        `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...).
+        `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...);
+        `max_memory` (bytes, or "300M", "1G") reloads the app when a worker grows past it.
         """
         spec = build_spec(target, name=name, namespace=namespace, instances=instances, env=env or {},
                           autorestart=autorestart, cwd=cwd or os.getcwd(), run_options=run_options,
                           environ=dict(os.environ if environ is None else environ))
+        spec["max_memory"] = parse_size(max_memory) if max_memory is not None else 0
         result: Rows = self.call("start", spec=spec,
                                                  env=dict(os.environ if environ is None else environ))
         return result
@@ -265,6 +267,20 @@ def _last_line(path: str, offset: int, raw: bool = False) -> str:
     if raw:
         return lines[-1] if lines else ""
     return lines[-1].removeprefix("prun: error: ") if lines else "it exited without a word"
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from 123, "512K", "300M" or "1G" (powers of 1024)."""
+    text = str(value).strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise PrunError(f"invalid memory size {value!r}: expected bytes, or a number with K, M or G") from None
+    if size <= 0:
+        raise PrunError(f"invalid memory size {value!r}: it must be above 0")
+    return size
 
 
 def default_name(target: str, mode: str, command: list[str]) -> str:

@@ -52,6 +52,7 @@ class Spec:
     command: list[str] = field(default_factory=list)  # fork mode
     env: dict[str, str] = field(default_factory=dict)  # --env KEY=VALUE
     autorestart: bool = True
+    max_memory: int = 0  # bytes a worker may use before the app is reloaded (0: no limit)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Spec:

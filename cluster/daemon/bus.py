@@ -3,7 +3,8 @@
     {"event": "online", "time": 1764623000.5, "app": "api", "id": 0, "pid": 4242, "workers": 2}
 
 Events: started, online, exited (code or signal), restarting (delay), reload_started, reload_finished,
-reload_failed (reason), scaled (workers), stopping, stopped, deleted, errored (reason), adopted, daemon_stopping.
+reload_failed (reason), scaled (workers), memory_limit (pid, memory, limit), stopping, stopped, deleted,
+errored (reason), adopted, daemon_stopping.
 A subscriber that cannot keep up (its socket buffer full for more than MAX_BACKLOG events) is dropped.
 """
 

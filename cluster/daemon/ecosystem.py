@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd"}
+START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd", "max_memory"}
 
 
 def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:

@@ -32,20 +32,28 @@ class Stats:
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
             return 0.0, 0
-        seen = set()
         for child in tree:
             try:
                 proc = self._process(child.pid)
                 cpu += proc.cpu_percent(None)
                 mem += proc.memory_info().rss
-                seen.add(child.pid)
             except psutil.Error:
                 continue
         return round(cpu, 1), mem
 
-    def forget_gone(self, live: set[int]) -> None:
-        for pid in [p for p in self.procs if p not in live]:
-            del self.procs[pid]
+    def largest_child(self, pid: int) -> tuple[int, int] | None:
+        """(pid, resident bytes) of the largest direct child of `pid` (the biggest worker), if any."""
+        try:
+            children = self._process(pid).children()
+        except psutil.Error:
+            return None
+        sizes = []
+        for child in children:
+            try:
+                sizes.append((child.pid, child.memory_info().rss))
+            except psutil.Error:
+                continue
+        return max(sizes, key=lambda s: s[1]) if sizes else None
 
     def view(self, app: App) -> dict[str, Any]:
         running = alive(app.pid, app.pid_started)
