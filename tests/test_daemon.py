@@ -131,3 +131,13 @@ def test_logs_follow_what_the_app_prints_next(home: Home) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_prun_start_takes_every_option_of_prun_run() -> None:
+    from prun.cluster.cli import run_command
+    from prun.cluster.commands.start import command
+
+    run = {(p.name, tuple(p.opts)) for p in run_command.params if p.name != "app"}
+    start = {(p.name, tuple(p.opts)) for p in command.params}
+    assert run <= start, run - start
+    assert {"name", "namespace", "env", "no_autorestart", "max_memory", "target"} <= {p.name for p in command.params}

@@ -83,7 +83,7 @@ class StartCommand(click.Command):
 
     def __init__(self) -> None:
         super().__init__(
-            "start", callback=_start, help=(__doc__ or "").split("\n\n")[0].split(": ", 1)[1],
+            "start", callback=_start, help="Start an app under the daemon (TARGET: MODULE:ATTR, a script, a command or a prun.toml).",
             params=[
                 click.Argument(["target"]),
                 click.Option(["--name"], help="The app's name in the table (default: from TARGET)."),

@@ -371,7 +371,7 @@ class Runner:
         elif "; restarting it" in text:  # a worker (or fork-mode instance) died and its master restarts it
             app.restarts += 1
             self.god.publish("restarting", app, worker=text.split(" (pid", 1)[0], reason=text.split("; ", 1)[0])
-        elif text.startswith("already at 1 worker"):
+        elif text.startswith("already at 1 worker") or text.startswith("error: scaling up failed: "):
             self.resolve("scaled", text)
         elif text.startswith("error: ") and "could not boot" in text:
             app.last_error = text[7:]

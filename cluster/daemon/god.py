@@ -175,9 +175,12 @@ class God:
             while app.workers != wanted:
                 done = runner.expect("scaled", "exit")
                 runner.signal(signal.SIGTTIN if wanted > app.workers else signal.SIGTTOU)
-                outcome = await asyncio.wait_for(done, 60)
+                outcome = await asyncio.wait_for(done, 120)
                 if outcome.startswith("exit") or "already at 1" in outcome:
                     break
+                if "scaling up failed" in outcome:
+                    self.persist(app)
+                    raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {outcome.split('error: ', 1)[1]}")
             app.spec.instances = str(app.workers)
             self.persist(app)
             return app.workers
