@@ -21,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from prun.cluster.worker import describe_exit as describe
+
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 1.5
 BACKOFF_CAP = 15.0
@@ -29,15 +31,6 @@ BACKOFF_RESET_AFTER = 30.0
 
 def log(message: str) -> None:
     print(f"prun: {message}", file=sys.stderr, flush=True)
-
-
-def describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 @dataclass(eq=False)

@@ -18,9 +18,10 @@ import time
 from typing import Any
 
 from prun.cluster.daemon import rpc
-from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, App, Runner, Spec
+from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, App, Spec
 from prun.cluster.daemon.bus import Bus
 from prun.cluster.daemon.home import Home, write_private
+from prun.cluster.daemon.runner import Runner
 from prun.cluster.errors import PrunError
 
 MEMORY_INTERVAL = 1.0  # seconds between two looks at the memory of apps with --max-memory
@@ -85,7 +86,7 @@ class God:
         """A new app, or a stopped one of that name started again; its master online, or START_FAILED."""
         existing = self.by_name(spec.name)
         if existing is not None:
-            if existing.status not in (STOPPED,):
+            if existing.status != STOPPED:
                 raise rpc.RpcError(rpc.ALREADY_RUNNING, f"an app named {spec.name!r} already exists "
                                    f"(id {existing.id}, {existing.status}): prun restart {spec.name}")
             await self.restart(existing)
@@ -93,10 +94,8 @@ class God:
         app = self.add(App(max(self.apps, default=-1) + 1, spec, env))
         try:
             await self._launch(app)
-        except rpc.RpcError:
-            raise
         finally:
-            self.persist(app)
+            self.persist(app)  # a failed start stays listed (errored), as PM2 shows it
         return app
 
     async def _launch(self, app: App) -> None:
