@@ -298,6 +298,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
 
     cwd = os.path.abspath(cwd)
     options = {k: v for k, v in run_options.items() if v is not None and v != ()}
+    if options.get("log_file"):
+        raise PrunError("prun start keeps each app's output in $PRUN_HOME/logs (prun logs): --log-file is for prun run")
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 

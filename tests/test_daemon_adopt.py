@@ -86,3 +86,24 @@ def test_without_its_holder_the_sockets_are_copied_back_from_the_master(home: Ho
         load.wait_requests(20)
     assert load.failed == 0, load.errors[:5]
     assert f"holder pid    {holder}" not in home.prun("describe", "api").stdout
+
+
+def test_an_app_launching_when_the_daemon_dies_is_online_after_adoption(home: Home) -> None:
+    import subprocess
+
+    from tests.support import APPS, prun_command
+
+    home.prun("ping")
+    daemon = home.daemon_pid()
+    assert daemon
+    start = subprocess.Popen(prun_command() + ["start", *HTTP_APP, "--name", "slow", "--env", "SLOW_BOOT=2"],
+                             cwd=APPS, env=home.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = os.path.join(home.path, "daemon.log")
+    wait_until(lambda: "slow: started" in open(log).read(), what="the master to be started")
+    os.kill(daemon, signal.SIGKILL)
+    _, err = start.communicate(timeout=30)
+    assert start.returncode == 1 and "the daemon closed the connection" in err
+    err_log = os.path.join(home.path, "logs", "slow-err.log")
+    wait_until(lambda: "prun: ready: " in open(err_log).read(), what="the master to be ready, with no daemon")
+    row = home.app("slow")  # the new daemon reads on from where the old one was: it sees the ready line
+    assert row["status"] == "online" and row["workers"] == 1 and row["restarts"] == 0 and get(home.port("slow")).startswith("hello")

@@ -59,13 +59,13 @@ class App:
     last_error: str = ""
     listen: list[str] = field(default_factory=list)
     master_fds: list[int] = field(default_factory=list)  # the listeners' fd numbers inside the master
+    follow_offset: int = -1  # how far the master's err log has been read (-1: unknown)
     # runtime only
     fds: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
     expected_exit: bool = False
     restart_timer: asyncio.TimerHandle | None = None
-    follow_offset: int = 0
     follow_timer: asyncio.TimerHandle | None = None
     partial: bytes = b""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -81,13 +81,14 @@ class App:
                 "pid": self.pid, "pid_started": self.pid_started, "holder_pid": self.holder_pid,
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
-                "last_error": self.last_error, "master_fds": self.master_fds}
+                "last_error": self.last_error, "master_fds": self.master_fds,
+                "follow_offset": self.follow_offset}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
-                    "online_since", "created", "listen", "last_error", "master_fds"):
+                    "online_since", "created", "listen", "last_error", "master_fds", "follow_offset"):
             if key in data:
                 setattr(app, key, data[key])
         return app

@@ -142,9 +142,11 @@ class Runner:
         app.proc = None
         _, err_path = self.god.home.log_paths(app.name)
         try:
-            app.follow_offset = os.path.getsize(err_path)
+            size = os.path.getsize(err_path)
         except OSError:
-            app.follow_offset = 0
+            size = 0
+        if not 0 <= app.follow_offset <= size:  # read on from where the last daemon was (a ready line it missed)
+            app.follow_offset = size
         self.watch()
         self.god.publish("adopted", app, pid=app.pid)
         return True

@@ -1,10 +1,14 @@
 """An ASGI app for the daemon tests: answers `$GREETING <worker pid>`, prints each request on stdout.
 
     BOOT_FAIL_FILE=PATH   fail to import while PATH exists (an errored app that a fix can restart)
+    SLOW_BOOT=SECONDS     sleep while importing
 """
 
 import os
 import sys
+import time
+
+time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
 
 if os.environ.get("BOOT_FAIL_FILE") and os.path.exists(os.environ["BOOT_FAIL_FILE"]):
     raise RuntimeError("the boot-fail file exists")
