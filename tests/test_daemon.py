@@ -157,3 +157,17 @@ def test_restart_update_env_takes_the_callers_environment(home: Home) -> None:
 def test_log_file_is_refused_by_start(home: Home) -> None:
     result = home.prun("start", *HTTP_APP, "--log-file", "/tmp/x.log", check=False)
     assert result.returncode == 1 and "--log-file is for prun run" in result.stderr
+
+
+def test_a_failed_reload_says_why_and_the_old_workers_keep_serving(home: Home) -> None:
+    flag = os.path.join(home.root, "fail")
+    home.prun("start", *HTTP_APP, "--name", "api", "--env", f"BOOT_FAIL_FILE={flag}")
+    port, master = home.port("api"), home.app("api")["pid"]
+    open(flag, "w").close()  # the new generation cannot boot
+    result = home.prun("reload", "api", check=False)
+    assert result.returncode == 1 and "api: reload failed: " in result.stderr and "boot-fail file" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert get(port).startswith("hello ")
+    row = home.app("api")
+    assert row["status"] == "online" and row["pid"] == master
+    assert "api: reload_failed reason=" in open(os.path.join(home.path, "daemon.log")).read()
