@@ -65,7 +65,7 @@ def supervisor_setup(root: str) -> tuple[list[str], dict[str, str], list[str]] |
     programs = "".join(f"[program:{n}]\ncommand=sleep 100000\n" for n in ("a", "b", "c"))
     Path(conf).write_text(
         f"[unix_http_server]\nfile={root}/supervisor.sock\n[supervisord]\nlogfile={root}/supervisord.log\n"
-        f"pidfile={root}/supervisord.pid\n[rpcinterface:supervisor]\n"
+        f"pidfile={root}/supervisord.pid\nchildlogdir={root}\n[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
         f"[supervisorctl]\nserverurl=unix://{root}/supervisor.sock\n{programs}")
     subprocess.run([daemon, "-c", conf], check=True)

@@ -91,6 +91,7 @@ def cli() -> None:
     \b
       prun app:server -i max        one worker per CPU, master in the foreground
       kill -HUP <master pid>        rolling reload onto the new code, nothing lost
+      prun start app:server -i max  the same under a background daemon: prun ls, reload, logs, ...
     """
 
 

@@ -48,11 +48,11 @@ def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | Non
     return [app["name"] for app in read(target, env_name)]
 
 
-def target_command(name: str, doc: str, verb: str) -> Any:
+def target_command(name: str, summary: str) -> Any:
     """A command taking NAME|ID|all|NAMESPACE|FILE.toml that sends `name` once per target and prints the table."""
     import click
 
-    @click.command(name, help=doc.split("\n\n")[0])
+    @click.command(name, help=f"{summary} TARGET: a name, an id, all, a namespace or a prun.toml.")
     @click.argument("target")
     def run(target: str) -> None:
         c = client()

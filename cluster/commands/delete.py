@@ -21,4 +21,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     return god.views()
 
 
-command = target_command("delete", __doc__ or "", "deleted")
+command = target_command("delete", "Stop apps and forget them.")

@@ -24,4 +24,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     return god.views()
 
 
-command = target_command("reload", __doc__ or "", "reloaded")
+command = target_command("reload", "Reload apps worker by worker, losing nothing.")

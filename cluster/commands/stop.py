@@ -21,4 +21,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     return god.views()
 
 
-command = target_command("stop", __doc__ or "", "stopped")
+command = target_command("stop", "Drain and stop apps (their sockets close; they stay listed).")
