@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from tests.daemon_support import Home, HttpLoad, get
 from tests.support import wait_until
@@ -67,6 +68,11 @@ def test_restart_of_an_errored_app_starts_it_fresh(home: Home) -> None:
     result = home.prun("start", *HTTP_APP, "--name", "broken", "--env", f"BOOT_FAIL_FILE={flag}", check=False)
     assert result.returncode == 1 and "could not start" in result.stderr and "boot-fail file" in result.stderr
     assert home.app("broken")["status"] in ("errored", "launching")  # crash-looping with backoff
+    log = os.path.join(home.path, "daemon.log")
+    delays = wait_until(lambda: (lambda d: len(d) >= 3 and d)(re.findall(r"broken: restarting delay=([\d.]+)",
+                                                                          open(log).read())), timeout=30,
+                        what="three restarts of the master")
+    assert [float(d) for d in delays[:3]] == [0.1, 0.15, 0.225]  # the workers' backoff, for masters
     os.unlink(flag)
     home.prun("restart", "broken")
     row = home.app("broken")
