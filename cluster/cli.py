@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 
-from prun.cluster import options
+from prun.cluster import commands, options
+from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
-COMMANDS = ("run",)
+COMMANDS = ("run", *commands.NAMES)
 
 
 def _write_pid_file(path: str) -> None:
@@ -82,7 +83,7 @@ def serve(cli_values: dict[str, Any]) -> int:
             listener.sock.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="prun", prog_name="prun")
 def cli() -> None:
     """prun: a pre-fork cluster runtime for Python network services.
@@ -90,6 +91,7 @@ def cli() -> None:
     \b
       prun app:server -i max        one worker per CPU, master in the foreground
       kill -HUP <master pid>        rolling reload onto the new code, nothing lost
+      prun start app:server -i max  the same under a background daemon: prun ls, reload, logs, ...
     """
 
 

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.daemon_support import Home
 from tests.support import Prun
 
 
@@ -19,4 +20,14 @@ def prun() -> Iterator[type[Prun]]:
 
     yield start  # type: ignore[misc]
     for instance in started:
+        instance.cleanup()
+
+
+@pytest.fixture
+def home() -> Iterator[Home]:
+    """A temporary PRUN_HOME; afterwards `prun kill`, then SIGKILL of anything started under it."""
+    instance = Home()
+    try:
+        yield instance
+    finally:
         instance.cleanup()

@@ -1,0 +1,364 @@
+"""The Python client of prun's daemon, which the `prun` command itself uses.
+
+    from prun.cluster.client import Client
+
+    client = Client()                                   # $PRUN_HOME, or ~/.prun; starts the daemon if needed
+    client.start("app:server", name="api", instances=2, bind=["127.0.0.1:8000"], env={"MODE": "prod"})
+    for row in client.list():
+        print(row["name"], row["status"], row["workers"])
+    client.reload("api")                                # lossless rolling reload; returns when it is done
+    for event in client.subscribe():                    # {"event": "online", "app": "api", ...}
+        print(event)
+
+Every method that acts returns the app table afterwards (the rows `prun ls --json` prints). A refusal
+raises ClientError with the daemon's code (rpc.py: NO_SUCH_APP, ALREADY_RUNNING, ...) and its sentence.
+This module is on the path of every command: it imports only the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prun.cluster.daemon.home import Home
+from prun.cluster.errors import PrunError
+
+DAEMON_START_TIMEOUT = 15.0
+APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
+
+
+class ClientError(PrunError):
+    """The daemon refused a command: `code` names why (rpc.CODES), the message says it to a person."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code_name = code
+
+
+class Client:
+    def __init__(self, home: str | None = None, autostart: bool = True, timeout: float | None = 600.0) -> None:
+        self.home = Home(os.path.abspath(home)) if home else Home.from_environ()
+        self.autostart = autostart
+        self.timeout = timeout
+        self._next_id = 0
+
+    # ---- the connection ------------------------------------------------------------------------
+
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.home.rpc)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _exchange(self, sock: socket.socket, command: str, args: dict[str, Any]) -> Any:
+        self._next_id += 1
+        request = {"id": self._next_id, "command": command, "args": args}
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(_read_line(sock))
+        if "error" in reply:
+            error = reply["error"]
+            raise ClientError(str(error.get("code")), str(error.get("message")))
+        return reply.get("result")
+
+    def call(self, command: str, **args: Any) -> Any:
+        """Send one request (starting the daemon first if none answers); its result."""
+        try:
+            sock = self._connect(self.timeout)
+        except OSError:
+            if not self.autostart:
+                raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
+            self.start_daemon()
+            sock = self._connect(self.timeout)
+        with sock:
+            try:
+                return self._exchange(sock, command, args)
+            except (ConnectionError, ValueError) as exc:
+                raise ClientError("INTERNAL", f"the daemon closed the connection ({exc})") from None
+
+    def running(self) -> bool:
+        """Whether a daemon answers a ping on this home (never starts one)."""
+        try:
+            with self._connect(2.0) as sock:
+                return bool(self._exchange(sock, "ping", {}))
+        except (OSError, ValueError, ClientError):
+            return False
+
+    def start_daemon(self) -> None:
+        """Start a daemon detached (its own session, not our child) and wait until it answers."""
+        self.home.ensure()
+        env = dict(os.environ, PRUN_HOME=self.home.path)
+        log = os.open(self.home.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        start_at = os.fstat(log).st_size
+        argv = [sys.executable, "-m", "prun.cluster.daemon"]
+        pid = os.fork()
+        if pid == 0:  # the child: a new session, then a grandchild that becomes the daemon
+            try:
+                os.setsid()
+                if os.fork() == 0:
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    os.chdir("/")
+                    os.execve(argv[0], argv, env)
+            finally:
+                os._exit(0)
+        os.close(log)
+        os.waitpid(pid, 0)
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            if "prun: error: " in _last_line(self.home.daemon_log, start_at, raw=True):
+                break  # it refused to start (another daemon holds the lock, a bad home)
+            time.sleep(0.02)
+        raise ClientError("NOT_RUNNING", f"the prun daemon did not start: {_last_line(self.home.daemon_log, start_at)}")
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("ping")
+        return result
+
+    def list(self) -> Rows:
+        result: Rows = self.call("list")
+        return result
+
+    def describe(self, target: str | int) -> Rows:
+        result: Rows = self.call("describe", target=str(target))
+        return result
+
+    def env(self, target: str | int) -> dict[str, str]:
+        result: dict[str, str] = self.call("env", target=str(target))
+        return result
+
+    def start(self, target: str, name: str | None = None, namespace: str = "default",
+              instances: str | int | None = None, env: dict[str, str] | None = None, autorestart: bool = True,
+              cwd: str | None = None, environ: dict[str, str] | None = None, max_memory: str | int | None = None,
+              **run_options: Any) -> Rows:
+        """Start TARGET (MODULE:ATTR in cluster mode; a script or a command in fork mode) under the daemon.
+
+        `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...);
+        `max_memory` (bytes, or "300M", "1G") reloads the app when a worker grows past it.
+        """
+        spec = build_spec(target, name=name, namespace=namespace, instances=instances, env=env or {},
+                          autorestart=autorestart, cwd=cwd or os.getcwd(), run_options=run_options,
+                          environ=dict(os.environ if environ is None else environ))
+        spec["max_memory"] = parse_size(max_memory) if max_memory is not None else 0
+        result: Rows = self.call("start", spec=spec,
+                                                 env=dict(os.environ if environ is None else environ))
+        return result
+
+    def stop(self, target: str | int) -> Rows:
+        result: Rows = self.call("stop", target=str(target))
+        return result
+
+    def reload(self, target: str | int) -> Rows:
+        result: Rows = self.call("reload", target=str(target))
+        return result
+
+    def restart(self, target: str | int, env: dict[str, str] | None = None, update_env: bool = False,
+                environ: dict[str, str] | None = None) -> Rows:
+        """Stop then start with the stored arguments; `env` changes declared variables, `update_env` takes
+        this process's environment (or `environ`) as the new base."""
+        caller = dict(os.environ if environ is None else environ) if update_env else None
+        result: Rows = self.call("restart", target=str(target), env=env or {}, environ=caller)
+        return result
+
+    def delete(self, target: str | int) -> Rows:
+        result: Rows = self.call("delete", target=str(target))
+        return result
+
+    def scale(self, target: str | int, count: str | int) -> Rows:
+        result: Rows = self.call("scale", target=str(target), count=str(count))
+        return result
+
+    def save(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("save")
+        return result
+
+    def resurrect(self, environ: dict[str, str] | None = None) -> Rows:
+        result: Rows = self.call("resurrect", env=dict(os.environ if environ is None else environ))
+        return result
+
+    def kill(self) -> None:
+        """Stop every app gracefully, then the daemon; returns once the daemon is gone."""
+        if not self.running():
+            return
+        pid = self.home.daemon_pid()
+        self.call("kill")
+        _wait_gone(pid)
+
+    def update(self) -> dict[str, Any]:
+        """Replace the daemon by a new one (new code); the apps keep running and are adopted."""
+        pid = self.home.daemon_pid() if self.running() else None
+        if pid:
+            self.call("update")
+            _wait_gone(pid)
+        return self.ping()
+
+    def subscribe(self) -> Iterator[dict[str, Any]]:
+        """Every event from now on (subscribed before this returns), as the daemon publishes them."""
+        try:
+            sock = self._connect(None)
+        except OSError:
+            if not self.autostart:
+                raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
+            self.start_daemon()
+            sock = self._connect(None)
+        reader = sock.makefile("rb")  # buffered: events may follow the reply in the same read
+        try:
+            sock.sendall(b'{"id": 0, "command": "subscribe"}\n')
+            reply = json.loads(reader.readline() or b"{}")
+        except BaseException:
+            sock.close()
+            raise
+        if reply.get("result") != "subscribed":
+            sock.close()
+            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {reply}")
+        return _events(sock, reader)
+
+
+def _events(sock: socket.socket, reader: Any) -> Iterator[dict[str, Any]]:
+    with sock, reader:
+        for line in reader:
+            yield json.loads(line)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("no reply")
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            return b"".join(chunks)
+
+
+def _wait_gone(pid: int | None, timeout: float = 120.0) -> None:
+    from prun.cluster.daemon.home import start_time
+
+    deadline = time.monotonic() + timeout
+    while pid and start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _last_line(path: str, offset: int, raw: bool = False) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            lines = [line for line in fh.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    if raw:
+        return lines[-1] if lines else ""
+    return lines[-1].removeprefix("prun: error: ") if lines else "it exited without a word"
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from 123, "512K", "300M" or "1G" (powers of 1024)."""
+    text = str(value).strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise PrunError(f"invalid memory size {value!r}: expected bytes, or a number with K, M or G") from None
+    if size <= 0:
+        raise PrunError(f"invalid memory size {value!r}: it must be above 0")
+    return size
+
+
+def default_name(target: str, mode: str, command: list[str]) -> str:
+    if mode == "cluster":
+        return target.split(":", 1)[0].rsplit(".", 1)[-1]
+    word = os.path.basename(command[1] if os.path.basename(command[0]).startswith("python") and len(command) > 1
+                            else command[0])
+    return word[:-3] if word.endswith(".py") else word
+
+
+def build_spec(target: str, name: str | None, namespace: str, instances: str | int | None, env: dict[str, str],
+               autorestart: bool, cwd: str, run_options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """The start spec the daemon stores: checked here, where the user's directory and environment are."""
+    import shlex
+
+    cwd = os.path.abspath(cwd)
+    options = {k: v for k, v in run_options.items() if v is not None and v != ()}
+    if options.get("log_file"):
+        raise PrunError("prun start keeps each app's output in $PRUN_HOME/logs (prun logs): --log-file is for prun run")
+    if APP_PATTERN.fullmatch(target):
+        from prun.cluster import config as config_mod
+
+        values = dict(options, app=target, instances=str(instances) if instances is not None else None)
+        here = os.getcwd()
+        try:
+            os.chdir(cwd)
+            config = config_mod.build(values, environ)
+        finally:
+            os.chdir(here)
+        bind = [f"unix:{os.path.join(cwd, b[5:])}" if b.startswith("unix:") else b for b in config.bind]
+        return {"name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
+                "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
+                "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
+                "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": autorestart}
+    try:
+        words = shlex.split(target)
+    except ValueError as exc:
+        raise PrunError(f"invalid command {target!r}: {exc}") from None
+    if not words:
+        raise PrunError("no app given: prun start MODULE:ATTR, a script or a command")
+    if words[0].endswith(".py") or (len(words) == 1 and os.path.isfile(os.path.join(cwd, words[0]))):
+        path = os.path.join(cwd, words[0])
+        if not os.path.isfile(path):
+            raise PrunError(f"cannot start {words[0]}: no such file in {cwd}")
+        words = [sys.executable, path, *words[1:]] if words[0].endswith(".py") else [path, *words[1:]]
+    count = str(instances if instances is not None else 1)
+    if count in ("max", "0") or count.lstrip("-").isdigit():
+        from prun.cluster.config import parse_instances
+
+        count = str(parse_instances(count))
+    else:
+        raise PrunError(f"invalid instances {count!r}: expected a number, 'max', 0 or -N")
+    graceful = float(options.get("graceful_timeout") or 5)
+    return {"name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
+            "namespace": namespace, "instances": count, "command": words, "env": dict(env),
+            "graceful_timeout": graceful, "autorestart": autorestart}
+
+
+def run_arguments(options: dict[str, Any]) -> list[str]:
+    """`prun run`'s arguments for these option values, from the run command's own parameters."""
+    from prun.cluster.cli import run_command
+
+    argv: list[str] = []
+    for param in run_command.params:
+        name = param.name or ""
+        if name in ("app", "bind", "instances", "name", "env") or name not in options:
+            continue
+        flag = max(param.opts, key=len)
+        value = options[name]
+        if getattr(param, "is_flag", False):
+            if value:
+                argv.append(flag)
+        elif getattr(param, "multiple", False):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    unknown = sorted(set(options) - {p.name for p in run_command.params})
+    if unknown:
+        raise PrunError(f"unknown option {unknown[0]!r} (prun run --help lists them)")
+    return argv

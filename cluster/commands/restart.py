@@ -1,0 +1,53 @@
+"""`prun restart NAME|ID|all|NAMESPACE|prun.toml [--env KEY=VALUE] [--update-env]`: stop, then start again.
+
+    prun restart api --env MODE=debug
+    -> {"id": 1, "command": "restart", "args": {"target": "api", "env": {"MODE": "debug"}, "environ": null}}
+    <- {"id": 1, "result": [...the app table...]}
+
+Exactly `prun stop` then `prun start` with the stored arguments, whatever the app's state (online, stopped,
+errored, crash-looping): a fresh master in a fresh environment, the code imported anew. The listening
+sockets stay open in between, so clients wait in the backlog instead of being refused. `environ` (sent by
+--update-env) replaces the stored caller's environment; `env` changes declared variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from prun.cluster.commands import client, ecosystem_names, show
+
+if TYPE_CHECKING:
+    from prun.cluster.daemon.god import God
+
+
+async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
+    from prun.cluster.daemon import rpc
+
+    env, environ = args.get("env") or {}, args.get("environ")
+    if not isinstance(env, dict) or not (environ is None or isinstance(environ, dict)):
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, "env and environ are objects of strings")
+    apps = god.resolve(args.get("target", ""))
+    await asyncio.gather(*(god.restart(app, environ, {str(k): str(v) for k, v in env.items()}) for app in apps))
+    return god.views()
+
+
+@click.command("restart")
+@click.argument("target")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set or change a variable; repeatable.")
+@click.option("--update-env", is_flag=True, help="Take this shell's environment instead of the one stored at start.")
+def command(target: str, env: tuple[str, ...], update_env: bool) -> None:
+    """Stop then start apps with their stored arguments (sockets stay open: no connection refused)."""
+    from prun.cluster.config import parse_env
+
+    try:
+        declared = parse_env(list(env))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--env") from None
+    c = client()
+    rows: list[dict[str, Any]] = []
+    for each in ecosystem_names(target) or [target]:
+        rows = c.restart(each, env=declared, update_env=update_env)
+    show(rows)

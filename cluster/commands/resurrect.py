@@ -1,0 +1,59 @@
+"""`prun resurrect`: start every app of the dump `prun save` wrote, with the same options.
+
+    prun resurrect
+    -> {"id": 1, "command": "resurrect", "args": {"env": {...the caller's environment...}}}
+    <- {"id": 1, "result": [...the app table...]}
+    <- {"id": 1, "error": {"code": "BAD_ARGUMENTS", "message": "refusing the dump ...: not valid JSON ...; it is kept"}}
+
+Apps already in the table are left alone; apps saved as stopped come back stopped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from prun.cluster.commands import client, show
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from prun.cluster.daemon.god import God
+
+
+async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
+    from prun.cluster.daemon import rpc
+    from prun.cluster.daemon.app import STOPPED, App, Spec
+    from prun.cluster.daemon.home import read_dump
+    from prun.cluster.errors import PrunError
+
+    env = {str(k): str(v) for k, v in (args.get("env") or {}).items()}
+    try:
+        saved = read_dump(god.home.dump)
+        specs = [(Spec.from_dict(app), bool(app.get("stopped"))) for app in saved]
+    except PrunError as exc:
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
+    except TypeError as exc:
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"refusing the dump {god.home.dump}: {exc}; it is kept") from None
+    failures = []
+    for spec, stopped in specs:
+        if god.by_name(spec.name) is not None:
+            continue
+        if stopped:
+            app = god.add(App(max(god.apps, default=-1) + 1, spec, env, status=STOPPED))
+            god.persist(app)
+            continue
+        try:
+            await god.start(spec, env)
+        except rpc.RpcError as exc:
+            failures.append(exc.message)
+    if failures:
+        raise rpc.RpcError(rpc.START_FAILED, "; ".join(failures))
+    return god.views()
+
+
+@click.command("resurrect")
+def command() -> None:
+    """Start the apps of the last prun save."""
+    show(client().resurrect())

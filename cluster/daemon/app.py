@@ -1,0 +1,113 @@
+"""One app as the daemon keeps it: what `start` was given (Spec), its state and pids (App), its record.
+
+The record ($PRUN_HOME/apps/<id>.json) is what lets a later daemon adopt the app's running master;
+runner.py starts and watches the processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ONLINE, LAUNCHING, STOPPING, STOPPED, ERRORED = "online", "launching", "stopping", "stopped", "errored"
+
+
+@dataclass
+class Spec:
+    """What `prun start` was given: all a restart, a dump and a resurrect need (no shell environment)."""
+
+    name: str
+    target: str
+    mode: str  # cluster | fork
+    cwd: str
+    namespace: str = "default"
+    instances: str = "1"
+    run_args: list[str] = field(default_factory=list)  # options of `prun run`, as arguments
+    bind: list[str] = field(default_factory=list)
+    backlog: int = 2048
+    graceful_timeout: float = 25.0
+    command: list[str] = field(default_factory=list)  # fork mode
+    env: dict[str, str] = field(default_factory=dict)  # --env KEY=VALUE
+    autorestart: bool = True
+    max_memory: int = 0  # bytes a worker may use before the app is reloaded (0: no limit)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Spec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(eq=False)
+class App:
+    id: int
+    spec: Spec
+    base_env: dict[str, str]  # the caller's environment at start (or --update-env)
+    status: str = STOPPED
+    pid: int = 0
+    pid_started: int | None = None
+    holder_pid: int = 0
+    holder_started: int | None = None
+    restarts: int = 0
+    failures: int = 0
+    workers: int = 0
+    online_since: float = 0.0
+    created: float = field(default_factory=time.time)
+    last_error: str = ""
+    listen: list[str] = field(default_factory=list)
+    master_fds: list[int] = field(default_factory=list)  # the listeners' fd numbers inside the master
+    follow_offset: int = -1  # how far the master's err log has been read (-1: unknown)
+    # runtime only
+    fds: list[int] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    expected_exit: bool = False
+    restart_timer: asyncio.TimerHandle | None = None
+    follow_timer: asyncio.TimerHandle | None = None
+    partial: bytes = b""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiters: list[tuple[tuple[str, ...], asyncio.Future[str]]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def record(self) -> dict[str, Any]:
+        """What $PRUN_HOME/apps/<id>.json keeps, for a later daemon to adopt this app."""
+        return {"id": self.id, "spec": asdict(self.spec), "base_env": self.base_env, "status": self.status,
+                "pid": self.pid, "pid_started": self.pid_started, "holder_pid": self.holder_pid,
+                "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
+                "online_since": self.online_since, "created": self.created, "listen": self.listen,
+                "last_error": self.last_error, "master_fds": self.master_fds,
+                "follow_offset": self.follow_offset}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> App:
+        app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
+        for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
+                    "online_since", "created", "listen", "last_error", "master_fds", "follow_offset"):
+            if key in data:
+                setattr(app, key, data[key])
+        return app
+
+    def environment(self) -> dict[str, str]:
+        """The master's environment: the caller's, then --env; never sockets meant for someone else."""
+        env = dict(self.base_env)
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PRUN_CHANNEL_FD", "PRUN_MASTER_PID"):
+            env.pop(key, None)
+        env.update(self.spec.env)
+        env["PRUN_APP_NAME"] = self.name
+        return env
+
+    def argv(self) -> list[str]:
+        spec = self.spec
+        if spec.mode == "fork":
+            timeout = f"{min(spec.graceful_timeout, 30.0):g}"
+            return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
+                    "--kill-timeout", timeout, "--name", spec.name, "--", *spec.command]
+        binds = [arg for fd in self.fds for arg in ("-b", f"fd://{fd}")]
+        return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, "-i", spec.instances,
+                "--name", spec.name, *binds]

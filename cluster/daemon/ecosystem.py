@@ -1,0 +1,85 @@
+"""The ecosystem file: several apps in one prun.toml, for `prun start/reload/restart/stop/delete prun.toml`.
+
+    [[apps]]
+    name = "api"
+    target = "app:server"          # MODULE:ATTR (cluster mode), a script or a command (fork mode)
+    instances = 2
+    bind = ["127.0.0.1:8000"]      # any option of `prun run`, by its name
+    env = { MODE = "dev" }
+
+    [apps.env_production]          # merged into env by --env production
+    MODE = "prod"
+
+`cwd` (default: the file's directory) is relative to the file. The file is data, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from prun.cluster.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd", "max_memory"}
+
+
+def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
+    """One dict of Client.start's arguments per [[apps]] table."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"cannot read {path}: invalid TOML ({exc})") from None
+    apps = data.get("apps")
+    if not isinstance(apps, list) or not apps:
+        raise UsageError(f"{path} has no [[apps]] table")
+    from prun.cluster.cli import run_command
+
+    run_names = {p.name for p in run_command.params} - {"app", "name", "env", "instances"}
+    base = os.path.dirname(os.path.abspath(path))
+    result = []
+    for i, table in enumerate(apps):
+        where = f"[[apps]] {i + 1} in {path}"
+        if not isinstance(table, dict) or not isinstance(table.get("target"), str):
+            raise UsageError(f"{where}: needs a target (MODULE:ATTR, a script or a command)")
+        args: dict[str, Any] = {"env": {}}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name.startswith("env_"):
+                if name[4:] == env_name:
+                    if not isinstance(value, dict):
+                        raise UsageError(f"{where}: {key} is a table of variables")
+                    args["env"].update({str(k): str(v) for k, v in value.items()})
+                continue
+            if name == "env":
+                if not isinstance(value, dict):
+                    raise UsageError(f"{where}: env is a table of variables")
+                args["env"] = {str(k): str(v) for k, v in value.items()} | args["env"]
+            elif name in START_KEYS or name in run_names:
+                args[name] = value
+            else:
+                raise UsageError(f"{where}: unknown key {key!r}")
+        if not args.get("name"):
+            from prun.cluster.client import APP_PATTERN, default_name
+
+            target = str(args["target"])
+            mode = "cluster" if APP_PATTERN.fullmatch(target) else "fork"
+            args["name"] = default_name(target, mode, target.split() or [target])
+        args["cwd"] = os.path.join(base, str(args.get("cwd", ".")))
+        if "bind" in args and isinstance(args["bind"], str):
+            args["bind"] = [args["bind"]]
+        for flag in ("factory", "proxy_headers", "container"):
+            if flag in args:
+                args[flag] = bool(args[flag])
+        if "instances" in args:
+            args["instances"] = str(args["instances"])
+        result.append(args)
+    return result

@@ -1,0 +1,355 @@
+"""The daemon: the app table, one Runner per app, the RPC server and the event bus.
+
+It holds a lock on $PRUN_HOME/daemon.lock for its whole life (a second daemon is refused), adopts the
+masters an earlier daemon left running, and answers the commands of cluster/commands/ on rpc.sock.
+Operations on one app run one at a time (its lock); different apps proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from prun.cluster.daemon import rpc
+from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, App, Spec
+from prun.cluster.daemon.bus import Bus
+from prun.cluster.daemon.home import Home, write_private
+from prun.cluster.daemon.runner import Runner
+from prun.cluster.errors import PrunError
+
+MEMORY_INTERVAL = 1.0  # seconds between two looks at the memory of apps with --max-memory
+START_TIMEOUT = 120.0  # beyond the app's own --ready-timeout (60 s by default)
+RELOAD_TIMEOUT = 600.0
+
+
+class God:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.apps: dict[int, App] = {}
+        self.runners: dict[int, Runner] = {}
+        self.bus = Bus()
+        self.children: dict[int, subprocess.Popen[bytes]] = {}  # holders, reaped when they exit
+        self.stopping = False
+        self.started = time.time()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stats: Any = None
+        self.leave_apps = False  # `prun update`: exit, the apps keep running for the next daemon
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+    def publish(self, event: str, app: App, **fields: Any) -> None:
+        self.bus.publish(event, app=app.name, id=app.id, status=app.status, **fields)
+        self.say(f"{app.name}: {event} {' '.join(f'{k}={v}' for k, v in fields.items() if v is not None)}")
+
+    def persist(self, app: App) -> None:
+        if app.id in self.apps:
+            write_private(self.home.record(app.id), app.record())
+
+    def runner(self, app: App) -> Runner:
+        return self.runners[app.id]
+
+    def add(self, app: App) -> App:
+        self.apps[app.id] = app
+        self.runners[app.id] = Runner(self, app)
+        return app
+
+    def resolve(self, target: Any) -> list[App]:
+        """The apps a command names: `all`, an id, a name or a namespace; NO_SUCH_APP otherwise."""
+        text = str(target)
+        if text == "all":
+            found = list(self.apps.values())
+        elif text.isdigit() and int(text) in self.apps:
+            found = [self.apps[int(text)]]
+        else:
+            found = [a for a in self.apps.values() if a.name == text] or [
+                a for a in self.apps.values() if a.spec.namespace == text]
+        if not found and text != "all":
+            raise rpc.RpcError(rpc.NO_SUCH_APP, f"no app named, numbered or in a namespace {text!r}")
+        return sorted(found, key=lambda a: a.id)
+
+    def by_name(self, name: str) -> App | None:
+        return next((a for a in self.apps.values() if a.name == name), None)
+
+    # ---- operations ------------------------------------------------------------------------------
+
+    async def start(self, spec: Spec, env: dict[str, str]) -> App:
+        """A new app, or a stopped one of that name started again; its master online, or START_FAILED."""
+        existing = self.by_name(spec.name)
+        if existing is not None:
+            if existing.status != STOPPED:
+                raise rpc.RpcError(rpc.ALREADY_RUNNING, f"an app named {spec.name!r} already exists "
+                                   f"(id {existing.id}, {existing.status}): prun restart {spec.name}")
+            await self.restart(existing)
+            return existing
+        app = self.add(App(max(self.apps, default=-1) + 1, spec, env))
+        try:
+            await self._launch(app)
+        finally:
+            self.persist(app)  # a failed start stays listed (errored), as PM2 shows it
+        return app
+
+    async def _launch(self, app: App) -> None:
+        runner = self.runner(app)
+        online = runner.expect("online", "exit")
+        try:
+            runner.spawn()
+        except PrunError as exc:
+            app.status, app.last_error = ERRORED, str(exc)
+            online.cancel()
+            raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {exc}") from None
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(online), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} is not online after {START_TIMEOUT:g}s "
+                               f"(prun logs {app.name})") from None
+        if not outcome.startswith("online"):
+            retry = " (retrying with backoff)" if app.spec.autorestart else ""
+            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {app.last_error or outcome[5:]}"
+                               f"{retry}; see prun logs {app.name}")
+
+    async def stop(self, app: App, release: bool = True) -> None:
+        async with app.lock:
+            await self.runner(app).stop_master()
+            if release:
+                self.runner(app).release_listeners()
+            if app.status != STOPPED:
+                app.status, app.workers = STOPPED, 0
+                self.publish("stopped", app)
+            self.persist(app)
+
+    async def restart(self, app: App, env: dict[str, str] | None = None, update: dict[str, str] | None = None
+                      ) -> None:
+        """Exactly stop then start, with the stored arguments, whatever the app's state; the sockets stay open."""
+        async with app.lock:
+            runner = self.runner(app)
+            await runner.stop_master()
+            if env is not None:
+                app.base_env = env
+            if update:
+                app.spec.env.update(update)
+            app.failures = 0
+            if app.status != STOPPED:
+                app.restarts += 1
+            await self._launch(app)
+            self.persist(app)
+
+    async def reload(self, app: App) -> str:
+        """HUP: the master's rolling reload; a stopped or errored app is started instead."""
+        async with app.lock:
+            if app.status != ONLINE:
+                await self.runner(app).stop_master()
+                await self._launch(app)
+                return "started"
+            runner = self.runner(app)
+            done = runner.expect("reloaded", "reload_failed", "exit")
+            runner.signal(signal.SIGHUP)
+            outcome = await asyncio.wait_for(done, RELOAD_TIMEOUT)
+            app.restarts += 1
+            self.persist(app)
+            if not outcome.startswith("reloaded"):
+                raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: reload failed: {outcome.split(':', 1)[1]}")
+            return "reloaded"
+
+    async def scale(self, app: App, count: str) -> int:
+        async with app.lock:
+            if app.status != ONLINE:
+                raise rpc.RpcError(rpc.NOT_RUNNING, f"{app.name} is {app.status}: only an online app can scale")
+            current = app.workers
+            if count.startswith(("+", "-")):
+                wanted = current + int(count)
+            else:
+                wanted = int(count)
+            wanted = max(1, wanted)
+            runner = self.runner(app)
+            while app.workers != wanted:
+                done = runner.expect("scaled", "exit")
+                runner.signal(signal.SIGTTIN if wanted > app.workers else signal.SIGTTOU)
+                outcome = await asyncio.wait_for(done, 120)
+                if outcome.startswith("exit") or "already at 1" in outcome:
+                    break
+                if "scaling up failed" in outcome:
+                    self.persist(app)
+                    raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {outcome.split('error: ', 1)[1]}")
+            app.spec.instances = str(app.workers)
+            self.persist(app)
+            return app.workers
+
+    async def delete(self, app: App) -> None:
+        await self.stop(app)
+        self.apps.pop(app.id, None)
+        self.runners.pop(app.id, None)
+        try:
+            os.unlink(self.home.record(app.id))
+        except OSError:
+            pass
+        self.publish("deleted", app)
+
+    # ---- the daemon's life -----------------------------------------------------------------------
+
+    def adopt_all(self) -> None:
+        """Read every app record; adopt running masters, start again those meant to run that died meanwhile."""
+        import json
+
+        for name in sorted(os.listdir(self.home.apps)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self.home.apps, name)
+            try:
+                with open(path) as fh:
+                    app = self.add(App.from_record(json.load(fh)))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.say(f"ignoring the app record {path}: {exc}")
+                continue
+            runner = self.runner(app)
+            if runner.adopt():
+                self.say(f"{app.name}: adopted master {app.pid}")
+            elif app.status in (ONLINE, LAUNCHING, ERRORED) and app.spec.autorestart:
+                app.status = ERRORED
+                app.restarts += 1
+                self.publish("restarting", app, delay=0, reason="its master was gone when the daemon started")
+                try:
+                    runner.spawn()
+                except Exception as exc:
+                    app.last_error = str(exc)
+            elif app.status != STOPPED:
+                app.status, app.pid = STOPPED, 0
+            self.persist(app)
+
+    async def kill(self) -> None:
+        """Stop every app gracefully (all at once), then the daemon."""
+        self.stopping = True
+        apps = list(self.apps.values())
+        self.bus.publish("daemon_stopping", apps=len(apps))
+        await asyncio.gather(*(self.delete(app) for app in apps), return_exceptions=True)
+        self.loop_exit()
+
+    def loop_exit(self) -> None:
+        """End the daemon shortly: after the reply to the command that asked has been written."""
+        asyncio.get_running_loop().call_later(0.05, self._exit)
+
+    def _exit(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def handle(self, command: str, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
+        from prun.cluster.commands import RPC_COMMANDS
+
+        module_name = RPC_COMMANDS.get(command)
+        if module_name is None:
+            raise rpc.RpcError(rpc.UNKNOWN_COMMAND, f"unknown command {command!r}")
+        if self.stopping and command not in ("ping", "list"):
+            raise rpc.RpcError(rpc.SHUTTING_DOWN, "the daemon is stopping")
+        module = importlib.import_module(f"prun.cluster.commands.{module_name}")
+        return await module.execute(self, args, writer)
+
+    def check_memory(self) -> None:
+        """Reload (losslessly) an online app one of whose workers is over its --max-memory; every second."""
+        loop = asyncio.get_running_loop()
+        limited = [a for a in self.apps.values() if a.spec.max_memory and a.status == ONLINE and not a.lock.locked()]
+        if limited:
+            if self.stats is None:
+                from prun.cluster.daemon.stats import Stats
+
+                self.stats = Stats()
+            for app in limited:
+                worst = self.stats.largest_child(app.pid)
+                if worst and worst[1] > app.spec.max_memory:
+                    self.publish("memory_limit", app, pid=worst[0], memory=worst[1], limit=app.spec.max_memory)
+                    loop.create_task(self._reload_quietly(app))
+        if not self.stopping:
+            loop.call_later(MEMORY_INTERVAL, self.check_memory)
+
+    async def _reload_quietly(self, app: App) -> None:
+        try:
+            await self.reload(app)
+        except rpc.RpcError as exc:
+            self.say(f"{app.name}: reload after the memory limit failed: {exc.message}")
+
+    def reap(self) -> None:
+        for pid, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                del self.children[pid]
+
+    def views(self, apps: list[App] | None = None) -> list[dict[str, Any]]:
+        """The rows of `prun ls`, with cpu and memory (psutil is imported here, on first use)."""
+        if self.stats is None:
+            from prun.cluster.daemon.stats import Stats
+
+            self.stats = Stats()
+        chosen = apps if apps is not None else sorted(self.apps.values(), key=lambda a: a.id)
+        return [self.stats.view(app) for app in chosen]
+
+
+def take_lock(home: Home) -> int:
+    fd = os.open(home.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = home.daemon_pid()
+        raise PrunError(f"a prun daemon already runs on {home.path} (pid {pid}); refusing to start a second one"
+                        ) from None
+    return fd
+
+
+async def serve(home: Home) -> None:
+    god = God(home)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, god.reap)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: loop.create_task(god.kill()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    god.adopt_all()
+    loop.call_later(MEMORY_INTERVAL, god.check_memory)
+    if os.path.exists(home.rpc):
+        os.unlink(home.rpc)  # stale: we hold the lock, so no daemon answers there
+    server = await asyncio.start_unix_server(
+        lambda r, w: rpc.serve_connection(r, w, god.handle), home.rpc, limit=rpc.MAX_MESSAGE)
+    os.chmod(home.rpc, 0o600)
+    with open(home.pid_file, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    god.say(f"daemon {os.getpid()} serving {home.rpc} ({len(god.apps)} apps)")
+    try:
+        await god.done
+    finally:
+        server.close()
+        god.bus.close()
+        for runner in god.runners.values():
+            runner.unwatch()
+        for path in (home.rpc, home.pid_file):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        god.say("daemon exiting" + (" (the apps keep running)" if god.leave_apps else ""))
+
+
+def main() -> None:
+    home = Home.from_environ()
+    os.umask(0o077)
+    try:
+        home.ensure()
+        lock = take_lock(home)
+    except PrunError as exc:
+        print(f"prun: error: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"prun daemon {home.path}")
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        asyncio.run(serve(home))
+    finally:
+        os.close(lock)

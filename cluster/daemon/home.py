@@ -1,0 +1,156 @@
+"""$PRUN_HOME: where the daemon keeps its sockets, its lock, its app records, the logs and the dump.
+
+    $PRUN_HOME/            0700, refused if anyone else may write it
+        rpc.sock           0600, the daemon's RPC socket (rpc.py)
+        daemon.pid         the daemon's pid; daemon.lock is held (flock) while a daemon runs
+        daemon.log         the daemon's own output
+        apps/<id>.json     0600, one record per app: what it was started with, its pids (with their start
+                           times, so a reused pid is never mistaken for the app), for re-adoption
+        apps/<id>.sock     0600, the app's listener holder (holder.py)
+        logs/<name>-out.log, logs/<name>-err.log
+        dump.json          0600, `prun save`: only what each `start` was given
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any
+
+from prun.cluster.errors import PrunError
+
+
+class Home:
+    """The paths under one $PRUN_HOME (a plain class: the client imports it on every command)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def from_environ(cls, environ: Any = None) -> Home:
+        environ = os.environ if environ is None else environ
+        path = environ.get("PRUN_HOME") or os.path.join(os.path.expanduser("~"), ".prun")
+        return cls(os.path.abspath(path))
+
+    @property
+    def rpc(self) -> str:
+        return os.path.join(self.path, "rpc.sock")
+
+    @property
+    def pid_file(self) -> str:
+        return os.path.join(self.path, "daemon.pid")
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.path, "daemon.lock")
+
+    @property
+    def daemon_log(self) -> str:
+        return os.path.join(self.path, "daemon.log")
+
+    @property
+    def apps(self) -> str:
+        return os.path.join(self.path, "apps")
+
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.path, "logs")
+
+    @property
+    def dump(self) -> str:
+        return os.path.join(self.path, "dump.json")
+
+    def log_paths(self, name: str) -> tuple[str, str]:
+        return os.path.join(self.logs, f"{name}-out.log"), os.path.join(self.logs, f"{name}-err.log")
+
+    def record(self, app_id: int) -> str:
+        return os.path.join(self.apps, f"{app_id}.json")
+
+    def holder_socket(self, app_id: int) -> str:
+        return os.path.join(self.apps, f"{app_id}.sock")
+
+    def ensure(self) -> None:
+        """Create the home (0700) and its folders; refuse one that others may write or that is not ours."""
+        old = os.umask(0o077)
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self.check()
+            for sub in (self.apps, self.logs):
+                os.makedirs(sub, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise PrunError(f"cannot create PRUN_HOME {self.path}: {exc.strerror}") from None
+        finally:
+            os.umask(old)
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise PrunError(f"PRUN_HOME {self.path} is not a directory")
+        if st.st_uid != os.getuid():
+            raise PrunError(f"refusing PRUN_HOME {self.path}: it belongs to uid {st.st_uid}, not to you")
+        if st.st_mode & 0o022:
+            raise PrunError(f"refusing PRUN_HOME {self.path}: others can write it "
+                            f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it)")
+
+    def daemon_pid(self) -> int | None:
+        try:
+            with open(self.pid_file) as fh:
+                return int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def write_private(path: str, data: Any) -> None:
+    """Write JSON atomically, readable by the owner only."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): with the pid, the identity of a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    if fields[0] == b"Z":  # a zombie has exited: it is not running
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, started: int | None) -> bool:
+    """The process `pid` runs and is the one that started at `started` (not a later reuse of the pid)."""
+    return bool(pid) and start_time(pid or 0) == started
+
+
+DUMP_VERSION = 1
+
+
+def read_dump(path: str) -> list[dict[str, Any]]:
+    """The apps of a `prun save` dump; a PrunError with the reason if it cannot be used (the file is kept)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise PrunError(f"no dump to resurrect: {path} does not exist (run prun save first)") from None
+    except ValueError as exc:
+        raise PrunError(f"refusing the dump {path}: it is not valid JSON ({exc}); it is kept as it is") from None
+    except OSError as exc:
+        raise PrunError(f"cannot read the dump {path}: {exc.strerror}") from None
+    if not isinstance(data, dict) or data.get("version") != DUMP_VERSION or not isinstance(data.get("apps"), list):
+        raise PrunError(f"refusing the dump {path}: not a prun dump of version {DUMP_VERSION}; it is kept as it is")
+    for i, app in enumerate(data["apps"]):
+        if not isinstance(app, dict) or not isinstance(app.get("target"), str) or not isinstance(app.get("name"), str):
+            raise PrunError(f"refusing the dump {path}: app {i} has no target or name; it is kept as it is")
+    return list(data["apps"])

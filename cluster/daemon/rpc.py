@@ -1,0 +1,117 @@
+"""The daemon's RPC: JSON messages, one per line, over $PRUN_HOME/rpc.sock (the protocol: PROTOCOL.md here).
+
+    -> {"id": 7, "command": "stop", "args": {"target": "api"}}
+    <- {"id": 7, "result": [...]}
+    <- {"id": 7, "error": {"code": "NO_SUCH_APP", "message": "no app named or numbered 'api'"}}
+
+This module is imported by the client too: nothing here imports asyncio at module level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+MAX_MESSAGE = 1 << 20  # bytes, newline included
+
+# Fault codes: a name for programs, with a sentence for people.
+BAD_MESSAGE = "BAD_MESSAGE"  # not one JSON object per line, too long, or no command
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+BAD_ARGUMENTS = "BAD_ARGUMENTS"  # the command's arguments are missing or invalid
+NO_SUCH_APP = "NO_SUCH_APP"  # no app has that name, id or namespace
+ALREADY_RUNNING = "ALREADY_RUNNING"  # start of a name that exists and is not stopped
+START_FAILED = "START_FAILED"  # the listeners could not be bound, or the app could not boot
+NOT_RUNNING = "NOT_RUNNING"  # scale of an app that is not online
+SHUTTING_DOWN = "SHUTTING_DOWN"  # the daemon is stopping (prun kill)
+INTERNAL = "INTERNAL"  # a bug in the daemon: the message says where
+
+CODES = (BAD_MESSAGE, UNKNOWN_COMMAND, BAD_ARGUMENTS, NO_SUCH_APP, ALREADY_RUNNING, START_FAILED, NOT_RUNNING,
+         SHUTTING_DOWN, INTERNAL)
+
+
+class RpcError(Exception):
+    """A fault: a code from CODES and a sentence."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id  # when the request could be read that far
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
+    """(id, command, args) of one request line, or RpcError(BAD_MESSAGE)."""
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise RpcError(BAD_MESSAGE, f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise RpcError(BAD_MESSAGE, "a message is a JSON object")
+    command = message.get("command")
+    if not isinstance(command, str):
+        raise RpcError(BAD_MESSAGE, "a message needs a \"command\" string", message.get("id"))
+    args = message.get("args", {})
+    if not isinstance(args, dict):
+        raise RpcError(BAD_MESSAGE, "\"args\" is a JSON object", message.get("id"))
+    return message.get("id"), command, args
+
+
+# A handler returns the result, or STREAM to keep the connection as an event subscription.
+Handler = Callable[[str, dict[str, Any], "asyncio.StreamWriter"], Awaitable[Any]]
+STREAM = object()
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler) -> None:
+    """Answer requests on one connection until the client closes it (or it becomes a subscription)."""
+    import asyncio
+
+    subscribed = False
+    try:
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                writer.write(encode({"id": None, "error": {"code": BAD_MESSAGE,
+                                                           "message": f"message over {MAX_MESSAGE} bytes"}}))
+                await writer.drain()
+                return  # cannot find the next message's start: close
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    writer.write(encode({"id": None, "error": {"code": BAD_MESSAGE,
+                                                               "message": "message not ended by a newline"}}))
+                    await writer.drain()
+                return
+            if not line.strip():
+                continue
+            request_id: Any = None
+            try:
+                request_id, command, args = parse_request(line)
+                result = await handle(command, args, writer)
+                if result is STREAM:
+                    subscribed = True
+                    writer.write(encode({"id": request_id, "result": "subscribed"}))
+                    return  # the bus writes to this connection from now on
+                reply = {"id": request_id, "result": result}
+            except RpcError as exc:
+                request_id = request_id if request_id is not None else exc.request_id
+                reply = {"id": request_id, "error": {"code": exc.code, "message": exc.message}}
+            except Exception as exc:  # a bug must not take the daemon down
+                import traceback
+
+                traceback.print_exc()
+                reply = {"id": request_id, "error": {"code": INTERNAL, "message": f"{type(exc).__name__}: {exc}"}}
+            writer.write(encode(reply))
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        if not subscribed and not writer.is_closing():
+            writer.close()

@@ -1,0 +1,34 @@
+"""An ASGI app for the daemon tests: answers `$GREETING <worker pid>`, prints each request on stdout.
+
+    BOOT_FAIL_FILE=PATH   fail to import while PATH exists (an errored app that a fix can restart)
+    SLOW_BOOT=SECONDS     sleep while importing
+"""
+
+import os
+import sys
+import time
+
+time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
+
+if os.environ.get("BOOT_FAIL_FILE") and os.path.exists(os.environ["BOOT_FAIL_FILE"]):
+    raise RuntimeError("the boot-fail file exists")
+
+print(f"greeter imported in pid {os.getpid()}", flush=True)
+print("greeter says hello on stderr", file=sys.stderr, flush=True)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/say":
+        print(f"said {scope['query_string'].decode()}", flush=True)
+    body = f"{os.environ.get('GREETING', 'hello')} {os.getpid()}\n".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,131 @@
+"""The daemon tests' helpers: a temporary PRUN_HOME, the CLI run against it, HTTP load, and a cleanup that
+leaves no daemon, master, holder or worker behind whatever the test did."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.support import APPS, prun_command, wait_until
+
+
+class Home:
+    """A PRUN_HOME of its own (short: Unix socket paths are limited to 108 bytes)."""
+
+    def __init__(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="prun-t-", dir="/tmp")
+        self.path = os.path.join(self.root, "h")
+        self.env = dict(os.environ, PRUN_HOME=self.path)
+        self.env.pop("PORT", None)
+
+    def prun(self, *args: str, check: bool = True, timeout: float = 120, cwd: str | Path = APPS,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(prun_command() + list(args), cwd=str(cwd), env=dict(self.env, **(env or {})),
+                                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"prun {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result
+
+    def ls(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.prun("ls", "--json").stdout)
+        return rows
+
+    def app(self, name: str) -> dict[str, Any]:
+        return next(row for row in self.ls() if row["name"] == name)
+
+    def port(self, name: str) -> int:
+        return int(self.app(name)["listen"][0].rsplit(":", 1)[1])
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int(Path(self.path, "daemon.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def ours(self) -> list[psutil.Process]:
+        """Every live process started under this home (they all carry PRUN_HOME in their environment)."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("PRUN_HOME") == self.path:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def cleanup(self) -> None:
+        try:
+            if self.daemon_pid():
+                self.prun("kill", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        for proc in self.ours():
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        wait_until(lambda: not self.ours(), timeout=10, what="every process of the test's PRUN_HOME to exit")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def get(port: int, path: str = "/", timeout: float = 10.0) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200, response.status
+        return response.read().decode()
+    finally:
+        conn.close()
+
+
+class HttpLoad:
+    """Clients sending GETs, a new connection each (a refused connection is a failure), until stopped."""
+
+    def __init__(self, port: int, clients: int = 4) -> None:
+        self.port = port
+        self.ok = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.bodies: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> HttpLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                body = get(self.port, timeout=30)
+                with self._lock:
+                    self.ok += 1
+                    self.bodies.append(body)
+            except (OSError, AssertionError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failed += 1
+                    self.errors.append(repr(exc))
+
+    def wait_requests(self, count: int, timeout: float = 20.0) -> None:
+        start = self.ok
+        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} requests")

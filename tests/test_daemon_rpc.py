@@ -1,0 +1,122 @@
+"""The daemon's home, its start on demand, and its RPC protocol as another program would speak it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+from prun.cluster.daemon.home import start_time
+from tests.daemon_support import Home
+from tests.support import wait_until
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def request(home: Home, payload: bytes) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(os.path.join(home.path, "rpc.sock"))
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered and closed before reading it all (an oversized message)
+        reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
+        return reply
+
+
+def test_started_on_demand_private_home_and_modes(home: Home) -> None:
+    assert not os.path.exists(home.path)
+    out = home.prun("ping").stdout
+    assert out.startswith("pong: daemon ")
+    assert mode(home.path) == 0o700
+    for sub in ("apps", "logs"):
+        assert mode(os.path.join(home.path, sub)) == 0o700
+    assert mode(os.path.join(home.path, "rpc.sock")) == 0o600
+    home.prun("start", "greeter:app", "--lifespan", "off", "-b", "127.0.0.1:0", "--name", "api")
+    for name in os.listdir(os.path.join(home.path, "apps")):
+        assert mode(os.path.join(home.path, "apps", name)) == 0o600, name
+    for name in os.listdir(os.path.join(home.path, "logs")):
+        assert mode(os.path.join(home.path, "logs", name)) == 0o600, name
+    home.prun("save")
+    assert mode(os.path.join(home.path, "dump.json")) == 0o600
+
+
+def test_a_home_others_can_write_is_refused(home: Home) -> None:
+    os.makedirs(home.path)
+    os.chmod(home.path, 0o777)
+    result = home.prun("ls", check=False)
+    assert result.returncode == 1
+    assert "refusing PRUN_HOME" in result.stderr and "others can write it" in result.stderr
+    assert not os.path.exists(os.path.join(home.path, "rpc.sock"))
+
+
+def test_a_second_daemon_is_refused(home: Home) -> None:
+    home.prun("ping")
+    first = home.daemon_pid()
+    second = subprocess.run([sys.executable, "-m", "prun.cluster.daemon"], env=home.env, capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 1
+    assert f"a prun daemon already runs on {home.path} (pid {first})" in second.stderr
+    assert home.prun("ping").stdout.startswith(f"pong: daemon {first} ")
+
+
+def test_a_stale_socket_and_pid_file_start_a_new_daemon(home: Home) -> None:
+    home.prun("ping")
+    old = home.daemon_pid()
+    assert old
+    os.kill(old, 9)
+    wait_until(lambda: start_time(old) is None, what="the daemon to die")
+    assert os.path.exists(os.path.join(home.path, "rpc.sock"))  # left behind
+    out = home.prun("ping").stdout
+    new = home.daemon_pid()
+    assert new and new != old and f"daemon {new} " in out
+
+
+def test_malformed_oversized_and_unknown_messages_get_an_error_reply(home: Home) -> None:
+    home.prun("ping")
+    assert request(home, b"{not json\n")["error"]["code"] == "BAD_MESSAGE"  # type: ignore[index]
+    assert request(home, b"[1, 2]\n")["error"]["code"] == "BAD_MESSAGE"  # type: ignore[index]
+    assert request(home, b'{"id": 3}\n') == {"id": 3, "error": {"code": "BAD_MESSAGE",
+                                                                "message": "a message needs a \"command\" string"}}
+    reply = request(home, b'{"id": 4, "command": "fly"}\n')
+    assert reply == {"id": 4, "error": {"code": "UNKNOWN_COMMAND", "message": "unknown command 'fly'"}}
+    reply = request(home, b'{"id": 5, "command": "stop", "args": {"target": "ghost"}}\n')
+    assert reply["id"] == 5 and reply["error"]["code"] == "NO_SUCH_APP"  # type: ignore[index]
+    reply = request(home, b'{"id": 6, "command": "start", "args": {"spec": 1}}\n')
+    assert reply["error"]["code"] == "BAD_ARGUMENTS"  # type: ignore[index]
+    reply = request(home, b'{"id": 7, "command": "ping", "args": {"pad": "' + b"x" * (2 << 20) + b'"}}\n')
+    assert reply["error"]["code"] == "BAD_MESSAGE" and "over" in reply["error"]["message"]  # type: ignore[index]
+    with socket.socket(socket.AF_UNIX) as sock:  # several requests on one connection, answered in order
+        sock.connect(os.path.join(home.path, "rpc.sock"))
+        sock.sendall(b'{"id": 8, "command": "ping"}\n{"id": 9, "command": "list"}\n')
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["result"]["pong"] is True
+        assert json.loads(reader.readline()) == {"id": 9, "result": []}
+    assert home.prun("ping").stdout.startswith("pong")  # still up
+
+
+def test_the_protocol_document_lists_every_code_and_command() -> None:
+    from prun.cluster.commands import RPC_COMMANDS
+    from prun.cluster.daemon import rpc
+
+    root = os.path.dirname(rpc.__file__)
+    text = open(os.path.join(root, "PROTOCOL.md")).read()
+    for code in rpc.CODES:
+        assert f"`{code}`" in text, code
+    for command in RPC_COMMANDS:
+        assert f"`{command}`" in text, command
+
+
+def test_prun_ls_imports_neither_click_nor_asyncio_nor_psutil(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "napper")
+    probe = ("import sys; sys.argv = ['prun', 'ls']; from prun.cluster.commands.entry import main; main(); "
+             "print(sorted(m for m in ('click', 'asyncio', 'psutil', 'prun.cluster.config') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], env=home.env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "napper" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout
