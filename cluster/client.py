@@ -294,7 +294,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         finally:
             os.chdir(here)
         bind = [f"unix:{os.path.join(cwd, b[5:])}" if b.startswith("unix:") else b for b in config.bind]
-        return {**log_spec(lambda name: getattr(config, name), cwd),"name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
+        return {**log_spec(lambda name: getattr(config, name), cwd),
+                "name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
                 "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
                 "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
                 "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": autorestart}
@@ -322,7 +323,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     def given(name: str) -> Any:
         return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
 
-    return {**log_spec(given, cwd),"name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
+    return {**log_spec(given, cwd),
+            "name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
             "namespace": namespace, "instances": count, "command": words, "env": dict(env),
             "graceful_timeout": graceful, "autorestart": autorestart}
 
@@ -338,7 +340,7 @@ def log_spec(value: Any, cwd: str) -> dict[str, Any]:
 
     return {"log_file": path("log_file"), "error_file": path("error_file"), "log_max_size": value("log_max_size"),
             "log_retain": value("log_retain"), "log_compress": value("log_compress"),
-            "log_rotate_daily": value("log_rotate_daily"),
+            "log_rotate_daily": value("log_rotate_daily"), "merge_logs": value("merge_logs"),
             "log_time": value("log_date_format") if value("time") else ""}
 
 
@@ -356,6 +358,8 @@ def run_arguments(options: dict[str, Any]) -> list[str]:
         if getattr(param, "is_flag", False):
             if value:
                 argv.append(flag)
+            elif value is False and getattr(param, "secondary_opts", None):
+                argv.append(param.secondary_opts[0])
         elif getattr(param, "multiple", False):
             for item in value:
                 argv += [flag, str(item)]

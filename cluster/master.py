@@ -66,7 +66,8 @@ class Master:
         self.rollout.on_reloaded = self.tally.reloaded
         self.recycler = Recycler(lambda: self.config, self.rollout, log, self.tally)
         self.health = HealthServer(config.health, self.is_ready, self.status, self.metrics) if config.health else None
-        self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
+        log.tag_workers = not config.merge_logs and bool(os.environ.get("PRUN_LOG_WRITER_PID"))  # under the daemon
+        self.output = OutputRelay(self.loop, log) if config.log_format == "json" or log.tag_workers else None
 
     @property
     def slots(self) -> list[Slot[WorkerProcess]]:

@@ -174,6 +174,7 @@ class Option:
     fallback_format: str = "{}"  # how that variable's value becomes this option's text
     show_values: bool = True  # False: a reload names the changed keys, not their values (secrets)
     bare: str = ""  # the value of the flag given without one (--watch alone); '' : a value is required
+    pair: bool = False  # a switch with its negation: --merge-logs/--no-merge-logs
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -289,13 +290,16 @@ class Config:
         flag=True)
     log_rotate_daily: bool = option(parse_bool, False, "prun start: also rotate the log files when the day changes.",
         flag=True)
+    merge_logs: bool = option(parse_bool, True, "prun start: the workers' lines in the app's two log files; "
+        "--no-merge-logs: each worker's in its own pair (NAME-out-0.log, NAME-err-0.log, ...).", flag=True,
+        pair=True, shown_default="merged")
     time: bool = option(parse_bool, False, "prun start: prefix each log line with the time it was written "
         "(--log-date-format).", flag=True)
     log_date_format: str = option(parse_str, "%Y-%m-%dT%H:%M:%S%z", "The strftime format of --time's prefix.",
         metavar="FORMAT")
     container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
         "every child, pass the app's exit status through.", flag=True)
-    health: str = option(parse_str, "", "Serve /livez, /readyz and /status on this port (loopback unless a host "
+    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics on this port (loopback unless a host "
         "is given).", metavar="[HOST:]PORT")
     lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
         reload=True)
@@ -383,7 +387,10 @@ def click_options(command: F) -> F:
             continue
         shown = option.default_text()
         text = option.help + (f"  [default: {shown}]" if shown else "")
-        if option.flag:
+        if option.pair:
+            command = click.option(f"{option.long}/--no-{option.long[2:]}", option.name, default=None,
+                                   help=text)(command)
+        elif option.flag:
             command = click.option(*option.flags, option.name, is_flag=True, default=None, help=text)(command)
         elif option.bare:
             command = click.option(*option.flags, option.name, is_flag=False, flag_value=option.bare, help=text,

@@ -198,3 +198,24 @@ def test_json_logs_under_the_daemon(home: Home) -> None:
     assert said["app"] == "api" and said["stream"] == "stdout" and said["worker"] in (0, 1)
     home.prun("reload", "api")  # returns once the daemon read the JSON "reload complete" line
     assert home.app("api")["status"] == "online"
+
+
+def test_no_merge_logs_gives_each_worker_its_files(home: Home) -> None:
+    home.prun("start", "greeter:app", "--lifespan", "off", "-b", "127.0.0.1:0", "--name", "api", "-i", "2",
+              "--no-merge-logs")
+    port = home.port("api")
+    for n in range(20):
+        get(port, f"/say?n{n}")
+    logs = os.path.join(home.path, "logs")
+    per_worker = [os.path.join(logs, f"api-out-{slot}.log") for slot in (0, 1)]
+    wait_until(lambda: all(os.path.exists(p) for p in per_worker) and sum(
+        open(p).read().count("said n") for p in per_worker) == 20, what="20 lines in the workers' files")
+    assert all("greeter imported in pid" in open(p).read() for p in per_worker)
+    assert "said" not in open(os.path.join(logs, "api-out.log")).read()
+    assert "greeter says hello on stderr" in open(os.path.join(logs, "api-err-0.log")).read()
+    assert "prun: ready: 2 workers" in open(os.path.join(logs, "api-err.log")).read()  # the master's own lines
+    assert "\x1e" not in "".join(open(os.path.join(logs, f)).read() for f in os.listdir(logs))
+    shown = home.prun("logs", "api", "--nostream", "--lines", "30").stdout
+    assert shown.count("said n") == 20
+    home.prun("flush", "api")
+    assert all(os.path.getsize(p) == 0 for p in per_worker)

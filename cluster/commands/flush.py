@@ -18,12 +18,13 @@ from prun.cluster.commands import client
 @click.argument("target", required=False, default="all")
 def command(target: str) -> None:
     """Empty apps' log files."""
-    from prun.cluster.daemon.logfiles import rotated
+    from prun.cluster.daemon.logfiles import rotated, worker_files
 
     rows: list[dict[str, Any]] = client().describe(target)
     for row in rows:
         retain = int(row["spec"].get("log_retain", 5))
-        for path in dict.fromkeys(row["logs"]):
+        main = list(dict.fromkeys(row["logs"]))
+        for path in main + [w for p in main for w in worker_files(p)]:
             for old in rotated(path, retain):
                 os.unlink(old)
             try:

@@ -40,7 +40,7 @@ def tail(path: str, lines: int) -> tuple[list[str], int]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: app, stream, time, message.")
 def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
     """Show apps' logs: the last lines, then follow (across rotations)."""
-    from prun.cluster.daemon.logfiles import Follower
+    from prun.cluster.daemon.logfiles import Follower, worker_files
 
     rows: list[dict[str, Any]] = client().describe(target)
     if target != "all" and not rows:
@@ -55,7 +55,9 @@ def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
 
     followed: list[tuple[str, str, Follower]] = []
     for row in rows:
-        for stream, path in zip(("out", "err"), dict.fromkeys(row["logs"])):
+        main = list(dict.fromkeys(row["logs"]))
+        for stream, path in [*zip(("out", "err"), main), *((s, w) for s, p in zip(("out", "err"), main)
+                                                          for w in worker_files(p))]:
             shown, end = tail(path, lines)
             if shown and not as_json:
                 click.echo(f"==> {path} <==")

@@ -41,6 +41,7 @@ class Spec:
     log_compress: bool = False
     log_rotate_daily: bool = False
     log_time: str = ""  # strftime format each line is prefixed with ('': none)
+    merge_logs: bool = True  # False: the master tags its workers' lines, the writer keeps a pair per worker
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Spec:

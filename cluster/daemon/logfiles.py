@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 READ_SIZE = 65536
+LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
 
 
 @dataclass
@@ -163,12 +164,13 @@ def compress(path: str) -> None:
 
 
 class Stream:
-    """One pipe, read into whole lines for one file."""
+    """One pipe, read into whole lines for its file (or, --split, for its workers' files)."""
 
-    def __init__(self, fd: int, out: LogFile, stamp: str) -> None:
+    def __init__(self, fd: int, out: LogFile, stamp: str, files: Files | None = None) -> None:
         self.fd = fd
         self.out = out
         self.stamp = stamp  # strftime format of a prefix (--time), or ''
+        self.files = files  # --split: lines tagged with a worker go to that worker's file
         self.partial = b""
 
     def read(self) -> bool:
@@ -176,22 +178,36 @@ class Stream:
         data = os.read(self.fd, READ_SIZE)
         if not data:
             if self.partial:
-                self.emit(self.partial + b"\n")
+                self.dispatch(self.partial + b"\n")
                 self.partial = b""
             return False
         buffered = self.partial + data
         cut = buffered.rfind(b"\n") + 1
         self.partial = buffered[cut:]
         if cut:
-            self.emit(buffered[:cut])
+            self.dispatch(buffered[:cut])
         return True
 
-    def emit(self, chunk: bytes) -> None:
+    def dispatch(self, chunk: bytes) -> None:
+        if self.files is None or TAG not in chunk:
+            self.emit(self.out, chunk)
+            return
+        batches: dict[str, list[bytes]] = {}
+        for line in chunk.splitlines(keepends=True):
+            if line.startswith(TAG) and line.count(TAG) >= 2:
+                _, slot, line = line.split(TAG, 2)
+                path = worker_file(self.out.path, int(slot)) if slot.isdigit() else self.out.path
+            else:
+                path = self.out.path
+            batches.setdefault(path, []).append(line)
+        for path, lines in batches.items():
+            self.emit(self.files.get(path), b"".join(lines))
+
+    def emit(self, out: LogFile, chunk: bytes) -> None:
         if self.stamp:
             prefix = time.strftime(self.stamp).encode() + b" "
             chunk = b"".join(prefix + line if not line.startswith(b"{") else line
                              for line in chunk.splitlines(keepends=True))
-        out = self.out
         dropped = out.dropped
         if not dropped:
             out.write(chunk)
@@ -201,14 +217,59 @@ class Stream:
             out.dropped -= 1  # that note was not one of the app's lines
 
 
-def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str) -> None:
+TAG = b"\x1e"  # cluster/log.py's WORKER_TAG
+
+
+def worker_file(path: str, slot: int) -> str:
+    """NAME-out.log -> NAME-out-3.log: worker 3's file, with --no-merge-logs."""
+    root, ext = os.path.splitext(path)
+    return f"{root}-{slot}{ext}"
+
+
+def worker_files(path: str) -> list[str]:
+    """The per-worker files of `path` that exist, by slot."""
+    root, ext = os.path.splitext(path)
+    directory = os.path.dirname(path) or "."
+    prefix = os.path.basename(root) + "-"
+    found = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        middle = name[len(prefix):-len(ext)] if ext else name[len(prefix):]
+        if name.startswith(prefix) and name.endswith(ext) and middle.isdigit():
+            found.append((int(middle), os.path.join(directory, name)))
+    return [p for _, p in sorted(found)]
+
+
+class Files(dict[str, LogFile]):
+    """The open log files by path, opened on first use."""
+
+    def __init__(self, rotation: Rotation) -> None:
+        super().__init__()
+        self.rotation = rotation
+
+    def get(self, path: str) -> LogFile:  # type: ignore[override]
+        if path not in self:
+            self[path] = LogFile(path, self.rotation)
+        return self[path]
+
+
+def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
+          split: bool = False) -> None:
     """Copy the two pipes into their files until both reach EOF."""
     lock = os.open(out_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # the writer of the master before this one has finished
-    files = {out_path: LogFile(out_path, rotation)}
-    if err_path not in files:
-        files[err_path] = LogFile(err_path, rotation)
-    streams = {out_fd: Stream(out_fd, files[out_path], stamp), err_fd: Stream(err_fd, files[err_path], stamp)}
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:  # the writer of the master before this one finishes when its last process closed the pipes
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:  # something the old master started keeps them open: go on anyway
+                print(f"prun: warning: {out_path}: the previous log writer is still running; writing too",
+                      file=sys.stderr, flush=True)
+                break
+            time.sleep(0.02)
+    files = Files(rotation)
+    streams = {fd: Stream(fd, files.get(path), stamp, files if split else None)
+               for fd, path in ((out_fd, out_path), (err_fd, err_path))}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     reopen = [False]
@@ -322,6 +383,7 @@ def main() -> None:
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--daily", action="store_true")
     parser.add_argument("--time", default="", help="strftime format of a prefix to each line")
+    parser.add_argument("--split", action="store_true", help="lines tagged with a worker go to its own file")
     args = parser.parse_args()
     try:
         import setproctitle
@@ -330,7 +392,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         pass
     serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
-          Rotation(args.max_size, args.retain, args.compress, args.daily), args.time)
+          Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
 
 
 if __name__ == "__main__":

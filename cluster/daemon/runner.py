@@ -150,7 +150,8 @@ class Runner:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
-                 "--name", app.name, "--time", spec.log_time, *rotation.arguments()],
+                 "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
+                 *([] if spec.merge_logs else ["--split"])],
                 pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, env=self.holder_env())
         except OSError:
