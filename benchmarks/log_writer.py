@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,8 +65,7 @@ def main() -> None:
     total = 2 * args.lines
     print(f"{total} lines ({total * 100 / 1e6:.0f} MB) in {seconds:.2f} s: {total / seconds:,.0f} lines/s, "
           f"{len(files) - 1} rotations; lost {lost}, repeated {repeated}, split {broken}")
-    for name in files:
-        os.unlink(os.path.join(directory, name))
+    shutil.rmtree(directory)
 
 
 if __name__ == "__main__":

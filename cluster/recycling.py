@@ -54,7 +54,8 @@ class Recycler:
             return
         used = reported or rss(worker.pid)
         if used > limit:
-            self.over.add(worker.pid)
+            serving = {slot.worker.pid for slot in self.rollout.slots if slot.worker is not None}
+            self.over = (self.over & serving) | {worker.pid}  # forget the ones already replaced
             self.tally.restarted(worker.slot, "memory")
             self.rollout.request_recycle(
                 worker, f"uses {megabytes(used)} of memory, over --max-memory-restart ({used} > {limit} bytes)")

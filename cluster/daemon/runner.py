@@ -142,8 +142,9 @@ class Runner:
     def start_log_writer(self, out_path: str, err_path: str) -> tuple[int, int]:
         """The process that writes (and rotates) the app's log files; the two pipe ends the master writes to."""
         app, spec = self.app, self.app.spec
-        for path in (out_path, err_path):
+        for path in (out_path, err_path):  # created here, so that they exist once the app is "started"
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         rotation = Rotation(spec.log_max_size, spec.log_retain, spec.log_compress, spec.log_rotate_daily)
