@@ -67,6 +67,7 @@ class WorkerProcess:
     # leastconn: connections handed over but not yet acknowledged, and how many were acknowledged
     inflight: deque[socket.socket] = field(default_factory=deque)
     acked: int = 0
+    waiting_since: float = 0.0  # loop time of the oldest hand-off it has not acknowledged (about)
     # --log-format json: the read ends of the worker's stdout and stderr pipes
     outputs: dict[int, str] = field(default_factory=dict)
 

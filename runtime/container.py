@@ -155,9 +155,12 @@ class Worker:
             self.chan.send(channel.Recycle(requests=self.server.requests if self.server else 0))
 
     def on_message(self, msg: channel.Message, fds: list[int]) -> None:
-        if isinstance(msg, channel.Conn) and fds and self.server is not None:
+        if isinstance(msg, channel.Conn):
+            # Counted even when its fd did not arrive (this worker is out of fds: the kernel drops
+            # it): the master then closes its copy instead of keeping it, and the client is told.
             self.accepted += 1
-            self.server.accept(socket.socket(fileno=fds.pop(0)))
+            if fds and self.server is not None:
+                self.server.accept(socket.socket(fileno=fds.pop(0)))
             self.schedule_report()
         elif isinstance(msg, channel.LogFile) and fds:
             sys.stdout.flush()
