@@ -56,7 +56,7 @@ class Master:
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances)
-        self.supervision = Supervision(self.loop, log, self.rollout)
+        self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
         self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
@@ -86,7 +86,9 @@ class Master:
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
-            return await self.finished
+            code = await self.finished
+            await self.supervision.sweep()
+            return code
         finally:
             tick.cancel()
             if self.health:
@@ -110,6 +112,7 @@ class Master:
     def tick(self) -> None:
         """Murder the hung (the count is kept by supervision's restarts)."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
+        self.supervision.stop_orphans()
         self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
@@ -205,10 +208,14 @@ class Master:
             worker.last_heartbeat = time.monotonic()
             worker.conns = msg.conns
             worker.requests = msg.requests
+            worker.rss = msg.rss
+            if worker.rss_told and msg.rss >= 2 * worker.rss_told:
+                self.supervision.memory_grew(worker)
             if self.balancer:
                 self.balancer.acknowledged(worker, msg.accepted)
         elif isinstance(msg, channel.Ready):
             worker.state = State.READY
+            worker.rss = worker.rss_ready = worker.rss_told = msg.rss
             worker.last_heartbeat = time.monotonic()
             if not worker.ready.done():
                 worker.ready.set_result(True)
@@ -240,7 +247,7 @@ class Master:
             "uptime": round(now - self.started, 3),
             "workers": [
                 {"slot": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state.value,
-                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests,
+                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests, "rss": w.rss,
                  "restarts": self.slots[w.slot].restarts if w.slot < len(self.slots) else 0}
                 for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))
             ],
@@ -275,6 +282,7 @@ class Master:
             worker.exited.set_result(code)
         if self.balancer:
             self.balancer.gone(worker)
+        self.supervision.worker_gone()
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()

@@ -1,16 +1,25 @@
-"""Supervision: keeps every slot's worker alive.
+"""Supervision: keeps every slot's worker alive, and nothing else.
 
 A slot's own worker that exits while not draining is restarted with exponential backoff (100 ms x1.5,
 capped at 15 s, reset once a worker was up 30 s). A worker whose loop sent no heartbeat for --timeout
 gets SIGABRT (faulthandler prints its stack), then SIGKILL.
+
+Processes an app started do not outlive their worker: the master is a child subreaper, so a worker's
+orphaned descendants become the master's children, and every child that is no worker gets SIGTERM, then
+SIGKILL if it is still there a grace later (at a stop, before the master exits). As PID 1 the master
+adopts every orphan of the container, so there it leaves them alone: the container's end takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import signal
 import time
 from collections.abc import Iterable
+
+import psutil
 
 from prun.cluster.log import Log
 from prun.cluster.rollout import Rollout, Slot
@@ -21,16 +30,31 @@ BACKOFF_FACTOR = 1.5
 BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0  # a worker up this long earns its slot a fresh backoff
 ABORT_GRACE = 2.0  # after SIGABRT (time to print the stack), before SIGKILL
+ORPHAN_GRACE = 2.0  # after SIGTERM to a process a worker left behind, before SIGKILL
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of this process's children become its children (Linux 3.4+)."""
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 class Supervision:
     """Restarts what died, aborts what hangs."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess],
+                 workers: dict[int, WorkerProcess]) -> None:
         self.loop = loop
         self.log = log
         self.rollout = rollout
+        self.workers = workers  # the master's table, by pid
         self.stopped = False
+        self.adopting = os.getpid() != 1 and become_subreaper()
+        self.orphans_due = False  # a worker exited: its children may be ours now
+        self.orphans: dict[int, float] = {}  # pid -> when it was told to stop
 
     def start(self, slot: Slot[WorkerProcess]) -> None:
         """Give `slot` a worker now unless it has a live one; if it cannot start, retry with backoff."""
@@ -77,7 +101,52 @@ class Supervision:
                 worker.signal(signal.SIGABRT)
                 worker.kill_timer = self.loop.call_later(ABORT_GRACE, worker.signal, signal.SIGKILL)
 
+    def memory_grew(self, worker: WorkerProcess) -> None:
+        """A worker's memory doubled since it was last told: make a leak visible (recycling is --max-requests')."""
+        mb = 1024 * 1024
+        self.log.warning(f"{worker.describe()} grew to {worker.rss // mb} MB of memory "
+                         f"({worker.rss / worker.rss_ready:.1f}x the {worker.rss_ready // mb} MB it had when ready)")
+        worker.rss_told = worker.rss
+
     def stop(self) -> None:
         self.stopped = True
         for slot in self.rollout.slots:
             slot.close()
+
+    def worker_gone(self) -> None:
+        self.orphans_due = self.adopting
+
+    def stop_orphans(self, kill_now: bool = False) -> bool:
+        """SIGTERM each child that is no worker (a worker left it behind), SIGKILL it a grace later; any left?"""
+        if not self.orphans_due:
+            return False
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return False
+        now = time.monotonic()
+        left: dict[int, float] = {}
+        for child in children:
+            try:
+                if child.pid in self.workers or child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                told = self.orphans.get(child.pid)
+                if told is None:
+                    self.log.warning(f"process {child.pid} ({child.name()}) was left behind by a worker: stopping it")
+                    child.send_signal(signal.SIGTERM)
+                    told = now
+                if kill_now or now - told >= ORPHAN_GRACE:
+                    child.send_signal(signal.SIGKILL)
+                left[child.pid] = told
+            except psutil.Error:
+                continue
+        self.orphans = left
+        self.orphans_due = bool(left)  # killing one may orphan its own children: look again
+        return bool(left)
+
+    async def sweep(self) -> None:
+        """At exit: what the workers left behind goes too (SIGKILL for what is still there a grace later)."""
+        self.orphans_due = self.adopting
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while self.stop_orphans(kill_now=time.monotonic() >= deadline):
+            await asyncio.sleep(0.05)

@@ -58,6 +58,9 @@ class WorkerProcess:
     chan: channel.AsyncChannel | None = None
     conns: int = 0
     requests: int = 0
+    rss: int = 0  # resident memory in bytes, from its heartbeat
+    rss_ready: int = 0  # ... when it became ready
+    rss_told: int = 0  # the size the master last logged (a line at each doubling)
     last_heartbeat: float = field(default_factory=time.monotonic)
     boot_error: str = ""
     boot_traceback: str = ""

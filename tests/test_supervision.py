@@ -1,0 +1,95 @@
+"""What a worker leaves behind: children the app started, and memory it leaks (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import psutil
+
+from tests.support import wait_until
+
+
+def _ask(port: int, command: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(command + b"\n")
+        return int(sock.makefile("rb").readline())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _port_free(port: int) -> bool:
+    """Free to listen on, as a new prun would (SO_REUSEADDR: connections left in CLOSE_WAIT do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+        except OSError:
+            return False
+        return True
+
+
+def test_after_the_master_is_killed_no_child_of_the_app_keeps_the_port(prun):
+    master = prun("forks:handle", "-b", "127.0.0.1:0", "--balance", "shared")
+    port = master.wait_ready()
+    children = [_ask(port, b"fork"), _ask(port, b"spawn")]
+    try:
+        os.kill(master.pid, signal.SIGKILL)
+        master.proc.wait(5)  # (its output pipe stays open: the children hold it)
+        wait_until(lambda: _port_free(port), what=f"port {port} to be free again")
+    finally:
+        _kill(children)
+
+
+def test_a_graceful_stop_ends_the_children_the_app_started(prun):
+    master = prun("forks:handle", "-i", "2", "-b", "127.0.0.1:0")
+    port = master.wait_ready()
+    children = [_ask(port, b"fork"), _ask(port, b"spawn"), _ask(port, b"stubborn")]
+    try:
+        master.signal(signal.SIGTERM)
+        assert master.wait_exit(15) == 0
+        for pid in children:
+            assert _gone(pid), f"child {pid} of a worker outlived prun"
+        master.wait_for(rf"process {children[1]} \(python\S*\) was left behind by a worker: stopping it")
+    finally:
+        _kill(children)
+
+
+def test_children_of_a_replaced_worker_are_stopped_after_it_exits(prun):
+    master = prun("forks:handle", "-b", "127.0.0.1:0")
+    port = master.wait_ready()
+    children = [_ask(port, b"spawn"), _ask(port, b"stubborn")]
+    try:
+        master.reload("reload complete")
+        wait_until(lambda: all(_gone(pid) for pid in children), what="the old worker's children to end")
+        assert master.proc.poll() is None
+    finally:
+        _kill(children)
+
+
+def test_a_worker_whose_memory_doubles_is_named_in_the_log(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--timeout", "2")  # a heartbeat each 0.5 s
+    port = master.wait_ready()
+    mark = master.mark()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"grow 100\n")
+        assert sock.makefile("rb").readline() == b"grown\n"
+    line = master.wait_for(r"worker 0 \(pid \d+, gen 1\) grew to (\d+) MB of memory "
+                           r"\((\d+\.\d)x the (\d+) MB it had when ready\)", start=mark)
+    grown, ratio, ready = int(line.group(1)), float(line.group(2)), int(line.group(3))
+    assert grown >= ready + 100 and ratio >= 2.0
