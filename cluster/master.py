@@ -288,9 +288,9 @@ class Master:
                 self.finish()
             return
         slot = self.rollout.slot_of(worker)
-        if slot is not None and not was_draining and self.booted:
+        if slot is not None and not was_draining and (self.booted or was_ready):
             self.supervision.died(slot, worker, code, was_ready)
-        # otherwise: drained, scaled away, or a candidate (the rollout decides)
+        # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
 
     # ---- stopping --------------------------------------------------------------------------------
 

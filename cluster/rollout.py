@@ -36,6 +36,7 @@ from typing import Generic, Protocol, TypeVar
 from prun.cluster.errors import PrunError
 from prun.cluster.log import Log
 from prun.cluster.notify import Notifier
+from prun.cluster.worker import describe_exit
 
 KILL_GRACE = 2.0  # after the drain deadline a worker was told, before SIGKILL
 
@@ -288,12 +289,8 @@ class Rollout(Generic[W]):
             except OSError as exc:
                 reason = f"cannot start worker {slot.index}: {exc.strerror or exc}"
                 break
-        pending = {c.ready for c in self.candidates}
-        while pending and reason is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            failed = next((c for c in self.candidates if c.ready in done and not ready_now(c)), None)
-            if failed is not None:
-                reason = f"{failed.describe()}: {failed.why_not_ready()}"
+        if reason is None:
+            reason = await self._until_ready(self.candidates)
         if reason is not None:
             self._abandon(self.candidates)
             return reason
@@ -303,6 +300,20 @@ class Rollout(Generic[W]):
                 self.retire(old)
         self.candidates.clear()
         return None
+
+    async def _until_ready(self, candidates: list[W]) -> str | None:
+        """None once every candidate is READY and still there; else why one is not."""
+        while True:
+            for candidate in candidates:
+                if candidate.exited.done() and ready_now(candidate):
+                    code = candidate.exited.result() if not candidate.exited.cancelled() else 0
+                    return f"{candidate.describe()}: it {describe_exit(code)} right after it was ready"
+                if candidate.ready.done() and not ready_now(candidate):
+                    return f"{candidate.describe()}: {candidate.why_not_ready()}"
+            waiting = [f for c in candidates for f in (c.ready, c.exited) if not f.done()]
+            if all(ready_now(c) for c in candidates):
+                return None
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
     async def _reload(self) -> None:
         began = time.monotonic()

@@ -381,3 +381,20 @@ async def test_a_config_that_no_longer_parses_fails_the_reload_before_any_worker
     await settle(h.rollout.idle())
     h.line(r"reload failed: unknown setting 'bogus' in prun.toml; every worker keeps serving gen 1$")
     assert len(sup.spawned) == 2 and h.rollout.newest == 1
+
+
+@run
+async def test_a_new_worker_that_dies_after_ready_while_its_batch_boots_fails_the_batch() -> None:
+    sup = FakeSupervisor(Settings(reload_batch=2))
+    h = Harness(sup, instances=2)
+    old = await h.start()
+    sup.boot = lambda w: w.become_ready() if w.slot == 0 else None  # slot 1's candidate is slow
+    h.rollout.request_reload()
+    await until(lambda: len(sup.of(2)) == 2 and sup.of(2)[0].state == "ready", "slot 0's candidate ready")
+    early, slow = sup.of(2)
+    early.exit(-11)  # crashes while its batch still boots: it must not take slot 0 as a dead worker
+    slow.become_ready()
+    await settle(h.rollout.idle())
+    h.line(rf"reload failed: worker 0 \(pid {early.pid}, gen 2\): it was killed by SIGSEGV right after it was ready; "
+           r"every worker keeps serving gen 1$")
+    assert [s.worker for s in h.rollout.slots] == old and sup.did("drain") == [slow]

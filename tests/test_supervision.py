@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 
 import psutil
 
-from tests.support import wait_until
+from tests.support import APPS, echo, wait_until
 
 
 def _ask(port: int, command: bytes) -> int:
@@ -93,3 +94,21 @@ def test_a_worker_whose_memory_doubles_is_named_in_the_log(prun):
                            r"\((\d+\.\d)x the (\d+) MB it had when ready\)", start=mark)
     grown, ratio, ready = int(line.group(1)), float(line.group(2)), int(line.group(3))
     assert grown >= ready + 100 and ratio >= 2.0
+
+
+def test_a_first_worker_that_dies_while_the_others_still_boot_is_restarted(prun, tmp_path):
+    shutil.copy(APPS / "tcp.py", tmp_path / "tcp.py")
+    (tmp_path / "service.py").write_text(
+        "import os, time\n"
+        "from tcp import handle\n"
+        "try:\n"
+        "    os.close(os.open('first', os.O_CREAT | os.O_EXCL))\n"
+        "except FileExistsError:\n"
+        "    time.sleep(3)  # every worker but the first boots slowly\n")
+    master = prun("service:handle", "-i", "2", "-b", "127.0.0.1:0", cwd=tmp_path)
+    first = int(master.wait_for(r"worker \d \(pid (\d+), gen 1\) ready").group(1))
+    os.kill(first, signal.SIGKILL)
+    master.wait_for(rf"pid {first}, gen 1\) was killed by SIGKILL; restarting it")
+    port = master.wait_ready()
+    wait_until(lambda: len(master.workers()) == 2 and first not in master.workers(), what="2 workers again")
+    assert echo(port) == b"ping\n"
