@@ -352,11 +352,14 @@ class Rollout(Generic[W]):
         groups: dict[int, list[Slot[W]]] = {}
         for slot in rest:
             groups.setdefault(slot.generation, []).append(slot)
-        mixed = "(" + "; ".join(f"slots {slot_list(group)}: gen {g}" for g, group in groups.items()) + ")"
+        if len(groups) == 1:
+            kept = f"gen {rest[0].generation}"
+        else:  # an earlier reload failed half-way too
+            kept = "(" + "; ".join(f"slots {slot_list(group)}: gen {g}" for g, group in groups.items()) + ")"
         if not rolled:
-            return f"every worker keeps serving {f'gen {rest[0].generation}' if len(groups) == 1 else 'its generation ' + mixed}"
+            return f"every worker keeps serving {kept if len(groups) == 1 else 'its generation ' + kept}"
         return (f"{len(rolled)} workers (slots {slot_list(rolled)}) already run gen {generation}, the other "
-                f"{len(rest)} (slots {slot_list(rest)}) keep {f'gen {rest[0].generation}' if len(groups) == 1 else 'their generations ' + mixed}")
+                f"{len(rest)} (slots {slot_list(rest)}) keep {kept if len(groups) == 1 else 'their generations ' + kept}")
 
     async def _recycle(self, worker: W, why: str) -> None:
         slot = self.slot_of(worker)
