@@ -1,4 +1,4 @@
-"""Supervision: keeps every slot's worker alive, and nothing else.
+"""Supervision: keeps every slot's worker alive, and lets nothing a worker started outlive it.
 
 A slot's own worker that exits while not draining is restarted with exponential backoff (100 ms x1.5,
 capped at 15 s, reset once a worker was up 30 s). A worker whose loop sent no heartbeat for --timeout
@@ -43,7 +43,7 @@ def become_subreaper() -> bool:
 
 
 class Supervision:
-    """Restarts what died, aborts what hangs."""
+    """Restarts what died, aborts what hangs, stops what a worker left behind."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess],
                  workers: dict[int, WorkerProcess]) -> None:

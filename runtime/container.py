@@ -37,6 +37,9 @@ def die_with_parent(master_pid: int) -> None:
         os._exit(1)
 
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
 def resident_bytes() -> int:
     """This process's resident memory (0 if unknown); read once per heartbeat, not per report."""
     try:
@@ -44,9 +47,6 @@ def resident_bytes() -> int:
             return int(statm.read().split()[1]) * PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return 0
-
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def listening_fds() -> list[int]:
