@@ -132,6 +132,13 @@ class Harness:
         await asyncio.wait([w.ready for w in first])
         return first
 
+    async def reload_until_first_candidate(self) -> FakeWorker:
+        """Begin a reload whose first new worker boots until the test makes it ready."""
+        self.sup.boot = hangs(generation=2)
+        self.rollout.request_reload()
+        await until(lambda: self.sup.of(2), "the reload's first candidate")
+        return self.sup.of(2)[0]
+
     @property
     def lines(self) -> list[str]:
         return self.stream.getvalue().splitlines()
@@ -225,9 +232,7 @@ async def test_hups_during_a_reload_are_queued_and_merged_into_one_more_reload()
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the first reload's candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_reload()
     h.rollout.request_reload()
     assert h.lines.count("prun: reload already queued") == 1
@@ -305,9 +310,7 @@ async def test_scaling_during_a_reload_waits_for_it_then_applies_to_the_new_gene
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the reload's first candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_scale(delta)
     sup.boot = FakeWorker.become_ready
     sup.of(2)[0].become_ready()
@@ -326,9 +329,7 @@ async def test_a_recycle_during_a_reload_waits_and_is_dropped_if_the_reload_repl
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     old = await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the reload's first candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_recycle(old[1], "served 10 requests")  # the reload is about to replace it anyway
     first_new = sup.of(2)[0]
     first_new.become_ready()
