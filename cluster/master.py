@@ -55,7 +55,7 @@ class Master:
         self.started = time.monotonic()
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
-        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances)
+        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
         self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
@@ -86,6 +86,7 @@ class Master:
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
+                self.rollout.release()
             code = await self.finished
             await self.supervision.sweep()
             return code

@@ -12,7 +12,8 @@ It owns the slot table, the generations and the queue of requested operations:
     recycle          the same step for one slot (max-requests): the worker is replaced, losslessly
     scale +1 / -1    a new slot once its first worker is READY / the last slot's worker drains
 
-Operations run one after another. A HUP while a reload waits in the queue is merged into it
+Operations run one after another, and none before the first generation is ready (they wait in the
+queue: a worker still booting its first time is nobody's to replace). A HUP while a reload waits in the queue is merged into it
 ("reload already queued"): two HUPs during one reload give exactly one more. `stop` (TERM) drops the
 queue and ends the running operation at once: its candidates are drained or killed, none is left.
 
@@ -156,7 +157,7 @@ class Rollout(Generic[W]):
     """The slot table, its generations, and the queue of operations that replace workers."""
 
     def __init__(self, supervisor: Supervisor[W], settings: Settings, log: Log, notifier: Notifier | None = None,
-                 instances: int = 1, kill_grace: float = KILL_GRACE) -> None:
+                 instances: int = 1, kill_grace: float = KILL_GRACE, held: bool = False) -> None:
         self.supervisor = supervisor
         self.settings = settings  # replaced by what reconfigure returns at each reload
         self.log = log
@@ -170,6 +171,7 @@ class Rollout(Generic[W]):
         self.running: Operation[W] | None = None
         self.candidates: list[W] = []  # started by the running operation, no slot's own yet
         self.stopped = False
+        self.held = held  # operations wait in the queue until release() (the first generation boots)
         self._task: asyncio.Task[None] | None = None
         self._drain_deadlines: dict[W, asyncio.TimerHandle] = {}
 
@@ -190,6 +192,11 @@ class Rollout(Generic[W]):
 
     def request_scale(self, delta: int) -> None:
         self._enqueue(Scale(delta))
+
+    def release(self) -> None:
+        """Run the operations asked while held (the first generation is ready now)."""
+        self.held = False
+        self._kick()
 
     def stop(self) -> None:
         """The master stops: drop the queue, end the running operation; its candidates go at once."""
@@ -261,7 +268,10 @@ class Rollout(Generic[W]):
         if self.stopped:
             return
         self.queue.append(op)
-        if self._task is None or self._task.done():
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.queue and not self.held and (self._task is None or self._task.done()):
             self._task = self.loop.create_task(self._run())
 
     async def _run(self) -> None:

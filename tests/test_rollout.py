@@ -399,3 +399,20 @@ async def test_a_new_worker_that_dies_after_ready_while_its_batch_boots_fails_th
     h.line(rf"reload failed: worker 0 \(pid {early.pid}, gen 2\): it was killed by SIGSEGV right after it was ready; "
            r"every worker keeps serving gen 1$")
     assert [s.worker for s in h.rollout.slots] == old and sup.did("drain") == [slow]
+
+
+@run
+async def test_operations_asked_while_the_first_generation_boots_wait_until_it_is_ready() -> None:
+    sup = FakeSupervisor()
+    stream = io.StringIO()
+    rollout: Rollout[FakeWorker] = Rollout(sup, sup.settings, Log(stream=stream), instances=2, held=True)
+    first = [rollout.fill(slot) for slot in rollout.slots]
+    rollout.request_scale(-1)
+    rollout.request_reload()
+    await asyncio.sleep(0.01)
+    assert len(sup.spawned) == 2 and not sup.did("drain") and not sup.did("kill")  # nothing touched
+    await asyncio.wait([w.ready for w in first])
+    rollout.release()
+    await settle(rollout.idle())
+    assert stream.getvalue().splitlines()[0] == "prun: scaled down to 1 workers"
+    assert [(s.index, s.worker.generation) for s in rollout.slots if s.worker] == [(0, 2)]
