@@ -27,6 +27,8 @@ from prun.cluster.supervision import Supervision
 from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
 from prun.runtime import channel
 
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
+           signal.SIGUSR1, signal.SIGCHLD)
 STOP_GRACE = 1.0  # a fast stop: after SIGQUIT, before SIGKILL
 WATCHDOG_INTERVAL = 0.5
 
@@ -68,9 +70,9 @@ class Master:
     # ---- the main line -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
-                       signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+        for signum in SIGNALS:
             self.loop.add_signal_handler(signum, self.dispatch, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # what came meanwhile is dispatched now
         self.reap()  # anything that exited before the handler was in place
         if self.container:
             self.log.info(f"container mode{' (PID 1)' if os.getpid() == 1 else ''}: reaping every child")
@@ -332,6 +334,10 @@ class Master:
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
         notifier: Notifier | None = None) -> int:
     """Run a master until it stops; its exit code."""
+    # A HUP or TTOU sent right after `listening on` must not find the default action (exit, stop):
+    # they wait, blocked, until the master's handlers are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
     async def main() -> int:
         return await Master(config, listeners, log, reconfigure, notifier).run()
 

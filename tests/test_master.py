@@ -202,8 +202,8 @@ def test_workers_keep_the_masters_listen_backlog(prun):
 
 def test_ttou_and_hup_during_start_up_wait_for_the_first_generation(prun):
     master = prun("lifecycle:handle", "-i", "2", "-b", "127.0.0.1:0", env={"SLOW_IMPORT": "1"})
-    wait_until(lambda: len(master.workers()) == 2, what="2 workers importing the app")  # (signals are handled)
-    master.signal(signal.SIGTTOU)  # while both still import it
+    master.wait_for("listening on")
+    master.signal(signal.SIGTTOU)  # while both workers still import the app, or even before they start
     master.signal(signal.SIGHUP)
     master.wait_for(r"ready: 2 workers")
     master.wait_for("scaled down to 1 workers")
