@@ -3,7 +3,10 @@
 A connection goes over the worker's control channel (SCM_RIGHTS) to the READY, non-draining worker
 with the fewest open connections (ties in turn). The master keeps its copy of each handed-off
 connection until the worker acknowledges it, so one that was queued to a worker that died is handed
-to another instead of being dropped. In `shared` mode none of this runs: the kernel balances.
+to another instead of being dropped. A worker sitting on a hand-off it has not acknowledged (stopped,
+or its loop blocked) gets new connections only when no other can take them; what waits in the master
+goes out as soon as a worker acknowledges. Out of fds, accepting pauses on a timer instead of spinning.
+In `shared` mode none of this runs: the kernel balances.
 """
 
 from __future__ import annotations
