@@ -82,7 +82,7 @@ class Master:
             self.balancer.start()
         for slot in self.slots:
             self.supervision.start(slot)
-        tick = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
@@ -90,10 +90,11 @@ class Master:
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
                 self.rollout.release()
             code = await self.finished
+            self.ticking.cancel()  # nothing else touches the processes the sweep stops
             await self.supervision.sweep()
             return code
         finally:
-            tick.cancel()
+            self.ticking.cancel()
             if self.health:
                 self.health.close()
 
@@ -116,7 +117,7 @@ class Master:
         """Murder the hung (the count is kept by supervision's restarts)."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
         self.supervision.stop_orphans()
-        self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ capped at 15 s, reset once a worker was up 30 s). A worker whose loop sent no he
 gets SIGABRT (faulthandler prints its stack), then SIGKILL.
 
 Processes an app started do not outlive their worker: the master is a child subreaper, so a worker's
-orphaned descendants become the master's children, and every child that is no worker gets SIGTERM, then
-SIGKILL if it is still there a grace later (at a stop, before the master exits). As PID 1 the master
-adopts every orphan of the container, so there it leaves them alone: the container's end takes them.
+orphaned descendants become the master's children. One whose worker has exited (it carries the worker's
+$PRUN_WORKER) gets SIGTERM, then SIGKILL if it is still there a grace later; at a stop, before the master
+exits, every one does. (A double-forked helper of a worker that still serves is left alone.) As PID 1
+the master adopts every orphan of the container, so there it leaves them alone: the container's end
+takes them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import psutil
 
 from prun.cluster.log import Log
 from prun.cluster.rollout import Rollout, Slot
-from prun.cluster.worker import State, WorkerProcess, describe_exit
+from prun.cluster.worker import TOKEN_VARIABLE, State, WorkerProcess, describe_exit
 
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 1.5
@@ -116,20 +118,26 @@ class Supervision:
     def worker_gone(self) -> None:
         self.orphans_due = self.adopting
 
-    def stop_orphans(self, kill_now: bool = False) -> bool:
-        """SIGTERM each child that is no worker (a worker left it behind), SIGKILL it a grace later; any left?"""
-        if not self.orphans_due:
+    def stop_orphans(self, kill_now: bool = False, every: bool = False) -> bool:
+        """SIGTERM each adopted process whose worker is gone (`every`: each one), SIGKILL it a grace later.
+
+        True while some are left.
+        """
+        if not (self.orphans_due or every):
             return False
         try:
             children = psutil.Process().children()
         except psutil.Error:
             return False
         now = time.monotonic()
+        serving = {worker.token for worker in self.workers.values()}
         left: dict[int, float] = {}
         for child in children:
             try:
                 if child.pid in self.workers or child.status() == psutil.STATUS_ZOMBIE:
                     continue
+                if not every and child.environ().get(TOKEN_VARIABLE, "") in serving | {""}:
+                    continue  # its worker still serves (or it cleared its environment): the stop takes it
                 told = self.orphans.get(child.pid)
                 if told is None:
                     self.log.warning(f"process {child.pid} ({child.name()}) was left behind by a worker: stopping it")
@@ -141,12 +149,11 @@ class Supervision:
             except psutil.Error:
                 continue
         self.orphans = left
-        self.orphans_due = bool(left)  # killing one may orphan its own children: look again
+        self.orphans_due = bool(left)  # stopping one may orphan its own children: look again
         return bool(left)
 
     async def sweep(self) -> None:
         """At exit: what the workers left behind goes too (SIGKILL for what is still there a grace later)."""
-        self.orphans_due = self.adopting
         deadline = time.monotonic() + ORPHAN_GRACE
-        while self.stop_orphans(kill_now=time.monotonic() >= deadline):
+        while self.adopting and self.stop_orphans(kill_now=time.monotonic() >= deadline, every=True):
             await asyncio.sleep(0.05)

@@ -21,6 +21,9 @@ from prun.runtime.options import WorkerOptions
 _SHIM = "import sys; del sys.path[0]; from prun.runtime.container import main; main()"
 
 
+TOKEN_VARIABLE = "PRUN_WORKER"
+
+
 def exit_status(code: int) -> int:
     """A child's status as a shell shows it: its exit code, or 128+N for signal N."""
     return 128 - code if code < 0 else code
@@ -73,6 +76,8 @@ class WorkerProcess:
     waiting_since: float = 0.0  # loop time of the oldest hand-off it has not acknowledged (about)
     # --log-format json: the read ends of the worker's stdout and stderr pipes
     outputs: dict[int, str] = field(default_factory=dict)
+    # $PRUN_WORKER in its environment, inherited by what the app starts: whose a process left behind is
+    token: str = field(default_factory=lambda: os.urandom(8).hex())
 
     @property
     def alive(self) -> bool:
@@ -112,6 +117,7 @@ def spawn(
     env.update(options.env)
     env["PRUN_CHANNEL_FD"] = str(worker_end.fileno())
     env["PRUN_MASTER_PID"] = str(os.getpid())
+    env[TOKEN_VARIABLE] = worker.token
     os.set_inheritable(worker_end.fileno(), True)
     actions = []
     child_ends = []

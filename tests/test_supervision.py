@@ -12,10 +12,16 @@ import psutil
 from tests.support import APPS, echo, wait_until
 
 
-def _ask(port: int, command: bytes) -> int:
+def _start(port: int, command: bytes) -> tuple[int, int]:
+    """Ask the forks app to start a child: (its pid, the pid of the worker that started it)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(command + b"\n")
-        return int(sock.makefile("rb").readline())
+        child, worker = sock.makefile("rb").readline().split()
+        return int(child), int(worker)
+
+
+def _ask(port: int, command: bytes) -> int:
+    return _start(port, command)[0]
 
 
 def _gone(pid: int) -> bool:
@@ -81,6 +87,28 @@ def test_children_of_a_replaced_worker_are_stopped_after_it_exits(prun):
         assert master.proc.poll() is None
     finally:
         _kill(children)
+
+
+def test_a_helper_double_forked_by_a_serving_worker_is_left_alone_until_that_worker_is_gone(prun):
+    master = prun("forks:handle", "-i", "2", "-b", "127.0.0.1:0")
+    port = master.wait_ready()
+    helper, owner = _start(port, b"helper")  # its shell exited: the master adopted it at once
+    started = [helper]
+    try:
+        while True:  # a child of the other worker
+            child, worker = _start(port, b"spawn")
+            started.append(child)
+            if worker != owner:
+                break
+        mark = master.mark()
+        os.kill(worker, signal.SIGKILL)
+        master.wait_for(rf"process {child} \(python\S*\) was left behind by a worker: stopping it", start=mark)
+        assert not _gone(helper), "the helper of a worker that still serves was stopped"
+        os.kill(owner, signal.SIGKILL)
+        master.wait_for(rf"process {helper} \(python\S*\) was left behind by a worker: stopping it", start=mark)
+        wait_until(lambda: _gone(helper), what="the helper to end")
+    finally:
+        _kill(started)
 
 
 def test_a_worker_whose_memory_doubles_is_named_in_the_log(prun):

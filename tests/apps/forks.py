@@ -1,8 +1,11 @@
 """A line app that starts children, for prun's tests of what outlives a worker.
 
-    fork        os.fork() a child that sleeps a minute; answer its pid
-    spawn       subprocess.Popen a sleeping interpreter; answer its pid
+Each command answers "CHILD_PID WORKER_PID".
+
+    fork        os.fork() a child that sleeps a minute
+    spawn       subprocess.Popen a sleeping interpreter
     stubborn    the same, one that ignores SIGTERM
+    helper      a sleeping interpreter started in the background by a shell that exits at once
 """
 
 import asyncio
@@ -29,8 +32,11 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             if pid == 0:
                 time.sleep(60)
                 os._exit(0)
+        elif command == "helper":
+            shell = f"'{sys.executable}' -c 'import time; time.sleep(60)' >/dev/null 2>&1 & echo $!"
+            pid = int(subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True).stdout)
         else:
             pid = spawn(ignore_term=command == "stubborn")
-        writer.write(f"{pid}\n".encode())
+        writer.write(f"{pid} {os.getpid()}\n".encode())
         await writer.drain()
     writer.close()
