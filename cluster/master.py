@@ -27,6 +27,8 @@ from prun.cluster.supervision import Supervision
 from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
 from prun.runtime import channel
 
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
+           signal.SIGUSR1, signal.SIGCHLD)
 STOP_GRACE = 1.0  # a fast stop: after SIGQUIT, before SIGKILL
 WATCHDOG_INTERVAL = 0.5
 
@@ -55,8 +57,8 @@ class Master:
         self.started = time.monotonic()
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
-        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances)
-        self.supervision = Supervision(self.loop, log, self.rollout)
+        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
+        self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
         self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
@@ -68,9 +70,9 @@ class Master:
     # ---- the main line -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
-                       signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+        for signum in SIGNALS:
             self.loop.add_signal_handler(signum, self.dispatch, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # what came meanwhile is dispatched now
         self.reap()  # anything that exited before the handler was in place
         if self.container:
             self.log.info(f"container mode{' (PID 1)' if os.getpid() == 1 else ''}: reaping every child")
@@ -80,15 +82,19 @@ class Master:
             self.balancer.start()
         for slot in self.slots:
             self.supervision.start(slot)
-        tick = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
-            return await self.finished
+                self.rollout.release()
+            code = await self.finished
+            self.ticking.cancel()  # nothing else touches the processes the sweep stops
+            await self.supervision.sweep()
+            return code
         finally:
-            tick.cancel()
+            self.ticking.cancel()
             if self.health:
                 self.health.close()
 
@@ -110,7 +116,8 @@ class Master:
     def tick(self) -> None:
         """Murder the hung (the count is kept by supervision's restarts)."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
-        self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.supervision.stop_orphans()
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -205,10 +212,14 @@ class Master:
             worker.last_heartbeat = time.monotonic()
             worker.conns = msg.conns
             worker.requests = msg.requests
+            worker.rss = msg.rss
+            if worker.rss_told and msg.rss >= 2 * worker.rss_told:
+                self.supervision.memory_grew(worker)
             if self.balancer:
                 self.balancer.acknowledged(worker, msg.accepted)
         elif isinstance(msg, channel.Ready):
             worker.state = State.READY
+            worker.rss = worker.rss_ready = worker.rss_told = msg.rss
             worker.last_heartbeat = time.monotonic()
             if not worker.ready.done():
                 worker.ready.set_result(True)
@@ -240,7 +251,7 @@ class Master:
             "uptime": round(now - self.started, 3),
             "workers": [
                 {"slot": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state.value,
-                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests,
+                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests, "rss": w.rss,
                  "restarts": self.slots[w.slot].restarts if w.slot < len(self.slots) else 0}
                 for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))
             ],
@@ -275,14 +286,15 @@ class Master:
             worker.exited.set_result(code)
         if self.balancer:
             self.balancer.gone(worker)
+        self.supervision.worker_gone()
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
             return
         slot = self.rollout.slot_of(worker)
-        if slot is not None and not was_draining and self.booted:
+        if slot is not None and not was_draining and (self.booted or was_ready):
             self.supervision.died(slot, worker, code, was_ready)
-        # otherwise: drained, scaled away, or a candidate (the rollout decides)
+        # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -323,6 +335,10 @@ class Master:
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
         notifier: Notifier | None = None) -> int:
     """Run a master until it stops; its exit code."""
+    # A HUP or TTOU sent right after `listening on` must not find the default action (exit, stop):
+    # they wait, blocked, until the master's handlers are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
     async def main() -> int:
         return await Master(config, listeners, log, reconfigure, notifier).run()
 

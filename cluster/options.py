@@ -235,7 +235,8 @@ class Config:
         "to the least busy worker; shared: the kernel balances.", worker=True)
     graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
         reload=True)
-    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready.", reload=True)
+    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready (0: no limit).",
+        reload=True)
     timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
         reload=True)
     reload_batch: int = option(parse_int, 1, "Workers replaced at a time during a reload.", reload=True)
