@@ -49,6 +49,7 @@ SHAPES: dict[str, servers.App] = {
 }
 DEFAULT_SHAPES = [s for s in SHAPES if s != "hello_lists"]
 CONNECTION_MODES = ("keepalive", "close")
+BUSY_CPU = 30.0  # % of all CPUs in use before a shape, every server stopped: other work is running
 # how each throughput scenario runs: workers, the server's CPUs, wrk's threads and CPUs
 MODES = {
     "pinned": {"instances": 1, "cpus": "0", "wrk_threads": 1, "wrk_cpus": "1",
@@ -142,6 +143,9 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
             if prun is None or name == prun or not values or not figures[prun]:
                 continue
             block["ratios"][name] = ratio_spread(figures[prun], values)
+            if cpu.get(name) and cpu.get(prun):
+                # the peer's CPU time per request over prun's, round by round: prun's lead in efficiency
+                block.setdefault("cpu_ratios", {})[name] = ratio_spread(cpu[name], cpu[prun])
             note = spread_note(prun, figures[prun], name, values)
             if note:
                 block["notes"].append(note)
@@ -192,8 +196,8 @@ def cell(block: dict, name: str) -> str | None:
     return fmt_spread(block["spread"].get(name))
 
 
-def ratio_cell(block: dict, name: str) -> str | None:
-    r = block["ratios"].get(name)
+def ratio_cell(block: dict, name: str, key: str = "ratios") -> str | None:
+    r = block.get(key, {}).get(name)
     if not r or r.get("median") is None:
         return None
     if r["n"] == 1:
@@ -236,20 +240,28 @@ def markdown(data: dict) -> str:
                     rows.append([e["shape"], conn] + [cell(block, n) for n in names]
                                 + [ratio_cell(block, p) for p in peers])
                     cpu_rows.append([e["shape"], conn] + [fmt_spread(block.get("cpu_us_per_request", {}).get(n), 1)
-                                                          for n in names])
+                                                          for n in names]
+                                    + [ratio_cell(block, p, "cpu_ratios") for p in peers])
                     notes += [f"{e['shape']}, {conn}: {note}" for note in block["notes"]]
                 if e.get("failed_to_start"):
                     notes.append(f"{e['shape']}: could not start {', '.join(e['failed_to_start'])}")
             out += [table(header, rows), "",
                     "Server CPU time per request, µs (every process of the server's tree, user + system; "
-                    "median (min-max)): less disturbed by other load than req/s.", "",
-                    table(["shape", "connection"] + names, cpu_rows), ""]
+                    "median (min-max)), and the peer's over prun's, round by round: less disturbed by other "
+                    "load than req/s, and with one CPU-bound worker it is what bounds req/s.", "",
+                    table(["shape", "connection"] + names + [f"{p} / {prun} CPU" for p in peers], cpu_rows), ""]
         if notes:
             out += ["Spread notes (a ratio whose note is here is not a measured difference):", ""]
             out += [f"- {note}" for note in notes] + [""]
         loads = [e["load_before"][0] for e in shapes if e.get("load_before")]
         if loads:
-            out += [f"Load average (1 min) before each shape: {', '.join(f'{x:.2f}' for x in loads)}.", ""]
+            out += [f"Load average (1 min) before each shape: {', '.join(f'{x:.2f}' for x in loads)} (the "
+                    "previous shape's own load decays into it).", ""]
+        busy = [f"{e['shape']} ({e['cpu_busy_before']:.0f}%)" for e in shapes
+                if (e.get("cpu_busy_before") or 0) >= BUSY_CPU]
+        if busy:
+            out += [f"**Other work used the CPUs before these shapes, with every server stopped**: "
+                    f"{', '.join(busy)}: their figures are suspect.", ""]
     return "\n".join(out)
 
 

@@ -131,16 +131,17 @@ def wait_quiet(log, limit: float = 90.0, threshold: float = 30.0) -> float:  # n
             said = True
 
 
-def affinity(pid: int) -> dict[str, list[int]]:
-    """The CPUs each process of a tree may run on, by role (`master` is `pid`, the others its descendants)."""
+def affinity(pid: int) -> dict[str, dict[str, object]]:
+    """The CPUs each process of a tree may run on and its threads, by role (`master` is `pid`, then its
+    descendants): how many runnable threads a server puts on a CPU decides its share of a busy CPU."""
     import psutil
 
-    out: dict[str, list[int]] = {}
+    out: dict[str, dict[str, object]] = {}
     try:
         root = psutil.Process(pid)
-        out["master"] = sorted(root.cpu_affinity() or [])
-        for i, child in enumerate(root.children(recursive=True)):
-            out[f"child{i}"] = sorted(child.cpu_affinity() or [])
+        for i, proc in enumerate([root, *root.children(recursive=True)]):
+            out["master" if i == 0 else f"child{i}"] = {"cpus": sorted(proc.cpu_affinity() or []),
+                                                         "threads": proc.num_threads(), "name": proc.name()}
     except (psutil.Error, AttributeError):
         pass
     return out

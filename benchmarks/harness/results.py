@@ -50,7 +50,7 @@ class Context:
     @property
     def quiet_limit(self) -> float:
         """Seconds a scenario waits for idle CPUs before measuring anyway."""
-        return 10.0 if self.quick else 90.0
+        return 10.0 if self.quick or self.busy else 90.0
 
     @property
     def label(self) -> str | None:

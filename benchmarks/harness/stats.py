@@ -45,7 +45,7 @@ def ratio_spread(a: list[float], b: list[float]) -> dict[str, float | int | None
 def spread_note(a_name: str, a: list[float], b_name: str, b: list[float]) -> str | None:
     """A note when the claim "a is x times b" is not shown by these rounds, or needs a caveat.
 
-    The claim is the ratio of the medians. It is *within noise* when the ratios of the same rounds fall on
+    The claim is the median of the per-round ratios (as the tables give it). It is *within noise* when the ratios of the same rounds fall on
     both sides of 1, or when their range is wider than the claimed difference (|ratio - 1|). Otherwise,
     when the figures themselves swung more than the difference (a machine whose speed drifted), the note
     says so and that the ratio held from round to round (interleaving pairs the rounds)."""
@@ -55,7 +55,7 @@ def spread_note(a_name: str, a: list[float], b_name: str, b: list[float]) -> str
     ratios = paired_ratios(a, b)
     if not ma or not mb or not ratios:
         return None
-    claim = ma / mb
+    claim = statistics.median(ratios)
     diff = abs(claim - 1)
     low, high = min(ratios), max(ratios)
     if low < 1 < high or high - low > diff:
