@@ -24,6 +24,7 @@ spread is wider than the difference. A run on a busy machine is refused (see har
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -169,7 +170,7 @@ def reload_under_load(ctx: Context, hups: int, seconds: float) -> dict:
         time.sleep(1.0)
         interval = (seconds - 3.0) / hups
         for _ in range(hups):
-            signal_master(server)
+            os.kill(server.master_pid, signal.SIGHUP)
             time.sleep(interval)
         load.join(seconds + 60)
         time.sleep(0.5)
@@ -184,12 +185,6 @@ def reload_under_load(ctx: Context, hups: int, seconds: float) -> dict:
             f"{sum(run['socket_errors'].values())}, non-2xx {run['non2xx']}")
     return {"hups": hups, "seconds": seconds, "reloads_completed": completed, "reloads_failed": failed,
             "balance": getattr(server, "balance", None), **run}
-
-
-def signal_master(server: servers.Server) -> None:
-    import os
-
-    os.kill(server.master_pid, signal.SIGHUP)
 
 
 def cell(block: dict, name: str) -> str | None:
@@ -283,17 +278,17 @@ def plot(ctx: Context, data: dict) -> str | None:
         names: list[str] = []
         for e in entries:
             names += [n for n in e["servers"] if n not in names]
-        width = 0.8 / max(1, len(names))
-        for j, name in enumerate(names):
-            xs, ys, lo, hi = [], [], [], []
-            for i, e in enumerate(entries):
-                s = e["connections"]["keepalive"]["spread"].get(name)
-                if s and s["median"] is not None:
-                    xs.append(i - 0.4 + width * (j + 0.5))
-                    ys.append(s["median"])
-                    lo.append(s["median"] - s["min"])
-                    hi.append(s["max"] - s["median"])
-            ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=2, label=name)
+        colors = {name: f"C{j}" for j, name in enumerate(names)}
+        labelled: set[str] = set()
+        for i, e in enumerate(entries):
+            shown = [n for n in e["servers"] if e["connections"]["keepalive"]["spread"].get(n, {}).get("median")]
+            width = 0.8 / max(1, len(shown))
+            for j, name in enumerate(shown):
+                s = e["connections"]["keepalive"]["spread"][name]
+                ax.bar(i - 0.4 + width * (j + 0.5), s["median"], width * 0.9, color=colors[name],
+                       yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]], capsize=2,
+                       label=None if name in labelled else name)
+                labelled.add(name)
         ax.set_xticks(range(len(entries)), [e["shape"] for e in entries])
         ax.set_ylabel("req/s (keep-alive)")
         ax.set_title(f"{mode_name}: median of {data['rounds']} rounds, whiskers min-max", fontsize=10)
@@ -337,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"benchmarks: missing {', '.join(missing)} (apt-get install wrk util-linux)", file=sys.stderr)
         return 1
-    if "pinned" in names and (machine.os.cpu_count() or 1) < 2:
+    if "pinned" in names and (os.cpu_count() or 1) < 2:
         print("benchmarks: the pinned scenario needs 2 CPUs", file=sys.stderr)
         return 1
     rounds = args.rounds or (2 if args.quick else 5)
