@@ -44,8 +44,8 @@ SHAPES: dict[str, servers.App] = {
     "lifespan": servers.App("shapes:lifespan"),
     "body16k": servers.App("shapes:body16k"),
     "json": servers.App("shapes:json"),
-    "fastapi": servers.App("fastapi_json:app"),
-    "flask": servers.App("flask_json:app", "wsgi"),
+    "fastapi": servers.App("fastapi_json:app", needs="fastapi"),
+    "flask": servers.App("flask_json:app", "wsgi", needs="flask"),
     "hello_lists": servers.App("shapes:hello_lists"),  # only when named: prun's head cache off
 }
 DEFAULT_SHAPES = [s for s in SHAPES if s != "hello_lists"]
@@ -92,6 +92,9 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
     mode = MODES[mode_name]
     app = SHAPES[shape]
     names = peers_for(app, chosen)
+    if app.missing():
+        ctx.log(f"{mode_name} / {shape}: skipped: {app.missing()}")
+        return {"shape": shape, "app": app.target, "interface": app.interface, "skipped": app.missing()}
     ctx.log(f"{mode_name} / {shape}: {', '.join(names)}")
     entry: dict = {"shape": shape, "app": app.target, "interface": app.interface, "load_before": machine.loadavg(),
                    "cpu_busy_before": machine.wait_quiet(ctx.log, limit=ctx.quiet_limit)}
@@ -218,7 +221,7 @@ def markdown(data: dict) -> str:
                     f"- throughput during reloads: {r['requests_per_s']:,.0f} req/s", ""]
             continue
         out += [f"## {mode_name}", "", MODES[mode_name]["description"], ""]
-        notes: list[str] = []
+        notes: list[str] = [f"{e['shape']}: skipped: {e['skipped']}" for e in shapes if e.get("skipped")]
         for interface in ("asgi", "wsgi"):
             entries = [e for e in shapes if e.get("interface") == interface and e.get("connections")]
             if not entries:

@@ -101,3 +101,11 @@ def test_cpu_model() -> None:
     info = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\ncpu MHz\t\t: 2450.000\ncpu MHz\t\t: 2550.000\n"
     assert machine.cpu_model(info) == "AMD EPYC 7B13"
     assert machine.cpu_mhz(info) == 2500
+
+
+def test_app_without_its_framework_is_skipped() -> None:
+    from benchmarks.harness.servers import App
+
+    assert App("x:app", needs="prun_no_such_framework").missing() == (
+        "prun_no_such_framework is not installed (pip install -e '.[bench]')")
+    assert App("x:app", needs="json").missing() is None and App("x:app").missing() is None

@@ -43,6 +43,15 @@ class App:
     target: str
     interface: str = "asgi"
     directory: Path = APPS
+    needs: str | None = None  # a module the app imports (e.g. "fastapi"): without it the app is skipped
+
+    def missing(self) -> str | None:
+        """Why this app cannot run here (its framework is not installed), or None."""
+        import importlib.util
+
+        if self.needs and importlib.util.find_spec(self.needs) is None:
+            return f"{self.needs} is not installed (pip install -e '.[bench]')"
+        return None
 
 
 TINY = App("tiny:app")
@@ -496,7 +505,7 @@ def make(name: str, instances: int, port: int | None = None, app: App = TINY, cp
     if name == "control-kill-restart":
         return KillRestart(instances, port, app, cpus)
     if name == "granian-wsgi":
-        app = App(app.target, "wsgi", app.directory)
+        app = App(app.target, "wsgi", app.directory, app.needs)
     server = CLASSES[name](instances, port, app, cpus)
     server.name = name
     return server
