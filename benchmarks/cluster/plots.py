@@ -189,7 +189,7 @@ def summary(results: dict[str, dict | None], images: dict[str, str | None]) -> s
     lines = [
         "# prun cluster benchmarks: summary",
         "",
-        "Run them with `python -m benchmarks.cluster` (all scenarios, about 11 minutes on 2 CPUs) or "
+        "Run them with `python -m benchmarks.cluster` (all scenarios, about 15 minutes on 2 CPUs) or "
         "`python -m benchmarks.cluster --quick`, and the opt-in `python -m benchmarks.cluster reload-soak plots`; "
         "one scenario with e.g. `python -m benchmarks.cluster fairness`. "
         "Every number below comes from the `cluster-*.json` files next to this one, written by the last run of "
