@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
 from prun.runtime.http.exchange import Exchange, write_error
 from prun.runtime.http.proxy import forwarded
-
-if TYPE_CHECKING:
-    from prun.runtime.http.server import HttpServer
-
-# Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
-HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
-# After the last response on a connection, how long to wait for the client to close (lingering close).
-LINGER_SECONDS = 2.0
+from prun.runtime.http.settings import LINGER_SECONDS, LOW_WATER, Settings, Shared
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 _WATCH = frozenset((b"content-length", b"expect"))
@@ -43,16 +35,17 @@ class HttpProtocol(asyncio.Protocol):
     """Serves the requests of one connection in order, one at a time."""
 
     __slots__ = (
-        "server", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
+        "settings", "shared", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
         "draining_idle", "reused",
     )  # fmt: skip
 
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.loop = server.loop
+    def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.loop = loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
@@ -70,7 +63,7 @@ class HttpProtocol(asyncio.Protocol):
         self.current: Exchange | None = None  # the request being answered
         self.queue: deque[Exchange | int] = deque()  # pipelined requests (or an error status) waiting
         self.start_pending = False
-        self.idle_since = server.clock
+        self.idle_since = shared.clock
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[Any] = []
@@ -90,7 +83,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        server = self.server
+        shared = self.shared
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
@@ -99,12 +92,13 @@ class HttpProtocol(asyncio.Protocol):
             self.sockname = (local[0], local[1])
         elif local:
             self.sockname = (local, None)  # type: ignore[assignment]  # a unix socket: [path, None]
-        if server.proxy_headers and (self.client is None or self.client[0] in server.trusted):
+        settings = self.settings
+        if settings.proxy_headers and (self.client is None or self.client[0] in settings.trusted):
             self.watch = _WATCH_PROXY
-        if server.make_host is not None:
-            self.host = server.make_host(self)
-        server.opened(self)
-        if server.draining:
+        if shared.make_host is not None:
+            self.host = shared.make_host(self)
+        shared.opened(self)
+        if shared.draining:
             self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,7 +120,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.host is not None and not self.host_busy:
             self.host.cancel()
             self.host = None
-        self.server.closed(self)
+        self.shared.closed(self)
 
     def eof_received(self) -> bool | None:
         # The client is gone (HTTP clients do not half-close): the transport closes, the app sees
@@ -167,7 +161,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.url:
             # A head that has not ended yet: bound what httptools accumulates for us.
             self.head_bytes += len(data)
-            if self.head_bytes > self.server.limit_head:
+            if self.head_bytes > self.settings.limit_head:
                 self.reject(431)  # a URL too long is caught by on_url, as it arrives
                 return
         if self.start_pending:
@@ -176,7 +170,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.server.limit_line:
+        if len(self.url) > self.settings.limit_line:
             raise Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -190,7 +184,7 @@ class HttpProtocol(asyncio.Protocol):
         if name == b"content-length":
             if not value.isdigit():
                 raise Reject(400)
-            if int(value) > self.server.limit_body:
+            if int(value) > self.settings.limit_body:
                 raise Reject(413)
         elif name == b"expect":
             if value.lower() == b"100-continue":
@@ -201,8 +195,8 @@ class HttpProtocol(asyncio.Protocol):
             self.fwd_proto = value
 
     def on_headers_complete(self) -> None:
-        server = self.server
-        if self.head_size > server.limit_header:
+        settings = self.settings
+        if self.head_size > settings.limit_header:
             raise Reject(431)
         parser = self.parser
         url = self.url
@@ -232,13 +226,14 @@ class HttpProtocol(asyncio.Protocol):
         client = self.client
         scheme = self.scheme
         if self.fwd_for is not None or self.fwd_proto is not None:
-            client, scheme = forwarded(server.trusted, client, scheme, self.fwd_for, self.fwd_proto)
+            client, scheme = forwarded(settings.trusted, client, scheme, self.fwd_for, self.fwd_proto)
             self.fwd_for = self.fwd_proto = None
-        root = server.root_path
+        root = settings.root_path
         if root:
             path = root + path
-            raw_path = server.root_path_bytes + raw_path
-        state = server.state
+            raw_path = settings.root_path_bytes + raw_path
+        shared = self.shared
+        state = shared.state
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -254,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
             "headers": headers,
             "state": state.copy() if state else {},
         }
-        ex = server.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
+        ex = shared.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
         self.expect = False
         self.parsing = ex
         if method == b"HEAD":
@@ -269,7 +264,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         ex.received += len(body)  # type: ignore[union-attr]
-        if ex.received > self.server.limit_body:  # type: ignore[union-attr]
+        if ex.received > self.settings.limit_body:  # type: ignore[union-attr]
             raise Reject(413)
         ex.feed(body)  # type: ignore[union-attr]
 
@@ -277,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         ex.complete()  # type: ignore[union-attr]
-        if self.server.draining and self.current is ex and not self.queue:
+        if self.shared.draining and self.current is ex and not self.queue:
             self.closing = True  # the answer to this request will be the connection's last
 
     # -- flow control -------------------------------------------------------------------------------
@@ -306,12 +301,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def response_done(self, ex: Exchange, keep_alive: bool) -> None:
         """The response to `current` has been written completely."""
-        server = self.server
-        server.requests += 1
-        if server.requests == server.request_limit:
-            server.on_limit()
-        if server.access_log is not None:
-            server.access_log.write(ex)
+        shared = self.shared
+        shared.requests += 1
+        if shared.requests == shared.request_limit:
+            shared.on_limit()
+        access_log = self.settings.access_log
+        if access_log is not None:
+            access_log.write(ex.scope, ex.status, ex.sent, self.loop.time() - ex.start_time)
         if self.current is not ex:
             return
         self.current = None
@@ -322,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.queue:
             self.loop.call_soon(self.next_request)
             return
-        self.idle_since = server.clock
+        self.idle_since = shared.clock
         if self.read_paused:
             self.maybe_resume_reading()
         if self.draining_idle:
@@ -338,7 +334,7 @@ class HttpProtocol(asyncio.Protocol):
         self.current = item
         if not self.queue:
             self.maybe_resume_reading()
-            if self.server.draining and item.body_complete:
+            if self.shared.draining and item.body_complete:
                 self.closing = True
         item.run()
 
@@ -367,7 +363,7 @@ class HttpProtocol(asyncio.Protocol):
     def write_error(self, status: int) -> None:
         if not self.closed:
             write_error(self, status)
-            self.server.requests += 1
+            self.shared.counted()
         self.close_gracefully()
 
     def close_gracefully(self) -> None:
@@ -380,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed or self.lingering:
             return
         self.lingering = True
-        self.idle_since = self.server.clock
+        self.idle_since = self.shared.clock
         transport = self.transport
         if self.read_paused:
             self.read_paused = False

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from prun.runtime.http.exchange import Exchange
-from prun.runtime.http.protocol import HIGH_WATER, LOW_WATER, HttpProtocol
+from prun.runtime.http.protocol import HttpProtocol
+from prun.runtime.http.settings import HIGH_WATER, LOW_WATER
 
 
 class WsgiInput:
@@ -105,6 +106,7 @@ class WsgiExchange(Exchange):
     """A request served by a WSGI app on a pool thread."""
 
     __slots__ = ("input", "wsgi_status", "head_requested", "app_failed")
+    proto: HttpProtocol
 
     def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         super().__init__(proto, scope, keep_alive, expect)
@@ -119,14 +121,15 @@ class WsgiExchange(Exchange):
     # -- loop side --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        server = self.proto.server
-        if server.limit_concurrency and server.active >= server.limit_concurrency:
+        shared = self.proto.shared
+        limit = self.proto.settings.limit_concurrency
+        if limit and shared.active >= limit:
             self.answer_error(503)
             return
-        server.active += 1
-        assert server.executor is not None
+        shared.active += 1
+        assert shared.executor is not None
         try:
-            server.executor.submit(self.call_app, self.environ())
+            shared.executor.submit(self.call_app, self.environ())
         except RuntimeError as exc:  # the pool is shut down: the worker is stopping
             self.app_done(exc)
 
@@ -168,14 +171,14 @@ class WsgiExchange(Exchange):
 
     def environ(self) -> dict[str, Any]:
         scope = self.scope
-        server = self.proto.server
-        raw = scope["raw_path"][len(server.root_path_bytes) :]
+        settings = self.proto.settings
+        raw = scope["raw_path"][len(settings.root_path_bytes) :]
         host, port = scope["server"] or ("localhost", 80)
         if port is None:  # a unix socket
             host, port = "localhost", 80
         env: dict[str, Any] = {
             "REQUEST_METHOD": scope["method"],
-            "SCRIPT_NAME": server.root_path,
+            "SCRIPT_NAME": settings.root_path,
             "PATH_INFO": unquote_to_bytes(raw).decode("latin-1"),
             "QUERY_STRING": scope["query_string"].decode("latin-1"),
             "SERVER_NAME": str(host),
@@ -244,7 +247,7 @@ class WsgiExchange(Exchange):
     def call_app(self, environ: dict[str, Any]) -> None:
         error: BaseException | None = None
         try:
-            result = self.proto.server.app(environ, self.start_response)
+            result = self.proto.shared.app(environ, self.start_response)
             try:
                 pending = None  # one chunk held back: a one-chunk body goes out with a Content-Length
                 for chunk in result:
