@@ -139,12 +139,16 @@ class Exchange:
         # A plain keep-alive response with the same status, headers and length as an earlier one reuses
         # the head built then: apps answer with the same few heads over and over. The cache is emptied
         # every second, when the Date header changes.
+        headers = self.resp_headers
+        if type(headers) is not list and type(headers) is not tuple:
+            # Any iterable of pairs (a generator, a dict's items): read it once, here.
+            headers = self.resp_headers = list(headers)
         key: Any = None
         if (
             self.keep_alive and self.http11 and self.reason is None and not self.head_only and not self.expect
             and not proto.closing and not shared.draining
         ):  # fmt: skip
-            key = (status, -1 if more else body_len, tuple(self.resp_headers))
+            key = (status, -1 if more else body_len, tuple(headers))
             try:
                 cached = shared.heads.get(key)
             except TypeError:  # header pairs given as lists: not hashable, build the head as usual
@@ -161,7 +165,7 @@ class Exchange:
         if self.expect and not self.continued and not self.body_complete:
             keep = False  # the client may or may not send the body it announced: do not reuse the connection
         length = -1
-        for name, value in self.resp_headers:
+        for name, value in headers:
             lname = name.lower()
             if lname in _FRAMING:
                 if lname == b"content-length":

@@ -17,6 +17,15 @@ def _target(scope: dict[str, Any]) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
+def log_line(message: str) -> None:
+    """One line about a connection on stderr (a client dropped for a timeout, ...)."""
+    try:
+        sys.stderr.write(f"prun: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def log_app_error(scope: dict[str, Any], exc: BaseException | None, message: str = "") -> None:
     """One report on stderr for a request the app failed: what the request was, then the traceback."""
     what = message or "exception in the app"

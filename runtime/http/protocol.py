@@ -15,11 +15,12 @@ from urllib.parse import unquote
 import httptools
 
 from prun.runtime.http.exchange import Exchange, write_error
+from prun.runtime.http.logs import log_line
 from prun.runtime.http.proxy import forwarded
-from prun.runtime.http.settings import LINGER_SECONDS, LOW_WATER, Settings, Shared
+from prun.runtime.http.settings import FEED_SLICE, LINGER_SECONDS, LOW_WATER, PIPELINE_LIMIT, Settings, Shared
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
-_WATCH = frozenset((b"content-length", b"expect"))
+_WATCH = frozenset((b"content-length", b"expect", b"transfer-encoding"))
 _WATCH_PROXY = _WATCH | {b"x-forwarded-for", b"x-forwarded-proto"}
 
 
@@ -39,7 +40,7 @@ class HttpProtocol(asyncio.Protocol):
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
-        "draining_idle", "reused",
+        "draining_idle", "reused", "te", "head_since", "unparsed", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
     def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
@@ -78,6 +79,13 @@ class HttpProtocol(asyncio.Protocol):
         self.host_wake: asyncio.Future[None] | None = None
         self.draining_idle = False
         self.reused = False  # it has had a response: its client knows to retry on a closed keep-alive
+        self.te = False  # the head being parsed has a Transfer-Encoding
+        self.head_since = 0.0  # when the head being received began (0: none is), for --timeout-request-header
+        # Bytes read but not parsed yet: parsing waits while PIPELINE_LIMIT requests wait for their answer.
+        self.unparsed: bytearray | None = None
+        self.next_on_resume = False  # the next pipelined request waits for the client to read (resume_writing)
+        self.write_left = 0  # the write buffer at the last sweep, and since when it has not changed
+        self.write_since = 0.0
 
     # -- connection events --------------------------------------------------------------------------
 
@@ -132,6 +140,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.next_on_resume:
+            self.next_on_resume = False
+            self.loop.call_soon(self.next_request)
         waiters, self.drain_waiters = self.drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -142,6 +153,35 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # after the last response: discard whatever the client still sends
+        if self.unparsed is not None:  # (reading is paused; this is what was in flight)
+            self.unparsed += data
+        elif len(data) <= FEED_SLICE:
+            self.parse(data)
+        else:
+            self.parse_slices(data)
+
+    def parse_slices(self, data: bytes | bytearray) -> None:
+        """Parse a large read a slice at a time, holding the rest back once PIPELINE_LIMIT requests wait.
+
+        httptools parses all it is given at once: 256 KiB of pipelined GETs would otherwise become
+        thousands of waiting requests. What is held back is parsed as the queue drains (next_request).
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), FEED_SLICE):
+            if self.closing:
+                return
+            if len(self.queue) >= PIPELINE_LIMIT:
+                self.unparsed = bytearray(view[start:])
+                self.pause_reading()
+                return
+            self.parse(view[start : start + FEED_SLICE])
+
+    def parse(self, data: bytes | memoryview) -> None:
+        """Feed the parser, answer what it refuses, and run a request whose head just completed."""
+        if self.url:
+            self.head_bytes += len(data)  # the same head goes on (reset if it ends in this read)
+        elif self.parsing is None and not self.head_since:
+            self.head_since = self.shared.clock  # a new head begins: --timeout-request-header runs
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -154,19 +194,26 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self.reject(cause.status if isinstance(cause, Reject) else 400)
-            return
         except httptools.HttpParserError:
             self.reject(400)
-            return
-        if self.url:
-            # A head that has not ended yet: bound what httptools accumulates for us.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.settings.limit_head:
-                self.reject(431)  # a URL too long is caught by on_url, as it arrives
-                return
+        else:
+            if self.url:
+                # A head that has not ended yet: bound what httptools accumulates for us.
+                if not self.head_since:
+                    self.head_since = self.shared.clock
+                if self.head_bytes > self.settings.limit_head:
+                    self.reject(431)  # a URL too long is caught by on_url, as it arrives
+                elif self.parser.get_http_version() == "0.0" and self.line_ended(data):
+                    self.reject(400)  # an HTTP/0.9 request line: no version, and no head will follow
+        # Whatever the parser refused after it, a request whose head is complete is answered first.
         if self.start_pending:
             self.start_pending = False
             self.current.run()  # type: ignore[union-attr]
+
+    def line_ended(self, data: bytes | memoryview) -> bool:
+        """Whether the request line whose URL is in self.url ended within `data` (or before it)."""
+        raw = bytes(data)
+        return b"\n" in raw[raw.rfind(self.url[-1:]) + 1 :]
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -189,6 +236,8 @@ class HttpProtocol(asyncio.Protocol):
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self.expect = True
+        elif name == b"transfer-encoding":
+            self.te = True
         elif name == b"x-forwarded-for":
             self.fwd_for = value
         else:
@@ -201,10 +250,18 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         url = self.url
         headers = self.headers
+        version = parser.get_http_version()
+        if version != "1.1":
+            # HTTP/0.9 has no head to answer with; an HTTP/1.0 body framed by Transfer-Encoding may be
+            # read differently by a proxy in front (RFC 9112 6.1): both are refused.
+            if version != "1.0" or self.te:
+                raise Reject(400)
+        self.te = False
         # Ready for the next head (no on_message_begin callback: one Python call less per request).
         self.url = b""
         self.headers = []
         self.head_size = self.head_bytes = 0
+        self.head_since = 0.0
         if not url.startswith(b"/"):
             if url == b"*":
                 raw_path, query = url, b""
@@ -237,7 +294,7 @@ class HttpProtocol(asyncio.Protocol):
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": parser.get_http_version(),
+            "http_version": version,
             "server": self.sockname,
             "client": client,
             "scheme": scheme,
@@ -254,7 +311,7 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing = ex
         if method == b"HEAD":
             ex.head_only = True
-        if self.current is None and not self.start_pending:
+        if self.current is None and not self.start_pending and not self.queue:
             self.current = ex
             self.start_pending = True
         else:
@@ -284,7 +341,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def maybe_resume_reading(self, force: bool = False) -> None:
         """Resume reading once no pipelined request waits and the app has taken the buffered body."""
-        if self.read_paused and not self.queue and not self.closed:
+        if self.read_paused and not self.queue and self.unparsed is None and not self.closed:
             ex = self.parsing
             if force or ex is None or ex.buffered < LOW_WATER:
                 self.read_paused = False
@@ -327,6 +384,11 @@ class HttpProtocol(asyncio.Protocol):
     def next_request(self) -> None:
         if self.closed or self.current is not None or not self.queue:
             return
+        if self.write_paused:
+            # The client is not reading what it asked for: answer the next request once it does, so
+            # that responses to pipelined requests do not pile up in the write buffer.
+            self.next_on_resume = True
+            return
         item = self.queue.popleft()
         if isinstance(item, int):
             self.write_error(item)
@@ -337,14 +399,30 @@ class HttpProtocol(asyncio.Protocol):
             if self.shared.draining and item.body_complete:
                 self.closing = True
         item.run()
+        unparsed = self.unparsed
+        if unparsed is not None and len(self.queue) < PIPELINE_LIMIT // 2 and not self.closing:
+            self.unparsed = None
+            self.parse_slices(unparsed)
+            if self.unparsed is None and not self.queue:
+                self.maybe_resume_reading()
 
     def reject(self, status: int) -> None:
         """Answer a request the parser refused, after any response still owed, then close."""
         self.closing = True
         self.url = b""
+        self.head_since = 0.0
+        self.unparsed = None
         self.pause_reading()
         ex = self.parsing
-        if ex is not None and ex is self.current:
+        if ex is not None and ex is not self.current:
+            # A pipelined request whose body broke: the error is its answer, the app never sees it.
+            self.parsing = None
+            try:
+                self.queue.remove(ex)
+            except ValueError:
+                pass
+            ex.disconnect()
+        elif ex is not None:
             # The request being answered broke its own body (413): it gets the error as its answer,
             # and the app, if it runs already, sees http.disconnect.
             self.parsing = None
@@ -392,16 +470,45 @@ class HttpProtocol(asyncio.Protocol):
     # -- keep-alive and drain -----------------------------------------------------------------------
 
     def is_idle(self) -> bool:
-        return self.current is None and not self.queue and not self.url and not self.start_pending
+        return self.current is None and not self.queue and not self.head_since and not self.start_pending
 
-    def sweep(self, now: float, keepalive: float) -> None:
-        """Called once a second by the server: close connections idle for too long."""
+    def sweep(self, now: float) -> None:
+        """Called once a second by the server: close connections idle, stalled or trickling for too long."""
+        if self.closed:
+            return
+        settings = self.settings
+        left = self.transport.get_write_buffer_size()
+        if left:
+            # The client is still receiving a response: no idle or linger clock runs, but a client that
+            # takes nothing of it for --timeout-write is dropped.
+            self.idle_since = now
+            if left != self.write_left:
+                self.write_left = left
+                self.write_since = now
+            elif settings.timeout_write and now - self.write_since >= settings.timeout_write:
+                log_line(f"closed a connection from {self.peer()}: it read nothing of its response "
+                         f"({left} bytes waiting) for {settings.timeout_write:g} s")
+                self.transport.abort()
+            return
+        self.write_left = 0
+        since = self.head_since
+        if since and not self.closing and settings.timeout_header and now - since >= settings.timeout_header:
+            # Slowloris: a head that does not end in time. 408 if no response is owed first.
+            self.head_since = 0.0
+            if self.current is None and not self.queue and not self.start_pending:
+                self.write_error(408)
+            else:
+                self.reject(408)
+            return
         since = self.idle_since
-        if since and not self.closed and now - since >= (LINGER_SECONDS if self.lingering else keepalive):
+        if since and now - since >= (LINGER_SECONDS if self.lingering else settings.keepalive):
             if self.lingering:
                 self.transport.abort()
             elif self.is_idle():
                 self.close_gracefully()
+
+    def peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
 
     def drain(self) -> None:
         """The server drains: every later response closes the connection; idle ones get a short window."""

@@ -110,9 +110,8 @@ class HttpServer(Server):
         """Once a second: refresh the Date header and close connections idle past keepalive_timeout."""
         now = self.loop.time()
         self.shared.tick(now)
-        keepalive = self.settings.keepalive
         for proto in list(self.shared.protocols):
-            proto.sweep(now, keepalive)
+            proto.sweep(now)
         self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
     # -- connections --------------------------------------------------------------------------------

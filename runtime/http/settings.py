@@ -23,6 +23,10 @@ HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 # After the last response on a connection, how long to wait for the client to close (lingering close).
 LINGER_SECONDS = 2.0
+# Requests parsed ahead of the one being answered: past this many, parsing (and reading) waits.
+PIPELINE_LIMIT = 100
+# A read larger than this is parsed in slices of it, so that PIPELINE_LIMIT holds within one read.
+FEED_SLICE = 16 * 1024
 # Alike response heads built within one second are reused (exchange.py); at most this many are kept.
 HEAD_CACHE_SIZE = 256
 
@@ -32,6 +36,7 @@ class Settings:
 
     __slots__ = (
         "limit_line", "limit_header", "limit_head", "limit_body", "limit_concurrency", "keepalive",
+        "timeout_header", "timeout_write",
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
         "drain_idle_window", "backlog",
     )  # fmt: skip
@@ -46,6 +51,8 @@ class Settings:
         self.limit_body = options.limit_request_body or 1 << 62  # 0: no limit
         self.limit_concurrency = options.limit_concurrency
         self.keepalive = options.keepalive_timeout
+        self.timeout_header = options.timeout_request_header  # 0: never
+        self.timeout_write = options.timeout_write  # 0: never
         self.root_path = options.root_path.rstrip("/")
         self.root_path_bytes = self.root_path.encode()
         self.proxy_headers = options.proxy_headers

@@ -172,7 +172,11 @@ class WsgiExchange(Exchange):
     def environ(self) -> dict[str, Any]:
         scope = self.scope
         settings = self.proto.settings
-        raw = scope["raw_path"][len(settings.root_path_bytes) :]
+        root = settings.root_path_bytes
+        raw = scope["raw_path"][len(root) :]
+        if root and raw.startswith(root) and raw[len(root) : len(root) + 1] in (b"", b"/", b"?"):
+            # The proxy in front passed the prefix on: it belongs in SCRIPT_NAME, not twice in the path.
+            raw = raw[len(root) :]
         host, port = scope["server"] or ("localhost", 80)
         if port is None:  # a unix socket
             host, port = "localhost", 80
@@ -249,18 +253,19 @@ class WsgiExchange(Exchange):
         try:
             result = self.proto.shared.app(environ, self.start_response)
             try:
-                pending = None  # one chunk held back: a one-chunk body goes out with a Content-Length
-                for chunk in result:
-                    if not chunk:
-                        continue
-                    if pending is not None:
-                        self.send(pending, True)
-                    elif self.wsgi_status is None:
-                        raise RuntimeError("the app sent a body before calling start_response")
-                    pending = bytes(chunk)
-                    if self.disconnected:
-                        break
-                self.send(pending or b"", False)
+                if type(result) is list or type(result) is tuple:
+                    # The whole body is known: one write, with a Content-Length.
+                    self.send(b"".join(result), False)
+                else:
+                    # A streamed body (a generator, Flask's stream_with_context, server-sent events):
+                    # each chunk goes out as soon as the app yields it.
+                    for chunk in result:
+                        if not chunk:
+                            continue
+                        if self.disconnected:
+                            break
+                        self.send(bytes(chunk), True)
+                    self.send(b"", False)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
