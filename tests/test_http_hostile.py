@@ -254,6 +254,7 @@ def test_a_client_that_reads_nothing_is_dropped_after_timeout_write_and_that_is_
 
 def test_a_trickled_head_is_closed_after_timeout_request_header(server: tuple[Prun, int]) -> None:
     master, port = server
+    still_serves(port)  # (the worker's first connection opens descriptors it keeps)
     baseline = fds(master)
     head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 200
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -281,18 +282,20 @@ def test_a_trickled_head_is_closed_after_timeout_request_header(server: tuple[Pr
         stop.set()
         thread.join(5)
     assert got.startswith(b"HTTP/1.1 408 ")
-    assert HEADER_TIMEOUT - 0.1 <= elapsed < HEADER_TIMEOUT + 3, elapsed
+    # The server's clock ticks once a second: the bound holds to within a second either way.
+    assert HEADER_TIMEOUT - 1.1 <= elapsed < HEADER_TIMEOUT + 3, elapsed
     settle_fds(master, baseline)
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_keepalive_timeout(server: tuple[Prun, int]) -> None:
     master, port = server
+    still_serves(port)  # (the worker's first connection opens descriptors it keeps)
     baseline = fds(master)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         start = time.monotonic()
         assert sock.recv(1) == b""
         elapsed = time.monotonic() - start
-    assert KEEPALIVE - 0.1 <= elapsed < KEEPALIVE + 3, elapsed
+    assert KEEPALIVE - 1.1 <= elapsed < KEEPALIVE + 3, elapsed
     settle_fds(master, baseline)
 
 

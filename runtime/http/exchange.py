@@ -159,7 +159,9 @@ class Exchange:
         line = STATUS_LINES.get(status) if self.reason is None else None
         parts = [line or status_line(status, self.reason), shared.date_server]
         lines = shared.date_lines + 2
-        keep = self.keep_alive and not proto.closing
+        # Closing (a later request was refused, the client upgraded...): the requests pipelined before
+        # that still get their answers, so only the last one owed closes the connection.
+        keep = self.keep_alive and (not proto.closing or bool(proto.queue))
         if keep and shared.draining and not proto.queue:
             keep = False
         if self.expect and not self.continued and not self.body_complete:
