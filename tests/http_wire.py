@@ -186,3 +186,16 @@ def _dechunk(data: bytes) -> tuple[bytes, int] | None:
 
 def _bad(message: str) -> Any:
     raise Malformed(message)
+
+
+def wsgi_echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The echo app for WSGI: the same answer, with the body read from wsgi.input in pieces."""
+    stream = environ["wsgi.input"]
+    body = b""
+    while piece := stream.read(1000):
+        body += piece
+    data = echo_line(environ["REQUEST_METHOD"], environ["PATH_INFO"], body)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Method", environ["REQUEST_METHOD"])])
+    if environ["PATH_INFO"].startswith("/stream"):
+        return iter([data[:5], data[5:]])  # type: ignore[return-value]
+    return [data]

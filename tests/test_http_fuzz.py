@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,8 +51,9 @@ def exchange(port: int, pieces: list[bytes]) -> tuple[bytes, bool]:
     return got, False
 
 
-def test_fuzzed_pipelines_are_answered_or_closed_and_the_worker_survives() -> None:
-    with running("tests.http_wire:echo_app", "-i", "1", "-b", "127.0.0.1:0", "--chdir", str(ROOT),
+@pytest.mark.parametrize("app", ["echo_app", "wsgi_echo_app"])
+def test_fuzzed_pipelines_are_answered_or_closed_and_the_worker_survives(app: str) -> None:
+    with running(f"tests.http_wire:{app}", "-i", "1", "-b", "127.0.0.1:0", "--chdir", str(ROOT),
                  "--limit-request-body", str(BODY_LIMIT), "--limit-request-header-size", "4000") as master:
         port = master.wait_ready()
         with Client(port) as client:
