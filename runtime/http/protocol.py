@@ -150,34 +150,16 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- parsing (httptools callbacks) --------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Feed the parser, answer what it refuses, and run a request whose head just completed."""
         if self.closing:
             return  # after the last response: discard whatever the client still sends
         if self.unparsed is not None:  # (reading is paused; this is what was in flight)
             self.unparsed += data
-        elif len(data) <= FEED_SLICE:
-            self.parse(data)
-        else:
+            return
+        if len(data) > FEED_SLICE:
             self.parse_slices(data)
-
-    def parse_slices(self, data: bytes | bytearray) -> None:
-        """Parse a large read a slice at a time, holding the rest back once PIPELINE_LIMIT requests wait.
-
-        httptools parses all it is given at once: 256 KiB of pipelined GETs would otherwise become
-        thousands of waiting requests. What is held back is parsed as the queue drains (next_request).
-        """
-        view = memoryview(data)
-        for start in range(0, len(view), FEED_SLICE):
-            if self.closing:
-                return
-            if len(self.queue) >= PIPELINE_LIMIT:
-                self.unparsed = bytearray(view[start:])
-                self.pause_reading()
-                return
-            self.parse(view[start : start + FEED_SLICE])
-
-    def parse(self, data: bytes | memoryview) -> None:
-        """Feed the parser, answer what it refuses, and run a request whose head just completed."""
+            return
         if self.url:
             self.head_bytes += len(data)  # the same head goes on (reset if it ends in this read)
         elif self.parsing is None and not self.head_since:
@@ -209,6 +191,22 @@ class HttpProtocol(asyncio.Protocol):
         if self.start_pending:
             self.start_pending = False
             self.current.run()  # type: ignore[union-attr]
+
+    def parse_slices(self, data: bytes | bytearray | memoryview) -> None:
+        """Parse a large read a slice at a time, holding the rest back once PIPELINE_LIMIT requests wait.
+
+        httptools parses all it is given at once: 256 KiB of pipelined GETs would otherwise become
+        thousands of waiting requests. What is held back is parsed as the queue drains (next_request).
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), FEED_SLICE):
+            if self.closing:
+                return
+            if len(self.queue) >= PIPELINE_LIMIT:
+                self.unparsed = bytearray(view[start:])
+                self.pause_reading()
+                return
+            self.data_received(view[start : start + FEED_SLICE])
 
     def line_ended(self, data: bytes | memoryview) -> bool:
         """Whether the request line whose URL is in self.url ended within `data` (or before it)."""
