@@ -40,7 +40,7 @@ class HttpProtocol(asyncio.Protocol):
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
-        "draining_idle", "reused", "te", "head_since", "unparsed", "next_on_resume", "write_left", "write_since",
+        "draining_idle", "reused", "head_since", "unparsed", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
     def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
@@ -79,7 +79,6 @@ class HttpProtocol(asyncio.Protocol):
         self.host_wake: asyncio.Future[None] | None = None
         self.draining_idle = False
         self.reused = False  # it has had a response: its client knows to retry on a closed keep-alive
-        self.te = False  # the head being parsed has a Transfer-Encoding
         self.head_since = 0.0  # when the head being received began (0: none is), for --timeout-request-header
         # Bytes read but not parsed yet: parsing waits while PIPELINE_LIMIT requests wait for their answer.
         self.unparsed: bytearray | None = None
@@ -235,7 +234,10 @@ class HttpProtocol(asyncio.Protocol):
             if value.lower() == b"100-continue":
                 self.expect = True
         elif name == b"transfer-encoding":
-            self.te = True
+            # An HTTP/1.0 body framed by Transfer-Encoding may be read differently by a proxy in front
+            # (RFC 9112 6.1): refused. (The request line, and so the version, is parsed by now.)
+            if self.parser.get_http_version() != "1.1":
+                raise Reject(400)
         elif name == b"x-forwarded-for":
             self.fwd_for = value
         else:
@@ -249,12 +251,8 @@ class HttpProtocol(asyncio.Protocol):
         url = self.url
         headers = self.headers
         version = parser.get_http_version()
-        if version != "1.1":
-            # HTTP/0.9 has no head to answer with; an HTTP/1.0 body framed by Transfer-Encoding may be
-            # read differently by a proxy in front (RFC 9112 6.1): both are refused.
-            if version != "1.0" or self.te:
-                raise Reject(400)
-        self.te = False
+        if version != "1.1" and version != "1.0":
+            raise Reject(400)  # HTTP/0.9: no head to answer with
         # Ready for the next head (no on_message_begin callback: one Python call less per request).
         self.url = b""
         self.headers = []
