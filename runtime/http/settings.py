@@ -26,7 +26,7 @@ LINGER_SECONDS = 2.0
 # Requests parsed ahead of the one being answered: past this many, parsing (and reading) waits.
 PIPELINE_LIMIT = 100
 # A read larger than this is parsed in slices of it, so that PIPELINE_LIMIT holds within one read.
-FEED_SLICE = 16 * 1024
+FEED_SLICE = 4096
 # Alike response heads built within one second are reused (exchange.py); at most this many are kept.
 HEAD_CACHE_SIZE = 256
 
