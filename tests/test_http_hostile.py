@@ -388,3 +388,37 @@ def test_wsgi_root_path_already_in_the_request_goes_to_script_name_once(
 ) -> None:
     with Client(wsgi_server) as client:
         assert client.get(path).body == seen
+
+
+FORM_APP = '''
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"read %d" % len(body)]
+'''
+
+
+def test_wsgi_bodies_trickled_do_not_hold_the_thread_pool_and_time_out(prun: type[Prun], tmp_path: Path) -> None:
+    (tmp_path / "form.py").write_text(FORM_APP)
+    master = prun("form:app", "-b", "127.0.0.1:0", "--chdir", str(tmp_path), "--interface", "wsgi",
+                  "--threads", "1", "--timeout-request-header", str(HEADER_TIMEOUT))
+    port = master.wait_ready()
+    slow = []
+    for _ in range(3):  # more tricklers than threads: each sends a tenth of its announced body, then waits
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"b" * 10)
+        slow.append(sock)
+    try:
+        with Client(port) as client:  # the one thread is free for a request that arrives whole
+            start = time.monotonic()
+            response = client.get("/")
+            assert response.body == b"read 0"
+            assert time.monotonic() - start < HEADER_TIMEOUT / 2
+        for sock in slow:  # and the tricklers are timed out like a slow head
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
+    finally:
+        for sock in slow:
+            sock.close()
+    with Client(port) as client:  # a body that does arrive is read in full
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nabcde")
+        assert client.read().body == b"read 5"

@@ -105,7 +105,7 @@ class WsgiInput:
 class WsgiExchange(Exchange):
     """A request served by a WSGI app on a pool thread."""
 
-    __slots__ = ("input", "wsgi_status", "head_requested", "app_failed")
+    __slots__ = ("input", "wsgi_status", "head_requested", "app_failed", "waiting_body")
     proto: HttpProtocol
 
     def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
@@ -114,6 +114,7 @@ class WsgiExchange(Exchange):
         self.wsgi_status: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         self.head_requested = False
         self.app_failed: BaseException | None = None
+        self.waiting_body = False  # run() waits for the body (up to HIGH_WATER) before taking a thread
 
     def call(self, fn: Any, *args: Any) -> None:
         self.proto.loop.call_soon_threadsafe(fn, *args)
@@ -121,6 +122,26 @@ class WsgiExchange(Exchange):
     # -- loop side --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if not self.body_complete and not self.expect and self.small_body():
+            # A body of known length up to HIGH_WATER is read before the app takes a thread: a client
+            # trickling it would otherwise hold one of the pool's few threads. Until then the body is
+            # timed like the head (--timeout-request-header). Chunked and larger bodies stream to the app.
+            self.waiting_body = True
+            self.proto.head_since = self.proto.shared.clock
+            return
+        self.dispatch()
+
+    def small_body(self) -> bool:
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                return int(value) <= HIGH_WATER
+        return False
+
+    def dispatch(self) -> None:
+        """Call the app on a pool thread."""
+        if self.waiting_body:
+            self.waiting_body = False
+            self.proto.head_since = 0.0
         shared = self.proto.shared
         limit = self.proto.settings.limit_concurrency
         if limit and shared.active >= limit:
@@ -139,10 +160,14 @@ class WsgiExchange(Exchange):
         self.buffered = self.input.feed(body)
         if self.buffered > HIGH_WATER:
             self.proto.pause_reading()
+            if self.waiting_body:
+                self.dispatch()
 
     def complete(self) -> None:
         self.body_complete = True
         self.input.end()
+        if self.waiting_body:
+            self.dispatch()
 
     def disconnect(self) -> None:
         self.disconnected = True
