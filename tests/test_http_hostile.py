@@ -140,6 +140,19 @@ def still_serves(port: int) -> None:
                      [b"400"], id="broken-chunk"),
         pytest.param(G + b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
                      [b"200"], id="pipelined-broken-chunk"),
+        # Request smuggling: framing a proxy in front could read differently is refused, whatever follows.
+        *(pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\n" + head + b"\r\n\r\nabcdef0\r\n\r\n" + G, [b"400"], id=name)
+          for name, head in [
+              ("two-lengths", b"Content-Length: 5\r\nContent-Length: 6"),
+              ("length-list", b"Content-Length: 5, 5"),
+              ("length-plus", b"Content-Length: +5"),
+              ("length-space-colon", b"Content-Length : 5"),
+              ("chunked-not-last", b"Transfer-Encoding: chunked, identity"),
+              ("xchunked", b"Transfer-Encoding: xchunked"),
+              ("chunked-twice", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
+              ("obs-fold", b"X: a\r\n b"),
+              ("nul-in-header", b"X: a\x00b"),
+          ]),
     ],
 )
 def test_a_request_after_a_refused_one_gets_answers_then_the_close_and_its_fd_back(
