@@ -1,8 +1,14 @@
 """One HTTP/1.1 connection: parsing with httptools, pipelining, flow control, keep-alive and closing.
 
 This module is a hot path and is written for speed: no timer or Task per request, attributes in
-__slots__, the per-request work done in as few Python calls as possible. Idle keep-alive timeouts are
-enforced by the server's once-a-second sweep, not by a timer per connection.
+__slots__, the per-request work done in as few Python calls as possible. The time bounds (keep-alive,
+--timeout-request-header, --timeout-write, lingering close) are enforced by the server's once-a-second
+sweep, not by a timer per connection.
+
+Every request read is answered in order, or the connection closes: a request the parser refuses gets
+its error status only after the answers owed to the requests pipelined before it, and nothing after it
+is read. Pipelining is bounded both ways: parsing stops once PIPELINE_LIMIT requests wait, and the next
+request is not started while the client does not read (pause_writing).
 """
 
 from __future__ import annotations
