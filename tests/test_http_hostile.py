@@ -435,3 +435,11 @@ def test_wsgi_bodies_trickled_do_not_hold_the_thread_pool_and_time_out(prun: typ
     with Client(port) as client:  # a body that does arrive is read in full
         client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nabcde")
         assert client.read().body == b"read 5"
+
+
+def test_the_daemon_passes_proxy_headers_off_on_to_the_master() -> None:
+    from prun.cluster.client import run_arguments
+
+    assert run_arguments({"proxy_headers": False}) == ["--no-proxy-headers"]
+    assert run_arguments({"proxy_headers": True}) == ["--proxy-headers"]
+    assert run_arguments({"proxy_headers": None}) == []
