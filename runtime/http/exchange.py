@@ -139,16 +139,14 @@ class Exchange:
         # A plain keep-alive response with the same status, headers and length as an earlier one reuses
         # the head built then: apps answer with the same few heads over and over. The cache is emptied
         # every second, when the Date header changes.
-        headers = self.resp_headers
-        if type(headers) is not list and type(headers) is not tuple:
-            # Any iterable of pairs (a generator, a dict's items): read it once, here.
-            headers = self.resp_headers = list(headers)
+        headers = self.resp_headers  # any iterable of pairs (a generator, as Sanic gives): read once below
         key: Any = None
         if (
             self.keep_alive and self.http11 and self.reason is None and not self.head_only and not self.expect
             and not proto.closing and not shared.draining
         ):  # fmt: skip
-            key = (status, -1 if more else body_len, tuple(headers))
+            headers = tuple(headers)
+            key = (status, -1 if more else body_len, headers)
             try:
                 cached = shared.heads.get(key)
             except TypeError:  # header pairs given as lists: not hashable, build the head as usual

@@ -46,7 +46,7 @@ class HttpProtocol(asyncio.Protocol):
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
-        "draining_idle", "reused", "head_since", "unparsed", "next_on_resume", "write_left", "write_since",
+        "draining_idle", "reused", "head_since", "unparsed", "feed_limit", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
     def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
@@ -88,6 +88,7 @@ class HttpProtocol(asyncio.Protocol):
         self.head_since = 0.0  # when the head being received began (0: none is), for --timeout-request-header
         # Bytes read but not parsed yet: parsing waits while PIPELINE_LIMIT requests wait for their answer.
         self.unparsed: bytearray | None = None
+        self.feed_limit = FEED_SLICE  # a read larger than this is parsed in slices (-1: held back)
         self.next_on_resume = False  # the next pipelined request waits for the client to read (resume_writing)
         self.write_left = 0  # the write buffer at the last sweep, and since when it has not changed
         self.write_since = 0.0
@@ -159,11 +160,11 @@ class HttpProtocol(asyncio.Protocol):
         """Feed the parser, answer what it refuses, and run a request whose head just completed."""
         if self.closing:
             return  # after the last response: discard whatever the client still sends
-        if self.unparsed is not None:  # (reading is paused; this is what was in flight)
-            self.unparsed += data
-            return
-        if len(data) > FEED_SLICE:
-            self.parse_slices(data)
+        if len(data) > self.feed_limit:  # FEED_SLICE, or -1 while bytes wait unparsed
+            if self.unparsed is not None:  # (reading is paused; this is what was in flight)
+                self.unparsed += data
+            else:
+                self.parse_slices(data)
             return
         if self.url:
             self.head_bytes += len(data)  # the same head goes on (reset if it ends in this read)
@@ -209,6 +210,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
             if len(self.queue) >= PIPELINE_LIMIT:
                 self.unparsed = bytearray(view[start:])
+                self.feed_limit = -1
                 self.pause_reading()
                 return
             self.data_received(view[start : start + FEED_SLICE])
@@ -404,6 +406,7 @@ class HttpProtocol(asyncio.Protocol):
         unparsed = self.unparsed
         if unparsed is not None and len(self.queue) < PIPELINE_LIMIT // 2 and not self.closing:
             self.unparsed = None
+            self.feed_limit = FEED_SLICE
             self.parse_slices(unparsed)
             if self.unparsed is None and not self.queue:
                 self.maybe_resume_reading()
@@ -414,6 +417,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.head_since = 0.0
         self.unparsed = None
+        self.feed_limit = FEED_SLICE
         self.pause_reading()
         ex = self.parsing
         if ex is not None and ex is not self.current:
