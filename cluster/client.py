@@ -353,6 +353,8 @@ def run_arguments(options: dict[str, Any]) -> list[str]:
         if getattr(param, "is_flag", False):
             if value:
                 argv.append(flag)
+            elif value is not None and getattr(param, "secondary_opts", None):
+                argv.append(param.secondary_opts[0])  # turned off: --no-proxy-headers
         elif getattr(param, "multiple", False):
             for item in value:
                 argv += [flag, str(item)]

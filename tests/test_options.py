@@ -71,7 +71,8 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "graceful_timeout": 1.5, "ready_timeout": 2.0, "timeout": 3.0, "reload_batch": 2,
                "max_requests": 9, "max_requests_jitter": 4, "pid_file": "p", "log_format": "json",
                "log_file": "l", "container": True, "health": "9", "lifespan": "off", "root_path": "/r",
-               "proxy_headers": True, "forwarded_allow_ips": "*", "threads": 2, "keepalive_timeout": 6.0,
+               "proxy_headers": False, "forwarded_allow_ips": "*", "threads": 2, "keepalive_timeout": 6.0,
+               "timeout_request_header": 4.0, "timeout_write": 7.0,
                "limit_request_line": 10, "limit_request_header_size": 11, "limit_request_body": 0,
                "limit_concurrency": 5, "access_log": "json"}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
