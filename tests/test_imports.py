@@ -1,4 +1,5 @@
-"""runtime/ imports one way: no module imports, directly or through others, a module that imports it back.
+"""cluster/ and runtime/ import one way: no module imports, directly or through others, a module that
+imports it back; and runtime/ (the worker) never imports cluster/ (the master and daemon).
 
 Every import counts, those under TYPE_CHECKING and inside functions too: a cycle hidden from the
 interpreter still ties the modules together for whoever reads or changes them.
@@ -9,16 +10,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("cluster", "runtime")
 
 
 def module_name(path: Path) -> str:
-    parts = ("prun", "runtime", *path.relative_to(RUNTIME).with_suffix("").parts)
+    parts = ("prun", *path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
-    """The prun.runtime modules `path` imports."""
+    """The prun.cluster and prun.runtime modules `path` imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -31,7 +33,7 @@ def imports(path: Path, known: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in RUNTIME.rglob("*.py")}
+    files = {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     known = set(files)
     graph = {name: imports(path, known) for name, path in files.items()}
     for name, targets in graph.items():
@@ -74,9 +76,21 @@ def test_the_graph_sees_the_http_package() -> None:
     assert "prun.runtime.http.exchange" in graph["prun.runtime.http.protocol"]
 
 
-def test_no_import_cycle_in_runtime() -> None:
+def test_no_import_cycle_in_cluster_or_runtime() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_graph_sees_the_master() -> None:
+    graph = import_graph()
+    assert "prun.cluster.rollout" in graph["prun.cluster.master"]
+    assert "prun.runtime.channel" in graph["prun.cluster.master"]
+
+
+def test_runtime_never_imports_cluster() -> None:
+    for name, targets in import_graph().items():
+        if name.startswith("prun.runtime"):
+            assert not {t for t in targets if t.startswith("prun.cluster")}, name
 
 
 def test_http_settings_is_a_leaf_of_the_http_package() -> None:
