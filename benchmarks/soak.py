@@ -804,6 +804,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.minutes, args.warmup = 0.5, 4.0
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # even when started with SIGINT ignored (`cmd &` in a script)
+    try:
+        return soak(args)
+    except KeyboardInterrupt as exc:
+        print(f"soak: interrupted ({exc}); every process it started is stopped", file=sys.stderr)
+        return 130
+
+
+def soak(args: argparse.Namespace) -> int:
+    """Every policy in turn, then the result files; 1 when a verdict fails."""
     tmp = Path(tempfile.mkdtemp(prefix="prun-soak-"))
     data = {"machine": machine(), "minutes": args.minutes, "instances": args.instances,
             "reload_every": args.reload_every, "kill_every": args.kill_every, "sample_every": args.sample_every,
