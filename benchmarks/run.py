@@ -1,301 +1,384 @@
-"""prun's HTTP server side by side with uvicorn, gunicorn (uvicorn worker) and granian, loaded with wrk.
+"""prun's HTTP server side by side with uvicorn, gunicorn and granian, app shape by app shape, loaded with wrk.
 
-    pip install -e .[bench]          # the peer servers
-    python -m benchmarks             # every scenario; results in benchmarks/results/
-    python -m benchmarks --scenarios pinned --rounds 5 --duration 5
+    pip install -e '.[bench]'        # the peer servers, FastAPI and Flask
+    python -m benchmarks             # every scenario and shape; results in benchmarks/results/http.*
+    python -m benchmarks --quick     # a smoke run (1 s per round, 2 rounds): results/smoke/
+    python -m benchmarks --scenarios pinned --shapes hello,fastapi --rounds 5 --duration 5
 
 Scenarios:
-    pinned    one worker pinned to CPU 0 (taskset), wrk -t1 pinned to CPU 1
-    unpinned  two workers, wrk -t2, no pinning
-    reload    20 HUPs to the prun master during 30 s of wrk keep-alive load: socket errors and non-2xx
+    pinned    one worker; the server's whole tree (master included) pinned to CPU 0, wrk -t1 pinned to CPU 1
+    unpinned  two workers (-i 2, --workers 2, -w 2), wrk -t2, nothing pinned
+    reload    20 HUPs to the prun master (-i 2) during 30 s of wrk keep-alive load: socket errors and non-2xx
 
-Every server serves benchmarks/apps/hello.py on 127.0.0.1. The servers take turns over several rounds
-(the machine's noise hits them alike) and the medians are compared as ratios prun/peer. Every process
-started here is killed at the end, even on error.
+Shapes (benchmarks/apps): hello, hello_cl (explicit content-length), lifespan, body16k, json (ASGI, by hand),
+fastapi (a FastAPI JSON endpoint), flask (a Flask JSON endpoint, WSGI). ASGI shapes run on prun, uvicorn,
+gunicorn (uvicorn worker) and granian; the WSGI one on prun, gunicorn gthread and granian's WSGI. Each shape
+is loaded keep-alive and with a new connection per request (`Connection: close`).
+
+All servers of a shape are started first, then loaded in turn, round by round (A B C A B C ...), so the
+noise of a shared machine hits them alike. Every figure is reported with its min, median and max over the
+rounds; every ratio prun / peer with the min and max of the ratios of the same rounds, and a note when the
+spread is wider than the difference. A run on a busy machine is refused (see harness/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from dataclasses import asdict, dataclass, field
+import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-APPS = HERE / "apps"
-RESULTS = HERE / "results"
+from benchmarks.harness import machine, procs, servers, wrk
+from benchmarks.harness.results import RESULTS, Context, fmt_spread, gate, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import ratio_spread, spread, spread_note
+
+NAME = "http"
 CONNECTIONS = 64
+SHAPES: dict[str, servers.App] = {
+    "hello": servers.App("shapes:hello"),
+    "hello_cl": servers.App("shapes:hello_cl"),
+    "lifespan": servers.App("shapes:lifespan"),
+    "body16k": servers.App("shapes:body16k"),
+    "json": servers.App("shapes:json"),
+    "fastapi": servers.App("fastapi_json:app", needs="fastapi"),
+    "flask": servers.App("flask_json:app", "wsgi", needs="flask"),
+    "hello_lists": servers.App("shapes:hello_lists"),  # only when named: prun's head cache off
+}
+DEFAULT_SHAPES = [s for s in SHAPES if s != "hello_lists"]
+CONNECTION_MODES = ("keepalive", "close")
+BUSY_CPU = 30.0  # % of all CPUs in use before a shape, every server stopped: other work is running
+# how each throughput scenario runs: workers, the server's CPUs, wrk's threads and CPUs
+MODES = {
+    "pinned": {"instances": 1, "cpus": "0", "wrk_threads": 1, "wrk_cpus": "1",
+               "description": "One worker; the server's whole tree (its master too) pinned to CPU 0 with taskset, "
+                              "wrk -t1 pinned to CPU 1."},
+    "unpinned": {"instances": 2, "cpus": None, "wrk_threads": 2, "wrk_cpus": None,
+                 "description": "Two workers (-i 2 / --workers 2 / -w 2), wrk -t2, nothing pinned: servers and "
+                                "wrk share both CPUs."},
+}
 
 
-@dataclass
-class Run:
-    server: str
-    round: int
-    requests_per_s: float
-    socket_errors: int
-    non_2xx: int
-    latency_p99_ms: float | None
+def peers_for(app: servers.App, chosen: list[str]) -> list[str]:
+    """The servers (from `chosen`) that run an app of this interface, prun first."""
+    allowed = servers.WSGI_SERVERS if app.interface == "wsgi" else servers.ASGI_SERVERS
+    extra = ["prun-shared", "prun-leastconn"]  # prun with an explicit policy, on request
+    names = [n for n in chosen if n in allowed or n in extra]
+    return sorted(names, key=lambda n: (not n.startswith("prun"), n != "prun"))
 
 
-@dataclass
-class Scenario:
-    name: str
-    description: str
-    runs: list[Run] = field(default_factory=list)
-    medians: dict[str, float] = field(default_factory=dict)
-    ratios: dict[str, float] = field(default_factory=dict)  # prun / peer
-    notes: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_commands(port: int, workers: int) -> dict[str, list[str]]:
-    """How each server is started on `port` with `workers` workers, each with its defaults otherwise."""
-    py = sys.executable
-    uvicorn = [py, "-m", "uvicorn", "hello:app", "--app-dir", str(APPS), "--host", "127.0.0.1", "--port", str(port),
-               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
-    if workers > 1:
-        uvicorn += ["--workers", str(workers)]
-    return {
-        "prun": [py, "-c", "from prun.cluster.cli import main; main()", "hello:app", "-i", str(workers),
-                 "-b", f"127.0.0.1:{port}", "--chdir", str(APPS)],
-        "uvicorn": uvicorn,
-        "gunicorn": [py, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
-                     "-b", f"127.0.0.1:{port}", "--chdir", str(APPS), "--log-level", "warning", "hello:app"],
-        "granian": [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", str(workers), "--log-level", "warning", "--working-dir", str(APPS), "hello:app"],
-    }
-
-
-class Processes:
-    """Every process this run starts, each in its own session so its whole group can be killed."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, cmd: list[str], cpus: str | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
-        if cpus is not None:
-            cmd = ["taskset", "-c", cpus] + cmd
-        env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen(cmd, start_new_session=True, env=env, cwd=str(HERE.parent), **kwargs)  # type: ignore[call-overload]
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+def start_all(ctx: Context, names: list[str], app: servers.App, mode: dict, warmup: float) -> dict[str, servers.Server]:
+    running: dict[str, servers.Server] = {}
+    for name in names:
+        server = servers.make(name, mode["instances"], app=app, cpus=mode["cpus"])
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind (workers)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            self.stop(proc, grace=2.0)
+            server.start()
+            server.wait_serving(60)
+            wrk.run(server.port, seconds=warmup, threads=mode["wrk_threads"], connections=CONNECTIONS,
+                    cpus=mode["wrk_cpus"])
+            running[name] = server
+        except Exception as exc:  # noqa: BLE001 - the others are still measured
+            ctx.log(f"  {name} could not serve {app.target}: {exc}")
+            server.stop()
+    return running
 
 
-def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode} before serving")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing served on port {port} within {timeout:g} s")
+def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], rounds: int, seconds: float,
+               connections: list[str]) -> dict:
+    """One shape in one mode: every server started, then `rounds` interleaved rounds per connection mode."""
+    mode = MODES[mode_name]
+    app = SHAPES[shape]
+    names = peers_for(app, chosen)
+    if app.missing():
+        ctx.log(f"{mode_name} / {shape}: skipped: {app.missing()}")
+        return {"shape": shape, "app": app.target, "interface": app.interface, "skipped": app.missing()}
+    ctx.log(f"{mode_name} / {shape}: {', '.join(names)}")
+    entry: dict = {"shape": shape, "app": app.target, "interface": app.interface, "load_before": machine.loadavg(),
+                   "cpu_busy_before": machine.wait_quiet(ctx.log, limit=ctx.quiet_limit)}
+    running = start_all(ctx, names, app, mode, 1.0)
+    try:
+        entry["servers"] = {name: {"label": s.label, "command": s.command(), "affinity": machine.affinity(s.master_pid),
+                                   **({"balance": s.balance} if isinstance(s, servers.Prun) else {})}
+                            for name, s in running.items()}
+        entry["failed_to_start"] = [n for n in names if n not in running]
+        runs: dict[str, dict[str, list[dict]]] = {c: {n: [] for n in running} for c in connections}
+        for index in range(1, rounds + 1):
+            for conn in connections:
+                for name, server in running.items():  # A B C, then A B C again
+                    try:
+                        cpu = machine.tree_cpu_seconds(server.master_pid)
+                        r = wrk.run(server.port, seconds=seconds, threads=mode["wrk_threads"],
+                                    connections=CONNECTIONS, cpus=mode["wrk_cpus"], close=conn == "close")
+                        cpu = machine.tree_cpu_seconds(server.master_pid) - cpu
+                    except Exception as exc:  # noqa: BLE001
+                        ctx.log(f"  {name} {conn} round {index}: {exc}")
+                        continue
+                    r["round"] = index
+                    r["server_cpu_s"] = round(cpu, 3)
+                    r["cpu_us_per_request"] = round(cpu / r["requests"] * 1e6, 2) if r.get("requests") else None
+                    runs[conn][name].append(r)
+                    bad = sum(r["socket_errors"].values()) + r["non2xx"]
+                    ctx.log(f"  round {index}/{rounds} {conn:9} {name:16} {r['requests_per_s']:10,.0f} req/s "
+                            f"{r['cpu_us_per_request'] or 0:7.1f} µs CPU/request" + (f"  ({bad} errors)" if bad else ""))
+    finally:
+        for server in running.values():
+            server.stop()
+    entry["load_after"] = machine.loadavg()
+    entry["connections"] = {}
+    for conn in connections:
+        figures = {name: [r["requests_per_s"] for r in rs] for name, rs in runs[conn].items()}
+        cpu = {name: [r["cpu_us_per_request"] for r in rs if r.get("cpu_us_per_request")]
+               for name, rs in runs[conn].items()}
+        block: dict = {"runs": runs[conn], "spread": {n: spread(v) for n, v in figures.items()},
+                       "cpu_us_per_request": {n: spread(v) for n, v in cpu.items()}, "ratios": {},
+                       "notes": [], "errors": {}}
+        for name, rs in runs[conn].items():
+            errors = sum(sum(r["socket_errors"].values()) for r in rs)
+            non2xx = sum(r["non2xx"] for r in rs)
+            if errors or non2xx:
+                block["errors"][name] = {"socket_errors": errors, "non2xx": non2xx}
+                if non2xx:
+                    block["notes"].append(f"{name}: {non2xx} non-2xx replies: its figure is not comparable")
+        prun = "prun" if "prun" in figures else next((n for n in figures if n.startswith("prun")), None)
+        for name, values in figures.items():
+            if prun is None or name == prun or not values or not figures[prun]:
+                continue
+            block["ratios"][name] = ratio_spread(figures[prun], values)
+            if cpu.get(name) and cpu.get(prun):
+                # the peer's CPU time per request over prun's, round by round: prun's lead in efficiency
+                block.setdefault("cpu_ratios", {})[name] = ratio_spread(cpu[name], cpu[prun])
+            note = spread_note(prun, figures[prun], name, values)
+            if note:
+                block["notes"].append(note)
+        entry["connections"][conn] = block
+    return entry
 
 
-def wrk(port: int, seconds: float, threads: int, cpus: str | None) -> Run:
-    cmd = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"]
-    if cpus is not None:
-        cmd = ["taskset", "-c", cpus] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    return parse_wrk(out)
-
-
-def parse_wrk(out: str) -> Run:
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"wrk printed no result:\n{out}")
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    latency = None
-    if p99:
-        latency = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    return Run("", 0, float(rps.group(1)), sum(int(g) for g in errors.groups()) if errors else 0,
-               int(non2xx.group(1)) if non2xx else 0, latency)
-
-
-def throughput(scenario: Scenario, servers: list[str], workers: int, server_cpus: str | None, wrk_cpus: str | None,
-               wrk_threads: int, rounds: int, seconds: float, procs: Processes) -> None:
-    """Start every server, then load them in turn, `rounds` times, rotating the order each round."""
-    ports = {}
-    for name in servers:
-        port = free_port()
-        proc = procs.start(server_commands(port, workers)[name], cpus=server_cpus,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_serving(port, proc)
-        ports[name] = port
-        wrk(port, 1.0, wrk_threads, wrk_cpus)  # warm-up
-    for index in range(rounds):
-        order = servers[index % len(servers):] + servers[: index % len(servers)]
-        for name in order:
-            run = wrk(ports[name], seconds, wrk_threads, wrk_cpus)
-            run.server, run.round = name, index + 1
-            scenario.runs.append(run)
-            print(f"  {scenario.name} round {index + 1} {name:9} {run.requests_per_s:10.0f} req/s", flush=True)
-    for name in servers:
-        scenario.medians[name] = statistics.median(r.requests_per_s for r in scenario.runs if r.server == name)
-    for name in servers:
-        if name != "prun" and scenario.medians.get(name):
-            scenario.ratios[name] = round(scenario.medians["prun"] / scenario.medians[name], 3)
-
-
-def reload_under_load(scenario: Scenario, hups: int, seconds: float, procs: Processes) -> None:
+def reload_under_load(ctx: Context, hups: int, seconds: float) -> dict:
     """HUPs to the prun master while wrk keeps every connection busy: nothing may fail."""
-    port = free_port()
-    master = procs.start(server_commands(port, 2)["prun"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lines: list[str] = []
-
-    def read() -> None:
-        assert master.stderr is not None
-        for raw in master.stderr:
-            lines.append(raw.decode(errors="replace").rstrip())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    wait_serving(port, master)
-    result: list[Run] = []
-    load = threading.Thread(target=lambda: result.append(wrk(port, seconds, 2, None)), daemon=True)
-    load.start()
-    time.sleep(1.0)
-    interval = (seconds - 3.0) / hups
-    for _ in range(hups):
-        os.kill(master.pid, signal.SIGHUP)
-        time.sleep(interval)
-    load.join(seconds + 60)
-    time.sleep(0.5)
-    completed = sum("reload complete" in line for line in lines)
-    failed = [line for line in lines if "reload failed" in line]
+    server = servers.make("prun", 2, app=SHAPES["hello"])
+    result: list[dict] = []
+    try:
+        server.start()
+        server.wait_ready(60)
+        server.wait_serving(30)
+        assert server.out is not None
+        mark = server.out.mark()
+        load = threading.Thread(target=lambda: result.append(
+            wrk.run(server.port, seconds=seconds, threads=2, connections=CONNECTIONS)), daemon=True)
+        load.start()
+        time.sleep(1.0)
+        interval = (seconds - 3.0) / hups
+        for _ in range(hups):
+            os.kill(server.master_pid, signal.SIGHUP)
+            time.sleep(interval)
+        load.join(seconds + 60)
+        time.sleep(0.5)
+        completed = server.out.count(r"reload complete", mark)
+        failed = server.out.count(r"reload failed", mark)
+    finally:
+        server.stop()
     if not result:
         raise RuntimeError("wrk gave no result during the reload scenario")
     run = result[0]
-    run.server, run.round = "prun", 1
-    scenario.runs.append(run)
-    scenario.medians["prun"] = run.requests_per_s
-    scenario.notes.append(f"{hups} HUPs sent, {completed} reloads completed, {len(failed)} failed "
-                          f"(a HUP during a reload is queued, so a few may merge)")
-    scenario.notes.append(f"socket errors: {run.socket_errors}, non-2xx responses: {run.non_2xx}")
-    print(f"  reload: {run.requests_per_s:.0f} req/s, {completed} reloads, socket errors {run.socket_errors}, "
-          f"non-2xx {run.non_2xx}", flush=True)
+    ctx.log(f"reload: {run['requests_per_s']:,.0f} req/s, {completed} reloads, socket errors "
+            f"{sum(run['socket_errors'].values())}, non-2xx {run['non2xx']}")
+    return {"hups": hups, "seconds": seconds, "reloads_completed": completed, "reloads_failed": failed,
+            "balance": getattr(server, "balance", None), **run}
 
 
-def prun_balance() -> str:
-    """prun's default balancing policy, which these runs use (it decides who accepts connections)."""
-    from prun.cluster.options import BY_NAME
-
-    return str(BY_NAME["balance"].default)
+def cell(block: dict, name: str) -> str | None:
+    return fmt_spread(block["spread"].get(name))
 
 
-def markdown(scenarios: list[Scenario], meta: dict[str, object]) -> str:
-    out = ["# prun HTTP benchmark", "", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-           f"- prun with its default balancing: {meta['prun_balance']}",
-           f"- {meta['connections']} keep-alive connections, {meta['seconds']:g} s per run, "
-           f"{meta['rounds']} rounds, app: benchmarks/apps/hello.py", ""]
-    for sc in scenarios:
-        out += [f"## {sc.name}", "", sc.description, ""]
-        if sc.name == "reload":
-            out += [f"- {note}" for note in sc.notes] + [f"- throughput during reloads: {sc.medians['prun']:.0f} req/s", ""]
+def ratio_cell(block: dict, name: str, key: str = "ratios") -> str | None:
+    r = block.get(key, {}).get(name)
+    if not r or r.get("median") is None:
+        return None
+    if r["n"] == 1:
+        return f"{r['median']:.2f}x (1 round)"
+    return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def markdown(data: dict) -> str:
+    out = ["# prun HTTP benchmark", "", machine_line(data), "",
+           f"wrk, {data['connections']} connections, {data['seconds']:g} s per run, {data['rounds']} rounds; every "
+           "server of a shape is loaded once per round, in the same order (A B C A B C ...). Each cell: the median "
+           "req/s (min-max over the rounds). Ratios: prun / peer of the same round, median (min-max). prun runs "
+           f"with `--balance {data['machine']['prun_default_balance']}` (its default) unless its name says "
+           "otherwise.", ""]
+    for mode_name, shapes in data["scenarios"].items():
+        if mode_name == "reload":
+            r = shapes
+            out += ["## reload", "", f"prun -i 2 (`--balance {r['balance']}`) under wrk -t2 -c{data['connections']} "
+                    f"for {r['seconds']:g} s while the master gets {r['hups']} HUPs. Target: zero errors.", "",
+                    f"- {r['hups']} HUPs sent, {r['reloads_completed']} reloads completed, {r['reloads_failed']} "
+                    "failed (a HUP during a reload is queued, so a few may merge)",
+                    f"- socket errors: {sum(r['socket_errors'].values())}, non-2xx responses: {r['non2xx']}",
+                    f"- throughput during reloads: {r['requests_per_s']:,.0f} req/s", ""]
             continue
-        out += ["| server | median req/s | prun / server |", "|---|---:|---:|"]
-        for name, median in sc.medians.items():
-            ratio = "" if name == "prun" else f"{sc.ratios.get(name, 0):.2f}x"
-            out.append(f"| {name} | {median:.0f} | {ratio} |")
-        out += [""] + [f"- {note}" for note in sc.notes] + [""]
+        out += [f"## {mode_name}", "", MODES[mode_name]["description"], ""]
+        notes: list[str] = [f"{e['shape']}: skipped: {e['skipped']}" for e in shapes if e.get("skipped")]
+        for interface in ("asgi", "wsgi"):
+            entries = [e for e in shapes if e.get("interface") == interface and e.get("connections")]
+            if not entries:
+                continue
+            names: list[str] = []
+            for e in entries:
+                names += [n for n in e["servers"] if n not in names]
+            prun = "prun" if "prun" in names else names[0]
+            peers = [n for n in names if n != prun]
+            header = ["shape", "connection"] + names + [f"{prun} / {p}" for p in peers]
+            rows, cpu_rows = [], []
+            for e in entries:
+                for conn, block in e["connections"].items():
+                    rows.append([e["shape"], conn] + [cell(block, n) for n in names]
+                                + [ratio_cell(block, p) for p in peers])
+                    cpu_rows.append([e["shape"], conn] + [fmt_spread(block.get("cpu_us_per_request", {}).get(n), 1)
+                                                          for n in names]
+                                    + [ratio_cell(block, p, "cpu_ratios") for p in peers])
+                    notes += [f"{e['shape']}, {conn}: {note}" for note in block["notes"]]
+                if e.get("failed_to_start"):
+                    notes.append(f"{e['shape']}: could not start {', '.join(e['failed_to_start'])}")
+            out += [table(header, rows), "",
+                    "Server CPU time per request, µs (every process of the server's tree, user + system; "
+                    "median (min-max)), and the peer's over prun's, round by round: less disturbed by other "
+                    "load than req/s, and with one CPU-bound worker it is what bounds req/s.", "",
+                    table(["shape", "connection"] + names + [f"{p} / {prun} CPU" for p in peers], cpu_rows), ""]
+        if notes:
+            out += ["Spread notes (a ratio whose note is here is not a measured difference):", ""]
+            out += [f"- {note}" for note in notes] + [""]
+        loads = [e["load_before"][0] for e in shapes if e.get("load_before")]
+        if loads:
+            out += [f"Load average (1 min) before each shape: {', '.join(f'{x:.2f}' for x in loads)} (the "
+                    "previous shape's own load decays into it).", ""]
+        busy = [f"{e['shape']} ({e['cpu_busy_before']:.0f}%)" for e in shapes
+                if (e.get("cpu_busy_before") or 0) >= BUSY_CPU]
+        if busy:
+            out += [f"**Other work used the CPUs before these shapes, with every server stopped**: "
+                    f"{', '.join(busy)}: their figures are suspect.", ""]
     return "\n".join(out)
 
 
-def check_tools(scenarios: list[str]) -> None:
-    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
-    if missing:
-        sys.exit(f"benchmarks: missing {', '.join(missing)} (apt-get install wrk util-linux)")
-    if "pinned" in scenarios and (os.cpu_count() or 1) < 2:
-        sys.exit("benchmarks: the pinned scenario needs 2 CPUs")
+def plot(ctx: Context, data: dict) -> str | None:
+    """Bars of the keep-alive medians per shape and server, with min-max whiskers (one panel per scenario)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    modes = [m for m in data["scenarios"] if m in MODES and data["scenarios"][m]]
+    if not modes:
+        return None
+    fig, axes = plt.subplots(len(modes), 1, figsize=(10, 3.6 * len(modes)), squeeze=False)
+    for ax, mode_name in zip(axes[:, 0], modes):
+        entries = [e for e in data["scenarios"][mode_name] if "keepalive" in e.get("connections", {})]
+        names: list[str] = []
+        for e in entries:
+            names += [n for n in e["servers"] if n not in names]
+        colors = {name: f"C{j}" for j, name in enumerate(names)}
+        labelled: set[str] = set()
+        for i, e in enumerate(entries):
+            shown = [n for n in e["servers"] if e["connections"]["keepalive"]["spread"].get(n, {}).get("median")]
+            width = 0.8 / max(1, len(shown))
+            for j, name in enumerate(shown):
+                s = e["connections"]["keepalive"]["spread"][name]
+                ax.bar(i - 0.4 + width * (j + 0.5), s["median"], width * 0.9, color=colors[name],
+                       yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]], capsize=2,
+                       label=None if name in labelled else name)
+                labelled.add(name)
+        ax.set_xticks(range(len(entries)), [e["shape"] for e in entries])
+        ax.set_ylabel("req/s (keep-alive)")
+        ax.set_title(f"{mode_name}: median of {data['rounds']} rounds, whiskers min-max", fontsize=10)
+        if names:
+            ax.legend(fontsize=8, ncol=len(names))
+    fig.tight_layout()
+    path = ctx.out_dir / f"{NAME}.png"
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default="pinned,unpinned,reload")
-    parser.add_argument("--servers", default="prun,uvicorn,gunicorn,granian")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
-    parser.add_argument("--hups", type=int, default=20)
-    parser.add_argument("--reload-seconds", type=float, default=30.0)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--scenarios", default="pinned,unpinned,reload", help="pinned, unpinned, reload")
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                        help=f"{','.join(DEFAULT_SHAPES)} (default: all), and hello_lists")
+    parser.add_argument("--connections", default=",".join(CONNECTION_MODES), help="keepalive, close")
+    parser.add_argument("--servers", default="prun,uvicorn,gunicorn,granian,gunicorn-gthread,granian-wsgi",
+                        help="also prun-shared, prun-leastconn (prun with that --balance)")
+    parser.add_argument("--rounds", type=int, help="rounds per shape (default 5, --quick 2)")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run (whole seconds; default 5, --quick 1)")
+    parser.add_argument("--hups", type=int, help="HUPs in the reload scenario (default 20, --quick 5)")
+    parser.add_argument("--reload-seconds", type=float, help="length of the reload scenario (default 30, --quick 8)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short rounds, results in results/smoke/")
+    parser.add_argument("--allow-busy", action="store_true",
+                        help="measure even when the load average is high (results go to results/busy/)")
+    parser.add_argument("--out", default=str(RESULTS), help="the results directory")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if "prun" not in servers:
-        servers.insert(0, "prun")
-    check_tools(names)
-    procs = Processes()
-    scenarios: list[Scenario] = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    conns = [s.strip() for s in args.connections.split(",") if s.strip()]
+    chosen = [s.strip() for s in args.servers.split(",") if s.strip()]
+    known = set(servers.ASGI_SERVERS) | set(servers.WSGI_SERVERS) | {"prun-shared", "prun-leastconn"}
+    unknown = ([n for n in names if n not in (*MODES, "reload")] + [s for s in shapes if s not in SHAPES]
+               + [c for c in conns if c not in CONNECTION_MODES] + [s for s in chosen if s not in known])
+    if unknown:
+        parser.error(f"unknown scenario, shape, connection mode or server: {', '.join(unknown)}")
+    missing = wrk.missing_tools()
+    if missing:
+        print(f"benchmarks: missing {', '.join(missing)} (apt-get install wrk util-linux)", file=sys.stderr)
+        return 1
+    if "pinned" in names and (os.cpu_count() or 1) < 2:
+        print("benchmarks: the pinned scenario needs 2 CPUs", file=sys.stderr)
+        return 1
+    rounds = args.rounds or (2 if args.quick else 5)
+    seconds = float(args.duration or (1 if args.quick else 5))
+    hups = args.hups or (5 if args.quick else 20)
+    reload_seconds = args.reload_seconds or (8.0 if args.quick else 30.0)
+    ctx = Context(quick=args.quick, results=Path(args.out), allow_busy=args.allow_busy, rounds=rounds)
+    procs.stop_on_signals()
+    refused = gate(ctx)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
+    scenarios: dict[str, object] = {}
+    began = time.monotonic()
+    failed = []
     try:
-        if "pinned" in names:
-            sc = Scenario("pinned", "One worker pinned to CPU 0 (taskset -c 0), wrk -t1 pinned to CPU 1.")
-            scenarios.append(sc)
-            throughput(sc, servers, 1, "0", "1", 1, args.rounds, args.duration, procs)
-            procs.stop_all()
-        if "unpinned" in names:
-            sc = Scenario("unpinned", "Two workers (-i 2 / --workers 2 / -w 2), wrk -t2, no pinning.")
-            scenarios.append(sc)
-            throughput(sc, servers, 2, None, None, 2, args.rounds, args.duration, procs)
-            procs.stop_all()
+        for mode_name in (n for n in names if n in MODES):
+            scenarios[mode_name] = entries = []
+            for shape in shapes:
+                try:
+                    entries.append(throughput(ctx, mode_name, shape, chosen, rounds, seconds, conns))
+                except Exception as exc:  # noqa: BLE001 - the other shapes still run
+                    traceback.print_exc()
+                    failed.append(f"{mode_name} / {shape}: {exc}")
         if "reload" in names:
-            sc = Scenario("reload", f"prun -i 2 under wrk -t2 -c{CONNECTIONS} for {args.reload_seconds:g} s while "
-                                    f"the master gets {args.hups} HUPs (rolling reloads). Target: zero errors.")
-            scenarios.append(sc)
-            reload_under_load(sc, args.hups, args.reload_seconds, procs)
+            try:
+                scenarios["reload"] = reload_under_load(ctx, hups, reload_seconds)
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                failed.append(f"reload: {exc}")
+    except KeyboardInterrupt:
+        ctx.log("interrupted: stopping every process started")
+        return 130
     finally:
-        procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "connections": CONNECTIONS,
-            "seconds": args.duration, "rounds": args.rounds, "prun_balance": prun_balance(),
-            "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "scenarios": [asdict(s) for s in scenarios]}, indent=2))
-    report = markdown(scenarios, meta)
-    (out / f"{stamp}.md").write_text(report)
+        procs.REGISTRY.cleanup()
+        ctx.remove_tmp()
+    data = write_json(ctx, NAME, {"connections": CONNECTIONS, "seconds": seconds, "rounds": rounds,
+                                  "scenarios": scenarios, "failed": failed})
+    image = plot(ctx, data)
+    report = markdown(data) + (f"\n![keep-alive throughput by shape]({image})\n" if image else "")
+    write_md(ctx, NAME, report)
     print("\n" + report)
-    print(f"results: {out / stamp}.json and .md")
-    return 0
+    ctx.log(f"done in {time.monotonic() - began:.0f}s")
+    for line in failed:
+        print(f"benchmarks: failed: {line}", file=sys.stderr)
+    return 1 if failed else 0

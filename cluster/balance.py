@@ -3,7 +3,10 @@
 A connection goes over the worker's control channel (SCM_RIGHTS) to the READY, non-draining worker
 with the fewest open connections (ties in turn). The master keeps its copy of each handed-off
 connection until the worker acknowledges it, so one that was queued to a worker that died is handed
-to another instead of being dropped. In `shared` mode none of this runs: the kernel balances.
+to another instead of being dropped. A worker sitting on a hand-off it has not acknowledged (stopped,
+or its loop blocked) gets new connections only when no other can take them; what waits in the master
+goes out as soon as a worker acknowledges. Out of fds, accepting pauses on a timer instead of spinning.
+In `shared` mode none of this runs: the kernel balances.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
     from prun.cluster.log import Log
 
 ACCEPTS_PER_WAKEUP = 64
+PAUSE_FIRST = 0.05  # out of fds: the first pause of accepting; doubled up to PAUSE_CAP
+PAUSE_CAP = 1.0
+STALLED_AFTER = 0.5  # a worker holding a hand-off unacknowledged this long gets others only as a last resort
 _CONN = channel.Conn()
 
 
@@ -35,20 +41,49 @@ class LeastConn:
         self.workers: list[WorkerProcess] = []  # every worker that may take connections, in spawn order
         self.pending: deque[socket.socket] = deque()  # accepted, not yet handed to anyone
         self.turn = 0
-        self.accepting = False
+        self.accepting = False  # started and not stopped
+        self.pause: asyncio.TimerHandle | None = None  # out of fds: accepting resumes when it fires
+        self.backoff = PAUSE_FIRST
+        self.paused_since = 0.0
         self._warned: set[int] = set()
 
     def start(self) -> None:
         self.accepting = True
-        for listener in self.listeners:
-            self.loop.add_reader(listener.sock.fileno(), self._accept, listener.sock)
+        self._listen(True)
 
     def stop(self) -> None:
         """Stop accepting; new connections wait in the kernel's queue."""
         if self.accepting:
             self.accepting = False
-            for listener in self.listeners:
+            if self.pause is not None:
+                self.pause.cancel()
+                self.pause = None
+            else:
+                self._listen(False)
+
+    def _listen(self, on: bool) -> None:
+        for listener in self.listeners:
+            if on:
+                self.loop.add_reader(listener.sock.fileno(), self._accept, listener.sock)
+            else:
                 self.loop.remove_reader(listener.sock.fileno())
+
+    def _out_of_fds(self, exc: OSError) -> None:
+        """EMFILE and friends: the listener stays readable, so stop watching it for a while (no spin)."""
+        if self.pause is not None:
+            return
+        if self.backoff == PAUSE_FIRST:
+            self.paused_since = self.loop.time()
+            self.log.error(f"accept failed: {exc.strerror or exc}; pausing accepting, retrying every "
+                           f"{PAUSE_FIRST:g}s to {PAUSE_CAP:g}s (connections wait in the kernel's queue)")
+        self._listen(False)
+        self.pause = self.loop.call_later(self.backoff, self._resume)
+        self.backoff = min(PAUSE_CAP, self.backoff * 2)
+
+    def _resume(self) -> None:
+        self.pause = None
+        if self.accepting:
+            self._listen(True)
 
     # Hot path: one call per accepted connection.
     def _accept(self, sock: socket.socket) -> None:
@@ -57,13 +92,17 @@ class LeastConn:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # EMFILE and friends: leave the rest in the kernel queue
-                if exc.errno not in self._warned:
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_fds(exc)
+                    break
+                if exc.errno not in self._warned:  # ECONNABORTED and the like: that client is gone
                     self._warned.add(exc.errno or 0)
                     self.log.error(f"accept failed: {exc.strerror or exc}")
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    break
                 continue
+            if self.backoff != PAUSE_FIRST:
+                self.backoff = PAUSE_FIRST
+                self.log.info(f"accepting again after {self.loop.time() - self.paused_since:.1f}s")
             self.pending.append(conn)
         self.dispatch()
 
@@ -72,30 +111,40 @@ class LeastConn:
 
     def dispatch(self) -> None:
         """Hand every pending connection to a worker; those no worker can take now stay queued."""
+        now = self.loop.time()
         while self.pending:
-            if not self._hand_off(self.pending[0]):
+            if not self._hand_off(self.pending[0], now):
                 return
             self.pending.popleft()
 
-    def _hand_off(self, conn: socket.socket) -> bool:
-        count = len(self.workers)
+    def _pick(self, refused: set[int], now: float) -> int | None:
+        """The READY worker with the least load; one that sits on unacknowledged hand-offs (stopped or
+        hung: the heartbeat watchdog will tell) only if no other can take the connection."""
+        best: int | None = None
+        best_stalled = True
+        for step in range(len(self.workers)):
+            index = (self.turn + step) % len(self.workers)
+            worker = self.workers[index]
+            if worker.state is not State.READY or worker.aborted or index in refused:
+                continue
+            stalled = bool(worker.inflight) and now - worker.waiting_since > STALLED_AFTER
+            if (best is None or (best_stalled and not stalled)
+                    or (stalled == best_stalled and self.load(worker) < self.load(self.workers[best]))):
+                best, best_stalled = index, stalled
+        return best
+
+    def _hand_off(self, conn: socket.socket, now: float) -> bool:
         refused: set[int] = set()
-        while True:
-            best: WorkerProcess | None = None
-            best_index = 0
-            for step in range(count):
-                index = (self.turn + step) % count
-                worker = self.workers[index]
-                if (worker.state is State.READY and index not in refused
-                        and (best is None or self.load(worker) < self.load(best))):
-                    best, best_index = worker, index
-            if best is None:
-                return False
-            if best.chan is not None and best.chan.send(_CONN, fds=[conn.fileno()]):
-                best.inflight.append(conn)
-                self.turn = best_index + 1
+        while (index := self._pick(refused, now)) is not None:
+            worker = self.workers[index]
+            if worker.chan is not None and worker.chan.send(_CONN, fds=[conn.fileno()]):
+                if not worker.inflight:
+                    worker.waiting_since = now
+                worker.inflight.append(conn)
+                self.turn = index + 1
                 return True
-            refused.add(best_index)  # its channel is full or gone: try the next one
+            refused.add(index)  # its channel is full or gone: try the next one
+        return False
 
     def add(self, worker: WorkerProcess) -> None:
         self.workers.append(worker)
@@ -105,9 +154,13 @@ class LeastConn:
 
     def acknowledged(self, worker: WorkerProcess, accepted: int) -> None:
         """The worker took `accepted` connections in all: the master's copies of those can go."""
+        if worker.acked < accepted:
+            worker.waiting_since = self.loop.time()  # it takes connections: what it still holds is recent
         while worker.acked < accepted and worker.inflight:
             worker.inflight.popleft().close()
             worker.acked += 1
+        if self.pending:
+            self.dispatch()  # its channel had filled up, or it had too many: it can take more now
 
     def gone(self, worker: WorkerProcess) -> None:
         """A worker exited: what it never took is handed to the others."""

@@ -6,6 +6,7 @@ Every failure a user can cause ends here as one line on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -43,6 +44,7 @@ def serve(cli_values: dict[str, Any]) -> int:
     from prun.cluster.log import Log
     from prun.cluster.notify import Notifier
 
+    signal.pthread_sigmask(signal.SIG_BLOCK, master.SIGNALS)  # held until the master handles them
     environ = dict(os.environ)
     config = config_mod.build(cli_values, environ)
     if config.health:

@@ -345,27 +345,26 @@ def log_spec(value: Any, cwd: str) -> dict[str, Any]:
 
 
 def run_arguments(options: dict[str, Any]) -> list[str]:
-    """`prun run`'s arguments for these option values, from the run command's own parameters."""
-    from prun.cluster.cli import run_command
+    """`prun run`'s arguments for these option values, from the option table `prun run` is built from."""
+    from prun.cluster.options import BY_NAME, OPTIONS
 
-    argv: list[str] = []
-    for param in run_command.params:
-        name = param.name or ""
-        if name in ("app", "bind", "instances", "name", "env") or name not in options:
-            continue
-        flag = max(param.opts, key=len)
-        value = options[name]
-        if getattr(param, "is_flag", False):
-            if value:
-                argv.append(flag)
-            elif value is False and getattr(param, "secondary_opts", None):
-                argv.append(param.secondary_opts[0])
-        elif getattr(param, "multiple", False):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    unknown = sorted(set(options) - {p.name for p in run_command.params})
+    unknown = sorted(set(options) - set(BY_NAME))
     if unknown:
         raise PrunError(f"unknown option {unknown[0]!r} (prun run --help lists them)")
+    argv: list[str] = []
+    for option in OPTIONS:
+        name = option.name
+        if option.argument or name in ("bind", "instances", "name", "env") or name not in options:
+            continue
+        value = options[name]
+        if option.flag:
+            if value:
+                argv.append(option.long)
+            elif value is not None and option.default is True:
+                argv.append(f"--no-{option.long[2:]}")  # turned off: --no-proxy-headers
+        elif option.multiple:
+            for item in value:
+                argv += [option.long, str(item)]
+        else:
+            argv += [option.long, str(value)]
     return argv

@@ -30,6 +30,8 @@ from prun.cluster.supervision import Supervision
 from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
 from prun.runtime import channel
 
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
+           signal.SIGUSR1, signal.SIGCHLD)
 STOP_GRACE = 1.0  # a fast stop: after SIGQUIT, before SIGKILL
 WATCHDOG_INTERVAL = 0.5
 
@@ -58,8 +60,8 @@ class Master:
         self.started = time.monotonic()
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
-        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances)
-        self.supervision = Supervision(self.loop, log, self.rollout)
+        self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
+        self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         self.status_file = os.environ.get("PRUN_STATUS_FILE", "")  # for prun monit (cluster/statusfile.py)
         self.tally = Tally()
@@ -76,9 +78,9 @@ class Master:
     # ---- the main line -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
-                       signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+        for signum in SIGNALS:
             self.loop.add_signal_handler(signum, self.dispatch, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # what came meanwhile is dispatched now
         self.reap()  # anything that exited before the handler was in place
         if self.container:
             self.log.info(f"container mode{' (PID 1)' if os.getpid() == 1 else ''}: reaping every child")
@@ -88,16 +90,20 @@ class Master:
             self.balancer.start()
         for slot in self.slots:
             self.supervision.start(slot)
-        tick = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
+                self.rollout.release()
                 self.recycler.start()
-            return await self.finished
+            code = await self.finished
+            self.ticking.cancel()  # nothing else touches the processes the sweep stops
+            await self.supervision.sweep()
+            return code
         finally:
-            tick.cancel()
+            self.ticking.cancel()
             self.recycler.stop()
             if self.health:
                 self.health.close()
@@ -120,9 +126,10 @@ class Master:
     def tick(self) -> None:
         """Murder the hung (the count is kept by supervision's restarts); under the daemon, publish the status."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
+        self.supervision.stop_orphans()
         if self.status_file:
             write_status(self.status_file, self.status())
-        self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
+        self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -221,11 +228,15 @@ class Master:
             worker.last_heartbeat = time.monotonic()
             worker.conns = msg.conns
             worker.requests = msg.requests
+            worker.rss = msg.rss
+            if worker.rss_told and msg.rss >= 2 * worker.rss_told:
+                self.supervision.memory_grew(worker)
             if self.balancer:
                 self.balancer.acknowledged(worker, msg.accepted)
             self.recycler.heartbeat(worker, msg.rss)
         elif isinstance(msg, channel.Ready):
             worker.state = State.READY
+            worker.rss = worker.rss_ready = worker.rss_told = msg.rss
             worker.last_heartbeat = time.monotonic()
             if not worker.ready.done():
                 worker.ready.set_result(True)
@@ -258,7 +269,7 @@ class Master:
             "uptime": round(now - self.started, 3),
             "workers": [
                 {"slot": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state.value,
-                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests,
+                 "uptime": round(now - w.started, 3), "connections": w.conns, "requests": w.requests, "rss": w.rss,
                  "restarts": self.slots[w.slot].restarts if w.slot < len(self.slots) else 0}
                 for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))
             ],
@@ -302,15 +313,16 @@ class Master:
         if self.balancer:
             self.balancer.gone(worker)
         self.tally.worker_gone(worker.slot, worker.requests)
+        self.supervision.worker_gone()
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
             return
         slot = self.rollout.slot_of(worker)
-        if slot is not None and not was_draining and self.booted:
+        if slot is not None and not was_draining and (self.booted or was_ready):
             self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
             self.supervision.died(slot, worker, code, was_ready)
-        # otherwise: drained, scaled away, or a candidate (the rollout decides)
+        # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -359,6 +371,10 @@ def _forward(pid: int, signum: int) -> bool:
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
         notifier: Notifier | None = None) -> int:
     """Run a master until it stops; its exit code."""
+    # A HUP or TTOU sent right after `listening on` must not find the default action (exit, stop):
+    # they wait, blocked, until the master's handlers are in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
     async def main() -> int:
         return await Master(config, listeners, log, reconfigure, notifier).run()
 

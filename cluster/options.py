@@ -174,7 +174,6 @@ class Option:
     fallback_format: str = "{}"  # how that variable's value becomes this option's text
     show_values: bool = True  # False: a reload names the changed keys, not their values (secrets)
     bare: str = ""  # the value of the flag given without one (--watch alone); '' : a value is required
-    pair: bool = False  # a switch with its negation: --merge-logs/--no-merge-logs
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -260,7 +259,8 @@ class Config:
         "to the least busy worker; shared: the kernel balances.", worker=True)
     graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
         reload=True)
-    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready.", reload=True)
+    ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready (0: no limit).",
+        reload=True)
     timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
         reload=True)
     reload_batch: int = option(parse_int, 1, "Workers replaced at a time during a reload.", reload=True)
@@ -292,7 +292,7 @@ class Config:
         flag=True)
     merge_logs: bool = option(parse_bool, True, "prun start: the workers' lines in the app's two log files; "
         "--no-merge-logs: each worker's in its own pair (NAME-out-0.log, NAME-err-0.log, ...).", flag=True,
-        pair=True, shown_default="merged")
+        shown_default="merged")
     time: bool = option(parse_bool, False, "prun start: prefix each log line with the time it was written "
         "(--log-date-format).", flag=True)
     log_date_format: str = option(parse_str, "%Y-%m-%dT%H:%M:%S%z", "The strftime format of --time's prefix.",
@@ -305,13 +305,17 @@ class Config:
         reload=True)
     root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
         metavar="PATH", worker=True, reload=True)
-    proxy_headers: bool = option(parse_bool, False, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.",
-        flag=True, worker=True, reload=True)
+    proxy_headers: bool = option(parse_bool, True, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (as "
+        "uvicorn and gunicorn do).", shown_default="on", flag=True, worker=True, reload=True)
     forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
         "or *.", metavar="IPS", worker=True, reload=True)
     threads: int = option(parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True)
     keepalive_timeout: float = option(parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
         metavar="SECONDS", worker=True, reload=True)
+    timeout_request_header: float = option(parse_float, 10.0, "Seconds a request head may take to arrive in full, "
+        "then 408 and close (0: no bound).", metavar="SECONDS", worker=True, reload=True)
+    timeout_write: float = option(parse_float, 60.0, "Seconds a client may read none of a waiting response before "
+        "it is dropped (0: no bound).", metavar="SECONDS", worker=True, reload=True)
     limit_request_line: int = option(parse_int, 8190, "Longest request line, bytes (414 beyond).", metavar="BYTES",
         worker=True, reload=True)
     limit_request_header_size: int = option(parse_int, 16384, "Largest header section, bytes (431 beyond).",
@@ -387,9 +391,9 @@ def click_options(command: F) -> F:
             continue
         shown = option.default_text()
         text = option.help + (f"  [default: {shown}]" if shown else "")
-        if option.pair:
-            command = click.option(f"{option.long}/--no-{option.long[2:]}", option.name, default=None,
-                                   help=text)(command)
+        if option.flag and option.default is True:  # on by default: --no-NAME turns it off
+            switch = f"{option.long}/--no-{option.long[2:]}"
+            command = click.option(switch, option.name, default=None, help=text)(command)
         elif option.flag:
             command = click.option(*option.flags, option.name, is_flag=True, default=None, help=text)(command)
         elif option.bare:
@@ -418,6 +422,8 @@ def readme_table() -> str:
         if option.argument:
             continue
         flags = "/".join(option.flags) + ("" if option.flag else f" {_metavar(option)}")
+        if option.flag and option.default is True:
+            flags += f"/--no-{option.long[2:]}"
         default = option.default_text()
         rows.append(f"| `{_cell(flags)}` | {f'`{_cell(default)}`' if default else ''} | "
                     f"{'applied' if option.reload else 'needs a restart'} | {_cell(option.help)} |")

@@ -12,7 +12,8 @@ It owns the slot table, the generations and the queue of requested operations:
     recycle          the same step for one slot (max-requests): the worker is replaced, losslessly
     scale +1 / -1    a new slot once its first worker is READY / the last slot's worker drains
 
-Operations run one after another. A HUP while a reload waits in the queue is merged into it
+Operations run one after another, and none before the first generation is ready (they wait in the
+queue: a worker still booting its first time is nobody's to replace). A HUP while a reload waits in the queue is merged into it
 ("reload already queued"): two HUPs during one reload give exactly one more. `stop` (TERM) drops the
 queue and ends the running operation at once: its candidates are drained or killed, none is left.
 
@@ -37,6 +38,7 @@ from typing import Generic, Protocol, TypeVar
 from prun.cluster.errors import PrunError
 from prun.cluster.log import Log
 from prun.cluster.notify import Notifier
+from prun.cluster.worker import describe_exit
 
 KILL_GRACE = 2.0  # after the drain deadline a worker was told, before SIGKILL
 
@@ -156,7 +158,7 @@ class Rollout(Generic[W]):
     """The slot table, its generations, and the queue of operations that replace workers."""
 
     def __init__(self, supervisor: Supervisor[W], settings: Settings, log: Log, notifier: Notifier | None = None,
-                 instances: int = 1, kill_grace: float = KILL_GRACE) -> None:
+                 instances: int = 1, kill_grace: float = KILL_GRACE, held: bool = False) -> None:
         self.supervisor = supervisor
         self.settings = settings  # replaced by what reconfigure returns at each reload
         self.log = log
@@ -170,6 +172,7 @@ class Rollout(Generic[W]):
         self.running: Operation[W] | None = None
         self.candidates: list[W] = []  # started by the running operation, no slot's own yet
         self.stopped = False
+        self.held = held  # operations wait in the queue until release() (the first generation boots)
         self._task: asyncio.Task[None] | None = None
         self._drain_deadlines: dict[W, asyncio.TimerHandle] = {}
         self.on_reloaded: Callable[[bool, float], None] | None = None  # (ok, seconds): for the metrics
@@ -191,6 +194,11 @@ class Rollout(Generic[W]):
 
     def request_scale(self, delta: int) -> None:
         self._enqueue(Scale(delta))
+
+    def release(self) -> None:
+        """Run the operations asked while held (the first generation is ready now)."""
+        self.held = False
+        self._kick()
 
     def stop(self) -> None:
         """The master stops: drop the queue, end the running operation; its candidates go at once."""
@@ -262,7 +270,10 @@ class Rollout(Generic[W]):
         if self.stopped:
             return
         self.queue.append(op)
-        if self._task is None or self._task.done():
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.queue and not self.held and (self._task is None or self._task.done()):
             self._task = self.loop.create_task(self._run())
 
     async def _run(self) -> None:
@@ -290,12 +301,8 @@ class Rollout(Generic[W]):
             except OSError as exc:
                 reason = f"cannot start worker {slot.index}: {exc.strerror or exc}"
                 break
-        pending = {c.ready for c in self.candidates}
-        while pending and reason is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            failed = next((c for c in self.candidates if c.ready in done and not ready_now(c)), None)
-            if failed is not None:
-                reason = f"{failed.describe()}: {failed.why_not_ready()}"
+        if reason is None:
+            reason = await self._until_ready(self.candidates)
         if reason is not None:
             self._abandon(self.candidates)
             return reason
@@ -305,6 +312,20 @@ class Rollout(Generic[W]):
                 self.retire(old)
         self.candidates.clear()
         return None
+
+    async def _until_ready(self, candidates: list[W]) -> str | None:
+        """None once every candidate is READY and still there; else why one is not."""
+        while True:
+            for candidate in candidates:
+                if candidate.exited.done() and ready_now(candidate):
+                    code = candidate.exited.result() if not candidate.exited.cancelled() else 0
+                    return f"{candidate.describe()}: it {describe_exit(code)} right after it was ready"
+                if candidate.ready.done() and not ready_now(candidate):
+                    return f"{candidate.describe()}: {candidate.why_not_ready()}"
+            waiting = [f for c in candidates for f in (c.ready, c.exited) if not f.done()]
+            if all(ready_now(c) for c in candidates):
+                return None
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
     async def _reload(self) -> None:
         began = time.monotonic()
@@ -345,11 +366,14 @@ class Rollout(Generic[W]):
         groups: dict[int, list[Slot[W]]] = {}
         for slot in rest:
             groups.setdefault(slot.generation, []).append(slot)
-        mixed = "(" + "; ".join(f"slots {slot_list(group)}: gen {g}" for g, group in groups.items()) + ")"
+        if len(groups) == 1:
+            kept = f"gen {rest[0].generation}"
+        else:  # an earlier reload failed half-way too
+            kept = "(" + "; ".join(f"slots {slot_list(group)}: gen {g}" for g, group in groups.items()) + ")"
         if not rolled:
-            return f"every worker keeps serving {f'gen {rest[0].generation}' if len(groups) == 1 else 'its generation ' + mixed}"
+            return f"every worker keeps serving {kept if len(groups) == 1 else 'its generation ' + kept}"
         return (f"{len(rolled)} workers (slots {slot_list(rolled)}) already run gen {generation}, the other "
-                f"{len(rest)} (slots {slot_list(rest)}) keep {f'gen {rest[0].generation}' if len(groups) == 1 else 'their generations ' + mixed}")
+                f"{len(rest)} (slots {slot_list(rest)}) keep {kept if len(groups) == 1 else 'their generations ' + kept}")
 
     async def _recycle(self, worker: W, why: str) -> None:
         slot = self.slot_of(worker)

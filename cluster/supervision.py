@@ -1,36 +1,62 @@
-"""Supervision: keeps every slot's worker alive.
+"""Supervision: keeps every slot's worker alive, and lets nothing a worker started outlive it.
 
 A slot's own worker that exits while not draining is restarted with exponential backoff (100 ms x1.5,
 capped at 15 s, reset once a worker was up 30 s). A worker whose loop sent no heartbeat for --timeout
 gets SIGABRT (faulthandler prints its stack), then SIGKILL.
+
+Processes an app started do not outlive their worker: the master is a child subreaper, so a worker's
+orphaned descendants become the master's children. One whose worker has exited (it carries the worker's
+$PRUN_WORKER) gets SIGTERM, then SIGKILL if it is still there a grace later; at a stop, before the master
+exits, every one does. (A double-forked helper of a worker that still serves is left alone.) As PID 1
+the master adopts every orphan of the container, so there it leaves them alone: the container's end
+takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import signal
 import time
 from collections.abc import Iterable
 
+import psutil
+
 from prun.cluster.log import Log
 from prun.cluster.rollout import Rollout, Slot
-from prun.cluster.worker import State, WorkerProcess, describe_exit
+from prun.cluster.worker import TOKEN_VARIABLE, State, WorkerProcess, describe_exit
 
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 1.5
 BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0  # a worker up this long earns its slot a fresh backoff
 ABORT_GRACE = 2.0  # after SIGABRT (time to print the stack), before SIGKILL
+ORPHAN_GRACE = 2.0  # after SIGTERM to a process a worker left behind, before SIGKILL
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of this process's children become its children (Linux 3.4+)."""
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 class Supervision:
-    """Restarts what died, aborts what hangs."""
+    """Restarts what died, aborts what hangs, stops what a worker left behind."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess],
+                 workers: dict[int, WorkerProcess]) -> None:
         self.loop = loop
         self.log = log
         self.rollout = rollout
+        self.workers = workers  # the master's table, by pid
         self.stopped = False
+        self.adopting = os.getpid() != 1 and become_subreaper()
+        self.orphans_due = False  # a worker exited: its children may be ours now
+        self.orphans: dict[int, float] = {}  # pid -> when it was told to stop
 
     def start(self, slot: Slot[WorkerProcess]) -> None:
         """Give `slot` a worker now unless it has a live one; if it cannot start, retry with backoff."""
@@ -77,7 +103,57 @@ class Supervision:
                 worker.signal(signal.SIGABRT)
                 worker.kill_timer = self.loop.call_later(ABORT_GRACE, worker.signal, signal.SIGKILL)
 
+    def memory_grew(self, worker: WorkerProcess) -> None:
+        """A worker's memory doubled since it was last told: make a leak visible (recycling is --max-requests')."""
+        mb = 1024 * 1024
+        self.log.warning(f"{worker.describe()} grew to {worker.rss // mb} MB of memory "
+                         f"({worker.rss / worker.rss_ready:.1f}x the {worker.rss_ready // mb} MB it had when ready)")
+        worker.rss_told = worker.rss
+
     def stop(self) -> None:
         self.stopped = True
         for slot in self.rollout.slots:
             slot.close()
+
+    def worker_gone(self) -> None:
+        self.orphans_due = self.adopting
+
+    def stop_orphans(self, kill_now: bool = False, every: bool = False) -> bool:
+        """SIGTERM each adopted process whose worker is gone (`every`: each one), SIGKILL it a grace later.
+
+        True while some are left.
+        """
+        if not (self.orphans_due or every):
+            return False
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return False
+        now = time.monotonic()
+        serving = {worker.token for worker in self.workers.values()}
+        left: dict[int, float] = {}
+        for child in children:
+            try:
+                if child.pid in self.workers or child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if not every and child.environ().get(TOKEN_VARIABLE, "") in serving | {""}:
+                    continue  # its worker still serves (or it cleared its environment): the stop takes it
+                told = self.orphans.get(child.pid)
+                if told is None:
+                    self.log.warning(f"process {child.pid} ({child.name()}) was left behind by a worker: stopping it")
+                    child.send_signal(signal.SIGTERM)
+                    told = now
+                if kill_now or now - told >= ORPHAN_GRACE:
+                    child.send_signal(signal.SIGKILL)
+                left[child.pid] = told
+            except psutil.Error:
+                continue
+        self.orphans = left
+        self.orphans_due = bool(left)  # stopping one may orphan its own children: look again
+        return bool(left)
+
+    async def sweep(self) -> None:
+        """At exit: what the workers left behind goes too (SIGKILL for what is still there a grace later)."""
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while self.adopting and self.stop_orphans(kill_now=time.monotonic() >= deadline, every=True):
+            await asyncio.sleep(0.05)

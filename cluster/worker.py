@@ -21,6 +21,9 @@ from prun.runtime.options import WorkerOptions
 _SHIM = "import sys; del sys.path[0]; from prun.runtime.container import main; main()"
 
 
+TOKEN_VARIABLE = "PRUN_WORKER"
+
+
 def exit_status(code: int) -> int:
     """A child's status as a shell shows it: its exit code, or 128+N for signal N."""
     return 128 - code if code < 0 else code
@@ -58,6 +61,9 @@ class WorkerProcess:
     chan: channel.AsyncChannel | None = None
     conns: int = 0
     requests: int = 0
+    rss: int = 0  # resident memory in bytes, from its heartbeat
+    rss_ready: int = 0  # ... when it became ready
+    rss_told: int = 0  # the size the master last logged (a line at each doubling)
     last_heartbeat: float = field(default_factory=time.monotonic)
     boot_error: str = ""
     boot_traceback: str = ""
@@ -67,8 +73,11 @@ class WorkerProcess:
     # leastconn: connections handed over but not yet acknowledged, and how many were acknowledged
     inflight: deque[socket.socket] = field(default_factory=deque)
     acked: int = 0
+    waiting_since: float = 0.0  # loop time of the oldest hand-off it has not acknowledged (about)
     # --log-format json: the read ends of the worker's stdout and stderr pipes
     outputs: dict[int, str] = field(default_factory=dict)
+    # $PRUN_WORKER in its environment, inherited by what the app starts: whose a process left behind is
+    token: str = field(default_factory=lambda: os.urandom(8).hex())
 
     @property
     def alive(self) -> bool:
@@ -108,6 +117,7 @@ def spawn(
     env.update(options.env)
     env["PRUN_CHANNEL_FD"] = str(worker_end.fileno())
     env["PRUN_MASTER_PID"] = str(os.getpid())
+    env[TOKEN_VARIABLE] = worker.token
     os.set_inheritable(worker_end.fileno(), True)
     actions = []
     child_ends = []

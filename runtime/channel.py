@@ -63,6 +63,7 @@ class Ready:
 
     KIND: ClassVar[str] = "ready"
     pid: int
+    rss: int = 0  # resident memory in bytes, as it starts serving (0: unknown)
 
 
 @dataclass(frozen=True)

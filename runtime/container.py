@@ -13,6 +13,7 @@ import io
 import os
 import signal
 import socket
+import stat
 import sys
 import traceback
 from typing import Any
@@ -35,6 +36,61 @@ def die_with_parent(master_pid: int) -> None:
         pass
     if master_pid and os.getppid() != master_pid:
         os._exit(1)
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (0 if unknown); read once per heartbeat, not per report."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def listening_fds() -> list[int]:
+    """Every listening socket this process holds (the servers may hold duplicates of the listeners)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                found.append(fd)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return found
+
+
+def forget_in_forked_children(channel_fd: int) -> None:
+    """A child the app forks (os.fork, multiprocessing) must not keep the listeners or the channel.
+
+    It would keep the port bound after the service is gone. Exec'd children never get them: they are
+    close-on-exec. The fds are replaced by /dev/null rather than closed, so that the child's copies of
+    the socket objects close /dev/null one day, never an fd the child opened since.
+    """
+    def after_in_child() -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        for fd in [channel_fd, *listening_fds()]:
+            try:
+                os.dup2(devnull, fd, inheritable=False)
+            except OSError:
+                pass
+        os.close(devnull)
+
+    os.register_at_fork(after_in_child=after_in_child)
 
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +140,7 @@ class Worker:
         self.recycle_asked = False
         self.accepted = 0  # connections handed over by the master (leastconn)
         self.report_scheduled = False
+        self.rss = 0
 
     def run(self) -> int:
         import uvloop
@@ -102,7 +159,7 @@ class Worker:
         if self.options.balance == "leastconn":
             self.server.on_change = self.schedule_report
         self.chan = channel.AsyncChannel(self.sock, loop, self.on_message, self.on_master_gone)
-        self.chan.send(channel.Ready(pid=os.getpid()))
+        self.chan.send(channel.Ready(pid=os.getpid(), rss=resident_bytes()))
         loop.add_signal_handler(signal.SIGTERM, self.start_drain, self.options.graceful_timeout)
         loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
         loop.call_later(self.options.heartbeat_interval, self.heartbeat)
@@ -119,6 +176,8 @@ class Worker:
         server.on_limit = self.ask_recycle
         loop.run_until_complete(server.startup())
         loop.run_until_complete(server.serve(self.listeners))
+        for fd in listening_fds():  # a server may serve a duplicate: that one must not reach exec'd children either
+            os.set_inheritable(fd, False)
         return server
 
     def warn(self, message: str) -> None:
@@ -137,7 +196,7 @@ class Worker:
         assert self.server is not None and self.chan is not None
         self.report_scheduled = False
         self.chan.send(channel.Heartbeat(conns=self.server.connections, requests=self.server.requests,
-                                         accepted=self.accepted))
+                                         accepted=self.accepted, rss=self.rss))
 
     def schedule_report(self) -> None:
         """leastconn: tell the master about connection changes, once per loop iteration at most."""
@@ -147,6 +206,7 @@ class Worker:
 
     def heartbeat(self) -> None:
         assert self.server is not None
+        self.rss = resident_bytes()
         self.report()
         self.server.loop.call_later(self.options.heartbeat_interval, self.heartbeat)
 
@@ -156,9 +216,12 @@ class Worker:
             self.chan.send(channel.Recycle(requests=self.server.requests if self.server else 0))
 
     def on_message(self, msg: channel.Message, fds: list[int]) -> None:
-        if isinstance(msg, channel.Conn) and fds and self.server is not None:
+        if isinstance(msg, channel.Conn):
+            # Counted even when its fd did not arrive (this worker is out of fds: the kernel drops
+            # it): the master then closes its copy instead of keeping it, and the client is told.
             self.accepted += 1
-            self.server.accept(socket.socket(fileno=fds.pop(0)))
+            if fds and self.server is not None:
+                self.server.accept(socket.socket(fileno=fds.pop(0)))
             self.schedule_report()
         elif isinstance(msg, channel.LogFile) and fds:
             sys.stdout.flush()
@@ -212,6 +275,7 @@ def main() -> None:
         os._exit(1)
     options = WorkerOptions.from_dict(msg.options)
     listeners = [socket.socket(fileno=f) for f in fds]
+    forget_in_forked_children(fd)
     try:
         import setproctitle
 

@@ -34,10 +34,14 @@ class WorkerOptions:
     # HTTP server (ASGI / WSGI)
     lifespan: str = "auto"  # auto | on | off
     root_path: str = ""
-    proxy_headers: bool = False
+    proxy_headers: bool = True  # as uvicorn and gunicorn: trusted from forwarded_allow_ips
     forwarded_allow_ips: str = "127.0.0.1"
     threads: int = 8
     keepalive_timeout: float = 5.0
+    # Seconds a request head may take to arrive in full (slowloris); 0: no bound.
+    timeout_request_header: float = 10.0
+    # Seconds a client may take none of a response waiting for it before it is dropped; 0: no bound.
+    timeout_write: float = 60.0
     drain_idle_window: float = 0.5  # how long an idle connection may still send a request once draining
     limit_request_line: int = 8190
     limit_request_header_size: int = 16384

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -88,10 +90,22 @@ class _Tracked(asyncio.Protocol):
 
 
 class StreamServer(ProtocolServer):
-    """Serves `async def handle(reader, writer)` the way asyncio.start_server does."""
+    """Serves `async def handle(reader, writer)` the way asyncio.start_server does.
+
+    Unlike asyncio.start_server, the connection is closed when the handler returns or raises: a handler
+    that ends without closing its writer would otherwise keep the connection, and its descriptor, open
+    for ever (each client that hangs up would leak one).
+    """
 
     def __init__(self, app: Callable[..., Any], options: Any, loop: asyncio.AbstractEventLoop) -> None:
-        handler = app
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await app(reader, writer)
+            except Exception:  # noqa: BLE001 - reported once, then the connection closes
+                sys.stderr.write("prun: exception in the connection handler\n" + traceback.format_exc())
+                sys.stderr.flush()
+            finally:
+                writer.close()
 
         def protocol() -> asyncio.Protocol:
             reader = asyncio.StreamReader(limit=2**16, loop=loop)

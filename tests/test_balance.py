@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import os
+import resource
+import selectors
 import signal
 import socket
+import time
+
+import psutil
 
 from tests.support import EchoLoad, echo, wait_until
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the kernel's accept queue of the IPv4 listener on `port`."""
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                return int(fields[4].split(":")[1], 16)  # rx_queue: the accept backlog
+    raise AssertionError(f"no listener on port {port}")
 
 
 def _pid_of(sock: socket.socket) -> int:
@@ -90,6 +105,7 @@ def test_a_worker_killed_with_queued_connections_loses_none(prun):
     try:
         for i, c in enumerate(clients):
             c.sendall(f"hello {i}\n".encode())
+        wait_until(lambda: _accept_queue(port) == 0, what="the master to accept (and hand off) all 8")
         mark = master.mark()
         os.kill(stopped, signal.SIGKILL)
         master.wait_for(r"exited with \d+ connections it had not taken yet; handing them to other workers",
@@ -99,3 +115,111 @@ def test_a_worker_killed_with_queued_connections_loses_none(prun):
     finally:
         for c in clients:
             c.close()
+
+
+def _answers(port: int, count: int, timeout: float) -> int:
+    """Open `count` connections at once, send a line on each; how many got it back within `timeout` s."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    try:
+        with selectors.DefaultSelector() as sel:
+            for i, s in enumerate(socks):
+                s.sendall(f"burst {i}\n".encode())
+                s.setblocking(False)
+                sel.register(s, selectors.EVENT_READ, i)
+            answered = 0
+            deadline = time.monotonic() + timeout
+            while answered < count and time.monotonic() < deadline:
+                for key, _ in sel.select(deadline - time.monotonic()):
+                    sel.unregister(key.fileobj)
+                    if key.fileobj.recv(100) == f"burst {key.data}\n".encode():  # type: ignore[union-attr]
+                        answered += 1
+            return answered
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_burst_queued_while_the_only_worker_stalls_is_served_as_soon_as_it_is_back(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    port = master.wait_ready()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as staller:
+        staller.sendall(b"block 0.5\n")  # the worker's loop stops for 0.5 s: its channel fills up
+        assert _answers(port, 1000, timeout=15) == 1000
+        assert staller.makefile("rb").readline() == b"blocked\n"
+
+
+def _few_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # for this prun (and its workers) only
+
+
+def test_out_of_fds_the_master_pauses_accepting_instead_of_spinning_and_releases_every_fd(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--balance", "leastconn", preexec_fn=_few_fds)
+    port = master.wait_ready()
+    (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
+    proc = psutil.Process(master.pid)
+    baseline = proc.num_fds()
+    for _ in range(2):
+        mark = master.mark()
+        os.kill(worker, signal.SIGSTOP)  # while its worker is stopped, the master holds every connection
+        try:
+            clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+            master.wait_for(r"accept failed: Too many open files; pausing accepting", start=mark)
+            cpu = proc.cpu_times()
+            time.sleep(0.5)  # measuring: what the master burns while it cannot accept
+            burnt = sum(proc.cpu_times()[:2]) - sum(cpu[:2])
+            assert burnt < 0.25, f"the master used {burnt:.2f}s of CPU in 0.5s out of fds"
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        for c in clients:  # each is served or closed (its fd dropped by a worker out of fds), none hangs
+            try:
+                c.sendall(b"ping\n")
+                assert c.makefile("rb").readline() in (b"ping\n", b"")
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            c.close()
+        wait_until(lambda: proc.num_fds() <= baseline, what=f"the master back to {baseline} fds")
+        assert echo(port) == b"ping\n"
+        master.wait_for(r"accepting again after", start=mark)
+
+
+def test_a_stopped_worker_gets_few_connections_and_those_are_served_once_the_watchdog_kills_it(prun):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn", "--timeout", "5")
+    port = master.wait_ready()
+    held: dict[int, list[socket.socket]] = {}
+    while len(held) < 2 or max(len(v) for v in held.values()) < 5:  # five idle connections on one worker
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held.setdefault(_pid_of(s), []).append(s)
+    busy = max(held, key=lambda pid: len(held[pid]))
+    (stopped,) = set(held) - {busy}
+    for s in held.pop(stopped):
+        s.close()
+    wait_until(lambda: echo(port, b"pid\n") == f"{stopped}\n".encode(), what="the master to count the closes")
+    mark = master.mark()
+    os.kill(stopped, signal.SIGSTOP)  # hung, as far as anyone can tell: it reads nothing, sends nothing
+    stuck: list[socket.socket] = []
+
+    def served_by_the_other() -> bool:
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", port), timeout=1.0)
+            s.sendall(b"ping\n")
+            try:
+                assert s.recv(100) == b"ping\n"
+            except TimeoutError:
+                stuck.append(s)  # handed to the stopped one: it has to wait for the watchdog
+                return False
+            s.close()
+        return True
+
+    try:
+        # Less loaded as it looks, the stopped worker holds its hand-offs: it soon gets no more.
+        wait_until(served_by_the_other, timeout=4, what="connections served by the other worker")
+        assert psutil.Process(stopped).status() == psutil.STATUS_STOPPED
+        assert 1 <= len(stuck) <= 3, f"{len(stuck)} connections went to a stopped worker"
+        master.wait_for(rf"pid {stopped}, gen 1\) sent no heartbeat for 5s", start=mark)
+        master.wait_for(rf"pid {stopped}, gen 1\) exited with \d+ connections it had not taken yet", start=mark)
+        for s in stuck:  # re-handed, and served
+            s.settimeout(10)
+            assert s.recv(100) == b"ping\n"
+    finally:
+        for s in stuck + held[busy]:
+            s.close()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import wait_until
 from tests.test_http_support import Client, ok, serving
 
 
@@ -562,3 +563,27 @@ def test_app_cancelling_its_own_task_in_its_first_step_is_cancelled_at_its_next_
     with serving(app) as srv, Client(srv.port) as client:
         assert client.get("/").body == b"cancelled"
         assert client.get("/").body == b"cancelled"  # the connection's host task lives on
+
+
+def test_pipelined_requests_waiting_are_bounded_while_the_app_is_busy() -> None:
+    from prun.runtime.http.settings import FEED_SLICE, PIPELINE_LIMIT
+
+    release = threading.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["query_string"]})
+
+    request = b"GET /?%05d HTTP/1.1\r\nHost: t\r\n\r\n"
+    with serving(slow) as srv, Client(srv.port, timeout=10) as client:
+        client.send(b"".join(request % i for i in range(3000)))  # ~100 KB: all of it reaches the worker
+        waiting = lambda: srv.call(lambda: [len(p.queue) for p in srv.server.protocols])  # noqa: E731
+        wait_until(lambda: waiting() and waiting()[0] >= PIPELINE_LIMIT, what="the pipeline to fill")
+        assert waiting()[0] <= PIPELINE_LIMIT + FEED_SLICE // len(request % 0) + 1
+        release.set()
+        for i in range(3000):
+            assert client.read().body == b"%05d" % i

@@ -198,3 +198,14 @@ def test_workers_keep_the_masters_listen_backlog(prun):
     port = master.wait_ready()
     listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
     assert listing.split()[2] == "777", listing  # Send-Q of a listener is its backlog
+
+
+def test_ttou_and_hup_during_start_up_wait_for_the_first_generation(prun):
+    master = prun("lifecycle:handle", "-i", "2", "-b", "127.0.0.1:0", env={"SLOW_IMPORT": "1"})
+    master.wait_for("listening on")
+    master.signal(signal.SIGTTOU)  # while both workers still import the app, or even before they start
+    master.signal(signal.SIGHUP)
+    master.wait_for(r"ready: 2 workers")
+    master.wait_for("scaled down to 1 workers")
+    master.wait_for("reload complete: 1 workers on gen 2")
+    assert master.proc.poll() is None

@@ -88,3 +88,21 @@ def test_reload_rereads_the_config_file(prun, tmp_path):
     master.signal(signal.SIGHUP)
     master.wait_for(r"reload failed: unknown setting 'bogus' in .*prun.toml; every worker keeps serving gen 1",
                     start=mark)
+
+
+def test_a_new_worker_not_ready_within_the_ready_timeout_is_killed_and_the_old_ones_keep_serving(prun, tmp_path):
+    shutil.copy(APPS / "tcp.py", tmp_path / "tcp.py")
+    (tmp_path / "service.py").write_text(
+        "import os, time\nfrom tcp import handle\nif os.path.exists('slow'):\n    time.sleep(60)\n")
+    config = tmp_path / "prun.toml"
+    config.write_text('app = "service:handle"\ninstances = 2\n')
+    master = prun("--config", str(config), "-b", "127.0.0.1:0", cwd=tmp_path)
+    port = master.wait_ready()
+    old = wait_until(lambda: len(master.workers()) == 2 and set(master.workers()))
+    config.write_text('app = "service:handle"\ninstances = 2\nready_timeout = 1\n')  # the reload applies it
+    (tmp_path / "slow").touch()
+    match = master.reload(r"reload failed: worker 0 \(pid (\d+), gen 2\): not ready after 1s; "
+                          r"every worker keeps serving gen 1")
+    wait_until(lambda: int(match.group(1)) not in master.workers(), what="the late worker to be gone")
+    assert set(master.workers()) == old
+    assert echo(port) == b"ping\n"

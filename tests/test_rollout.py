@@ -132,6 +132,13 @@ class Harness:
         await asyncio.wait([w.ready for w in first])
         return first
 
+    async def reload_until_first_candidate(self) -> FakeWorker:
+        """Begin a reload whose first new worker boots until the test makes it ready."""
+        self.sup.boot = hangs(generation=2)
+        self.rollout.request_reload()
+        await until(lambda: self.sup.of(2), "the reload's first candidate")
+        return self.sup.of(2)[0]
+
     @property
     def lines(self) -> list[str]:
         return self.stream.getvalue().splitlines()
@@ -225,9 +232,7 @@ async def test_hups_during_a_reload_are_queued_and_merged_into_one_more_reload()
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the first reload's candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_reload()
     h.rollout.request_reload()
     assert h.lines.count("prun: reload already queued") == 1
@@ -305,9 +310,7 @@ async def test_scaling_during_a_reload_waits_for_it_then_applies_to_the_new_gene
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the reload's first candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_scale(delta)
     sup.boot = FakeWorker.become_ready
     sup.of(2)[0].become_ready()
@@ -326,9 +329,7 @@ async def test_a_recycle_during_a_reload_waits_and_is_dropped_if_the_reload_repl
     sup = FakeSupervisor()
     h = Harness(sup, instances=2)
     old = await h.start()
-    sup.boot = hangs(generation=2)
-    h.rollout.request_reload()
-    await until(lambda: sup.of(2), "the reload's first candidate")
+    await h.reload_until_first_candidate()
     h.rollout.request_recycle(old[1], "served 10 requests")  # the reload is about to replace it anyway
     first_new = sup.of(2)[0]
     first_new.become_ready()
@@ -381,3 +382,37 @@ async def test_a_config_that_no_longer_parses_fails_the_reload_before_any_worker
     await settle(h.rollout.idle())
     h.line(r"reload failed: unknown setting 'bogus' in prun.toml; every worker keeps serving gen 1$")
     assert len(sup.spawned) == 2 and h.rollout.newest == 1
+
+
+@run
+async def test_a_new_worker_that_dies_after_ready_while_its_batch_boots_fails_the_batch() -> None:
+    sup = FakeSupervisor(Settings(reload_batch=2))
+    h = Harness(sup, instances=2)
+    old = await h.start()
+    sup.boot = lambda w: w.become_ready() if w.slot == 0 else None  # slot 1's candidate is slow
+    h.rollout.request_reload()
+    await until(lambda: len(sup.of(2)) == 2 and sup.of(2)[0].state == "ready", "slot 0's candidate ready")
+    early, slow = sup.of(2)
+    early.exit(-11)  # crashes while its batch still boots: it must not take slot 0 as a dead worker
+    slow.become_ready()
+    await settle(h.rollout.idle())
+    h.line(rf"reload failed: worker 0 \(pid {early.pid}, gen 2\): it was killed by SIGSEGV right after it was ready; "
+           r"every worker keeps serving gen 1$")
+    assert [s.worker for s in h.rollout.slots] == old and sup.did("drain") == [slow]
+
+
+@run
+async def test_operations_asked_while_the_first_generation_boots_wait_until_it_is_ready() -> None:
+    sup = FakeSupervisor()
+    stream = io.StringIO()
+    rollout: Rollout[FakeWorker] = Rollout(sup, sup.settings, Log(stream=stream), instances=2, held=True)
+    first = [rollout.fill(slot) for slot in rollout.slots]
+    rollout.request_scale(-1)
+    rollout.request_reload()
+    await asyncio.sleep(0.01)
+    assert len(sup.spawned) == 2 and not sup.did("drain") and not sup.did("kill")  # nothing touched
+    await asyncio.wait([w.ready for w in first])
+    rollout.release()
+    await settle(rollout.idle())
+    assert stream.getvalue().splitlines()[0] == "prun: scaled down to 1 workers"
+    assert [(s.index, s.worker.generation) for s in rollout.slots if s.worker] == [(0, 2)]

@@ -3,19 +3,19 @@
 Scenarios (all by default, in this order): reload-loss, fairness, memory, startup, throughput,
 reload-time, then plots (which also writes cluster-summary.md from every cluster-*.json present).
 reload-soak (prun's policies only, the reload-loss runs repeated --rounds times) runs only when named.
-Results go to benchmarks/results/cluster-*.json, cluster-*.md and cluster-*.png.
+Results go to benchmarks/results/cluster-*.json, cluster-*.md and cluster-*.png (a --quick run, a smoke
+run, writes to benchmarks/results/smoke/; a run on a busy machine is refused unless --allow-busy).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import shutil
 import sys
 import time
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import RESULTS, Context
+from benchmarks.harness import procs, servers
+from benchmarks.harness.results import RESULTS, Context, gate
 
 SCENARIOS = {
     "reload-loss": "reload_loss",
@@ -34,23 +34,30 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join([*SCENARIOS, *OPT_IN]))
     parser.add_argument("--quick", action="store_true", help="fewer reloads and shorter runs")
-    parser.add_argument("--servers", default=",".join(procs.SERVERS),
-                        help=f"comma-separated, from {','.join(procs.SERVERS)} (default: all)")
+    parser.add_argument("--servers", default=",".join(servers.SERVERS),
+                        help=f"comma-separated, from {','.join(servers.SERVERS)} (default: all)")
     parser.add_argument("--reloads", type=int, help="reloads per run in reload-loss (default 20, --quick 5)")
     parser.add_argument("--rounds", type=int, help="rounds of reload-soak (default 3, --quick 1)")
     parser.add_argument("--results", default=str(RESULTS), help="where result files go")
+    parser.add_argument("--allow-busy", action="store_true",
+                        help="measure even when the load average is high (results go to results/busy/)")
     args = parser.parse_args(argv)
     chosen = args.scenarios or list(SCENARIOS)
     modules = {**SCENARIOS, **OPT_IN}
     unknown = [s for s in chosen if s not in modules]
-    servers = [s for s in args.servers.split(",") if s]
-    bad = [s for s in servers if s not in procs.SERVERS]
+    names = [s for s in args.servers.split(",") if s]
+    bad = [s for s in names if s not in servers.SERVERS]
     if unknown or bad:
         parser.error(f"unknown scenario or server: {', '.join(unknown + bad)}")
     from pathlib import Path
 
-    ctx = Context(quick=args.quick, servers=servers, results=Path(args.results), reloads=args.reloads,
-                  rounds=args.rounds)
+    ctx = Context(quick=args.quick, servers=names, results=Path(args.results), reloads=args.reloads,
+                  rounds=args.rounds, allow_busy=args.allow_busy)
+    procs.stop_on_signals()
+    refused = gate(ctx)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     began = time.monotonic()
     failed = []
     try:
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         procs.REGISTRY.cleanup()
-        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        ctx.remove_tmp()
         ctx.log(f"done in {time.monotonic() - began:.0f}s")
     for line in failed:
         print(f"scenario failed: {line}", file=sys.stderr)

@@ -13,8 +13,10 @@ import statistics
 import time
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, latency_summary, machine_line, table, wait_quiet, write_json, write_md
+from benchmarks.harness import procs, servers
+from benchmarks.harness.machine import wait_quiet
+from benchmarks.harness.results import Context, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import latency_summary
 
 NAME = "fairness"
 INSTANCES = 4
@@ -37,12 +39,12 @@ def run(ctx: Context) -> dict:
     for name in ctx.servers:
         ctx.log(f"{NAME}: {name}, {INSTANCES} workers, {RATE:g} req/s of /cpu for {duration:g}s")
         try:
-            server = procs.make(name, INSTANCES)
-        except procs.Unavailable as exc:
+            server = servers.make(name, INSTANCES)
+        except servers.Unavailable as exc:
             results[name] = {"skipped": str(exc)}
             continue
         try:
-            busy = wait_quiet(ctx)
+            busy = wait_quiet(ctx.log, limit=ctx.quiet_limit)
             server.start()
             server.wait_ready(30)
             server.wait_serving(30)
@@ -78,9 +80,9 @@ def run(ctx: Context) -> dict:
             traceback.print_exc()
         finally:
             server.stop()
-    data = write_json(ctx, NAME, {"instances": INSTANCES, "rate": RATE, "duration": duration, "path": "/cpu",
+    data = write_json(ctx, f"cluster-{NAME}", {"instances": INSTANCES, "rate": RATE, "duration": duration, "path": "/cpu",
                                   "servers": results})
-    write_md(ctx, NAME, markdown(data))
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, write_json, write_md
+from benchmarks.harness import procs, servers
+from benchmarks.harness.results import Context, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import median
 
 NAME = "memory"
 MIB = 1024 * 1024
@@ -41,8 +42,8 @@ def run(ctx: Context) -> dict:
         for n in sizes:
             ctx.log(f"{NAME}: {name} -i {n}")
             try:
-                server = procs.make(name, n)
-            except procs.Unavailable as exc:
+                server = servers.make(name, n)
+            except servers.Unavailable as exc:
                 results[name] = {"skipped": str(exc)}
                 break
             try:
@@ -82,8 +83,8 @@ def run(ctx: Context) -> dict:
                 traceback.print_exc()
             finally:
                 server.stop()
-    data = write_json(ctx, NAME, {"sizes": sizes, "servers": results})
-    write_md(ctx, NAME, markdown(data))
+    data = write_json(ctx, f"cluster-{NAME}", {"sizes": sizes, "servers": results})
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.cluster import fairness, memory, reload_loss, throughput  # noqa: E402
-from benchmarks.cluster.common import Context, machine_line, table, write_md  # noqa: E402
+from benchmarks.harness.results import Context, machine_line, table, write_md  # noqa: E402
 
 NAME = "summary"
 COLORS = {"prun-shared": "#1f77b4", "prun-leastconn": "#2ca02c", "uvicorn": "#9467bd", "gunicorn": "#8c564b",
@@ -18,7 +18,7 @@ COLORS = {"prun-shared": "#1f77b4", "prun-leastconn": "#2ca02c", "uvicorn": "#94
 
 
 def load(ctx: Context, name: str) -> dict | None:
-    path = ctx.results / f"cluster-{name}.json"
+    path = ctx.out_dir / f"cluster-{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -39,7 +39,7 @@ def plot_fairness(ctx: Context, data: dict) -> str | None:
     ax.set_title(f"Requests per worker: /cpu at {data['rate']:g} req/s for {data['duration']:g}s, "
                  f"{data['instances']} workers")
     fig.tight_layout()
-    path = ctx.results / "cluster-fairness.png"
+    path = ctx.out_dir / "cluster-fairness.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
@@ -68,7 +68,7 @@ def plot_reload_failures(ctx: Context, data: dict) -> str | None:
     ax.set_title(f"Failed requests over {data['reloads']} reloads (solid: keep-alive, hatched: new connection "
                  "per request)", fontsize=10)
     fig.tight_layout()
-    path = ctx.results / "cluster-reload-failures.png"
+    path = ctx.out_dir / "cluster-reload-failures.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
@@ -92,7 +92,7 @@ def plot_memory(ctx: Context, data: dict) -> str | None:
         ax.set_title(title + " (MiB)", fontsize=10)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path = ctx.results / "cluster-memory.png"
+    path = ctx.out_dir / "cluster-memory.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
@@ -111,7 +111,7 @@ def plot_throughput(ctx: Context, data: dict) -> str | None:
     ax.set_ylabel("requests/s")
     ax.set_title("wrk GET / (solid: keep-alive, hatched: Connection: close)", fontsize=10)
     fig.tight_layout()
-    path = ctx.results / "cluster-throughput.png"
+    path = ctx.out_dir / "cluster-throughput.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
@@ -181,7 +181,7 @@ def run(ctx: Context) -> dict:
         images["memory"] = plot_memory(ctx, results["memory"])
     if results["throughput"]:
         images["throughput"] = plot_throughput(ctx, results["throughput"])
-    write_md(ctx, NAME, summary(results, images))
+    write_md(ctx, f"cluster-{NAME}", summary(results, images))
     return {"images": images}
 
 
@@ -189,7 +189,7 @@ def summary(results: dict[str, dict | None], images: dict[str, str | None]) -> s
     lines = [
         "# prun cluster benchmarks: summary",
         "",
-        "Run them with `python -m benchmarks.cluster` (all scenarios, about 11 minutes on 2 CPUs) or "
+        "Run them with `python -m benchmarks.cluster` (all scenarios, about 15 minutes on 2 CPUs) or "
         "`python -m benchmarks.cluster --quick`, and the opt-in `python -m benchmarks.cluster reload-soak plots`; "
         "one scenario with e.g. `python -m benchmarks.cluster fairness`. "
         "Every number below comes from the `cluster-*.json` files next to this one, written by the last run of "

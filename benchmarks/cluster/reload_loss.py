@@ -12,18 +12,10 @@ from __future__ import annotations
 import time
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import (
-    Context,
-    latency_summary,
-    machine_line,
-    median,
-    split_by_windows,
-    table,
-    write_json,
-    write_md,
-)
-from benchmarks.cluster.load import KINDS
+from benchmarks.harness import procs, servers
+from benchmarks.harness.load import KINDS
+from benchmarks.harness.results import Context, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import latency_summary, median, split_by_windows
 
 NAME = "reload-loss"
 SHAPES = ("keepalive", "close")
@@ -32,7 +24,7 @@ CONCURRENCY = 16
 GAP = 0.3
 
 
-def reload_under_load(ctx: Context, server: procs.Server, shape: str, reloads: int,
+def reload_under_load(ctx: Context, server: servers.Server, shape: str, reloads: int,
                       concurrency: int = CONCURRENCY, gap: float = GAP) -> dict:
     """Run `reloads` reloads of a running server under one load shape; the load client's counts."""
     out = ctx.tmp / f"{NAME}-{server.name}-{shape}.json"
@@ -87,8 +79,8 @@ def run(ctx: Context) -> dict:
     for name in names:
         ctx.log(f"{NAME}: {name}, {reloads} reloads x {len(SHAPES)} load shapes")
         try:
-            server = procs.make(name, INSTANCES)
-        except procs.Unavailable as exc:
+            server = servers.make(name, INSTANCES)
+        except servers.Unavailable as exc:
             results[name] = {"skipped": str(exc)}
             ctx.log(f"  {name} skipped: {exc}")
             continue
@@ -109,8 +101,8 @@ def run(ctx: Context) -> dict:
         finally:
             server.stop()
     data = {"reloads": reloads, "instances": INSTANCES, "concurrency": CONCURRENCY, "servers": results}
-    data = write_json(ctx, NAME, data)
-    write_md(ctx, NAME, markdown(data))
+    data = write_json(ctx, f"cluster-{NAME}", data)
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 
@@ -143,7 +135,7 @@ def markdown(data: dict) -> str:
         f"under two load shapes of {data['concurrency']} concurrent clients: **keep-alive** (each connection sends "
         "its next request as soon as the reply is read) and **close** (a new connection per request). A reload is "
         "waited for until the last old worker has exited. Failures are counted by kind: "
-        + ", ".join(f"`{k}`" for k in KINDS) + " (see `benchmarks/cluster/load.py`).",
+        + ", ".join(f"`{k}`" for k in KINDS) + " (see `benchmarks/harness/load.py`).",
         "",
         machine_line(data),
         "",

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, table, write_json, write_md
-from benchmarks.cluster.load import KINDS
 from benchmarks.cluster.reload_loss import INSTANCES, SHAPES, reload_under_load
+from benchmarks.harness import servers
+from benchmarks.harness.load import KINDS
+from benchmarks.harness.results import Context, machine_line, table, write_json, write_md
 
 NAME = "reload-soak"
 POLICIES = ("prun-shared", "prun-leastconn")
@@ -27,7 +27,7 @@ def run(ctx: Context) -> dict:
     for i in range(rounds):
         for name in POLICIES:
             ctx.log(f"{NAME}: round {i + 1}/{rounds}, {name}, {reloads} reloads x {len(SHAPES)} load shapes")
-            server = procs.make(name, INSTANCES)
+            server = servers.make(name, INSTANCES)
             try:
                 server.start()
                 server.wait_ready(30)
@@ -55,9 +55,9 @@ def run(ctx: Context) -> dict:
                 "runs_with_failures": sum(1 for r in mine if r["failed"]),
                 "failures": {k: sum(r["failures"][k] for r in mine) for k in KINDS},
             }
-    data = write_json(ctx, NAME, {"rounds": rounds, "reloads": reloads, "instances": INSTANCES, "runs": runs,
+    data = write_json(ctx, f"cluster-{NAME}", {"rounds": rounds, "reloads": reloads, "instances": INSTANCES, "runs": runs,
                                   "totals": totals})
-    write_md(ctx, NAME, markdown(data))
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
 from benchmarks.cluster.reload_loss import reload_under_load
+from benchmarks.harness import servers
+from benchmarks.harness.machine import wait_quiet
+from benchmarks.harness.results import Context, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import median
 
 NAME = "reload-time"
 INSTANCES = 2
@@ -24,12 +26,12 @@ def run(ctx: Context) -> dict:
     for name in ctx.servers:
         ctx.log(f"{NAME}: {name}, {reloads} reloads")
         try:
-            server = procs.make(name, INSTANCES)
-        except procs.Unavailable as exc:
+            server = servers.make(name, INSTANCES)
+        except servers.Unavailable as exc:
             results[name] = {"skipped": str(exc)}
             continue
         try:
-            busy = wait_quiet(ctx)
+            busy = wait_quiet(ctx.log, limit=ctx.quiet_limit)
             server.start()
             server.wait_ready(30)
             server.wait_serving(30)
@@ -55,8 +57,8 @@ def run(ctx: Context) -> dict:
             traceback.print_exc()
         finally:
             server.stop()
-    data = write_json(ctx, NAME, {"instances": INSTANCES, "reloads": reloads, "servers": results})
-    write_md(ctx, NAME, markdown(data))
+    data = write_json(ctx, f"cluster-{NAME}", {"instances": INSTANCES, "reloads": reloads, "servers": results})
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import time
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
+from benchmarks.harness import servers
+from benchmarks.harness.machine import wait_quiet
+from benchmarks.harness.results import Context, fmt_spread, machine_line, table, write_json, write_md
+from benchmarks.harness.stats import median, spread
 
 NAME = "startup"
 
 
-def first_200(server: procs.Server, began: float, timeout: float = 30.0) -> float:
+def first_200(server: servers.Server, began: float, timeout: float = 30.0) -> float:
     return server.wait_serving(timeout) - began
 
 
@@ -34,13 +36,13 @@ def run(ctx: Context) -> dict:
             for _ in range(repeats):
                 for n in (2, 8):
                     try:
-                        server = procs.make(name, n)
-                    except procs.Unavailable as exc:
+                        server = servers.make(name, n)
+                    except servers.Unavailable as exc:
                         results[name] = {"skipped": str(exc)}
                         raise StopIteration from None
                     entry["label"] = server.label
                     entry["ready_method"] = server.ready_method
-                    wait_quiet(ctx, limit=15)
+                    wait_quiet(ctx.log, limit=min(15, ctx.quiet_limit))
                     try:
                         server.prepare()
                         began = server.start()
@@ -57,9 +59,10 @@ def run(ctx: Context) -> dict:
             traceback.print_exc()
         for key, values in runs.items():
             entry[key] = round(median(values), 3) if values else None
+            entry[f"{key}_spread"] = spread(values)
         ctx.log(f"  first 200 (-i 2) {entry['first_200_i2']}s, all ready (-i 8) {entry['all_ready_i8']}s")
-    data = write_json(ctx, NAME, {"repeats": repeats, "servers": results})
-    write_md(ctx, NAME, markdown(data))
+    data = write_json(ctx, f"cluster-{NAME}", {"repeats": repeats, "servers": results})
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 
@@ -67,7 +70,7 @@ def markdown(data: dict) -> str:
     lines = [
         "# Start-up",
         "",
-        "Seconds from launching the command; the median of "
+        "Seconds from launching the command: median (min-max) of "
         f"{data['repeats']} run(s). The first 200 is polled with a new connection every 5 ms.",
         "",
         machine_line(data),
@@ -79,7 +82,8 @@ def markdown(data: dict) -> str:
         if "skipped" in e:
             rows.append([name, "skipped: " + e["skipped"], None, None, None])
             continue
-        rows.append([name, e.get("first_200_i2"), e.get("first_200_i8"), e.get("all_ready_i8"),
+        rows.append([name, *(fmt_spread(e.get(f"{k}_spread"), 3) or e.get(k)
+                             for k in ("first_200_i2", "first_200_i8", "all_ready_i8")),
                      e.get("ready_method", "") if not e.get("error") else e["error"]])
     lines.append(table(header, rows))
     return "\n".join(lines)

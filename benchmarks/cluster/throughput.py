@@ -1,20 +1,21 @@
 """Scenario 5, throughput: wrk against `GET /`, keep-alive and a new connection per request, -i 2.
 
-prun's two balancing policies are measured in alternation over several rounds (the machine is noisy
-and the client shares its CPUs), the peers once each. Connection-per-request uses wrk with
+Every server is started first, then all are measured in turn, round after round (A B C A B C ...: the
+machine is noisy and the client shares its CPUs); each figure is the median of the rounds, with its
+min and max. Connection-per-request uses wrk with
 `Connection: close`, so every request pays a TCP handshake and (under leastconn) a hand-off from the
 master.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import traceback
 
-from benchmarks.cluster import procs
-from benchmarks.cluster.common import Context, machine_line, median, table, wait_quiet, write_json, write_md
+from benchmarks.harness import servers, wrk
+from benchmarks.harness.machine import wait_quiet
+from benchmarks.harness.results import Context, fmt_spread, machine_line, table, write_json, write_md
+from benchmarks.harness.rounds import interleave
+from benchmarks.harness.stats import median, spread, spread_note
 
 NAME = "throughput"
 INSTANCES = 2
@@ -22,96 +23,70 @@ CONNECTIONS = 64
 SHAPES = ("keepalive", "close")
 
 
-def _seconds(value: str, unit: str) -> float:
-    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-
-
-def wrk(port: int, shape: str, duration: float) -> dict:
-    cmd = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
-    if shape == "close":
-        cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://127.0.0.1:{port}/")
-    proc = procs.REGISTRY.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=duration + 30)
-    finally:
-        procs.REGISTRY.kill_tree(proc)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not rps:
-        raise RuntimeError(f"wrk said: {out[-400:]}")
-    result: dict = {"requests_per_s": float(rps.group(1))}
-    for q in ("50", "99"):
-        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-        result[f"p{q}_ms"] = round(_seconds(*m.groups()) * 1000, 3) if m else None
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
-                                       map(int, errors.groups()))) if errors else {}
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non2xx"] = int(non2xx.group(1)) if non2xx else 0
-    return result
-
-
-def measure(ctx: Context, name: str, duration: float) -> dict:
-    server = procs.make(name, INSTANCES)
-    busy = wait_quiet(ctx)
-    try:
-        server.start()
-        server.wait_ready(30)
-        server.wait_serving(30)
-        wrk(server.port, "keepalive", 1.0)  # warm-up
-        out: dict = {"cpu_busy_before": busy}
-        for shape in SHAPES:
-            out[shape] = wrk(server.port, shape, duration)
-            ctx.log(f"  {name} {shape}: {out[shape]['requests_per_s']:.0f} req/s, p99 {out[shape]['p99_ms']} ms")
-        return out
-    finally:
-        server.stop()
-
-
 def run(ctx: Context) -> dict:
-    if not shutil.which("wrk"):
-        data = write_json(ctx, NAME, {"skipped": "wrk is not installed"})
-        write_md(ctx, NAME, "# Throughput\n\nSkipped: wrk is not installed.")
+    if wrk.missing_tools():
+        data = write_json(ctx, f"cluster-{NAME}", {"skipped": f"missing {', '.join(wrk.missing_tools())}"})
+        write_md(ctx, f"cluster-{NAME}", "# Throughput\n\nSkipped: wrk is not installed.")
         return data
-    duration = 3.0 if ctx.quick else 5.0
-    rounds = 1 if ctx.quick else 3
-    prun_names = [n for n in ctx.servers if n.startswith("prun-")]
-    peers = [n for n in ctx.servers if not n.startswith("prun-")]
+    duration = 1.0 if ctx.quick else 5.0
+    rounds = 2 if ctx.quick else 5
     results: dict[str, dict] = {}
-    rounds_data: dict[str, list[dict]] = {n: [] for n in prun_names}
-    for i in range(rounds):
-        for name in (prun_names if i % 2 == 0 else prun_names[::-1]):
-            ctx.log(f"{NAME}: {name}, round {i + 1}/{rounds}")
+    running: dict[str, servers.Server] = {}
+    busy = wait_quiet(ctx.log, limit=ctx.quiet_limit)
+    try:
+        for name in ctx.servers:
             try:
-                rounds_data[name].append(measure(ctx, name, duration))
-            except Exception as exc:  # noqa: BLE001
+                server = servers.make(name, INSTANCES)
+            except servers.Unavailable as exc:
+                results[name] = {"skipped": str(exc)}
+                continue
+            try:
+                server.prepare()
+                server.start()
+                server.wait_ready(60)
+                server.wait_serving(30)
+                wrk.run(server.port, seconds=1.0, threads=2, connections=CONNECTIONS)  # warm-up
+                running[name] = server
+            except Exception as exc:  # noqa: BLE001 - the others are still measured
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
-    for name, runs in rounds_data.items():
-        if runs:
-            results[name] = summarize(runs)
-    for name in peers:
-        ctx.log(f"{NAME}: {name}")
-        try:
-            results[name] = summarize([measure(ctx, name, duration)])
-        except procs.Unavailable as exc:
-            results[name] = {"skipped": str(exc)}
-        except Exception as exc:  # noqa: BLE001
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            traceback.print_exc()
-    data = write_json(ctx, NAME, {"instances": INSTANCES, "connections": CONNECTIONS, "duration": duration,
-                                  "rounds": rounds, "servers": results})
-    write_md(ctx, NAME, markdown(data))
+                server.stop()
+        runs: dict[str, dict[str, list[dict]]] = {name: {shape: [] for shape in SHAPES} for name in running}
+        for index, name in interleave(list(running), rounds):
+            for shape in SHAPES:
+                r = wrk.run(running[name].port, seconds=duration, threads=2, connections=CONNECTIONS,
+                            close=shape == "close")
+                runs[name][shape].append(r)
+                ctx.log(f"  round {index}/{rounds} {name:15} {shape:9} {r['requests_per_s']:10,.0f} req/s")
+    finally:
+        for server in running.values():
+            server.stop()
+    for name in ctx.servers:
+        if name in running:
+            results[name] = summarize(runs[name])
+    notes = []
+    for shape in SHAPES:
+        if "prun-leastconn" in running and "prun-shared" in running:
+            note = spread_note("prun-leastconn", [r["requests_per_s"] for r in runs["prun-leastconn"][shape]],
+                               "prun-shared", [r["requests_per_s"] for r in runs["prun-shared"][shape]])
+            if note:
+                notes.append(f"{shape}: {note}")
+    data = write_json(ctx, f"cluster-{NAME}", {"instances": INSTANCES, "connections": CONNECTIONS,
+                                               "duration": duration, "rounds": rounds, "cpu_busy_before": busy,
+                                               "servers": results, "notes": notes})
+    write_md(ctx, f"cluster-{NAME}", markdown(data))
     return data
 
 
-def summarize(runs: list[dict]) -> dict:
-    out: dict = {"rounds": len(runs), "cpu_busy_before": [r["cpu_busy_before"] for r in runs]}
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    out: dict = {"rounds": len(runs[SHAPES[0]])}
     for shape in SHAPES:
-        shaped = [r[shape] for r in runs]
+        shaped = runs[shape]
+        rps = [r["requests_per_s"] for r in shaped]
         out[shape] = {
-            "requests_per_s": round(median([r["requests_per_s"] for r in shaped]) or 0, 1),
-            "requests_per_s_runs": [r["requests_per_s"] for r in shaped],
+            "requests_per_s": round(median(rps) or 0, 1),
+            "requests_per_s_runs": rps,
+            "spread": spread(rps),
             "p50_ms": median([r["p50_ms"] for r in shaped if r["p50_ms"] is not None]),
             "p99_ms": median([r["p99_ms"] for r in shaped if r["p99_ms"] is not None]),
             "socket_errors": {k: sum(r["socket_errors"].get(k, 0) for r in shaped)
@@ -136,8 +111,8 @@ def markdown(data: dict) -> str:
         "# Throughput",
         "",
         f"wrk, 2 threads, {data['connections']} connections, {data['duration']:g}s per run, `GET /`, "
-        f"{data['instances']} workers. prun's policies: median of {data['rounds']} alternating rounds; peers: one "
-        "run. The client shares the machine's CPUs with the server, so compare ratios, not absolute numbers.",
+        f"{data['instances']} workers; median (min-max) of {data['rounds']} interleaved rounds. The client "
+        "shares the machine's CPUs with the server, so compare ratios, not absolute numbers.",
         "",
         machine_line(data),
         "",
@@ -151,8 +126,8 @@ def markdown(data: dict) -> str:
             continue
         k, c = r["keepalive"], r["close"]
         errs = ", ".join(f"{n} {v}" for n, v in c["socket_errors"].items() if v) or "0"
-        rows.append([name, k["requests_per_s"], k["p50_ms"], k["p99_ms"], c["requests_per_s"], c["p50_ms"],
-                     c["p99_ms"], errs])
+        rows.append([name, fmt_spread(k.get("spread")) or k["requests_per_s"], k["p50_ms"], k["p99_ms"],
+                     fmt_spread(c.get("spread")) or c["requests_per_s"], c["p50_ms"], c["p99_ms"], errs])
     lines.append(table(header, rows))
     lc, sh = data["servers"].get("prun-leastconn", {}), data["servers"].get("prun-shared", {})
     if "close" in lc and "close" in sh:
@@ -160,6 +135,8 @@ def markdown(data: dict) -> str:
         lines += ["", f"Connection per request: leastconn does {ratio * 100:.0f}% of shared's rate "
                       f"({lc['close']['requests_per_s']:.0f} vs {sh['close']['requests_per_s']:.0f} req/s): every "
                       "connection is accepted by the master and passed to a worker over its control channel."]
+    if data.get("notes"):
+        lines += ["", "Spread notes:", ""] + [f"- {note}" for note in data["notes"]]
     lines += ["", "Targets:", ""]
     lines += [f"- {'met' if good else 'NOT met'}: {text}" for text, good in verdict(data)]
     return "\n".join(lines)

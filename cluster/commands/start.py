@@ -49,10 +49,13 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 
 
 def _run_params() -> list[click.Parameter]:
-    """`prun run`'s own options (not a copy): whatever run takes, start takes."""
-    from prun.cluster.cli import run_command
+    """`prun run`'s options, made from the same table: whatever run takes, start takes."""
+    from prun.cluster import options
 
-    return [p for p in run_command.params if p.name not in ("app", "name", "env")]
+    def run(**_values: Any) -> None:
+        pass
+
+    return [p for p in click.command()(options.click_options(run)).params if p.name not in ("app", "name", "env")]
 
 
 def _start(target: str, name: str | None, namespace: str, env: tuple[str, ...], no_autorestart: bool,

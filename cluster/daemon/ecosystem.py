@@ -41,9 +41,9 @@ def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
     apps = data.get("apps")
     if not isinstance(apps, list) or not apps:
         raise UsageError(f"{path} has no [[apps]] table")
-    from prun.cluster.cli import run_command
+    from prun.cluster.options import BY_NAME
 
-    run_names = {p.name for p in run_command.params} - {"app", "name", "env", "instances"}
+    run_names = set(BY_NAME) - {"app", "name", "env", "instances"}
     base = os.path.dirname(os.path.abspath(path))
     result = []
     for i, table in enumerate(apps):

@@ -17,15 +17,26 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prun.cluster.daemon import holder
 from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPING, App
-from prun.cluster.daemon.home import alive, start_time
+from prun.cluster.daemon.home import Home, alive, start_time
 from prun.cluster.daemon.logfiles import Follower, Rotation
 
-if TYPE_CHECKING:
-    from prun.cluster.daemon.god import God
+
+class God(Protocol):
+    """What a Runner needs of the daemon (cluster/daemon/god.py), so the runner never imports it back."""
+
+    home: Home
+    children: dict[int, subprocess.Popen[bytes]]
+    stopping: bool
+
+    def say(self, message: str) -> None: ...
+
+    def publish(self, event: str, app: App, **fields: Any) -> None: ...
+
+    def persist(self, app: App) -> None: ...
 
 BACKOFF_FIRST = 0.1  # the workers' backoff, for masters
 BACKOFF_FACTOR = 1.5

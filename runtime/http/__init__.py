@@ -8,6 +8,9 @@
     lifespan.py   ASGI lifespan startup/shutdown and the shared state
     proxy.py      --proxy-headers: trusted peers and the X-Forwarded-* they report
     logs.py       app errors (stderr) and the access log (stdout)
+    settings.py   the leaf: settings built once from WorkerOptions, and the state connections share
+
+Imports run one way, from server down to settings (tests/test_imports.py checks there is no cycle).
 """
 
 from __future__ import annotations

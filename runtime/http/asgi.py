@@ -26,7 +26,8 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from prun.runtime.http.exchange import Exchange
-from prun.runtime.http.protocol import HIGH_WATER, HttpProtocol
+from prun.runtime.http.protocol import HttpProtocol
+from prun.runtime.http.settings import HIGH_WATER
 
 _DISCONNECT = {"type": "http.disconnect"}  # copied before it is handed out
 
@@ -102,18 +103,20 @@ class AsgiExchange(Exchange):
     """An ASGI http request: the app's receive and send, and how the app is run."""
 
     __slots__ = ()
+    proto: HttpProtocol
 
     # -- running the app --------------------------------------------------------------------------
 
     def run(self) -> None:
         proto = self.proto
-        server = proto.server
-        if server.limit_concurrency and server.active >= server.limit_concurrency:
+        shared = proto.shared
+        limit = proto.settings.limit_concurrency
+        if limit and shared.active >= limit:
             self.answer_error(503)
             return
-        server.active += 1
+        shared.active += 1
         try:
-            coro = server.app(self.scope, self.receive, self.send)
+            coro = shared.app(self.scope, self.receive, self.send)
         except BaseException as exc:
             self.app_done(exc)
             return
@@ -133,7 +136,7 @@ class AsgiExchange(Exchange):
         except StopIteration:
             _leave_task(loop, host)
             if self.finished:
-                server.active -= 1  # the common case of app_done, inlined
+                shared.active -= 1  # the common case of app_done, inlined
             else:
                 self.app_done(None)
             return
@@ -146,7 +149,8 @@ class AsgiExchange(Exchange):
             # The app cancelled its task before that task ever ran a step, which no task survives: this
             # request ends in a task of its own, with the cancellation delivered, and the connection gets
             # a new host task.
-            proto.host = proto.server.make_host(proto)
+            assert shared.make_host is not None
+            proto.host = shared.make_host(proto)
             loop.create_task(finish(self, ctx, coro, fut, cancel=True))
             return
         # The app suspended: its host task takes it from here.

@@ -7,17 +7,15 @@ head is built once, in one join, and written together with the first body chunk 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prun.runtime.http.logs import log_app_error
-
-if TYPE_CHECKING:
-    from prun.runtime.http.protocol import HttpProtocol
+from prun.runtime.http.settings import HEAD_CACHE_SIZE, Settings, Shared
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-HEAD_CACHE_SIZE = 256
 _FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding"))
 
 
@@ -32,14 +30,34 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
     return line
 
 
-def write_error(proto: HttpProtocol, status: int) -> None:
+class Connection(Protocol):
+    """What an exchange uses of its connection (protocol.HttpProtocol), so that this module need not import it."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    settings: Settings
+    shared: Shared
+    closed: bool
+    closing: bool
+    queue: deque[Any]
+    read_paused: bool
+    write_paused: bool
+
+    def response_done(self, ex: Exchange, keep_alive: bool) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def maybe_resume_reading(self, force: bool = False) -> None: ...
+
+
+def write_error(proto: Connection, status: int) -> None:
     """Write a small plain-text response the server makes itself (400, 413, 500, 503, ...)."""
     body = HTTPStatus(status).phrase.encode() + b"\n"
     proto.transport.write(
         b"".join(
             (
                 status_line(status),
-                proto.server.date_server,
+                proto.shared.date_server,
                 b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                 % len(body),
                 body,
@@ -57,7 +75,7 @@ class Exchange:
         "finished", "chunked", "length", "sent", "continued", "start_time", "chunks", "waiter", "delivered",
     )  # fmt: skip
 
-    def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
+    def __init__(self, proto: Connection, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         self.proto = proto
         self.scope = scope
         self.keep_alive = keep_alive
@@ -78,7 +96,7 @@ class Exchange:
         self.length = -1
         self.sent = 0
         self.continued = False
-        self.start_time = proto.loop.time() if proto.server.access_log is not None else 0.0
+        self.start_time = proto.loop.time() if proto.settings.access_log is not None else 0.0
         # The ASGI body buffer lives here so that creating an AsgiExchange is a single __init__ call.
         self.chunks: list[bytes] = []
         self.waiter: Any = None  # a future the app's receive() waits on
@@ -116,34 +134,38 @@ class Exchange:
 
     def build_head(self, body_len: int, more: bool) -> bytes:
         proto = self.proto
-        server = proto.server
+        shared = proto.shared
         status = self.status
         # A plain keep-alive response with the same status, headers and length as an earlier one reuses
         # the head built then: apps answer with the same few heads over and over. The cache is emptied
         # every second, when the Date header changes.
+        headers = self.resp_headers  # any iterable of pairs (a generator, as Sanic gives): read once below
         key: Any = None
         if (
             self.keep_alive and self.http11 and self.reason is None and not self.head_only and not self.expect
-            and not proto.closing and not server.draining
+            and not proto.closing and not shared.draining
         ):  # fmt: skip
-            key = (status, -1 if more else body_len, tuple(self.resp_headers))
+            headers = tuple(headers)
+            key = (status, -1 if more else body_len, headers)
             try:
-                cached = server.heads.get(key)
+                cached = shared.heads.get(key)
             except TypeError:  # header pairs given as lists: not hashable, build the head as usual
                 key = cached = None
             if cached is not None:
                 self.length, self.chunked = cached[1], cached[2]
                 return cached[0]
         line = STATUS_LINES.get(status) if self.reason is None else None
-        parts = [line or status_line(status, self.reason), server.date_server]
-        lines = server.date_lines + 2
-        keep = self.keep_alive and not proto.closing
-        if keep and server.draining and not proto.queue:
+        parts = [line or status_line(status, self.reason), shared.date_server]
+        lines = shared.date_lines + 2
+        # Closing (a later request was refused, the client upgraded...): the requests pipelined before
+        # that still get their answers, so only the last one owed closes the connection.
+        keep = self.keep_alive and (not proto.closing or bool(proto.queue))
+        if keep and shared.draining and not proto.queue:
             keep = False
         if self.expect and not self.continued and not self.body_complete:
             keep = False  # the client may or may not send the body it announced: do not reuse the connection
         length = -1
-        for name, value in self.resp_headers:
+        for name, value in headers:
             lname = name.lower()
             if lname in _FRAMING:
                 if lname == b"content-length":
@@ -182,8 +204,8 @@ class Exchange:
             raise ValueError("response header names and values must not contain CR or LF")
         self.keep_alive = keep
         self.length = length
-        if key is not None and keep and not self.head_only and len(server.heads) < HEAD_CACHE_SIZE:
-            server.heads[key] = (head, length, self.chunked)
+        if key is not None and keep and not self.head_only and len(shared.heads) < HEAD_CACHE_SIZE:
+            shared.heads[key] = (head, length, self.chunked)
         return head
 
     def write(self, body: bytes, more: bool) -> None:
@@ -246,7 +268,7 @@ class Exchange:
     def app_done(self, exc: BaseException | None) -> None:
         """The app's call ended: answer for it if it did not answer properly. Called on the loop."""
         proto = self.proto
-        proto.server.active -= 1
+        proto.shared.active -= 1
         if self.finished or self.disconnected:
             if exc is not None and not self.disconnected and not isinstance(exc, asyncio.CancelledError):
                 log_app_error(self.scope, exc)

@@ -6,10 +6,7 @@ import json
 import sys
 import time
 import traceback
-from typing import IO, TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from prun.runtime.http.exchange import Exchange
+from typing import IO, Any
 
 ACCESS_LOG_FORMATS = ("", "common", "json")
 
@@ -18,6 +15,15 @@ def _target(scope: dict[str, Any]) -> str:
     path = scope.get("path", "")
     query = scope.get("query_string", b"")
     return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def log_line(message: str) -> None:
+    """One line about a connection on stderr (a client dropped for a timeout, ...)."""
+    try:
+        sys.stderr.write(f"prun: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def log_app_error(scope: dict[str, Any], exc: BaseException | None, message: str = "") -> None:
@@ -42,12 +48,10 @@ class AccessLog:
         self.json = fmt == "json"
         self.stream = stream
 
-    def write(self, ex: Exchange) -> None:
-        scope = ex.scope
+    def write(self, scope: dict[str, Any], status: int, size: int, duration: float) -> None:
+        """The line for one response: `size` body bytes sent, `duration` seconds since its request."""
         client = scope.get("client")
         host = client[0] if client else "-"
-        status = ex.status
-        size = ex.sent
         now = time.time()
         if self.json:
             line = json.dumps(
@@ -58,7 +62,7 @@ class AccessLog:
                     "path": _target(scope),
                     "status": status,
                     "bytes": size,
-                    "duration": round(ex.proto.loop.time() - ex.start_time, 6),
+                    "duration": round(duration, 6),
                 }
             )
         else:

@@ -1,33 +1,32 @@
 """One HTTP/1.1 connection: parsing with httptools, pipelining, flow control, keep-alive and closing.
 
 This module is a hot path and is written for speed: no timer or Task per request, attributes in
-__slots__, the per-request work done in as few Python calls as possible. Idle keep-alive timeouts are
-enforced by the server's once-a-second sweep, not by a timer per connection.
+__slots__, the per-request work done in as few Python calls as possible. The time bounds (keep-alive,
+--timeout-request-header, --timeout-write, lingering close) are enforced by the server's once-a-second
+sweep, not by a timer per connection.
+
+Every request read is answered in order, or the connection closes: a request the parser refuses gets
+its error status only after the answers owed to the requests pipelined before it, and nothing after it
+is read. Pipelining is bounded both ways: parsing stops once PIPELINE_LIMIT requests wait, and the next
+request is not started while the client does not read (pause_writing).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
 from prun.runtime.http.exchange import Exchange, write_error
+from prun.runtime.http.logs import log_line
 from prun.runtime.http.proxy import forwarded
-
-if TYPE_CHECKING:
-    from prun.runtime.http.server import HttpServer
-
-# Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
-HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
-# After the last response on a connection, how long to wait for the client to close (lingering close).
-LINGER_SECONDS = 2.0
+from prun.runtime.http.settings import FEED_SLICE, LINGER_SECONDS, LOW_WATER, PIPELINE_LIMIT, Settings, Shared
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
-_WATCH = frozenset((b"content-length", b"expect"))
+_WATCH = frozenset((b"content-length", b"expect", b"transfer-encoding"))
 _WATCH_PROXY = _WATCH | {b"x-forwarded-for", b"x-forwarded-proto"}
 
 
@@ -43,16 +42,17 @@ class HttpProtocol(asyncio.Protocol):
     """Serves the requests of one connection in order, one at a time."""
 
     __slots__ = (
-        "server", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
+        "settings", "shared", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
         "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
-        "draining_idle", "reused",
+        "draining_idle", "reused", "head_since", "unparsed", "feed_limit", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.loop = server.loop
+    def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.loop = loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
@@ -70,7 +70,7 @@ class HttpProtocol(asyncio.Protocol):
         self.current: Exchange | None = None  # the request being answered
         self.queue: deque[Exchange | int] = deque()  # pipelined requests (or an error status) waiting
         self.start_pending = False
-        self.idle_since = server.clock
+        self.idle_since = shared.clock
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[Any] = []
@@ -85,12 +85,19 @@ class HttpProtocol(asyncio.Protocol):
         self.host_wake: asyncio.Future[None] | None = None
         self.draining_idle = False
         self.reused = False  # it has had a response: its client knows to retry on a closed keep-alive
+        self.head_since = 0.0  # when the head being received began (0: none is), for --timeout-request-header
+        # Bytes read but not parsed yet: parsing waits while PIPELINE_LIMIT requests wait for their answer.
+        self.unparsed: bytearray | None = None
+        self.feed_limit = FEED_SLICE  # a read larger than this is parsed in slices (-1: held back)
+        self.next_on_resume = False  # the next pipelined request waits for the client to read (resume_writing)
+        self.write_left = 0  # the write buffer at the last sweep, and since when it has not changed
+        self.write_since = 0.0
 
     # -- connection events --------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        server = self.server
+        shared = self.shared
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
@@ -99,12 +106,13 @@ class HttpProtocol(asyncio.Protocol):
             self.sockname = (local[0], local[1])
         elif local:
             self.sockname = (local, None)  # type: ignore[assignment]  # a unix socket: [path, None]
-        if server.proxy_headers and (self.client is None or self.client[0] in server.trusted):
+        settings = self.settings
+        if settings.proxy_headers and (self.client is None or self.client[0] in settings.trusted):
             self.watch = _WATCH_PROXY
-        if server.make_host is not None:
-            self.host = server.make_host(self)
-        server.opened(self)
-        if server.draining:
+        if shared.make_host is not None:
+            self.host = shared.make_host(self)
+        shared.opened(self)
+        if shared.draining:
             self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,7 +134,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.host is not None and not self.host_busy:
             self.host.cancel()
             self.host = None
-        self.server.closed(self)
+        self.shared.closed(self)
 
     def eof_received(self) -> bool | None:
         # The client is gone (HTTP clients do not half-close): the transport closes, the app sees
@@ -138,6 +146,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.next_on_resume:
+            self.next_on_resume = False
+            self.loop.call_soon(self.next_request)
         waiters, self.drain_waiters = self.drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -145,9 +156,20 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- parsing (httptools callbacks) --------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Feed the parser, answer what it refuses, and run a request whose head just completed."""
         if self.closing:
             return  # after the last response: discard whatever the client still sends
+        if len(data) > self.feed_limit:  # FEED_SLICE, or -1 while bytes wait unparsed
+            if self.unparsed is not None:  # (reading is paused; this is what was in flight)
+                self.unparsed += data
+            else:
+                self.parse_slices(data)
+            return
+        if self.url:
+            self.head_bytes += len(data)  # the same head goes on (reset if it ends in this read)
+        elif self.parsing is None and not self.head_since:
+            self.head_since = self.shared.clock  # a new head begins: --timeout-request-header runs
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -160,23 +182,47 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self.reject(cause.status if isinstance(cause, Reject) else 400)
-            return
         except httptools.HttpParserError:
             self.reject(400)
-            return
-        if self.url:
-            # A head that has not ended yet: bound what httptools accumulates for us.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.server.limit_head:
-                self.reject(431)  # a URL too long is caught by on_url, as it arrives
-                return
+        else:
+            if self.url:
+                # A head that has not ended yet: bound what httptools accumulates for us.
+                if not self.head_since:
+                    self.head_since = self.shared.clock
+                if self.head_bytes > self.settings.limit_head:
+                    self.reject(431)  # a URL too long is caught by on_url, as it arrives
+                elif self.parser.get_http_version() == "0.0" and self.line_ended(data):
+                    self.reject(400)  # an HTTP/0.9 request line: no version, and no head will follow
+        # Whatever the parser refused after it, a request whose head is complete is answered first.
         if self.start_pending:
             self.start_pending = False
             self.current.run()  # type: ignore[union-attr]
 
+    def parse_slices(self, data: bytes | bytearray | memoryview) -> None:
+        """Parse a large read a slice at a time, holding the rest back once PIPELINE_LIMIT requests wait.
+
+        httptools parses all it is given at once: 256 KiB of pipelined GETs would otherwise become
+        thousands of waiting requests. What is held back is parsed as the queue drains (next_request).
+        """
+        view = memoryview(data)
+        for start in range(0, len(view), FEED_SLICE):
+            if self.closing:
+                return
+            if len(self.queue) >= PIPELINE_LIMIT:
+                self.unparsed = bytearray(view[start:])
+                self.feed_limit = -1
+                self.pause_reading()
+                return
+            self.data_received(view[start : start + FEED_SLICE])
+
+    def line_ended(self, data: bytes | memoryview) -> bool:
+        """Whether the request line whose URL is in self.url ended within `data` (or before it)."""
+        raw = bytes(data)
+        return b"\n" in raw[raw.rfind(self.url[-1:]) + 1 :]
+
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.server.limit_line:
+        if len(self.url) > self.settings.limit_line:
             raise Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -190,27 +236,36 @@ class HttpProtocol(asyncio.Protocol):
         if name == b"content-length":
             if not value.isdigit():
                 raise Reject(400)
-            if int(value) > self.server.limit_body:
+            if int(value) > self.settings.limit_body:
                 raise Reject(413)
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self.expect = True
+        elif name == b"transfer-encoding":
+            # An HTTP/1.0 body framed by Transfer-Encoding may be read differently by a proxy in front
+            # (RFC 9112 6.1): refused. (The request line, and so the version, is parsed by now.)
+            if self.parser.get_http_version() != "1.1":
+                raise Reject(400)
         elif name == b"x-forwarded-for":
             self.fwd_for = value
         else:
             self.fwd_proto = value
 
     def on_headers_complete(self) -> None:
-        server = self.server
-        if self.head_size > server.limit_header:
+        settings = self.settings
+        if self.head_size > settings.limit_header:
             raise Reject(431)
         parser = self.parser
         url = self.url
         headers = self.headers
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Reject(400)  # HTTP/0.9: no head to answer with
         # Ready for the next head (no on_message_begin callback: one Python call less per request).
         self.url = b""
         self.headers = []
         self.head_size = self.head_bytes = 0
+        self.head_since = 0.0
         if not url.startswith(b"/"):
             if url == b"*":
                 raw_path, query = url, b""
@@ -232,17 +287,18 @@ class HttpProtocol(asyncio.Protocol):
         client = self.client
         scheme = self.scheme
         if self.fwd_for is not None or self.fwd_proto is not None:
-            client, scheme = forwarded(server.trusted, client, scheme, self.fwd_for, self.fwd_proto)
+            client, scheme = forwarded(settings.trusted, client, scheme, self.fwd_for, self.fwd_proto)
             self.fwd_for = self.fwd_proto = None
-        root = server.root_path
+        root = settings.root_path
         if root:
             path = root + path
-            raw_path = server.root_path_bytes + raw_path
-        state = server.state
+            raw_path = settings.root_path_bytes + raw_path
+        shared = self.shared
+        state = shared.state
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": parser.get_http_version(),
+            "http_version": version,
             "server": self.sockname,
             "client": client,
             "scheme": scheme,
@@ -254,12 +310,12 @@ class HttpProtocol(asyncio.Protocol):
             "headers": headers,
             "state": state.copy() if state else {},
         }
-        ex = server.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
+        ex = shared.exchange_cls(self, scope, parser.should_keep_alive(), self.expect)
         self.expect = False
         self.parsing = ex
         if method == b"HEAD":
             ex.head_only = True
-        if self.current is None and not self.start_pending:
+        if self.current is None and not self.start_pending and not self.queue:
             self.current = ex
             self.start_pending = True
         else:
@@ -269,7 +325,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         ex.received += len(body)  # type: ignore[union-attr]
-        if ex.received > self.server.limit_body:  # type: ignore[union-attr]
+        if ex.received > self.settings.limit_body:  # type: ignore[union-attr]
             raise Reject(413)
         ex.feed(body)  # type: ignore[union-attr]
 
@@ -277,7 +333,7 @@ class HttpProtocol(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         ex.complete()  # type: ignore[union-attr]
-        if self.server.draining and self.current is ex and not self.queue:
+        if self.shared.draining and self.current is ex and not self.queue:
             self.closing = True  # the answer to this request will be the connection's last
 
     # -- flow control -------------------------------------------------------------------------------
@@ -289,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def maybe_resume_reading(self, force: bool = False) -> None:
         """Resume reading once no pipelined request waits and the app has taken the buffered body."""
-        if self.read_paused and not self.queue and not self.closed:
+        if self.read_paused and not self.queue and self.unparsed is None and not self.closed:
             ex = self.parsing
             if force or ex is None or ex.buffered < LOW_WATER:
                 self.read_paused = False
@@ -306,12 +362,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def response_done(self, ex: Exchange, keep_alive: bool) -> None:
         """The response to `current` has been written completely."""
-        server = self.server
-        server.requests += 1
-        if server.requests == server.request_limit:
-            server.on_limit()
-        if server.access_log is not None:
-            server.access_log.write(ex)
+        shared = self.shared
+        shared.requests += 1
+        if shared.requests == shared.request_limit:
+            shared.on_limit()
+        access_log = self.settings.access_log
+        if access_log is not None:
+            access_log.write(ex.scope, ex.status, ex.sent, self.loop.time() - ex.start_time)
         if self.current is not ex:
             return
         self.current = None
@@ -322,7 +379,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.queue:
             self.loop.call_soon(self.next_request)
             return
-        self.idle_since = server.clock
+        self.idle_since = shared.clock
         if self.read_paused:
             self.maybe_resume_reading()
         if self.draining_idle:
@@ -331,6 +388,11 @@ class HttpProtocol(asyncio.Protocol):
     def next_request(self) -> None:
         if self.closed or self.current is not None or not self.queue:
             return
+        if self.write_paused:
+            # The client is not reading what it asked for: answer the next request once it does, so
+            # that responses to pipelined requests do not pile up in the write buffer.
+            self.next_on_resume = True
+            return
         item = self.queue.popleft()
         if isinstance(item, int):
             self.write_error(item)
@@ -338,17 +400,35 @@ class HttpProtocol(asyncio.Protocol):
         self.current = item
         if not self.queue:
             self.maybe_resume_reading()
-            if self.server.draining and item.body_complete:
+            if self.shared.draining and item.body_complete:
                 self.closing = True
         item.run()
+        unparsed = self.unparsed
+        if unparsed is not None and len(self.queue) < PIPELINE_LIMIT // 2 and not self.closing:
+            self.unparsed = None
+            self.feed_limit = FEED_SLICE
+            self.parse_slices(unparsed)
+            if self.unparsed is None and not self.queue:
+                self.maybe_resume_reading()
 
     def reject(self, status: int) -> None:
         """Answer a request the parser refused, after any response still owed, then close."""
         self.closing = True
         self.url = b""
+        self.head_since = 0.0
+        self.unparsed = None
+        self.feed_limit = FEED_SLICE
         self.pause_reading()
         ex = self.parsing
-        if ex is not None and ex is self.current:
+        if ex is not None and ex is not self.current:
+            # A pipelined request whose body broke: the error is its answer, the app never sees it.
+            self.parsing = None
+            try:
+                self.queue.remove(ex)
+            except ValueError:
+                pass
+            ex.disconnect()
+        elif ex is not None:
             # The request being answered broke its own body (413): it gets the error as its answer,
             # and the app, if it runs already, sees http.disconnect.
             self.parsing = None
@@ -367,7 +447,7 @@ class HttpProtocol(asyncio.Protocol):
     def write_error(self, status: int) -> None:
         if not self.closed:
             write_error(self, status)
-            self.server.requests += 1
+            self.shared.counted()
         self.close_gracefully()
 
     def close_gracefully(self) -> None:
@@ -380,7 +460,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed or self.lingering:
             return
         self.lingering = True
-        self.idle_since = self.server.clock
+        self.idle_since = self.shared.clock
         transport = self.transport
         if self.read_paused:
             self.read_paused = False
@@ -396,16 +476,45 @@ class HttpProtocol(asyncio.Protocol):
     # -- keep-alive and drain -----------------------------------------------------------------------
 
     def is_idle(self) -> bool:
-        return self.current is None and not self.queue and not self.url and not self.start_pending
+        return self.current is None and not self.queue and not self.head_since and not self.start_pending
 
-    def sweep(self, now: float, keepalive: float) -> None:
-        """Called once a second by the server: close connections idle for too long."""
+    def sweep(self, now: float) -> None:
+        """Called once a second by the server: close connections idle, stalled or trickling for too long."""
+        if self.closed:
+            return
+        settings = self.settings
+        left = self.transport.get_write_buffer_size()
+        if left:
+            # The client is still receiving a response: no idle or linger clock runs, but a client that
+            # takes nothing of it for --timeout-write is dropped.
+            self.idle_since = now
+            if left != self.write_left:
+                self.write_left = left
+                self.write_since = now
+            elif settings.timeout_write and now - self.write_since >= settings.timeout_write:
+                log_line(f"closed a connection from {self.peer()}: it read nothing of its response "
+                         f"({left} bytes waiting) for {settings.timeout_write:g} s")
+                self.transport.abort()
+            return
+        self.write_left = 0
+        since = self.head_since
+        if since and not self.closing and settings.timeout_header and now - since >= settings.timeout_header:
+            # Slowloris: a head that does not end in time. 408 if no response is owed first.
+            self.head_since = 0.0
+            if self.current is None and not self.queue and not self.start_pending:
+                self.write_error(408)
+            else:
+                self.reject(408)
+            return
         since = self.idle_since
-        if since and not self.closed and now - since >= (LINGER_SECONDS if self.lingering else keepalive):
+        if since and now - since >= (LINGER_SECONDS if self.lingering else settings.keepalive):
             if self.lingering:
                 self.transport.abort()
             elif self.is_idle():
                 self.close_gracefully()
+
+    def peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
 
     def drain(self) -> None:
         """The server drains: every later response closes the connection; idle ones get a short window."""

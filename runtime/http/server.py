@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import formatdate
 from typing import Any
 
 from prun.runtime.http.lifespan import Lifespan
-from prun.runtime.http.logs import AccessLog
 from prun.runtime.http.protocol import HttpProtocol
-from prun.runtime.http.proxy import TrustedProxies
+from prun.runtime.http.settings import Settings, Shared
 from prun.runtime.options import WorkerOptions
 from prun.runtime.server import BootError, Server
 
@@ -19,89 +18,109 @@ TICK_SECONDS = 1.0
 
 
 class HttpServer(Server):
-    """Serves an ASGI or WSGI app over HTTP/1.1 on every listener."""
+    """Serves an ASGI or WSGI app over HTTP/1.1 on every listener.
+
+    Its connections see only the Settings and the Shared state (settings.py), never the server itself.
+    The counters the shim reads and the hooks it sets (requests, connections, on_limit, on_change) live
+    in Shared; the properties below forward them.
+    """
 
     def __init__(self, app: Any, interface: str, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings = Settings(options)
+        self.shared = shared = Shared(app, settings, loop.time())
         super().__init__(app, options, loop)
         if interface == "wsgi":
             from prun.runtime.http.wsgi import WsgiExchange
 
-            self.exchange_cls: Any = WsgiExchange
-            self.make_host: Any = None
+            shared.exchange_cls = WsgiExchange
             self.lifespan = Lifespan(app, "off", loop)
             self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
                 max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
             )
+            shared.executor = self.executor
         elif interface == "asgi":
             from prun.runtime.http.asgi import AsgiExchange, host_main
 
-            self.exchange_cls = AsgiExchange
-            self.make_host = lambda proto: loop.create_task(host_main(proto))  # one per connection (asgi.py)
+            shared.exchange_cls = AsgiExchange
+            shared.make_host = lambda proto: loop.create_task(host_main(proto))  # one per connection (asgi.py)
             self.lifespan = Lifespan(app, options.lifespan, loop)
             self.executor = None
         else:
             raise BootError(f"the HTTP server serves asgi or wsgi apps, not {interface!r}")
-        if options.access_log not in ("", "common", "json"):
-            raise BootError(f"unknown access log format {options.access_log!r} (choose from common, json)")
         self.interface = interface
-        self.state = self.lifespan.state
-        self.access_log = AccessLog(options.access_log) if options.access_log else None
-        self.root_path = options.root_path.rstrip("/")
-        self.root_path_bytes = self.root_path.encode()
-        self.proxy_headers = options.proxy_headers
-        self.trusted = TrustedProxies(options.forwarded_allow_ips)
-        self.limit_line = options.limit_request_line
-        self.limit_header = options.limit_request_header_size
-        self.limit_head = options.limit_request_line + options.limit_request_header_size + 4096
-        self.limit_body = options.limit_request_body or 1 << 62  # 0: no limit
-        self.limit_concurrency = options.limit_concurrency
-        self.keepalive = options.keepalive_timeout
-        self.active = 0  # app calls running
-        self.draining = False
-        self.protocols: set[HttpProtocol] = set()
+        shared.state = self.state = self.lifespan.state
+        shared.on_empty = self._emptied
         self._servers: list[Any] = []
         self._all_closed: asyncio.Future[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        self.clock = loop.time()
-        self.date_server = b""
-        self.date_lines = 1
-        self.heads: dict[Any, tuple[bytes, int, bool]] = {}  # response heads built this second (exchange.py)
-        self._update_date()
+
+    # -- what the shim reads and sets, kept in Shared -------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return len(self.shared.protocols)
+
+    @connections.setter
+    def connections(self, value: int) -> None:
+        pass  # counted from the open connections themselves
+
+    @property
+    def requests(self) -> int:
+        return self.shared.requests
+
+    @requests.setter
+    def requests(self, value: int) -> None:
+        self.shared.requests = value
+
+    @property
+    def request_limit(self) -> int:
+        return self.shared.request_limit
+
+    @request_limit.setter
+    def request_limit(self, value: int) -> None:
+        self.shared.request_limit = value
+
+    @property
+    def on_limit(self) -> Callable[[], None]:
+        return self.shared.on_limit
+
+    @on_limit.setter
+    def on_limit(self, value: Callable[[], None]) -> None:
+        self.shared.on_limit = value
+
+    @property
+    def on_change(self) -> Callable[[], None]:
+        return self.shared.on_change
+
+    @on_change.setter
+    def on_change(self, value: Callable[[], None]) -> None:
+        self.shared.on_change = value
+
+    @property
+    def draining(self) -> bool:
+        return self.shared.draining
+
+    @property
+    def protocols(self) -> set[HttpProtocol]:
+        return self.shared.protocols
 
     # -- the clock: Date header cache and keep-alive sweep ------------------------------------------
 
-    def _update_date(self) -> None:
-        line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        if self.options.server_header:
-            line += b"server: prun\r\n"
-        self.date_server = line
-        self.date_lines = line.count(b"\n")
-        self.heads.clear()
-
     def _tick(self) -> None:
         """Once a second: refresh the Date header and close connections idle past keepalive_timeout."""
-        self.clock = now = self.loop.time()
-        self._update_date()
-        keepalive = self.keepalive
-        for proto in list(self.protocols):
-            proto.sweep(now, keepalive)
+        now = self.loop.time()
+        self.shared.tick(now)
+        for proto in list(self.shared.protocols):
+            proto.sweep(now)
         self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
     # -- connections --------------------------------------------------------------------------------
 
     def protocol(self) -> HttpProtocol:
-        return HttpProtocol(self)
+        return HttpProtocol(self.settings, self.shared, self.loop)
 
-    def opened(self, proto: HttpProtocol) -> None:
-        self.protocols.add(proto)
-        self.connections += 1
-        self.on_change()
-
-    def closed(self, proto: HttpProtocol) -> None:
-        self.protocols.discard(proto)
-        self.connections -= 1
-        self.on_change()
-        if not self.protocols and self._all_closed is not None and not self._all_closed.done():
+    def _emptied(self) -> None:
+        if self._all_closed is not None and not self._all_closed.done():
             self._all_closed.set_result(None)
 
     # -- the Server contract ------------------------------------------------------------------------
@@ -120,14 +139,14 @@ class HttpServer(Server):
     async def drain(self, timeout: float) -> None:
         loop = self.loop
         deadline = loop.time() + timeout
-        self.draining = True
+        self.shared.draining = True
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
         self._all_closed = loop.create_future()
         if self.protocols:
             for proto in list(self.protocols):
                 proto.drain()
-            window = min(self.options.drain_idle_window, max(0.0, deadline - loop.time()))
+            window = min(self.settings.drain_idle_window, max(0.0, deadline - loop.time()))
             await self._wait_closed(window)
             for proto in list(self.protocols):
                 proto.close_if_idle()

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from prun.runtime.http.exchange import Exchange
-from prun.runtime.http.protocol import HIGH_WATER, LOW_WATER, HttpProtocol
+from prun.runtime.http.protocol import HttpProtocol
+from prun.runtime.http.settings import HIGH_WATER, LOW_WATER
 
 
 class WsgiInput:
@@ -104,7 +105,8 @@ class WsgiInput:
 class WsgiExchange(Exchange):
     """A request served by a WSGI app on a pool thread."""
 
-    __slots__ = ("input", "wsgi_status", "head_requested", "app_failed")
+    __slots__ = ("input", "wsgi_status", "head_requested", "app_failed", "waiting_body")
+    proto: HttpProtocol
 
     def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         super().__init__(proto, scope, keep_alive, expect)
@@ -112,6 +114,7 @@ class WsgiExchange(Exchange):
         self.wsgi_status: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         self.head_requested = False
         self.app_failed: BaseException | None = None
+        self.waiting_body = False  # run() waits for the body (up to HIGH_WATER) before taking a thread
 
     def call(self, fn: Any, *args: Any) -> None:
         self.proto.loop.call_soon_threadsafe(fn, *args)
@@ -119,14 +122,35 @@ class WsgiExchange(Exchange):
     # -- loop side --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        server = self.proto.server
-        if server.limit_concurrency and server.active >= server.limit_concurrency:
+        if not self.body_complete and not self.expect and self.small_body():
+            # A body of known length up to HIGH_WATER is read before the app takes a thread: a client
+            # trickling it would otherwise hold one of the pool's few threads. Until then the body is
+            # timed like the head (--timeout-request-header). Chunked and larger bodies stream to the app.
+            self.waiting_body = True
+            self.proto.head_since = self.proto.shared.clock
+            return
+        self.dispatch()
+
+    def small_body(self) -> bool:
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                return int(value) <= HIGH_WATER
+        return False
+
+    def dispatch(self) -> None:
+        """Call the app on a pool thread."""
+        if self.waiting_body:
+            self.waiting_body = False
+            self.proto.head_since = 0.0
+        shared = self.proto.shared
+        limit = self.proto.settings.limit_concurrency
+        if limit and shared.active >= limit:
             self.answer_error(503)
             return
-        server.active += 1
-        assert server.executor is not None
+        shared.active += 1
+        assert shared.executor is not None
         try:
-            server.executor.submit(self.call_app, self.environ())
+            shared.executor.submit(self.call_app, self.environ())
         except RuntimeError as exc:  # the pool is shut down: the worker is stopping
             self.app_done(exc)
 
@@ -136,10 +160,14 @@ class WsgiExchange(Exchange):
         self.buffered = self.input.feed(body)
         if self.buffered > HIGH_WATER:
             self.proto.pause_reading()
+            if self.waiting_body:
+                self.dispatch()
 
     def complete(self) -> None:
         self.body_complete = True
         self.input.end()
+        if self.waiting_body:
+            self.dispatch()
 
     def disconnect(self) -> None:
         self.disconnected = True
@@ -168,14 +196,18 @@ class WsgiExchange(Exchange):
 
     def environ(self) -> dict[str, Any]:
         scope = self.scope
-        server = self.proto.server
-        raw = scope["raw_path"][len(server.root_path_bytes) :]
+        settings = self.proto.settings
+        root = settings.root_path_bytes
+        raw = scope["raw_path"][len(root) :]
+        if root and raw.startswith(root) and raw[len(root) : len(root) + 1] in (b"", b"/", b"?"):
+            # The proxy in front passed the prefix on: it belongs in SCRIPT_NAME, not twice in the path.
+            raw = raw[len(root) :]
         host, port = scope["server"] or ("localhost", 80)
         if port is None:  # a unix socket
             host, port = "localhost", 80
         env: dict[str, Any] = {
             "REQUEST_METHOD": scope["method"],
-            "SCRIPT_NAME": server.root_path,
+            "SCRIPT_NAME": settings.root_path,
             "PATH_INFO": unquote_to_bytes(raw).decode("latin-1"),
             "QUERY_STRING": scope["query_string"].decode("latin-1"),
             "SERVER_NAME": str(host),
@@ -244,20 +276,21 @@ class WsgiExchange(Exchange):
     def call_app(self, environ: dict[str, Any]) -> None:
         error: BaseException | None = None
         try:
-            result = self.proto.server.app(environ, self.start_response)
+            result = self.proto.shared.app(environ, self.start_response)
             try:
-                pending = None  # one chunk held back: a one-chunk body goes out with a Content-Length
-                for chunk in result:
-                    if not chunk:
-                        continue
-                    if pending is not None:
-                        self.send(pending, True)
-                    elif self.wsgi_status is None:
-                        raise RuntimeError("the app sent a body before calling start_response")
-                    pending = bytes(chunk)
-                    if self.disconnected:
-                        break
-                self.send(pending or b"", False)
+                if type(result) is list or type(result) is tuple:
+                    # The whole body is known: one write, with a Content-Length.
+                    self.send(b"".join(result), False)
+                else:
+                    # A streamed body (a generator, Flask's stream_with_context, server-sent events):
+                    # each chunk goes out as soon as the app yields it.
+                    for chunk in result:
+                        if not chunk:
+                            continue
+                        if self.disconnected:
+                            break
+                        self.send(bytes(chunk), True)
+                    self.send(b"", False)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:

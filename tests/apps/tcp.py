@@ -4,12 +4,15 @@
     block SECONDS   block the worker's loop for SECONDS (a hung worker)
     pid             answer the worker's pid
     say TEXT        print TEXT on the worker's stdout, answer 'said'
+    grow MB         keep MB more megabytes of memory for good (a leak), answer 'grown'
     anything else   echoed back
 """
 
 import asyncio
 import os
 import time
+
+leaked: list[bytes] = []
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -24,6 +27,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         elif command == "say":
             print(arg, flush=True)
             writer.write(b"said\n")
+        elif command == "grow":
+            leaked.append(b"x" * (int(arg) * 1024 * 1024))
+            writer.write(b"grown\n")
         elif command == "pid":
             writer.write(f"{os.getpid()}\n".encode())
         else:

@@ -1,6 +1,7 @@
-"""The load client of the cluster benchmarks: raw-socket HTTP/1.1 GETs that classify every failure.
+"""The load client of the scenarios that count failures (reload loss and soak, fairness, reload time):
+raw-socket HTTP/1.1 GETs that classify every failure.
 
-    python -m benchmarks.cluster.load --port P --mode keepalive|close [--concurrency C]
+    python -m benchmarks.harness.load --port P --mode keepalive|close [--concurrency C]
                                       [--rate R] [--path /] [--duration S] --out result.json
 
 Modes:
@@ -299,7 +300,7 @@ class Load:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster.load")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness.load")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mode", choices=("keepalive", "close"), default="keepalive")
     parser.add_argument("--concurrency", type=int, default=16)

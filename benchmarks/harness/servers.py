@@ -1,178 +1,68 @@
-"""Every process the benchmarks start, and how each server is started, reloaded, observed and stopped.
+"""How each server under test is started, reloaded, observed and stopped, on any app of benchmarks/apps.
 
-Each server runs in its own session (process group), so stopping it kills its whole tree. Every
-process started here is registered and killed at exit, on error and on Ctrl-C alike.
+    prun             prun run APP --balance B (the default balance unless a name says otherwise)
+    prun-shared      prun run APP --balance shared
+    prun-leastconn   prun run APP --balance leastconn
+    uvicorn          uvicorn --http httptools --loop uvloop [--workers N]
+    gunicorn         gunicorn -k uvicorn.workers.UvicornWorker -w N
+    granian          granian --interface asgi --workers N
+    gunicorn-gthread gunicorn -k gthread --threads 8 -w N (WSGI)
+    granian-wsgi     granian --interface wsgi --workers N (WSGI)
+    pm2              PM2's cluster mode running apps/tiny.js (Node), whatever the app
+    control-kill-restart  prun, "reloaded" by SIGKILL of its tree and a fresh start (a negative control)
+
+`cpus` pins the whole tree of a server (master and workers: `taskset -c` before the command, inherited by
+every process it starts); the scenarios record the affinity each process had.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-APPS = Path(__file__).parent / "apps"
+from benchmarks.harness.procs import REGISTRY, Output, alive, free_port, get
+
+APPS = Path(__file__).resolve().parents[1] / "apps"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Registry:
-    """Started processes (by Popen) and extra cleanup steps, undone in reverse at exit."""
+@dataclass(frozen=True)
+class App:
+    """An app every server can serve: MODULE:ATTR in a directory, ASGI or WSGI."""
 
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.cleanups: list = []
-        self._lock = threading.Lock()
+    target: str
+    interface: str = "asgi"
+    directory: Path = APPS
+    needs: str | None = None  # a module the app imports (e.g. "fastapi"): without it the app is skipped
 
-    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
-        kwargs.setdefault("start_new_session", True)
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(cmd, **kwargs)
-        with self._lock:
-            self.procs.append(proc)
-        return proc
+    def missing(self) -> str | None:
+        """Why this app cannot run here (its framework is not installed), or None."""
+        import importlib.util
 
-    def kill_tree(self, proc: subprocess.Popen, graceful: float = 0.0) -> None:
-        """Stop `proc` and everything in its process group (and its descendants that left it)."""
-        try:
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            descendants = []
-        if graceful and proc.poll() is None:
-            _killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(graceful)
-            except subprocess.TimeoutExpired:
-                pass
-        _killpg(proc.pid, signal.SIGKILL)
-        for child in descendants:
-            try:
-                child.kill()
-            except psutil.Error:
-                pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        with self._lock:
-            if proc in self.procs:
-                self.procs.remove(proc)
-
-    def on_exit(self, fn) -> None:
-        self.cleanups.append(fn)
-
-    def cleanup(self) -> None:
-        for proc in list(self.procs):
-            self.kill_tree(proc)
-        while self.cleanups:
-            fn = self.cleanups.pop()
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - cleanup must go on
-                print(f"cleanup: {exc!r}", file=sys.stderr)
+        if self.needs and importlib.util.find_spec(self.needs) is None:
+            return f"{self.needs} is not installed (pip install -e '.[bench]')"
+        return None
 
 
-def _killpg(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+TINY = App("tiny:app")
 
 
-REGISTRY = Registry()
-atexit.register(REGISTRY.cleanup)
-
-
-def _on_term(signum, frame):  # noqa: ANN001
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-signal.signal(signal.SIGTERM, _on_term)
-signal.signal(signal.SIGHUP, _on_term)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-    """One GET on a new connection: (status, worker pid)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
-        resp.read()
-        return resp.status, resp.headers.get("x-worker-pid", "?")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-class Output:
-    """Lines a process prints (stdout and stderr merged), each with the monotonic time it was read."""
-
-    def __init__(self, stream) -> None:  # noqa: ANN001
-        self.lines: list[tuple[float, str]] = []
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream) -> None:  # noqa: ANN001
-        for line in stream:
-            with self.cond:
-                self.lines.append((time.monotonic(), line.rstrip("\n")))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def mark(self) -> int:
-        with self.cond:
-            return len(self.lines)
-
-    def count(self, pattern: str, start: int = 0) -> int:
-        regex = re.compile(pattern)
-        with self.cond:
-            return sum(1 for _t, line in self.lines[start:] if regex.search(line))
-
-    def wait(self, pattern: str, timeout: float, start: int = 0, count: int = 1) -> tuple[float, re.Match]:
-        """The time the `count`-th line matching `pattern` (from index `start`) was read, and its match."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self.cond:
-            index = start
-            while True:
-                while index < len(self.lines):
-                    stamp, line = self.lines[index]
-                    index += 1
-                    match = regex.search(line)
-                    if match:
-                        seen += 1
-                        if seen >= count:
-                            return stamp, match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.thread.is_alive():
-                    raise TimeoutError(f"no {count} lines matching {pattern!r} within {timeout:g}s; "
-                                       f"last lines: {self.tail()}")
-                self.cond.wait(min(remaining, 0.1))
-
-    def tail(self, n: int = 8) -> str:
-        return " | ".join(line for _t, line in self.lines[-n:])
+def _prun_exe() -> list[str]:
+    local = Path(sys.executable).with_name("prun")
+    if local.exists():
+        return [str(local)]
+    exe = shutil.which("prun")
+    return [exe] if exe else [sys.executable, "-c", "from prun.cluster.cli import main; main()"]
 
 
 class Server:
@@ -184,9 +74,11 @@ class Server:
     reload_method = "SIGHUP"
     supports_reload = True
 
-    def __init__(self, instances: int, port: int | None = None) -> None:
+    def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> None:
         self.instances = instances
         self.port = port or free_port()
+        self.app = app
+        self.cpus = cpus
         self.proc: subprocess.Popen | None = None
         self.out: Output | None = None
         self.started_at = 0.0
@@ -217,7 +109,10 @@ class Server:
     def start(self) -> float:
         """Start; the monotonic time the command was launched."""
         self.started_at = time.monotonic()
-        self.proc = REGISTRY.popen(self.command(), cwd=str(APPS), env=self.env(), stdout=subprocess.PIPE,
+        cmd = self.command()
+        if self.cpus is not None:
+            cmd = ["taskset", "-c", self.cpus, *cmd]
+        self.proc = REGISTRY.popen(cmd, cwd=str(self.app.directory), env=self.env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.out = Output(self.proc.stdout)
         return self.started_at
@@ -307,17 +202,19 @@ class Prun(Server):
     reload_method = "SIGHUP (prun's 'reload complete' line)"
     ready_method = "prun's `ready: N workers` line"
 
-    def __init__(self, instances: int, port: int | None = None, balance: str = "shared") -> None:
-        super().__init__(instances, port)
-        self.balance = balance
-        self.name = f"prun-{balance}"
-        self.label = f"prun --balance {balance}"
+    def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None,
+                 balance: str | None = None, name: str | None = None) -> None:
+        super().__init__(instances, port, app, cpus)
+        from benchmarks.harness.machine import prun_default_balance
+
+        self.balance = balance or prun_default_balance()
+        self.name = name or f"prun-{self.balance}"
+        self.label = f"prun --balance {self.balance}"
 
     def command(self) -> list[str]:
-        exe = shutil.which("prun")
-        base = [exe] if exe else [sys.executable, "-c", "from cluster.cli import main; main()"]
-        return base + ["tiny:app", "-i", str(self.instances), "-b", f"127.0.0.1:{self.port}",
-                       "--balance", self.balance, "--graceful-timeout", "10", "--chdir", str(APPS)]
+        return _prun_exe() + ["run", self.app.target, "-i", str(self.instances), "-b", f"127.0.0.1:{self.port}",
+                              "--interface", self.app.interface, "--balance", self.balance,
+                              "--graceful-timeout", "10", "--chdir", str(self.app.directory)]
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
@@ -349,9 +246,8 @@ class KillRestart(Prun):
 
     reload_method = "SIGKILL of the whole tree, then a fresh start"
 
-    def __init__(self, instances: int, port: int | None = None) -> None:
-        super().__init__(instances, port, "shared")
-        self.name = "control-kill-restart"
+    def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> None:
+        super().__init__(instances, port, app, cpus, "shared", "control-kill-restart")
         self.label = "control: prun killed and restarted"
 
     def reload(self, timeout: float = 30.0) -> dict[str, float]:
@@ -365,19 +261,28 @@ class KillRestart(Prun):
 
 class Uvicorn(Server):
     name = "uvicorn"
-    label = "uvicorn --workers"
+    label = "uvicorn --http httptools --loop uvloop"
     ready_method = "N 'Application startup complete' lines"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "uvicorn", "tiny:app", "--workers", str(self.instances), "--http", "httptools",
-                "--loop", "uvloop", "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(APPS),
-                "--timeout-graceful-shutdown", "10", "--no-access-log"]
+        cmd = [sys.executable, "-m", "uvicorn", self.app.target, "--http", "httptools", "--loop", "uvloop",
+               "--host", "127.0.0.1", "--port", str(self.port), "--app-dir", str(self.app.directory),
+               "--timeout-graceful-shutdown", "10", "--no-access-log"]
+        if self.app.interface == "wsgi":
+            cmd += ["--interface", "wsgi"]
+        # without --workers uvicorn runs the app in its own process (no supervisor): one worker pinned
+        return cmd + (["--workers", str(self.instances)] if self.instances > 1 else [])
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
             return "spawn_main" in " ".join(proc.cmdline())
         except psutil.Error:
             return False
+
+    def worker_procs(self) -> list[psutil.Process]:
+        if self.instances == 1:
+            return [self.master()]
+        return super().worker_procs()
 
     def ready_pattern(self) -> str:
         return r"Application startup complete"
@@ -389,26 +294,46 @@ class Gunicorn(Server):
     ready_method = "N 'Application startup complete' lines"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "tiny:app", "-k", "uvicorn.workers.UvicornWorker",
-                "-w", str(self.instances), "-b", f"127.0.0.1:{self.port}", "--chdir", str(APPS),
+        return [sys.executable, "-m", "gunicorn", self.app.target, "-k", "uvicorn.workers.UvicornWorker",
+                "-w", str(self.instances), "-b", f"127.0.0.1:{self.port}", "--chdir", str(self.app.directory),
                 "--graceful-timeout", "10", "--no-control-socket"]
 
     def ready_pattern(self) -> str:
         return r"Application startup complete"
 
 
-class Granian(Server):
-    name = "granian"
-    label = "granian --interface asgi"
-    ready_method = "N 'Started worker-' lines"
+class GunicornThreads(Server):
+    """gunicorn's threaded WSGI worker; 8 threads, as prun's WSGI pool (gunicorn's default is 1)."""
+
+    name = "gunicorn-gthread"
+    label = "gunicorn -k gthread --threads 8"
+    ready_method = "N 'Booting worker' lines"
 
     def command(self) -> list[str]:
-        exe = shutil.which("granian") or "granian"
-        return [exe, "--interface", "asgi", "--workers", str(self.instances), "--host", "127.0.0.1",
-                "--port", str(self.port), "--working-dir", str(APPS), "--workers-kill-timeout", "10",
+        return [sys.executable, "-m", "gunicorn", self.app.target, "-k", "gthread", "--threads", "8",
+                "-w", str(self.instances), "-b", f"127.0.0.1:{self.port}", "--chdir", str(self.app.directory),
+                "--graceful-timeout", "10", "--no-control-socket"]
+
+    def ready_pattern(self) -> str:
+        return r"Booting worker with pid"
+
+
+class Granian(Server):
+    name = "granian"
+    ready_method = "N 'Started worker-' lines"
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        return f"granian --interface {self.app.interface}"
+
+    def command(self) -> list[str]:
+        local = Path(sys.executable).with_name("granian")
+        exe = str(local) if local.exists() else shutil.which("granian") or "granian"
+        return [exe, "--interface", self.app.interface, "--workers", str(self.instances), "--host", "127.0.0.1",
+                "--port", str(self.port), "--working-dir", str(self.app.directory), "--workers-kill-timeout", "10",
                 # granian sleeps --respawn-interval (3.5 s by default) between the workers it replaces
                 # on SIGHUP; 0.5 s keeps a run of 20 reloads within minutes
-                "--respawn-interval", "0.5", "tiny:app"]
+                "--respawn-interval", "0.5", self.app.target]
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
@@ -451,8 +376,8 @@ class PM2(Server):
     reload_method = "pm2 reload"
     app_name = "prun-bench-tiny"
 
-    def __init__(self, instances: int, port: int | None = None) -> None:
-        super().__init__(instances, port)
+    def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> None:
+        super().__init__(instances, port, app, cpus)
         exe, why = pm2_binary()
         if exe is None:
             raise Unavailable(why)
@@ -569,40 +494,27 @@ class Unavailable(Exception):
     """A server that cannot run on this machine (the reason is reported, the run goes on)."""
 
 
-def make(name: str, instances: int, port: int | None = None) -> Server:
-    if name == "prun-shared":
-        return Prun(instances, port, "shared")
-    if name == "prun-leastconn":
-        return Prun(instances, port, "leastconn")
+CLASSES: dict[str, type[Server]] = {"uvicorn": Uvicorn, "gunicorn": Gunicorn, "granian": Granian,
+                                    "gunicorn-gthread": GunicornThreads, "granian-wsgi": Granian, "pm2": PM2}
+
+
+def make(name: str, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> Server:
+    """The server called `name` (see this module's docstring) on `app`."""
+    if name in ("prun", "prun-shared", "prun-leastconn"):
+        return Prun(instances, port, app, cpus, None if name == "prun" else name.removeprefix("prun-"), name)
     if name == "control-kill-restart":
-        return KillRestart(instances, port)
-    classes = {"uvicorn": Uvicorn, "gunicorn": Gunicorn, "granian": Granian, "pm2": PM2}
-    return classes[name](instances, port)
+        return KillRestart(instances, port, app, cpus)
+    if name == "granian-wsgi":
+        app = App(app.target, "wsgi", app.directory, app.needs)
+    server = CLASSES[name](instances, port, app, cpus)
+    server.name = name
+    return server
 
 
+# the cluster scenarios' servers (python -m benchmarks.cluster --servers)
 SERVERS = ["prun-shared", "prun-leastconn", "uvicorn", "gunicorn", "granian", "pm2"]
+# the HTTP scenarios' servers, by the interface of the app (python -m benchmarks)
+ASGI_SERVERS = ["prun", "uvicorn", "gunicorn", "granian"]
+WSGI_SERVERS = ["prun", "gunicorn-gthread", "granian-wsgi"]
 
 
-def run_load(port: int, out: Path, *, mode: str = "keepalive", concurrency: int = 16, rate: float = 0.0,
-             path: str = "/", duration: float = 60.0, timeout: float = 5.0) -> subprocess.Popen:
-    """Start the load client as its own process; it stops at `duration` or on SIGINT."""
-    cmd = [sys.executable, "-m", "benchmarks.cluster.load", "--port", str(port), "--mode", mode,
-           "--concurrency", str(concurrency), "--path", path, "--duration", str(duration),
-           "--timeout", str(timeout), "--out", str(out)]
-    if rate:
-        cmd += ["--rate", str(rate)]
-    return REGISTRY.popen(cmd, cwd=str(ROOT))
-
-
-def finish_load(proc: subprocess.Popen, out: Path, timeout: float = 20.0) -> dict:
-    """Stop the load client, wait for it, and read its result."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        REGISTRY.kill_tree(proc)
-        raise RuntimeError("the load client did not stop") from None
-    REGISTRY.kill_tree(proc)
-    with open(out) as fh:
-        return json.load(fh)

@@ -1,0 +1,122 @@
+"""What every connection of a worker's HTTP server reads: its settings and the state they share.
+
+The leaf of runtime/http/: it imports nothing else of the package but the two leaves it builds on (logs,
+proxy), so the modules above it (exchange, protocol, asgi, wsgi, server) import one way. Settings are
+built once from WorkerOptions; Shared is the server's mutable state that per-request code touches (the
+clock and the Date header, the response-head cache, counters). Both are read on the hot path: plain
+attributes in __slots__, no properties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from prun.runtime.http.logs import AccessLog
+from prun.runtime.http.proxy import TrustedProxies
+from prun.runtime.options import WorkerOptions
+from prun.runtime.server import BootError
+
+# Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+# After the last response on a connection, how long to wait for the client to close (lingering close).
+LINGER_SECONDS = 2.0
+# Requests parsed ahead of the one being answered: past this many, parsing (and reading) waits.
+PIPELINE_LIMIT = 100
+# A read larger than this is parsed in slices of it, so that PIPELINE_LIMIT holds within one read.
+FEED_SLICE = 4096
+# Alike response heads built within one second are reused (exchange.py); at most this many are kept.
+HEAD_CACHE_SIZE = 256
+
+
+class Settings:
+    """The HTTP options of a worker, checked and derived once at boot."""
+
+    __slots__ = (
+        "limit_line", "limit_header", "limit_head", "limit_body", "limit_concurrency", "keepalive",
+        "timeout_header", "timeout_write",
+        "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
+        "drain_idle_window", "backlog",
+    )  # fmt: skip
+
+    def __init__(self, options: WorkerOptions) -> None:
+        if options.access_log not in ("", "common", "json"):
+            raise BootError(f"unknown access log format {options.access_log!r} (choose from common, json)")
+        self.limit_line = options.limit_request_line
+        self.limit_header = options.limit_request_header_size
+        # What httptools may accumulate for one head before it ends: the line, the headers and slack.
+        self.limit_head = options.limit_request_line + options.limit_request_header_size + 4096
+        self.limit_body = options.limit_request_body or 1 << 62  # 0: no limit
+        self.limit_concurrency = options.limit_concurrency
+        self.keepalive = options.keepalive_timeout
+        self.timeout_header = options.timeout_request_header  # 0: never
+        self.timeout_write = options.timeout_write  # 0: never
+        self.root_path = options.root_path.rstrip("/")
+        self.root_path_bytes = self.root_path.encode()
+        self.proxy_headers = options.proxy_headers
+        self.trusted = TrustedProxies(options.forwarded_allow_ips)
+        self.access_log = AccessLog(options.access_log) if options.access_log else None
+        self.server_header = options.server_header
+        self.drain_idle_window = options.drain_idle_window
+        self.backlog = options.backlog
+
+
+class Shared:
+    """The server's state that its connections and exchanges read and update, on the loop thread."""
+
+    __slots__ = (
+        "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
+        "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
+        "on_empty", "server_header",
+    )  # fmt: skip
+
+    def __init__(self, app: Any, settings: Settings, clock: float) -> None:
+        self.app = app
+        # Set by the server for its interface: the Exchange subclass, and how a connection gets its
+        # host task (ASGI) or None (WSGI); the WSGI thread pool.
+        self.exchange_cls: Any = None
+        self.make_host: Callable[[Any], Any] | None = None
+        self.executor: Any = None
+        self.state: dict[str, Any] = {}  # the lifespan state, shallow-copied into every request
+        self.server_header = settings.server_header
+        self.clock = clock
+        self.date_server = b""  # "date: ...\r\nserver: prun\r\n", refreshed every second
+        self.date_lines = 1
+        self.heads: dict[Any, tuple[bytes, int, bool]] = {}  # response heads built this second (exchange.py)
+        self.active = 0  # app calls running
+        self.requests = 0  # responses written since start
+        self.request_limit = 0  # max-requests: on_limit is called once when `requests` reaches it
+        self.on_limit: Callable[[], None] = lambda: None
+        self.draining = False
+        self.protocols: set[Any] = set()  # the open connections
+        self.on_change: Callable[[], None] = lambda: None  # the number of connections changed
+        self.on_empty: Callable[[], None] = lambda: None  # the last connection closed
+        self.tick(clock)
+
+    def tick(self, now: float) -> None:
+        """Once a second: the clock, a fresh Date header, and an empty head cache (heads hold the Date)."""
+        self.clock = now
+        line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        if self.server_header:
+            line += b"server: prun\r\n"
+        self.date_server = line
+        self.date_lines = line.count(b"\n")
+        self.heads.clear()
+
+    def counted(self) -> None:
+        """One more response written (server-made errors included)."""
+        self.requests += 1
+        if self.requests == self.request_limit:
+            self.on_limit()
+
+    def opened(self, proto: Any) -> None:
+        self.protocols.add(proto)
+        self.on_change()
+
+    def closed(self, proto: Any) -> None:
+        self.protocols.discard(proto)
+        self.on_change()
+        if not self.protocols:
+            self.on_empty()
