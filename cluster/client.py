@@ -147,17 +147,15 @@ class Client:
 
     def start(self, target: str, name: str | None = None, namespace: str = "default",
               instances: str | int | None = None, env: dict[str, str] | None = None, autorestart: bool = True,
-              cwd: str | None = None, environ: dict[str, str] | None = None, max_memory: str | int | None = None,
-              **run_options: Any) -> Rows:
+              cwd: str | None = None, environ: dict[str, str] | None = None, **run_options: Any) -> Rows:
         """Start TARGET (MODULE:ATTR in cluster mode; a script or a command in fork mode) under the daemon.
 
         `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...);
-        `max_memory` (bytes, or "300M", "1G") reloads the app when a worker grows past it.
+        `max_memory_restart="300M"` replaces (losslessly) a worker that grows past it.
         """
         spec = build_spec(target, name=name, namespace=namespace, instances=instances, env=env or {},
                           autorestart=autorestart, cwd=cwd or os.getcwd(), run_options=run_options,
                           environ=dict(os.environ if environ is None else environ))
-        spec["max_memory"] = parse_size(max_memory) if max_memory is not None else 0
         result: Rows = self.call("start", spec=spec,
                                                  env=dict(os.environ if environ is None else environ))
         return result
@@ -269,20 +267,6 @@ def _last_line(path: str, offset: int, raw: bool = False) -> str:
     return lines[-1].removeprefix("prun: error: ") if lines else "it exited without a word"
 
 
-def parse_size(value: str | int) -> int:
-    """Bytes from 123, "512K", "300M" or "1G" (powers of 1024)."""
-    text = str(value).strip().upper().removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    try:
-        size = int(float(number) * scale)
-    except ValueError:
-        raise PrunError(f"invalid memory size {value!r}: expected bytes, or a number with K, M or G") from None
-    if size <= 0:
-        raise PrunError(f"invalid memory size {value!r}: it must be above 0")
-    return size
-
-
 def default_name(target: str, mode: str, command: list[str]) -> str:
     if mode == "cluster":
         return target.split(":", 1)[0].rsplit(".", 1)[-1]
@@ -298,12 +282,11 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
 
     cwd = os.path.abspath(cwd)
     options = {k: v for k, v in run_options.items() if v is not None and v != ()}
-    if options.get("log_file"):
-        raise PrunError("prun start keeps each app's output in $PRUN_HOME/logs (prun logs): --log-file is for prun run")
+    logs = {k: options.pop(k) for k in LOG_OPTIONS if k in options}  # the daemon's log writer's, not the master's
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 
-        values = dict(options, app=target, instances=str(instances) if instances is not None else None)
+        values = dict(options, **logs, app=target, instances=str(instances) if instances is not None else None)
         here = os.getcwd()
         try:
             os.chdir(cwd)
@@ -311,7 +294,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         finally:
             os.chdir(here)
         bind = [f"unix:{os.path.join(cwd, b[5:])}" if b.startswith("unix:") else b for b in config.bind]
-        return {"name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
+        return {**log_spec(lambda name: getattr(config, name), cwd),
+                "name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
                 "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
                 "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
                 "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": autorestart}
@@ -334,9 +318,30 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     else:
         raise PrunError(f"invalid instances {count!r}: expected a number, 'max', 0 or -N")
     graceful = float(options.get("graceful_timeout") or 5)
-    return {"name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
+    from prun.cluster.options import BY_NAME, parse
+
+    def given(name: str) -> Any:
+        return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
+
+    return {**log_spec(given, cwd),
+            "name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
             "namespace": namespace, "instances": count, "command": words, "env": dict(env),
             "graceful_timeout": graceful, "autorestart": autorestart}
+
+
+LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
+               "log_date_format")
+
+
+def log_spec(value: Any, cwd: str) -> dict[str, Any]:
+    """The spec's log settings (for the daemon's log writer); `value(name)` gives each option's value."""
+    def path(name: str) -> str:
+        return os.path.join(cwd, value(name)) if value(name) else ""
+
+    return {"log_file": path("log_file"), "error_file": path("error_file"), "log_max_size": value("log_max_size"),
+            "log_retain": value("log_retain"), "log_compress": value("log_compress"),
+            "log_rotate_daily": value("log_rotate_daily"), "merge_logs": value("merge_logs"),
+            "log_time": value("log_date_format") if value("time") else ""}
 
 
 def run_arguments(options: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
     GET /livez    200 while the master runs
     GET /readyz   200 when every slot has a READY worker; 503 from the moment a shutdown drain begins
     GET /status   JSON: the app, its generation, and each worker's slot, pid, state and stats
+    GET /metrics  Prometheus text format (cluster/metrics.py; needs the prun[metrics] extra, 501 without)
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from prun.cluster.errors import UsageError
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 501: "Not Implemented",
+            503: "Service Unavailable"}
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -31,10 +33,12 @@ def parse_address(spec: str) -> tuple[str, int]:
 class HealthServer:
     """A tiny HTTP/1.0 server on its own port; one request per connection."""
 
-    def __init__(self, spec: str, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, spec: str, ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self.host, self.port = parse_address(spec)
         self.ready = ready
         self.status = status
+        self.metrics = metrics
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> str:
@@ -59,6 +63,12 @@ class HealthServer:
             return (200, b"ready\n", "text/plain") if self.ready() else (503, b"not ready\n", "text/plain")
         if path == "/status":
             return 200, json.dumps(self.status(), indent=1).encode() + b"\n", "application/json"
+        if path == "/metrics" and self.metrics is not None:
+            from prun.cluster import metrics
+
+            if not metrics.available():
+                return 501, b"/metrics needs prometheus_client: pip install 'prun[metrics]'\n", "text/plain"
+            return 200, self.metrics(), metrics.CONTENT_TYPE
         return 404, b"not found\n", "text/plain"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

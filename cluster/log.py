@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+WORKER_TAG = "\x1e"  # ASCII record separator: never in a line an app prints on purpose
+
 
 class Log:
     """Writes the master's own lines; `json` gives one object per line for log collectors."""
@@ -15,6 +17,7 @@ class Log:
     def __init__(self, fmt: str = "text", app: str = "", stream: TextIO | None = None,
                  out: TextIO | None = None) -> None:
         self.fmt = fmt
+        self.tag_workers = False  # --no-merge-logs under the daemon: WORKER_TAG slot WORKER_TAG before each line
         self.app = app
         self.stream = stream or sys.stderr
         self.out = out or sys.stdout
@@ -41,7 +44,12 @@ class Log:
             pass  # a closed terminal must not stop the master
 
     def worker_line(self, slot: int, pid: int, stream: str, text: str) -> None:
-        """A line a worker printed, as a JSON object (a line that is a JSON object is merged in)."""
+        """A line a worker printed, as a JSON object (a line that is a JSON object is merged in), or as it is
+        with its worker's tag (--no-merge-logs: the daemon's log writer files it by worker)."""
+        target = self.out if stream == "stdout" else self.stream
+        if self.fmt != "json":
+            self._emit(target, f"{WORKER_TAG}{slot}{WORKER_TAG}{text}" if self.tag_workers else text)
+            return
         record: dict[str, Any] = {"time": round(time.time(), 3), "level": "info" if stream == "stdout" else "error",
                                   "app": self.app, "worker": slot, "pid": pid, "stream": stream}
         parsed = None
@@ -54,7 +62,8 @@ class Log:
             record.update({k: v for k, v in parsed.items() if k not in record})
         else:
             record["msg"] = text
-        self._emit(self.out if stream == "stdout" else self.stream, json.dumps(record, default=str))
+        line = json.dumps(record, default=str)
+        self._emit(target, f"{WORKER_TAG}{slot}{WORKER_TAG}{line}" if self.tag_workers else line)
 
     def open_file(self, path: str) -> int:
         """Send the master's stdout and stderr (and so its workers') to `path`; the new fd."""

@@ -20,9 +20,12 @@ from prun.cluster.errors import PrunError
 from prun.cluster.health import HealthServer
 from prun.cluster.listeners import Listener
 from prun.cluster.log import Log
+from prun.cluster.metrics import Tally
 from prun.cluster.notify import Notifier
 from prun.cluster.output import OutputRelay
+from prun.cluster.recycling import Recycler
 from prun.cluster.rollout import Rollout, Slot
+from prun.cluster.statusfile import write_status
 from prun.cluster.supervision import Supervision
 from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
 from prun.runtime import channel
@@ -60,8 +63,13 @@ class Master:
         self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
         self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
-        self.health = HealthServer(config.health, self.is_ready, self.status) if config.health else None
-        self.output = OutputRelay(self.loop, log) if config.log_format == "json" else None
+        self.status_file = os.environ.get("PRUN_STATUS_FILE", "")  # for prun monit (cluster/statusfile.py)
+        self.tally = Tally()
+        self.rollout.on_reloaded = self.tally.reloaded
+        self.recycler = Recycler(lambda: self.config, self.rollout, log, self.tally)
+        self.health = HealthServer(config.health, self.is_ready, self.status, self.metrics) if config.health else None
+        log.tag_workers = not config.merge_logs and bool(os.environ.get("PRUN_LOG_WRITER_PID"))  # under the daemon
+        self.output = OutputRelay(self.loop, log) if config.log_format == "json" or log.tag_workers else None
 
     @property
     def slots(self) -> list[Slot[WorkerProcess]]:
@@ -89,12 +97,14 @@ class Master:
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
                 self.rollout.release()
+                self.recycler.start()
             code = await self.finished
             self.ticking.cancel()  # nothing else touches the processes the sweep stops
             await self.supervision.sweep()
             return code
         finally:
             self.ticking.cancel()
+            self.recycler.stop()
             if self.health:
                 self.health.close()
 
@@ -114,9 +124,11 @@ class Master:
         return self.booted
 
     def tick(self) -> None:
-        """Murder the hung (the count is kept by supervision's restarts)."""
+        """Murder the hung (the count is kept by supervision's restarts); under the daemon, publish the status."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
         self.supervision.stop_orphans()
+        if self.status_file:
+            write_status(self.status_file, self.status())
         self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
@@ -147,7 +159,11 @@ class Master:
     def handle_usr1(self) -> None:
         """Reopen --log-file (after logrotate moved it) in the master and in every worker."""
         if not self.config.log_file:
-            self.log.info("USR1: no --log-file to reopen")
+            writer = int(os.environ.get("PRUN_LOG_WRITER_PID", "0") or 0)  # under the daemon: its log writer
+            if writer and _forward(writer, signal.SIGUSR1):
+                self.log.info("USR1: the log writer reopens the log files")
+            else:
+                self.log.info("USR1: no --log-file to reopen")
             return
         try:
             fd = self.log.open_file(self.config.log_file)
@@ -217,6 +233,7 @@ class Master:
                 self.supervision.memory_grew(worker)
             if self.balancer:
                 self.balancer.acknowledged(worker, msg.accepted)
+            self.recycler.heartbeat(worker, msg.rss)
         elif isinstance(msg, channel.Ready):
             worker.state = State.READY
             worker.rss = worker.rss_ready = worker.rss_told = msg.rss
@@ -231,6 +248,7 @@ class Master:
             worker.boot_traceback = msg.traceback
         elif isinstance(msg, channel.Recycle) and self.config.max_requests:
             worker.requests = msg.requests
+            self.tally.restarted(worker.slot, "max_requests")
             self.rollout.request_recycle(worker, f"served {worker.requests} requests")
 
     def is_ready(self) -> bool:
@@ -256,6 +274,14 @@ class Master:
                 for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))
             ],
         }
+
+    def metrics(self) -> bytes:
+        """The /metrics page (cluster/metrics.py)."""
+        from prun.cluster.metrics import WorkerView, render
+
+        views = [WorkerView(w.slot, w.pid, w.state.value, w.conns, w.requests, len(w.inflight))
+                 for w in self.workers.values() if w.alive]
+        return render(self.config.name or self.config.app, self.rollout.generation, views, self.tally)
 
     def reap(self) -> None:
         """Collect every child that exited (as PID 1, orphans we never started too)."""
@@ -286,6 +312,7 @@ class Master:
             worker.exited.set_result(code)
         if self.balancer:
             self.balancer.gone(worker)
+        self.tally.worker_gone(worker.slot, worker.requests)
         self.supervision.worker_gone()
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
@@ -293,6 +320,7 @@ class Master:
             return
         slot = self.rollout.slot_of(worker)
         if slot is not None and not was_draining and (self.booted or was_ready):
+            self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
             self.supervision.died(slot, worker, code, was_ready)
         # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
 
@@ -330,6 +358,14 @@ class Master:
             self.balancer.close()
         if not self.finished.done():
             self.finished.set_result(self.exit_code)
+
+
+def _forward(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        return False
+    return True
 
 
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,

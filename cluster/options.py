@@ -91,6 +91,29 @@ def parse_str(value: Any) -> str:
     return str(value)
 
 
+def parse_size(value: Any) -> int:
+    """Bytes from 123, "512K", "300M" or "1G" (powers of 1024); 0 is allowed (none, never)."""
+    text = str(value).strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    try:
+        size = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise ValueError(f"expected bytes, or a number with K, M or G, got {value!r}") from None
+    if size < 0:
+        raise ValueError(f"expected a size of 0 or more, got {value!r}")
+    return size
+
+
+def parse_cron(value: Any) -> str:
+    """A cron expression, checked when read (not at 3 in the morning); '' for none."""
+    text = str(value).strip()
+    if text:
+        from prun.cluster.cron import Schedule
+
+        Schedule.parse(text)  # ValueError: what is wrong with it
+    return text
+
+
 class Choice:
     """A parser for one of a few words (its metavar in --help lists them)."""
 
@@ -150,6 +173,7 @@ class Option:
     fallback_env: str = ""  # an environment variable below PRUN_NAME, e.g. WEB_CONCURRENCY for instances
     fallback_format: str = "{}"  # how that variable's value becomes this option's text
     show_values: bool = True  # False: a reload names the changed keys, not their values (secrets)
+    bare: str = ""  # the value of the flag given without one (--watch alone); '' : a value is required
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -244,14 +268,38 @@ class Config:
         reload=True)
     max_requests_jitter: int = option(parse_int, 0, "Add up to this many to --max-requests, per worker.",
         reload=True)
+    max_memory_restart: int = option(parse_size, 0, "Replace a worker whose memory passes SIZE (300M, 1G; 0: "
+        "never), losslessly, one at a time.", metavar="SIZE", reload=True, shown_default="0")
+    watch: str = option(parse_str, "", "Reload (losslessly) when a file under PATHS changes: --watch alone for "
+        "--chdir, or --watch=src,lib (the prun[watch] extra).", metavar="PATHS", bare=".")
+    ignore_watch: str = option(parse_str, "", "Comma-separated globs --watch ignores (besides *.pyc, "
+        "__pycache__, .git).", metavar="GLOBS")
+    cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
+        "(six fields: seconds first).", metavar="CRON", reload=False)
     pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
     log_format: str = option(Choice("text", "json"), "text", "json: one object per line, the workers' output "
         "too.")
-    log_file: str = option(parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it.",
-        metavar="FILE")
+    log_file: str = option(parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it "
+        "(prun start: the app's out log, default $PRUN_HOME/logs/NAME-out.log).", metavar="FILE")
+    error_file: str = option(parse_str, "", "prun start: the app's err log (default: --log-file if given, else "
+        "$PRUN_HOME/logs/NAME-err.log).", metavar="FILE")
+    log_max_size: int = option(parse_size, 10 << 20, "prun start: rotate a log file before it passes this size "
+        "(512K, 10M, 1G; 0: never).", metavar="SIZE", shown_default="10M")
+    log_retain: int = option(parse_int, 5, "prun start: rotated files kept per log file.", metavar="N")
+    log_compress: bool = option(parse_bool, False, "prun start: gzip rotated log files (all but the newest).",
+        flag=True)
+    log_rotate_daily: bool = option(parse_bool, False, "prun start: also rotate the log files when the day changes.",
+        flag=True)
+    merge_logs: bool = option(parse_bool, True, "prun start: the workers' lines in the app's two log files; "
+        "--no-merge-logs: each worker's in its own pair (NAME-out-0.log, NAME-err-0.log, ...).", flag=True,
+        shown_default="merged")
+    time: bool = option(parse_bool, False, "prun start: prefix each log line with the time it was written "
+        "(--log-date-format).", flag=True)
+    log_date_format: str = option(parse_str, "%Y-%m-%dT%H:%M:%S%z", "The strftime format of --time's prefix.",
+        metavar="FORMAT")
     container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
         "every child, pass the app's exit status through.", flag=True)
-    health: str = option(parse_str, "", "Serve /livez, /readyz and /status on this port (loopback unless a host "
+    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics on this port (loopback unless a host "
         "is given).", metavar="[HOST:]PORT")
     lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
         reload=True)
@@ -348,6 +396,9 @@ def click_options(command: F) -> F:
             command = click.option(switch, option.name, default=None, help=text)(command)
         elif option.flag:
             command = click.option(*option.flags, option.name, is_flag=True, default=None, help=text)(command)
+        elif option.bare:
+            command = click.option(*option.flags, option.name, is_flag=False, flag_value=option.bare, help=text,
+                                   metavar=f"[={_metavar(option)}]")(command)
         else:
             command = click.option(*option.flags, option.name, multiple=option.multiple, help=text,
                                    metavar=_metavar(option))(command)

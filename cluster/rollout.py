@@ -31,6 +31,7 @@ import asyncio
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -174,6 +175,7 @@ class Rollout(Generic[W]):
         self.held = held  # operations wait in the queue until release() (the first generation boots)
         self._task: asyncio.Task[None] | None = None
         self._drain_deadlines: dict[W, asyncio.TimerHandle] = {}
+        self.on_reloaded: Callable[[bool, float], None] | None = None  # (ok, seconds): for the metrics
 
     # ---- requests (from the master's signal handlers and channels) --------------------------------
 
@@ -335,6 +337,8 @@ class Rollout(Generic[W]):
             self.log.error(f"reload failed: {exc}; {self._kept([], self.slots, 0)}")
         else:
             ok = await self._roll_all(began)
+        if self.on_reloaded is not None:
+            self.on_reloaded(ok, time.monotonic() - began)
         self.notifier.ready(f"{len(self.slots)} workers ready, gen {self.generation}"
                             + ("" if ok else " (the last reload failed)"))
 

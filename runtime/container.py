@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import faulthandler
+import io
 import os
 import signal
 import socket
@@ -251,7 +252,16 @@ class Worker:
                 self.done.set_result(None)
 
 
+def line_buffered() -> None:
+    """One print, one write(2): whole lines, which the log writer can keep whole (even under PYTHONUNBUFFERED,
+    which would write a line's text and its newline apart)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def main() -> None:
+    line_buffered()
     fd = int(os.environ.pop("PRUN_CHANNEL_FD"))
     master_pid = int(os.environ.pop("PRUN_MASTER_PID", "0"))
     die_with_parent(master_pid)

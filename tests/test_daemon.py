@@ -146,7 +146,7 @@ def test_prun_start_takes_every_option_of_prun_run() -> None:
     run = {(p.name, tuple(p.opts)) for p in run_command.params if p.name != "app"}
     start = {(p.name, tuple(p.opts)) for p in command.params}
     assert run <= start, run - start
-    assert {"name", "namespace", "env", "no_autorestart", "max_memory", "target"} <= {p.name for p in command.params}
+    assert {"name", "namespace", "env", "no_autorestart", "max_memory_restart", "target"} <= {p.name for p in command.params}
 
 
 def test_restart_update_env_takes_the_callers_environment(home: Home) -> None:
@@ -158,11 +158,6 @@ def test_restart_update_env_takes_the_callers_environment(home: Home) -> None:
     home.prun("restart", "api", "--update-env", env={"GREETING": "second"})
     assert get(port).startswith("second ")
     assert "GREETING=second" in home.prun("env", "api").stdout.splitlines()
-
-
-def test_log_file_is_refused_by_start(home: Home) -> None:
-    result = home.prun("start", *HTTP_APP, "--log-file", "/tmp/x.log", check=False)
-    assert result.returncode == 1 and "--log-file is for prun run" in result.stderr
 
 
 def test_a_failed_reload_says_why_and_the_old_workers_keep_serving(home: Home) -> None:

@@ -105,17 +105,18 @@ def test_prun_events_prints_them_live(home: Home) -> None:
 
 
 
-def test_a_worker_over_max_memory_gets_the_app_reloaded(home: Home) -> None:
+def test_a_worker_over_max_memory_restart_is_replaced_with_an_event(home: Home) -> None:
     client = Client(home.path)
     client.ping()
     events = Events(client)
     rows = client.start("greeter:app", name="fat", cwd=str(APPS), bind=["127.0.0.1:0"], lifespan="off",
-                        max_memory="1K")  # every worker is over it
+                        max_memory_restart="1K")  # every worker is over it
     port = int(rows[0]["listen"][0].rsplit(":", 1)[1])
     hit = events.wait("fat", "memory_limit")
     assert hit["limit"] == 1024 and hit["memory"] > 1024 and hit["pid"] != rows[0]["pid"]
-    events.wait("fat", "reload_finished")
+    assert hit["worker"] == "worker 0"
     assert get(port).startswith("hello ")
-    assert client.describe("fat")[0]["spec"]["max_memory"] == 1024
-    with pytest.raises(Exception, match="invalid memory size"):
-        client.start("greeter:app", name="bad", cwd=str(APPS), bind=["127.0.0.1:0"], max_memory="lots")
+    assert "--max-memory-restart" in client.describe("fat")[0]["spec"]["run_args"]
+    with pytest.raises(Exception, match="invalid --max-memory-restart 'lots'"):
+        client.start("greeter:app", name="bad", cwd=str(APPS), bind=["127.0.0.1:0"], max_memory_restart="lots")
+

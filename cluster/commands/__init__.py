@@ -14,13 +14,14 @@ CLI_COMMANDS = {
     "start": "start", "ls": "ls", "list": "ls", "describe": "describe", "env": "env", "stop": "stop",
     "reload": "reload", "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping",
     "kill": "kill", "save": "save", "resurrect": "resurrect", "startup": "startup", "logs": "logs",
-    "events": "events", "update": "update",
+    "events": "events", "update": "update", "flush": "flush", "reloadLogs": "reloadlogs",
+    "monit": "monit",
 }
-# RPC command -> module (logs and startup have none: they run in the client alone)
+# RPC command -> module (logs, flush, monit and startup have none: they run in the client alone)
 RPC_COMMANDS = {
     "start": "start", "list": "ls", "describe": "describe", "env": "env", "stop": "stop", "reload": "reload",
     "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping", "kill": "kill", "save": "save",
-    "resurrect": "resurrect", "subscribe": "events", "update": "update",
+    "resurrect": "resurrect", "subscribe": "events", "update": "update", "reloadLogs": "reloadlogs",
 }
 NAMES = tuple(CLI_COMMANDS)
 

@@ -24,7 +24,8 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     apps = god.resolve(args.get("target", ""))
     rows = god.views(apps)
     for app, row in zip(apps, rows):
-        row.update(spec=asdict(app.spec), holder_pid=app.holder_pid or None, logs=list(god.home.log_paths(app.name)),
+        row.update(spec=asdict(app.spec), holder_pid=app.holder_pid or None, logs=list(app.log_paths(god.home.logs)),
+                   status_file=god.home.status_file(app.id),
                    created=app.created, failures=app.failures)
     return rows
 

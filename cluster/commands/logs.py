@@ -1,11 +1,13 @@
-"""`prun logs [NAME|ID|all] [--lines N] [--nostream]`: the tail of apps' logs, then what they print next.
+"""`prun logs [NAME|ID|all] [--lines N] [--nostream] [--json]`: the tail of apps' logs, then what they print next.
 
-Reads $PRUN_HOME/logs/<name>-out.log and -err.log itself (no RPC beyond resolving NAME); each line is
-prefixed with the app's name, as PM2 does. Follows across a truncation or a rename (rotation).
+Reads the apps' log files itself (the RPC only resolves NAME: `describe` gives the paths); each line is
+prefixed with the app's name, as PM2 does, or printed as one JSON object (--json). Follows across a
+rotation (the rest of the rotated file first, then the new one) and a truncation (`prun flush`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -31,63 +33,44 @@ def tail(path: str, lines: int) -> tuple[list[str], int]:
     return (text[-lines:] if lines else []), end
 
 
-class Followed:
-    def __init__(self, name: str, path: str, offset: int) -> None:
-        self.name, self.path, self.offset = name, path, offset
-        self.inode = _inode(path)
-        self.partial = b""
-
-    def read(self) -> list[str]:
-        inode = _inode(self.path)
-        if inode != self.inode:
-            self.inode, self.offset = inode, 0  # rotated: a new file under the same name
-        try:
-            with open(self.path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_size < self.offset:
-                    self.offset = 0  # truncated
-                fh.seek(self.offset)
-                data = fh.read()
-        except OSError:
-            return []
-        self.offset += len(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        return [line.decode("utf-8", "replace") for line in lines]
-
-
-def _inode(path: str) -> int:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return 0
-
-
 @click.command("logs")
 @click.argument("target", required=False, default="all")
 @click.option("--lines", default=15, show_default=True, type=click.IntRange(min=0), help="Lines of tail to show.")
 @click.option("--nostream", is_flag=True, help="Print the tail and exit.")
-def command(target: str, lines: int, nostream: bool) -> None:
-    """Show apps' logs: the last lines, then follow."""
-    c = client()
-    rows: list[dict[str, Any]] = c.describe(target) if target != "all" else c.list()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: app, stream, time, message.")
+def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
+    """Show apps' logs: the last lines, then follow (across rotations)."""
+    from prun.cluster.daemon.logfiles import Follower, worker_files
+
+    rows: list[dict[str, Any]] = client().describe(target)
     if target != "all" and not rows:
         raise click.ClickException(f"no app {target!r}")
     width = max((len(r["name"]) for r in rows), default=0)
-    followed = []
+
+    def echo(name: str, stream: str, line: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"app": name, "stream": stream, "time": round(time.time(), 3), "message": line}))
+        else:
+            click.echo(f"{name:<{width}} | {line}")
+
+    followed: list[tuple[str, str, Follower]] = []
     for row in rows:
-        for path in c.home.log_paths(row["name"]):
+        main = list(dict.fromkeys(row["logs"]))
+        for stream, path in [*zip(("out", "err"), main), *((s, w) for s, p in zip(("out", "err"), main)
+                                                          for w in worker_files(p))]:
             shown, end = tail(path, lines)
-            if shown:
+            if shown and not as_json:
                 click.echo(f"==> {path} <==")
             for line in shown:
-                click.echo(f"{row['name']:<{width}} | {line}")
-            followed.append(Followed(row["name"], path, end))
+                echo(row["name"], stream, line)
+            followed.append((row["name"], stream, Follower(path, end)))
     if nostream:
         return
     try:
         while True:
-            for each in followed:
-                for line in each.read():
-                    click.echo(f"{each.name:<{width}} | {line}")
+            for name, stream, follower in followed:
+                for raw in follower.read():
+                    echo(name, stream, raw.decode("utf-8", "replace"))
             time.sleep(FOLLOW_INTERVAL)
     except KeyboardInterrupt:
         pass

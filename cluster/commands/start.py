@@ -11,7 +11,7 @@
 
 SPEC is what the client checked and the daemon stores (and `prun save` dumps): name, target, mode, cwd,
 namespace, instances, run_args (prun run's options as arguments), bind, backlog, graceful_timeout,
-command (fork mode), env (--env only), autorestart and max_memory. Starting a name that exists restarts it if it is
+command (fork mode), env (--env only), autorestart and the log writer's settings. Starting a name that exists restarts it if it is
 stopped and is refused otherwise. Every option of `prun run` is an option of `prun start`.
 """
 
@@ -59,7 +59,7 @@ def _run_params() -> list[click.Parameter]:
 
 
 def _start(target: str, name: str | None, namespace: str, env: tuple[str, ...], no_autorestart: bool,
-           max_memory: str | None, **run_options: Any) -> None:
+           **run_options: Any) -> None:
     from prun.cluster.config import parse_env
 
     c = client()
@@ -78,7 +78,7 @@ def _start(target: str, name: str | None, namespace: str, env: tuple[str, ...], 
         raise click.BadParameter(str(exc), param_hint="--env") from None
     instances = run_options.pop("instances", None)
     show(c.start(target, name=name, namespace=namespace, instances=instances, env=declared,
-                 autorestart=not no_autorestart, max_memory=max_memory, **run_options))
+                 autorestart=not no_autorestart, **run_options))
 
 
 class StartCommand(click.Command):
@@ -96,8 +96,6 @@ class StartCommand(click.Command):
                              help="Set a variable for the app; repeatable. With a prun.toml: the [apps.env_NAME] "
                                   "sections to apply."),
                 click.Option(["--no-autorestart"], is_flag=True, help="Do not restart the app when it exits."),
-                click.Option(["--max-memory"], metavar="SIZE",
-                             help="Reload the app (losslessly) when a worker's memory passes SIZE (300M, 1G)."),
                 *_run_params(),
             ])
 

@@ -7,6 +7,7 @@ runner.py starts and watches the processes.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -33,11 +34,20 @@ class Spec:
     command: list[str] = field(default_factory=list)  # fork mode
     env: dict[str, str] = field(default_factory=dict)  # --env KEY=VALUE
     autorestart: bool = True
-    max_memory: int = 0  # bytes a worker may use before the app is reloaded (0: no limit)
+    log_file: str = ""  # the out log ('' : $PRUN_HOME/logs/<name>-out.log)
+    error_file: str = ""  # the err log ('' : $PRUN_HOME/logs/<name>-err.log)
+    log_max_size: int = 10 << 20
+    log_retain: int = 5
+    log_compress: bool = False
+    log_rotate_daily: bool = False
+    log_time: str = ""  # strftime format each line is prefixed with ('': none)
+    merge_logs: bool = True  # False: the master tags its workers' lines, the writer keeps a pair per worker
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Spec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if data.get("max_memory") and "--max-memory-restart" not in data.get("run_args", []):  # an older record
+            known["run_args"] = [*data.get("run_args", []), "--max-memory-restart", str(data["max_memory"])]
         return cls(**known)
 
 
@@ -60,6 +70,9 @@ class App:
     listen: list[str] = field(default_factory=list)
     master_fds: list[int] = field(default_factory=list)  # the listeners' fd numbers inside the master
     follow_offset: int = -1  # how far the master's err log has been read (-1: unknown)
+    follow_inode: int = 0  # of the file that offset is in
+    log_pid: int = 0  # the log writer of the master (logfiles.py)
+    log_started: int | None = None
     # runtime only
     fds: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
@@ -67,7 +80,7 @@ class App:
     expected_exit: bool = False
     restart_timer: asyncio.TimerHandle | None = None
     follow_timer: asyncio.TimerHandle | None = None
-    partial: bytes = b""
+    follower: Any = None  # a logfiles.Follower of the err log
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[tuple[tuple[str, ...], asyncio.Future[str]]] = field(default_factory=list)
 
@@ -82,21 +95,28 @@ class App:
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
                 "last_error": self.last_error, "master_fds": self.master_fds,
-                "follow_offset": self.follow_offset}
+                "follow_offset": self.follow_offset, "follow_inode": self.follow_inode, "log_pid": self.log_pid,
+                "log_started": self.log_started}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
-                    "online_since", "created", "listen", "last_error", "master_fds", "follow_offset"):
+                    "online_since", "created", "listen", "last_error", "master_fds", "follow_offset", "follow_inode", "log_pid", "log_started"):
             if key in data:
                 setattr(app, key, data[key])
         return app
 
+    def log_paths(self, logs: str) -> tuple[str, str]:
+        """The out and err log files (`logs`: $PRUN_HOME/logs)."""
+        out = self.spec.log_file or os.path.join(logs, f"{self.name}-out.log")
+        return out, self.spec.error_file or (out if self.spec.log_file else os.path.join(logs, f"{self.name}-err.log"))
+
     def environment(self) -> dict[str, str]:
         """The master's environment: the caller's, then --env; never sockets meant for someone else."""
         env = dict(self.base_env)
-        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PRUN_CHANNEL_FD", "PRUN_MASTER_PID"):
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PRUN_CHANNEL_FD", "PRUN_MASTER_PID",
+                    "PRUN_LOG_WRITER_PID", "PRUN_STATUS_FILE"):
             env.pop(key, None)
         env.update(self.spec.env)
         env["PRUN_APP_NAME"] = self.name

@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd", "max_memory"}
+START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd"}
 
 
 def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
@@ -63,6 +63,8 @@ def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
                 if not isinstance(value, dict):
                     raise UsageError(f"{where}: env is a table of variables")
                 args["env"] = {str(k): str(v) for k, v in value.items()} | args["env"]
+            elif name == "max_memory":  # the name it had before --max-memory-restart
+                args["max_memory_restart"] = value
             elif name in START_KEYS or name in run_names:
                 args[name] = value
             else:

@@ -24,7 +24,6 @@ from prun.cluster.daemon.home import Home, write_private
 from prun.cluster.daemon.runner import Runner
 from prun.cluster.errors import PrunError
 
-MEMORY_INTERVAL = 1.0  # seconds between two looks at the memory of apps with --max-memory
 START_TIMEOUT = 120.0  # beyond the app's own --ready-timeout (60 s by default)
 RELOAD_TIMEOUT = 600.0
 
@@ -188,10 +187,11 @@ class God:
         await self.stop(app)
         self.apps.pop(app.id, None)
         self.runners.pop(app.id, None)
-        try:
-            os.unlink(self.home.record(app.id))
-        except OSError:
-            pass
+        for path in (self.home.record(app.id), self.home.status_file(app.id)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         self.publish("deleted", app)
 
     # ---- the daemon's life -----------------------------------------------------------------------
@@ -252,29 +252,6 @@ class God:
         module = importlib.import_module(f"prun.cluster.commands.{module_name}")
         return await module.execute(self, args, writer)
 
-    def check_memory(self) -> None:
-        """Reload (losslessly) an online app one of whose workers is over its --max-memory; every second."""
-        loop = asyncio.get_running_loop()
-        limited = [a for a in self.apps.values() if a.spec.max_memory and a.status == ONLINE and not a.lock.locked()]
-        if limited:
-            if self.stats is None:
-                from prun.cluster.daemon.stats import Stats
-
-                self.stats = Stats()
-            for app in limited:
-                worst = self.stats.largest_child(app.pid)
-                if worst and worst[1] > app.spec.max_memory:
-                    self.publish("memory_limit", app, pid=worst[0], memory=worst[1], limit=app.spec.max_memory)
-                    loop.create_task(self._reload_quietly(app))
-        if not self.stopping:
-            loop.call_later(MEMORY_INTERVAL, self.check_memory)
-
-    async def _reload_quietly(self, app: App) -> None:
-        try:
-            await self.reload(app)
-        except rpc.RpcError as exc:
-            self.say(f"{app.name}: reload after the memory limit failed: {exc.message}")
-
     def reap(self) -> None:
         for pid, proc in list(self.children.items()):
             if proc.poll() is not None:
@@ -310,7 +287,6 @@ async def serve(home: Home) -> None:
         loop.add_signal_handler(signum, lambda: loop.create_task(god.kill()))
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     god.adopt_all()
-    loop.call_later(MEMORY_INTERVAL, god.check_memory)
     if os.path.exists(home.rpc):
         os.unlink(home.rpc)  # stale: we hold the lock, so no daemon answers there
     server = await asyncio.start_unix_server(

@@ -7,7 +7,8 @@
         apps/<id>.json     0600, one record per app: what it was started with, its pids (with their start
                            times, so a reused pid is never mistaken for the app), for re-adoption
         apps/<id>.sock     0600, the app's listener holder (holder.py)
-        logs/<name>-out.log, logs/<name>-err.log
+        apps/<id>.status.json  the master's /status, rewritten every half second (for prun monit)
+        logs/<name>-out.log, logs/<name>-err.log   and their rotated files (.1, .2[.gz] ...): logfiles.py
         dump.json          0600, `prun save`: only what each `start` was given
 """
 
@@ -63,11 +64,11 @@ class Home:
     def dump(self) -> str:
         return os.path.join(self.path, "dump.json")
 
-    def log_paths(self, name: str) -> tuple[str, str]:
-        return os.path.join(self.logs, f"{name}-out.log"), os.path.join(self.logs, f"{name}-err.log")
-
     def record(self, app_id: int) -> str:
         return os.path.join(self.apps, f"{app_id}.json")
+
+    def status_file(self, app_id: int) -> str:
+        return os.path.join(self.apps, f"{app_id}.status.json")
 
     def holder_socket(self, app_id: int) -> str:
         return os.path.join(self.apps, f"{app_id}.sock")

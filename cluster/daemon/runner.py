@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from prun.cluster.daemon import holder
 from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPING, App
 from prun.cluster.daemon.home import Home, alive, start_time
+from prun.cluster.daemon.logfiles import Follower, Rotation
 
 
 class God(Protocol):
@@ -42,6 +44,7 @@ BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0
 STOP_TIMEOUT_MARGIN = 5.0  # beyond the app's graceful timeout, before SIGKILL
 FOLLOW_INTERVAL = 0.05
+LOG_WRITER_WAIT = 2.0  # after a master exits, for its log writer to write its last lines
 
 
 class Runner:
@@ -115,16 +118,22 @@ class Runner:
     # ---- the master ----------------------------------------------------------------------------
 
     def spawn(self) -> None:
-        """Start the master (listeners held first); its exit and its lines are followed from now on."""
+        """Start the master (listeners held first, its log writer next); its exit and lines are followed."""
         app = self.app
         self.hold_listeners()
-        out_path, err_path = self.god.home.log_paths(app.name)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        out, err = os.open(out_path, flags, 0o600), os.open(err_path, flags, 0o600)
+        out_path, err_path = app.log_paths(self.god.home.logs)
         try:
-            app.follow_offset = os.fstat(err).st_size
-            app.partial = b""
-            app.proc = subprocess.Popen(app.argv(), cwd=app.spec.cwd, env=app.environment(),
+            out, err = self.start_log_writer(out_path, err_path)
+        except OSError as exc:
+            from prun.cluster.errors import PrunError
+
+            raise PrunError(f"cannot write the logs of {app.name}: {exc.strerror or exc}") from None
+        try:
+            app.follower = Follower(err_path)
+            app.follow_offset, app.follow_inode = app.follower.offset, app.follower.inode
+            env = dict(app.environment(), PRUN_LOG_WRITER_PID=str(app.log_pid),  # the master's USR1 goes on to it
+                       PRUN_STATUS_FILE=self.god.home.status_file(app.id))  # its workers, for prun monit
+            app.proc = subprocess.Popen(app.argv(), cwd=app.spec.cwd, env=env,
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=app.fds,
                                         start_new_session=True)
         except OSError as exc:
@@ -141,6 +150,46 @@ class Runner:
         self.god.publish("started", app, pid=app.pid)
         self.god.persist(app)
 
+    def start_log_writer(self, out_path: str, err_path: str) -> tuple[int, int]:
+        """The process that writes (and rotates) the app's log files; the two pipe ends the master writes to."""
+        app, spec = self.app, self.app.spec
+        for path in (out_path, err_path):  # created here, so that they exist once the app is "started"
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        rotation = Rotation(spec.log_max_size, spec.log_retain, spec.log_compress, spec.log_rotate_daily)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
+                 "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
+                 *([] if spec.merge_logs else ["--split"])],
+                pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, env=self.holder_env())
+        except OSError:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        self.god.children[proc.pid] = proc
+        app.log_pid, app.log_started = proc.pid, start_time(proc.pid)
+        return out_w, err_w
+
+    def log_writer_done(self) -> bool:
+        proc = self.god.children.get(self.app.log_pid)
+        if proc is not None:
+            return proc.poll() is not None
+        return not alive(self.app.log_pid, self.app.log_started)
+
+    def reopen_logs(self) -> bool:
+        """USR1 to the log writer: it reopens the files (after an external logrotate moved them)."""
+        if alive(self.app.log_pid, self.app.log_started):
+            os.kill(self.app.log_pid, signal.SIGUSR1)
+            return True
+        return False
+
     def adopt(self) -> bool:
         """Take over a master a previous daemon started; False if it is gone."""
         app = self.app
@@ -151,13 +200,9 @@ class Runner:
         except Exception as exc:  # the master serves anyway; a later restart binds again
             self.god.say(f"{app.name}: cannot get its listeners back: {exc}")
         app.proc = None
-        _, err_path = self.god.home.log_paths(app.name)
-        try:
-            size = os.path.getsize(err_path)
-        except OSError:
-            size = 0
-        if not 0 <= app.follow_offset <= size:  # read on from where the last daemon was (a ready line it missed)
-            app.follow_offset = size
+        _, err_path = app.log_paths(self.god.home.logs)
+        # read on from where the last daemon was (a ready line it missed), across a rotation if need be
+        app.follower = Follower(err_path, app.follow_offset if app.follow_offset >= 0 else None, app.follow_inode)
         self.watch()
         self.god.publish("adopted", app, pid=app.pid)
         return True
@@ -183,8 +228,13 @@ class Runner:
             app.follow_timer.cancel()
             app.follow_timer = None
 
-    def exited(self) -> None:
+    def exited(self, waited: float = 0.0) -> None:
         app = self.app
+        if waited == 0.0 and app.pidfd >= 0:
+            self.loop.remove_reader(app.pidfd)
+        if not self.log_writer_done() and waited < LOG_WRITER_WAIT:  # the master's last lines are on their way
+            self.loop.call_later(FOLLOW_INTERVAL, self.exited, waited + FOLLOW_INTERVAL)
+            return
         self.follow(again=False)
         self.unwatch()
         code: int | None = None
@@ -233,16 +283,9 @@ class Runner:
         """Read the master's new lines in the err log (a poll: the file is written by another process)."""
         app = self.app
         app.follow_timer = None
-        _, err_path = self.god.home.log_paths(app.name)
-        try:
-            with open(err_path, "rb") as fh:
-                fh.seek(app.follow_offset)
-                data = fh.read(1 << 20)
-        except OSError:
-            data = b""
-        if data:
-            app.follow_offset += len(data)
-            *lines, app.partial = (app.partial + data).split(b"\n")
+        if app.follower is not None:
+            lines = app.follower.read()
+            app.follow_offset, app.follow_inode = app.follower.offset, app.follower.inode
             for line in lines:
                 self.on_line(line.decode("utf-8", "replace"))
         if again and app.pidfd >= 0:
@@ -250,6 +293,9 @@ class Runner:
 
     def on_line(self, line: str) -> None:
         app = self.app
+        if app.spec.log_time and not line.startswith("{"):  # --time: the log writer's prefix first
+            words = time.strftime(app.spec.log_time).count(" ") + 1
+            line = line.split(" ", words)[-1]
         if line.startswith("{"):
             try:
                 record = json.loads(line)
@@ -283,6 +329,13 @@ class Runner:
             app.workers = _number(text.split(" to ", 1)[1])
             self.god.publish("scaled", app, workers=app.workers)
             self.resolve("scaled", text)
+        elif "over --max-memory-restart (" in text:
+            found = re.search(r"pid (\d+).*\((\d+) > (\d+) bytes\): replacing it", text)
+            if found:
+                pid, used, limit = map(int, found.groups())
+                self.god.publish("memory_limit", app, pid=pid, memory=used, limit=limit,
+                                 worker=text.split(" (pid", 1)[0])
+            return
         elif "; restarting it" in text:  # a worker (or fork-mode instance) died and its master restarts it
             app.restarts += 1
             self.god.publish("restarting", app, worker=text.split(" (pid", 1)[0], reason=text.split("; ", 1)[0])

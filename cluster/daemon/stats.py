@@ -41,20 +41,6 @@ class Stats:
                 continue
         return round(cpu, 1), mem
 
-    def largest_child(self, pid: int) -> tuple[int, int] | None:
-        """(pid, resident bytes) of the largest direct child of `pid` (the biggest worker), if any."""
-        try:
-            children = self._process(pid).children()
-        except psutil.Error:
-            return None
-        sizes = []
-        for child in children:
-            try:
-                sizes.append((child.pid, child.memory_info().rss))
-            except psutil.Error:
-                continue
-        return max(sizes, key=lambda s: s[1]) if sizes else None
-
     def view(self, app: App) -> dict[str, Any]:
         running = alive(app.pid, app.pid_started)
         cpu, mem = self.usage(app.pid) if running else (0.0, 0)

@@ -1,0 +1,34 @@
+"""`prun flush [NAME|ID|all]`: empty apps' log files (and remove their rotated files).
+
+Runs in the client alone (the RPC only resolves NAME: `describe` gives the paths). The log writer keeps
+appending to the emptied files; `prun logs -f` goes on from their new start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from prun.cluster.commands import client
+
+
+@click.command("flush")
+@click.argument("target", required=False, default="all")
+def command(target: str) -> None:
+    """Empty apps' log files."""
+    from prun.cluster.daemon.logfiles import rotated, worker_files
+
+    rows: list[dict[str, Any]] = client().describe(target)
+    for row in rows:
+        retain = int(row["spec"].get("log_retain", 5))
+        main = list(dict.fromkeys(row["logs"]))
+        for path in main + [w for p in main for w in worker_files(p)]:
+            for old in rotated(path, retain):
+                os.unlink(old)
+            try:
+                os.truncate(path, 0)
+            except FileNotFoundError:
+                pass
+            click.echo(f"flushed {path}")
