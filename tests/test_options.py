@@ -74,7 +74,9 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "proxy_headers": False, "forwarded_allow_ips": "*", "threads": 2, "keepalive_timeout": 6.0,
                "timeout_request_header": 4.0, "timeout_write": 7.0,
                "limit_request_line": 10, "limit_request_header_size": 11, "limit_request_body": 0,
-               "limit_concurrency": 5, "access_log": "json"}
+               "limit_concurrency": 5, "access_log": "json",
+               "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
+               "cert_reqs": "required", "ciphers": "ECDHE+AESGCM"}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"
@@ -140,3 +142,12 @@ def test_tool_prun_in_the_apps_pyproject_is_read(tmp_path):
     with pytest.raises(UsageError, match="unknown setting 'config' in"):
         (tmp_path / "pyproject.toml").write_text('[tool.prun]\napp = "m:a"\nconfig = "other.toml"\n')
         config_mod.build({"chdir": str(tmp_path)}, {})
+
+
+def test_tls_paths_reach_workers_absolute_and_the_key_password_is_never_shown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_mod.build({"app": "m:a", "certfile": "live/cert.pem", "keyfile_password": "s3cret"}, {})
+    options = config.worker_options(0, 1, 0)
+    assert options.certfile == str(tmp_path / "live" / "cert.pem")  # not relative to --chdir
+    assert (options.keyfile, options.ca_certs, options.keyfile_password) == ("", "", "s3cret")
+    assert BY_NAME["keyfile_password"].describe("s3cret") == "(hidden)"
