@@ -285,3 +285,30 @@ def test_a_client_that_never_handshakes_is_closed_after_the_bound(prun, tmp_path
         waited = time.monotonic() - started
     assert 0.5 < waited < 10, waited
     assert httpx.get(f"https://127.0.0.1:{port}/", verify=pki.client_context(), timeout=10).text == "https"
+
+
+def test_what_the_tls_files_are_checked_for(tmp_path: Path, pki: Pki) -> None:
+    from prun.runtime.options import WorkerOptions
+    from prun.runtime.tls import TlsError, server_context
+
+    cert, key = pki.issue("server", 12)
+    openssl("ec", "-in", key.name, "-aes256", "-passout", "pass:open sesame", "-out", "locked.key", cwd=pki.dir)
+    locked = pki.dir / "locked.key"
+
+    def error(**options: str) -> str:
+        with pytest.raises(TlsError) as caught:
+            server_context(WorkerOptions(**options))  # type: ignore[arg-type]
+        return str(caught.value)
+
+    assert server_context(WorkerOptions()) is None  # no --certfile: plain TCP
+    context = server_context(WorkerOptions(certfile=str(cert), keyfile=str(locked), keyfile_password="open sesame",
+                                           ca_certs=str(pki.ca), cert_reqs="optional", ciphers="ECDHE+AESGCM"))
+    assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
+    assert "--keyfile-password" in error(certfile=str(cert), keyfile=str(locked), keyfile_password="wrong")
+    assert error(keyfile=str(key)) == "--keyfile and --ca-certs need --certfile"
+    assert error(certfile=str(pki.dir)) == f"--certfile {pki.dir}: it is a directory"
+    assert "no cipher matches" in error(certfile=str(cert), keyfile=str(key), ciphers="NO-SUCH-CIPHER")
+    assert error(certfile=str(cert), keyfile=str(key), ca_certs=str(tmp_path / "nope.pem"), cert_reqs="required") \
+        == f"--ca-certs {tmp_path / 'nope.pem'}: no such file"
+    assert error(certfile=str(cert), keyfile=str(key), ca_certs=str(key)).startswith(f"cannot load --ca-certs {key}")
+    assert "expected one of none, optional, required" in error(certfile=str(cert), cert_reqs="sometimes")
