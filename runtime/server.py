@@ -26,6 +26,7 @@ class BootError(Exception):
 
 # At most this many connections are accepted per wake-up of a TLS listener, so workers share a burst.
 ACCEPT_BATCH = 16
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 class Listening(Protocol):
@@ -127,8 +128,17 @@ class TlsAcceptor:
             except (BlockingIOError, InterruptedError):
                 return  # another worker took it, or the queue is empty
             except OSError:
-                return  # out of fds and the like: the connection waits in the queue for a later wake-up
+                # Out of fds and the like: the connection waits in the kernel queue; look again in a
+                # moment rather than spin on a listener that stays readable.
+                loop = self.server.loop
+                loop.remove_reader(self.fd)
+                loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+                return
             self.server.accept(conn)
+
+    def _resume(self) -> None:
+        if self.fd >= 0:
+            self.server.loop.add_reader(self.fd, self._readable)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -312,3 +312,15 @@ def test_what_the_tls_files_are_checked_for(tmp_path: Path, pki: Pki) -> None:
         == f"--ca-certs {tmp_path / 'nope.pem'}: no such file"
     assert error(certfile=str(cert), keyfile=str(key), ca_certs=str(key)).startswith(f"cannot load --ca-certs {key}")
     assert "expected one of none, optional, required" in error(certfile=str(cert), cert_reqs="sometimes")
+
+
+@pytest.mark.parametrize("balance", ["shared", "leastconn"])
+def test_a_stream_handler_is_served_over_tls_too(prun, pki: Pki, balance: str) -> None:  # type: ignore[no-untyped-def]
+    cert, key = pki.issue("server", 13)
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--balance", balance, "--certfile", str(cert), "--keyfile",
+                  str(key))
+    port = master.wait_ready()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pki.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"ping\n")
+            assert tls.recv(100) == b"ping\n"
