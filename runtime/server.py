@@ -81,7 +81,7 @@ class Server(abc.ABC):
         """A protocol instance for one new connection."""
 
     def accept(self, conn: socket.socket) -> None:
-        """Serve one connection the master accepted and handed over (leastconn balancing)."""
+        """Serve one accepted connection: handed over by the master (leastconn), or a TLS listener's."""
         conn.setblocking(False)
         task = self.loop.create_task(self._serve_handed_over(conn))
         self._handing_over.add(task)
