@@ -47,6 +47,7 @@ def serve(cli_values: dict[str, Any]) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, master.SIGNALS)  # held until the master handles them
     environ = dict(os.environ)
     config = config_mod.build(cli_values, environ)
+    config_mod.check_tls(config)
     if config.health:
         from prun.cluster.health import parse_address
 

@@ -291,6 +291,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         try:
             os.chdir(cwd)
             config = config_mod.build(values, environ)
+            config_mod.check_tls(config)
         finally:
             os.chdir(here)
         bind = [f"unix:{os.path.join(cwd, b[5:])}" if b.startswith("unix:") else b for b in config.bind]

@@ -110,6 +110,16 @@ def validate(config: Config) -> None:
         raise UsageError("--reload-batch must be at least 1")
 
 
+def check_tls(config: Config) -> None:
+    """At start: the TLS files exist, are readable and match. Workers load them again at each boot."""
+    from prun.runtime import tls
+
+    try:
+        tls.server_context(config.worker_options(0, 0, 0))  # built to check, then dropped with its key
+    except tls.TlsError as exc:
+        raise UsageError(str(exc)) from None
+
+
 class Reconfigure:
     """What a master calls on a reload (HUP): the Config re-read from every source.
 
@@ -136,8 +146,8 @@ class Reconfigure:
                     self.log.info(f"reload: {option.label} changed to {option.describe(now)}; it needs a restart "
                                   f"(kept {option.describe(running)})")
             elif now != running:
-                changed = (f"changed (keys now: {option.describe(now)})" if not option.show_values
-                           else f"changed to {option.describe(now)} (was {option.describe(running)})")
+                changed = (f"changed to {option.describe(now)} (was {option.describe(running)})" if option.show_values
+                           else f"changed (keys now: {option.describe(now)})" if isinstance(now, dict) else "changed")
                 self.log.info(f"reload: {option.label} {changed}")
         self.asked, self.running = asked, new
         return new

@@ -213,6 +213,8 @@ class Option:
 
     def describe(self, value: Any) -> str:
         """A value as a reload line shows it."""
+        if not self.show_values and isinstance(value, str):
+            return "(hidden)" if value else "(none)"
         if isinstance(value, dict):
             items = sorted(value.items())
             return ", ".join(f"{k}={v}" if self.show_values else k for k, v in items) or "(none)"
@@ -326,11 +328,26 @@ class Config:
         metavar="N", worker=True, reload=True)
     access_log: str = option(parse_access_log, "", "One line per request: off, common or json.",
         shown_default="off", metavar="[off|common|json]", worker=True, reload=True)
+    # TLS: every worker loads the files at boot, so a reload after renewing them serves the new ones.
+    certfile: str = option(parse_str, "", "Serve TLS with this certificate (PEM, the chain after it); a reload "
+        "(HUP) loads it again.", metavar="FILE", worker=True, reload=True)
+    keyfile: str = option(parse_str, "", "The private key of --certfile (PEM), if not in that file.",
+        metavar="FILE", worker=True, reload=True)
+    keyfile_password: str = option(parse_str, "", "The password of an encrypted --keyfile.", metavar="TEXT",
+        worker=True, reload=True, show_values=False)
+    ca_certs: str = option(parse_str, "", "CA certificates (PEM) that client certificates are verified against.",
+        metavar="FILE", worker=True, reload=True)
+    cert_reqs: str = option(Choice("none", "optional", "required"), "none", "Client certificates: none, "
+        "optional (verified if sent) or required (the handshake fails without one).", worker=True, reload=True)
+    ciphers: str = option(parse_str, "", "TLS 1.2 ciphers, in OpenSSL's syntax (default: OpenSSL's).",
+        metavar="TEXT", worker=True, reload=True)
 
     def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
         """What a worker of this config is told at boot (`max_requests` is already jittered)."""
         values = {option.name: getattr(self, option.name) for option in WORKER}
         values.update(chdir=os.path.abspath(self.chdir), max_requests=max_requests, env=dict(self.env))
+        for name in ("certfile", "keyfile", "ca_certs"):  # relative to where prun was started, not to --chdir
+            values[name] = os.path.abspath(values[name]) if values[name] else ""
         return WorkerOptions(
             slot=slot,
             generation=generation,

@@ -48,6 +48,13 @@ class WorkerOptions:
     limit_request_body: int = 100 * 1024 * 1024
     limit_concurrency: int = 0  # 0: unlimited
     access_log: str = ""  # "" off | "common" | "json"
+    # TLS (runtime/tls.py): each worker loads the files itself at boot; no certfile: plain TCP
+    certfile: str = ""
+    keyfile: str = ""
+    keyfile_password: str = ""
+    ca_certs: str = ""
+    cert_reqs: str = "none"  # none | optional | required: client certificates
+    ciphers: str = ""
     server_header: bool = True
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048

@@ -8,9 +8,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from prun.runtime import tls
 from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 
 
@@ -20,6 +22,17 @@ class BootError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_BOOT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # the worker's exit status: 3, or the code the app passed to sys.exit
+
+
+# At most this many connections are accepted per wake-up of a TLS listener, so workers share a burst.
+ACCEPT_BATCH = 16
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+class Listening(Protocol):
+    """A listener being served: a loop.create_server Server, or a TlsAcceptor."""
+
+    def close(self) -> None: ...
 
 
 class Server(abc.ABC):
@@ -37,6 +50,24 @@ class Server(abc.ABC):
         self.request_limit = 0
         self.on_limit: Callable[[], None] = lambda: None
         self._handing_over: set[asyncio.Task[None]] = set()
+        # TLS: loaded from the files as they are at this worker's boot (a reload loads them again).
+        try:
+            self.ssl: ssl.SSLContext | None = tls.server_context(options)
+        except tls.TlsError as exc:
+            raise BootError(str(exc)) from None
+        self.ssl_handshake_timeout = tls.handshake_timeout(options) if self.ssl is not None else None
+
+    async def listen(self, sock: socket.socket) -> Listening:
+        """Start accepting on one listener; close() stops (and closes this worker's copy of the socket).
+
+        Plain TCP: loop.create_server. TLS: the worker accepts itself and serves each connection as
+        it serves a handed-over one (accept), its handshake a task that settle() waits for, so that a
+        drain never drops a handshake in flight (a create_server(ssl=...) server would, on close).
+        """
+        if self.ssl is not None:
+            return TlsAcceptor(self, sock)
+        # create_server calls listen() again on the shared socket: keep the master's backlog.
+        return await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
 
     async def startup(self) -> None:  # noqa: B027 (optional hook: most servers need no startup)
         """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""
@@ -50,7 +81,7 @@ class Server(abc.ABC):
         """A protocol instance for one new connection."""
 
     def accept(self, conn: socket.socket) -> None:
-        """Serve one connection the master accepted and handed over (leastconn balancing)."""
+        """Serve one accepted connection: handed over by the master (leastconn), or a TLS listener's."""
         conn.setblocking(False)
         task = self.loop.create_task(self._serve_handed_over(conn))
         self._handing_over.add(task)
@@ -58,8 +89,13 @@ class Server(abc.ABC):
 
     async def _serve_handed_over(self, conn: socket.socket) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.protocol, conn)
-        except OSError:
+            # With TLS the handshake runs here, in the worker, bounded by ssl_handshake_timeout.
+            if self.ssl is None:
+                await self.loop.connect_accepted_socket(self.protocol, conn)
+            else:
+                await self.loop.connect_accepted_socket(self.protocol, conn, ssl=self.ssl,
+                                                        ssl_handshake_timeout=self.ssl_handshake_timeout)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
             conn.close()
 
     async def settle(self) -> None:
@@ -73,3 +109,39 @@ class Server(abc.ABC):
 
         Never shutdown() a listener: the socket is shared with the master and every other worker.
         """
+
+
+class TlsAcceptor:
+    """Accepts on a TLS listener, handing each connection to Server.accept (its handshake runs there)."""
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        server.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # another worker took it, or the queue is empty
+            except OSError:
+                # Out of fds and the like: the connection waits in the kernel queue; look again in a
+                # moment rather than spin on a listener that stays readable.
+                loop = self.server.loop
+                loop.remove_reader(self.fd)
+                loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+                return
+            self.server.accept(conn)
+
+    def _resume(self) -> None:
+        if self.fd >= 0:
+            self.server.loop.add_reader(self.fd, self._readable)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.server.loop.remove_reader(self.fd)
+            self.fd = -1
+            self.sock.close()  # this worker's copy; the master and the other workers keep the listener

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from prun.runtime.server import Server
+from prun.runtime.server import Listening, Server
 
 
 class ProtocolServer(Server):
@@ -17,7 +17,7 @@ class ProtocolServer(Server):
 
     def __init__(self, app: Any, options: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(app, options, loop)
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Listening] = []
         self._transports: set[asyncio.BaseTransport] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -43,13 +43,12 @@ class ProtocolServer(Server):
 
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            # create_server calls listen() again on the shared socket: keep the master's backlog.
-            server = await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
-            self._servers.append(server)
+            self._servers.append(await self.listen(sock))
 
     async def drain(self, timeout: float) -> None:
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener fd; the master keeps the socket
+        await self.settle()  # TLS: every handshake that began is finished (or timed out)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:

@@ -77,7 +77,9 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "limit_concurrency": 5, "access_log": "json", "error_file": "e", "log_max_size": 1024,
                "log_retain": 2, "log_compress": True, "log_rotate_daily": True, "time": True,
                "log_date_format": "%H", "max_memory_restart": 2048, "watch": "src", "ignore_watch": "*.log",
-               "cron_restart": "0 3 * * *", "merge_logs": False}
+               "cron_restart": "0 3 * * *", "merge_logs": False,
+               "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
+               "cert_reqs": "required", "ciphers": "ECDHE+AESGCM"}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"
@@ -143,3 +145,12 @@ def test_tool_prun_in_the_apps_pyproject_is_read(tmp_path):
     with pytest.raises(UsageError, match="unknown setting 'config' in"):
         (tmp_path / "pyproject.toml").write_text('[tool.prun]\napp = "m:a"\nconfig = "other.toml"\n')
         config_mod.build({"chdir": str(tmp_path)}, {})
+
+
+def test_tls_paths_reach_workers_absolute_and_the_key_password_is_never_shown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_mod.build({"app": "m:a", "certfile": "live/cert.pem", "keyfile_password": "s3cret"}, {})
+    options = config.worker_options(0, 1, 0)
+    assert options.certfile == str(tmp_path / "live" / "cert.pem")  # not relative to --chdir
+    assert (options.keyfile, options.ca_certs, options.keyfile_password) == ("", "", "s3cret")
+    assert BY_NAME["keyfile_password"].describe("s3cret") == "(hidden)"

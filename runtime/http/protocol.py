@@ -57,7 +57,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
-        self.scheme = "http"
+        self.scheme = settings.scheme
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0

@@ -12,7 +12,7 @@ from prun.runtime.http.lifespan import Lifespan
 from prun.runtime.http.protocol import HttpProtocol
 from prun.runtime.http.settings import Settings, Shared
 from prun.runtime.options import WorkerOptions
-from prun.runtime.server import BootError, Server
+from prun.runtime.server import BootError, Listening, Server
 
 TICK_SECONDS = 1.0
 
@@ -50,7 +50,7 @@ class HttpServer(Server):
         self.interface = interface
         shared.state = self.state = self.lifespan.state
         shared.on_empty = self._emptied
-        self._servers: list[Any] = []
+        self._servers: list[Listening] = []
         self._all_closed: asyncio.Future[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -130,9 +130,7 @@ class HttpServer(Server):
 
     async def serve(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            # create_server calls listen() again on the shared socket: keep the master's backlog.
-            server = await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
-            self._servers.append(server)
+            self._servers.append(await self.listen(sock))
         if self._ticker is None:
             self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
@@ -142,6 +140,7 @@ class HttpServer(Server):
         self.shared.draining = True
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
+        await self.settle()  # TLS: every handshake that began is finished (or timed out), and counted
         self._all_closed = loop.create_future()
         if self.protocols:
             for proto in list(self.protocols):

@@ -38,7 +38,7 @@ class Settings:
         "limit_line", "limit_header", "limit_head", "limit_body", "limit_concurrency", "keepalive",
         "timeout_header", "timeout_write",
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
-        "drain_idle_window", "backlog",
+        "drain_idle_window", "backlog", "scheme", "ws_scheme",
     )  # fmt: skip
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -61,6 +61,11 @@ class Settings:
         self.server_header = options.server_header
         self.drain_idle_window = options.drain_idle_window
         self.backlog = options.backlog
+        # The one place the scheme comes from: what scope["scheme"] (http and websocket) and
+        # wsgi.url_scheme say, unless a trusted proxy's X-Forwarded-Proto says otherwise.
+        tls = bool(options.certfile)
+        self.scheme = "https" if tls else "http"
+        self.ws_scheme = "wss" if tls else "ws"
 
 
 class Shared:
