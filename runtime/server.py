@@ -37,6 +37,7 @@ class Server(abc.ABC):
         self.request_limit = 0
         self.on_limit: Callable[[], None] = lambda: None
         self._handing_over: set[asyncio.Task[None]] = set()
+        self.going_away = False  # set by the shim before drain: the master stops, no new generation follows
 
     async def startup(self) -> None:  # noqa: B027 (optional hook: most servers need no startup)
         """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""

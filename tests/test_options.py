@@ -74,7 +74,8 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "proxy_headers": False, "forwarded_allow_ips": "*", "threads": 2, "keepalive_timeout": 6.0,
                "timeout_request_header": 4.0, "timeout_write": 7.0,
                "limit_request_line": 10, "limit_request_header_size": 11, "limit_request_body": 0,
-               "limit_concurrency": 5, "access_log": "json"}
+               "limit_concurrency": 5, "access_log": "json", "ws": "none", "ws_max_size": 12,
+               "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"

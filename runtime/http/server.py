@@ -140,6 +140,7 @@ class HttpServer(Server):
         loop = self.loop
         deadline = loop.time() + timeout
         self.shared.draining = True
+        self.shared.going_away = self.going_away
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
         self._all_closed = loop.create_future()
