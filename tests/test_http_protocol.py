@@ -614,3 +614,19 @@ def test_pipelined_requests_waiting_are_bounded_while_the_app_is_busy() -> None:
         release.set()
         for i in range(3000):
             assert client.read().body == b"%05d" % i
+
+
+def test_a_draining_worker_answers_an_upgrade_503() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await ws_echo_once(scope, receive, send)
+        else:
+            await echo_app(scope, receive, send)
+
+    with serving(app, drain_idle_window=5.0) as srv, Client(srv.port) as client:
+        assert client.get("/").status == 200
+        drained = srv.drain(10)
+        client.send(UPGRADE)  # on the idle keep-alive connection, within the drain window
+        assert client.read().status == 503
+        assert client.closed_by_server()
+        drained.result(10)

@@ -74,6 +74,10 @@ def test_close_codes_both_ways(served):
     with connect(url(port, "/echo"), open_timeout=5) as ws:
         ws.close(code=4321, reason="bye")
     master.wait_for(r"disconnect 4321", start=mark)  # the app's websocket.disconnect carries the code
+    with connect(url(port, "/crash"), open_timeout=5) as ws, pytest.raises(ConnectionClosed) as crashed:
+        ws.recv(timeout=5)
+    assert crashed.value.rcvd is not None and crashed.value.rcvd.code == 1011
+    master.wait_for(r"RuntimeError: the app failed after accepting", start=mark)
 
 
 def test_denial_response_and_close_before_accept(served):
@@ -157,6 +161,7 @@ def test_a_slow_reader_blocks_the_apps_send_and_memory_stays_bounded(served):
             assert len(later) <= len(sent) + 1, "the app's send did not block on a client that reads nothing"
             time.sleep(0.2)
         grown = psutil.Process(pid).memory_info().rss - before
+        print(f"worker grew {grown / 2**20:.1f} MiB; flood counts {_flood_counts(master, mark)}")
         assert grown < 80 * 1024 * 1024, f"the worker grew {grown >> 20} MiB"
         assert max(int(m) for m in _flood_counts(master, mark)) < 200  # 200 MiB were never buffered
     finally:

@@ -209,6 +209,14 @@ class HttpProtocol(asyncio.Protocol):
             return False
         self.start_pending = False
         self.current = self.parsing = None
+        if not self.settings.ws:  # (websocket.py needs the websockets library, which may not be installed)
+            self.closing = True
+            why = "refused a WebSocket upgrade: WebSocket is off (--ws none, or the websockets library is missing)"
+            if why not in self.shared.ws_refused:
+                self.shared.ws_refused.add(why)
+                log_line(f"{why}; answered 400 (logged once)")
+            self.write_error(400)
+            return True
         offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
         from prun.runtime.http.websocket import upgrade as take_over
 

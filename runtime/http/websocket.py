@@ -43,25 +43,11 @@ class ClientDisconnected(OSError):
     """Raised by send() once the connection is gone (Starlette turns an OSError into WebSocketDisconnect)."""
 
 
-def refuse(proto: Any, status: int, why: str) -> None:
-    """Answer an upgrade the server will not serve with `status`, log why (once per reason), close."""
-    shared: Shared = proto.shared
-    if why not in shared.ws_refused:
-        shared.ws_refused.add(why)
-        log_line(f"refused a WebSocket upgrade from {proto.peer()}: {why} (answered {status}; logged once)")
-    write_error(proto, status)
-    shared.counted()
-    proto.close_gracefully()
-
-
 def upgrade(proto: Any, scope: dict[str, Any], rest: bytes) -> None:
     """Take over `proto`'s connection for the WebSocket its request (`scope`, an http scope) asks for."""
     settings: Settings = proto.settings
     shared: Shared = proto.shared
     proto.closing = True
-    if not settings.ws:
-        refuse(proto, 400, "WebSocket is off (--ws none, or the websockets library is not installed)")
-        return
     if shared.draining:
         write_error(proto, 503)
         proto.close_gracefully()

@@ -4,6 +4,7 @@
                 the text "who" is answered "<pid> gen <generation>"; "close:CODE" closes with CODE
     /deny       reject the upgrade with a 401 HTTP response
     /refuse     close before accepting (403)
+    /crash      accept, then raise (the client sees 1011)
     /flood      accept, then send 1 MiB messages as fast as the client takes them (counted in /status text)
 The lifespan shutdown prints "lifespan shutdown" after the last open WebSocket ended.
 """
@@ -43,6 +44,8 @@ async def app(scope, receive, send):
     offered = scope["subprotocols"]
     await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None,
                 "headers": [(b"x-served-by", str(os.getpid()).encode())]})
+    if path == "/crash":
+        raise RuntimeError("the app failed after accepting")
     if path == "/flood":
         chunk = b"x" * (1 << 20)
         sent = 0
