@@ -184,6 +184,9 @@ def test_fastapi_websocket_route_end_to_end(prun):
     with pytest.raises(InvalidStatus) as missing:  # no such route: FastAPI denies the handshake
         connect(url(port, "/nowhere"), open_timeout=5)
     assert missing.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as denied:  # Starlette's send_denial_response (websocket.http.response)
+        connect(url(port, "/private"), open_timeout=5)
+    assert denied.value.response.status_code == 418 and denied.value.response.body == b"members only"
     assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()) == {"served": "http"}
 
 

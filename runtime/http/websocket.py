@@ -94,6 +94,7 @@ def upgrade(proto: Any, scope: dict[str, Any], rest: bytes) -> None:
         "query_string": scope["query_string"],
         "headers": scope["headers"],
         "subprotocols": [p for p in offered if p],
+        "extensions": {"websocket.http.response": {}},
         "state": scope["state"],
     }
     ws = WebSocket(proto, server, response, ws_scope)
@@ -121,7 +122,7 @@ class WebSocket(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop = proto.loop
         self.transport: Any = proto.transport
         self.client = proto.client
-        self.host = None  # (what the server's drain cancels on an HttpProtocol)
+        self.host: asyncio.Task[None] | None = None  # the app's task (the server's drain cancels it at the deadline)
         self.server = server
         self.response = response
         self.scope = scope
@@ -157,6 +158,7 @@ class WebSocket(asyncio.Protocol):
         self.app_running = True
         self.shared.active += 1
         self.task = self.loop.create_task(self.run_app())
+        self.host = self.task  # what the server's drain cancels at its deadline
 
     async def run_app(self) -> None:
         exc: BaseException | None = None

@@ -3,6 +3,7 @@
 import os
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse
 
 app = FastAPI()
 
@@ -21,3 +22,8 @@ async def chat(websocket: WebSocket, room: str) -> None:
             await websocket.send_json({"room": room, "echo": data, "pid": os.getpid()})
     except WebSocketDisconnect as exc:
         print(f"fastapi disconnect {exc.code}", flush=True)
+
+
+@app.websocket("/private")
+async def private(websocket: WebSocket) -> None:
+    await websocket.send_denial_response(PlainTextResponse("members only", status_code=418))
