@@ -213,7 +213,7 @@ class Master:
             self.kill(worker)  # nothing served yet: nothing to drain
             return
         worker.state = State.DRAINING
-        if not (worker.chan and worker.chan.send(channel.Drain(timeout=timeout))):
+        if not (worker.chan and worker.chan.send(channel.Drain(timeout=timeout, stopping=self.stopping))):
             worker.signal(signal.SIGTERM)
 
     def kill(self, worker: WorkerProcess) -> None:

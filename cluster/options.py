@@ -341,6 +341,17 @@ class Config:
         "optional (verified if sent) or required (the handshake fails without one).", worker=True, reload=True)
     ciphers: str = option(parse_str, "", "TLS 1.2 ciphers, in OpenSSL's syntax (default: OpenSSL's).",
         metavar="TEXT", worker=True, reload=True)
+    # WebSocket (ASGI apps)
+    ws: str = option(Choice("auto", "none"), "auto", "WebSocket upgrades for ASGI apps (auto: on if the websockets "
+        "library is installed, pip install 'prun[ws]'; none: refused with 400).", worker=True, reload=True)
+    ws_max_size: int = option(parse_int, 16 * 1024 * 1024, "Largest WebSocket message, bytes (closed with 1009 "
+        "beyond; 0: no limit).", metavar="BYTES", shown_default="16777216 (16 MiB)", worker=True, reload=True)
+    ws_ping_interval: float = option(parse_float, 20.0, "Seconds between pings on a quiet WebSocket (0: none).",
+        metavar="SECONDS", worker=True, reload=True)
+    ws_ping_timeout: float = option(parse_float, 20.0, "Seconds a ping may wait for its pong before the WebSocket "
+        "is closed (1011).", metavar="SECONDS", worker=True, reload=True)
+    ws_max_queue: int = option(parse_int, 32, "Received WebSocket messages waiting for the app before reading "
+        "stops.", metavar="N", worker=True, reload=True)
 
     def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
         """What a worker of this config is told at boot (`max_requests` is already jittered)."""

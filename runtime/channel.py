@@ -38,6 +38,7 @@ class Drain:
 
     KIND: ClassVar[str] = "drain"
     timeout: float
+    stopping: bool = False  # the master stops (TERM), rather than replacing the worker
 
 
 @dataclass(frozen=True)

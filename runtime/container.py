@@ -229,11 +229,15 @@ class Worker:
             os.dup2(fds[0], 1)
             os.dup2(fds[0], 2)
         elif isinstance(msg, channel.Drain):
+            if self.server is not None:
+                self.server.going_away = msg.stopping
             self.start_drain(msg.timeout)
         for fd in fds:
             os.close(fd)
 
     def on_master_gone(self) -> None:
+        if self.server is not None:
+            self.server.going_away = True
         self.start_drain(ORPHAN_DRAIN_SECONDS)
 
     def start_drain(self, timeout: float) -> None:

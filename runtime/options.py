@@ -56,6 +56,12 @@ class WorkerOptions:
     cert_reqs: str = "none"  # none | optional | required: client certificates
     ciphers: str = ""
     server_header: bool = True
+    # WebSocket (ASGI apps): auto (on if the websockets library imports) | none
+    ws: str = "auto"
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_max_queue: int = 32
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)

@@ -50,6 +50,7 @@ class Server(abc.ABC):
         self.request_limit = 0
         self.on_limit: Callable[[], None] = lambda: None
         self._handing_over: set[asyncio.Task[None]] = set()
+        self.going_away = False  # set by the shim before drain: the master stops, no new generation follows
         # TLS: loaded from the files as they are at this worker's boot (a reload loads them again).
         try:
             self.ssl: ssl.SSLContext | None = tls.server_context(options)

@@ -446,15 +446,42 @@ def test_unix_socket_listener() -> None:
     assert view["server"] == [path, None]
 
 
-def test_upgrade_request_is_answered_as_plain_http_then_closed() -> None:
+def test_a_non_websocket_upgrade_is_answered_as_plain_http_then_closed() -> None:
     with serving(echo_app) as srv, Client(srv.port) as client:
-        client.send(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x00"
-        )
+        client.send(b"GET /h2 HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                    b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
         response = client.read()
-        assert response.status == 200 and json.loads(response.body)["path"] == "/ws"
+        assert response.status == 200 and json.loads(response.body)["path"] == "/h2"
         assert response.headers["connection"] == "close"
+        assert client.closed_by_server()
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+async def ws_echo_once(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "websocket" and scope["scheme"] == "ws" and scope["path"] == "/ws"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "text": "got " + message["text"]})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+def test_a_frame_sent_with_the_upgrade_reaches_the_app_after_it_accepts() -> None:
+    with serving(ws_echo_once) as srv, Client(srv.port) as client:
+        client.send(UPGRADE + b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab")))  # masked "hi"
+        head = client.read(head=True)
+        assert head.status == 101 and head.headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        assert client.file.read(8) == b"\x81\x06got hi"
+        assert client.file.read(4) == b"\x88\x02\x03\xe8"  # then the close frame, 1000
+
+
+def test_a_websocket_upgrade_is_refused_with_400_under_ws_none() -> None:
+    with serving(ws_echo_once, ws="none") as srv, Client(srv.port) as client:
+        client.send(UPGRADE)
+        assert client.read().status == 400
         assert client.closed_by_server()
 
 
@@ -587,3 +614,19 @@ def test_pipelined_requests_waiting_are_bounded_while_the_app_is_busy() -> None:
         release.set()
         for i in range(3000):
             assert client.read().body == b"%05d" % i
+
+
+def test_a_draining_worker_answers_an_upgrade_503() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await ws_echo_once(scope, receive, send)
+        else:
+            await echo_app(scope, receive, send)
+
+    with serving(app, drain_idle_window=5.0) as srv, Client(srv.port) as client:
+        assert client.get("/").status == 200
+        drained = srv.drain(10)
+        client.send(UPGRADE)  # on the idle keep-alive connection, within the drain window
+        assert client.read().status == 503
+        assert client.closed_by_server()
+        drained.result(10)

@@ -172,8 +172,10 @@ class HttpProtocol(asyncio.Protocol):
             self.head_since = self.shared.clock  # a new head begins: --timeout-request-header runs
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No protocol upgrades (WebSocket): the request is answered as plain HTTP, then the connection
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.upgrade(data, upgrade):
+                return
+            # Other protocol upgrades (h2c...): the request is answered as plain HTTP, then the connection
             # closes, since what follows on it is not HTTP.
             self.closing = True
             if self.parsing is not None:
@@ -197,6 +199,29 @@ class HttpProtocol(asyncio.Protocol):
         if self.start_pending:
             self.start_pending = False
             self.current.run()  # type: ignore[union-attr]
+
+    def upgrade(self, data: bytes | memoryview, upgrade: httptools.HttpParserUpgrade) -> bool:
+        """A WebSocket upgrade on an ASGI connection: handed to websocket.py (whether it accepts or refuses it)."""
+        ex = self.current
+        if not self.start_pending or ex is None or self.shared.make_host is None or self.queue:
+            return False  # WSGI, or an upgrade pipelined behind another request: plain HTTP, then close
+        if not any(name == b"upgrade" and value.lower() == b"websocket" for name, value in ex.scope["headers"]):
+            return False
+        self.start_pending = False
+        self.current = self.parsing = None
+        if not self.settings.ws:  # (websocket.py needs the websockets library, which may not be installed)
+            self.closing = True
+            why = "refused a WebSocket upgrade: WebSocket is off (--ws none, or the websockets library is missing)"
+            if why not in self.shared.ws_refused:
+                self.shared.ws_refused.add(why)
+                log_line(f"{why}; answered 400 (logged once)")
+            self.write_error(400)
+            return True
+        offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+        from prun.runtime.http.websocket import upgrade as take_over
+
+        take_over(self, ex.scope, bytes(data[offset:]))
+        return True
 
     def parse_slices(self, data: bytes | bytearray | memoryview) -> None:
         """Parse a large read a slice at a time, holding the rest back once PIPELINE_LIMIT requests wait.

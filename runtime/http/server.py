@@ -138,6 +138,7 @@ class HttpServer(Server):
         loop = self.loop
         deadline = loop.time() + timeout
         self.shared.draining = True
+        self.shared.going_away = self.going_away
         for srv in self._servers:
             srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
         await self.settle()  # TLS: every handshake that began is finished (or timed out), and counted

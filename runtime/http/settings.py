@@ -9,6 +9,7 @@ attributes in __slots__, no properties.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -39,6 +40,7 @@ class Settings:
         "timeout_header", "timeout_write",
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
         "drain_idle_window", "backlog", "scheme", "ws_scheme",
+        "ws", "ws_max_size", "ws_ping_interval", "ws_ping_timeout", "ws_max_queue",
     )  # fmt: skip
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -66,6 +68,14 @@ class Settings:
         tls = bool(options.certfile)
         self.scheme = "https" if tls else "http"
         self.ws_scheme = "wss" if tls else "ws"
+        if options.ws not in ("auto", "none"):
+            raise BootError(f"unknown --ws {options.ws!r} (choose from auto, none)")
+        # WebSocket upgrades (websocket.py): on when the websockets library imports, unless --ws none.
+        self.ws = options.ws == "auto" and importlib.util.find_spec("websockets") is not None
+        self.ws_max_size = options.ws_max_size or None  # 0: no limit
+        self.ws_ping_interval = options.ws_ping_interval  # 0: no pings
+        self.ws_ping_timeout = options.ws_ping_timeout
+        self.ws_max_queue = max(1, options.ws_max_queue)
 
 
 class Shared:
@@ -74,7 +84,7 @@ class Shared:
     __slots__ = (
         "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
         "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
-        "on_empty", "server_header",
+        "on_empty", "server_header", "going_away", "ws_refused",
     )  # fmt: skip
 
     def __init__(self, app: Any, settings: Settings, clock: float) -> None:
@@ -95,6 +105,8 @@ class Shared:
         self.request_limit = 0  # max-requests: on_limit is called once when `requests` reaches it
         self.on_limit: Callable[[], None] = lambda: None
         self.draining = False
+        self.going_away = False  # the master stops (not a reload): WebSockets close with 1001, not 1012
+        self.ws_refused: set[str] = set()  # why upgrades were refused, each logged once
         self.protocols: set[Any] = set()  # the open connections
         self.on_change: Callable[[], None] = lambda: None  # the number of connections changed
         self.on_empty: Callable[[], None] = lambda: None  # the last connection closed
