@@ -66,6 +66,21 @@ def write_error(proto: Connection, status: int) -> None:
     )
 
 
+class Sending(Protocol):
+    """A connection whose unsent bytes the once-a-second sweep watches (HTTP and WebSocket alike)."""
+
+    write_left: int  # bytes waiting in the transport at the last sweep that saw them change
+    write_since: float  # when that was
+
+
+def write_stalled(conn: Sending, left: int, now: float, timeout: float) -> bool:
+    """Note `left` unsent bytes; True once the client has taken none of them for `timeout` s (0: never)."""
+    if left != conn.write_left:
+        conn.write_left, conn.write_since = left, now
+        return False
+    return bool(timeout) and now - conn.write_since >= timeout
+
+
 class Exchange:
     """The state of one request/response; subclasses run the app (run) and receive the body (feed)."""
 

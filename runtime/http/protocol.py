@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from prun.runtime.http.exchange import Exchange, write_error
+from prun.runtime.http.exchange import Exchange, write_error, write_stalled
 from prun.runtime.http.logs import log_line
 from prun.runtime.http.proxy import forwarded
 from prun.runtime.http.settings import FEED_SLICE, LINGER_SECONDS, LOW_WATER, PIPELINE_LIMIT, Settings, Shared
@@ -513,10 +513,7 @@ class HttpProtocol(asyncio.Protocol):
             # The client is still receiving a response: no idle or linger clock runs, but a client that
             # takes nothing of it for --timeout-write is dropped.
             self.idle_since = now
-            if left != self.write_left:
-                self.write_left = left
-                self.write_since = now
-            elif settings.timeout_write and now - self.write_since >= settings.timeout_write:
+            if write_stalled(self, left, now, settings.timeout_write):
                 log_line(f"closed a connection from {self.peer()}: it read nothing of its response "
                          f"({left} bytes waiting) for {settings.timeout_write:g} s")
                 self.transport.abort()

@@ -29,7 +29,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from prun.runtime.http.exchange import status_line, write_error
+from prun.runtime.http.exchange import status_line, write_error, write_stalled
 from prun.runtime.http.logs import log_app_error, log_line
 from prun.runtime.http.settings import Settings, Shared
 
@@ -420,9 +420,7 @@ class WebSocket(asyncio.Protocol):
             # runs; a client that takes nothing for --timeout-write is dropped.
             if self.ping_sent:
                 self.ping_sent = now
-            if left != self.write_left:
-                self.write_left, self.write_since = left, now
-            elif settings.timeout_write and now - self.write_since >= settings.timeout_write:
+            if write_stalled(self, left, now, settings.timeout_write):
                 log_line(f"closed a WebSocket from {self.peer()}: it read nothing ({left} bytes waiting) "
                          f"for {settings.timeout_write:g} s")
                 self.transport.abort()
