@@ -4,11 +4,16 @@
     python -m benchmarks             # every scenario and shape; results in benchmarks/results/http.*
     python -m benchmarks --quick     # a smoke run (1 s per round, 2 rounds): results/smoke/
     python -m benchmarks --scenarios pinned --shapes hello,fastapi --rounds 5 --duration 5
+    python -m benchmarks --tls       # HTTPS keep-alive (also python -m benchmarks.https): results/https.*
 
 Scenarios:
     pinned    one worker; the server's whole tree (master included) pinned to CPU 0, wrk -t1 pinned to CPU 1
     unpinned  two workers (-i 2, --workers 2, -w 2), wrk -t2, nothing pinned
     reload    20 HUPs to the prun master (-i 2) during 30 s of wrk keep-alive load: socket errors and non-2xx
+
+With --tls every server serves HTTPS with a P-256 certificate made at run time (harness/tls.py) and wrk
+loads https://; the defaults are then the pinned and unpinned scenarios, the hello_cl shape, keep-alive only,
+prun's two policies, uvicorn and granian.
 
 Shapes (benchmarks/apps): hello, hello_cl (explicit content-length), lifespan, body16k, json (ASGI, by hand),
 fastapi (a FastAPI JSON endpoint), flask (a Flask JSON endpoint, WSGI). ASGI shapes run on prun, uvicorn,
@@ -33,10 +38,22 @@ import traceback
 from pathlib import Path
 
 from benchmarks.harness import machine, procs, servers, wrk
-from benchmarks.harness.results import RESULTS, Context, fmt_spread, gate, machine_line, table, write_json, write_md
-from benchmarks.harness.stats import ratio_spread, spread, spread_note
+from benchmarks.harness.results import (
+    RESULTS,
+    Context,
+    fmt_ratio,
+    fmt_spread,
+    gate,
+    machine_line,
+    table,
+    write_json,
+    write_md,
+)
+from benchmarks.harness.stats import client_limit_note, compare, spread
+from benchmarks.harness.tls import Certificate, make_certificate, negotiated
 
 NAME = "http"
+TLS_NAME = "https"
 CONNECTIONS = 64
 SHAPES: dict[str, servers.App] = {
     "hello": servers.App("shapes:hello"),
@@ -70,15 +87,20 @@ def peers_for(app: servers.App, chosen: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (not n.startswith("prun"), n != "prun"))
 
 
-def start_all(ctx: Context, names: list[str], app: servers.App, mode: dict, warmup: float) -> dict[str, servers.Server]:
+def start_all(ctx: Context, names: list[str], app: servers.App, mode: dict, warmup: float,
+              tls: Certificate | None = None) -> dict[str, servers.Server]:
     running: dict[str, servers.Server] = {}
     for name in names:
-        server = servers.make(name, mode["instances"], app=app, cpus=mode["cpus"])
+        try:
+            server = servers.make(name, mode["instances"], app=app, cpus=mode["cpus"], tls=tls)
+        except servers.Unavailable as exc:
+            ctx.log(f"  {name}: {exc}")
+            continue
         try:
             server.start()
             server.wait_serving(60)
             wrk.run(server.port, seconds=warmup, threads=mode["wrk_threads"], connections=CONNECTIONS,
-                    cpus=mode["wrk_cpus"])
+                    cpus=mode["wrk_cpus"], tls=tls is not None)
             running[name] = server
         except Exception as exc:  # noqa: BLE001 - the others are still measured
             ctx.log(f"  {name} could not serve {app.target}: {exc}")
@@ -86,8 +108,14 @@ def start_all(ctx: Context, names: list[str], app: servers.App, mode: dict, warm
     return running
 
 
+def client_capacity(mode: dict) -> float:
+    """The CPU wrk may use in a mode, in percent (100 per CPU): its pinned CPUs, else one per thread."""
+    cpus = mode["wrk_cpus"]
+    return 100.0 * (len(cpus.split(",")) if cpus is not None else mode["wrk_threads"])
+
+
 def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], rounds: int, seconds: float,
-               connections: list[str]) -> dict:
+               connections: list[str], tls: Certificate | None = None) -> dict:
     """One shape in one mode: every server started, then `rounds` interleaved rounds per connection mode."""
     mode = MODES[mode_name]
     app = SHAPES[shape]
@@ -98,10 +126,11 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
     ctx.log(f"{mode_name} / {shape}: {', '.join(names)}")
     entry: dict = {"shape": shape, "app": app.target, "interface": app.interface, "load_before": machine.loadavg(),
                    "cpu_busy_before": machine.wait_quiet(ctx.log, limit=ctx.quiet_limit)}
-    running = start_all(ctx, names, app, mode, 1.0)
+    running = start_all(ctx, names, app, mode, 1.0, tls)
     try:
         entry["servers"] = {name: {"label": s.label, "command": s.command(), "affinity": machine.affinity(s.master_pid),
-                                   **({"balance": s.balance} if isinstance(s, servers.Prun) else {})}
+                                   **({"balance": s.balance} if isinstance(s, servers.Prun) else {}),
+                                   **({"tls": negotiated(s.port, tls)} if tls else {})}
                             for name, s in running.items()}
         entry["failed_to_start"] = [n for n in names if n not in running]
         runs: dict[str, dict[str, list[dict]]] = {c: {n: [] for n in running} for c in connections}
@@ -111,7 +140,8 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
                     try:
                         cpu = machine.tree_cpu_seconds(server.master_pid)
                         r = wrk.run(server.port, seconds=seconds, threads=mode["wrk_threads"],
-                                    connections=CONNECTIONS, cpus=mode["wrk_cpus"], close=conn == "close")
+                                    connections=CONNECTIONS, cpus=mode["wrk_cpus"], close=conn == "close",
+                                    tls=tls is not None)
                         cpu = machine.tree_cpu_seconds(server.master_pid) - cpu
                     except Exception as exc:  # noqa: BLE001
                         ctx.log(f"  {name} {conn} round {index}: {exc}")
@@ -129,12 +159,11 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
     entry["load_after"] = machine.loadavg()
     entry["connections"] = {}
     for conn in connections:
-        figures = {name: [r["requests_per_s"] for r in rs] for name, rs in runs[conn].items()}
-        cpu = {name: [r["cpu_us_per_request"] for r in rs if r.get("cpu_us_per_request")]
-               for name, rs in runs[conn].items()}
-        block: dict = {"runs": runs[conn], "spread": {n: spread(v) for n, v in figures.items()},
-                       "cpu_us_per_request": {n: spread(v) for n, v in cpu.items()}, "ratios": {},
-                       "notes": [], "errors": {}}
+        prun = "prun" if "prun" in runs[conn] else next((n for n in runs[conn] if n.startswith("prun")), None)
+        c = compare(runs[conn], "requests_per_s", prun, "cpu_us_per_request")
+        block: dict = {"runs": runs[conn], "spread": c["spread"], "cpu_us_per_request": c["cpu_spread"],
+                       "ratios": c["ratios"], "cpu_ratios": c["cpu_ratios"], "notes": [], "errors": {},
+                       "client_cpu_pct": {n: spread([r["client_cpu_pct"] for r in rs]) for n, rs in runs[conn].items()}}
         for name, rs in runs[conn].items():
             errors = sum(sum(r["socket_errors"].values()) for r in rs)
             non2xx = sum(r["non2xx"] for r in rs)
@@ -142,24 +171,17 @@ def throughput(ctx: Context, mode_name: str, shape: str, chosen: list[str], roun
                 block["errors"][name] = {"socket_errors": errors, "non2xx": non2xx}
                 if non2xx:
                     block["notes"].append(f"{name}: {non2xx} non-2xx replies: its figure is not comparable")
-        prun = "prun" if "prun" in figures else next((n for n in figures if n.startswith("prun")), None)
-        for name, values in figures.items():
-            if prun is None or name == prun or not values or not figures[prun]:
-                continue
-            block["ratios"][name] = ratio_spread(figures[prun], values)
-            if cpu.get(name) and cpu.get(prun):
-                # the peer's CPU time per request over prun's, round by round: prun's lead in efficiency
-                block.setdefault("cpu_ratios", {})[name] = ratio_spread(cpu[name], cpu[prun])
-            note = spread_note(prun, figures[prun], name, values)
+            note = client_limit_note(name, [r["client_cpu_pct"] for r in rs], client_capacity(mode), "wrk")
             if note:
                 block["notes"].append(note)
+        block["notes"] += c["notes"]
         entry["connections"][conn] = block
     return entry
 
 
-def reload_under_load(ctx: Context, hups: int, seconds: float) -> dict:
+def reload_under_load(ctx: Context, hups: int, seconds: float, tls: Certificate | None = None) -> dict:
     """HUPs to the prun master while wrk keeps every connection busy: nothing may fail."""
-    server = servers.make("prun", 2, app=SHAPES["hello"])
+    server = servers.make("prun", 2, app=SHAPES["hello"], tls=tls)
     result: list[dict] = []
     try:
         server.start()
@@ -168,7 +190,8 @@ def reload_under_load(ctx: Context, hups: int, seconds: float) -> dict:
         assert server.out is not None
         mark = server.out.mark()
         load = threading.Thread(target=lambda: result.append(
-            wrk.run(server.port, seconds=seconds, threads=2, connections=CONNECTIONS)), daemon=True)
+            wrk.run(server.port, seconds=seconds, threads=2, connections=CONNECTIONS, tls=tls is not None)),
+            daemon=True)
         load.start()
         time.sleep(1.0)
         interval = (seconds - 3.0) / hups
@@ -195,16 +218,26 @@ def cell(block: dict, name: str) -> str | None:
 
 
 def ratio_cell(block: dict, name: str, key: str = "ratios") -> str | None:
-    r = block.get(key, {}).get(name)
-    if not r or r.get("median") is None:
-        return None
-    if r["n"] == 1:
-        return f"{r['median']:.2f}x (1 round)"
-    return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+    return fmt_ratio(block.get(key, {}).get(name))
+
+
+def tls_line(data: dict) -> list[str]:
+    """What each server negotiated with a default client (an HTTPS run), one line."""
+    if not data.get("tls"):
+        return []
+    seen: dict[str, str] = {}
+    for shapes in data["scenarios"].values():
+        for e in shapes if isinstance(shapes, list) else []:
+            for name, s in e.get("servers", {}).items():
+                t = s.get("tls") or {}
+                seen.setdefault(name, f"{t.get('version')} {t.get('cipher')}, ALPN {t.get('alpn')}")
+    what = "; ".join(f"{name}: {text}" for name, text in seen.items())
+    return [f"HTTPS: a P-256 (ECDSA) certificate made at run time; wrk (OpenSSL) loads https://. Negotiated with "
+            f"a Python client: {what or '-'}.", ""]
 
 
 def markdown(data: dict) -> str:
-    out = ["# prun HTTP benchmark", "", machine_line(data), "",
+    out = [f"# prun {'HTTPS' if data.get('tls') else 'HTTP'} benchmark", "", machine_line(data), "", *tls_line(data),
            f"wrk, {data['connections']} connections, {data['seconds']:g} s per run, {data['rounds']} rounds; every "
            "server of a shape is loaded once per round, in the same order (A B C A B C ...). Each cell: the median "
            "req/s (min-max over the rounds). Ratios: prun / peer of the same round, median (min-max). prun runs "
@@ -263,7 +296,7 @@ def markdown(data: dict) -> str:
     return "\n".join(out)
 
 
-def plot(ctx: Context, data: dict) -> str | None:
+def plot(ctx: Context, data: dict, result_name: str = NAME) -> str | None:
     """Bars of the keep-alive medians per shape and server, with min-max whiskers (one panel per scenario)."""
     try:
         import matplotlib
@@ -298,7 +331,7 @@ def plot(ctx: Context, data: dict) -> str | None:
         if names:
             ax.legend(fontsize=8, ncol=len(names))
     fig.tight_layout()
-    path = ctx.out_dir / f"{NAME}.png"
+    path = ctx.out_dir / f"{result_name}.png"
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -307,12 +340,14 @@ def plot(ctx: Context, data: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default="pinned,unpinned,reload", help="pinned, unpinned, reload")
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                        help=f"{','.join(DEFAULT_SHAPES)} (default: all), and hello_lists")
-    parser.add_argument("--connections", default=",".join(CONNECTION_MODES), help="keepalive, close")
-    parser.add_argument("--servers", default="prun,uvicorn,gunicorn,granian,gunicorn-gthread,granian-wsgi",
-                        help="also prun-shared, prun-leastconn (prun with that --balance)")
+    parser.add_argument("--scenarios", help="pinned, unpinned, reload (default: all; --tls: pinned,unpinned)")
+    parser.add_argument("--shapes", help=f"{','.join(DEFAULT_SHAPES)} (default: all; --tls: hello_cl), and hello_lists")
+    parser.add_argument("--connections", help="keepalive, close (default: both; --tls: keepalive)")
+    parser.add_argument("--servers", help="default: prun,uvicorn,gunicorn,granian,gunicorn-gthread,granian-wsgi "
+                        "(--tls: prun,prun-shared,uvicorn,granian); also prun-shared, prun-leastconn (prun with "
+                        "that --balance)")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve and load HTTPS (a certificate made at run time); results in https.*")
     parser.add_argument("--rounds", type=int, help="rounds per shape (default 5, --quick 2)")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (whole seconds; default 5, --quick 1)")
     parser.add_argument("--hups", type=int, help="HUPs in the reload scenario (default 20, --quick 5)")
@@ -322,10 +357,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure even when the load average is high (results go to results/busy/)")
     parser.add_argument("--out", default=str(RESULTS), help="the results directory")
     args = parser.parse_args(argv)
-    names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    conns = [s.strip() for s in args.connections.split(",") if s.strip()]
-    chosen = [s.strip() for s in args.servers.split(",") if s.strip()]
+    defaults = ({"scenarios": "pinned,unpinned", "shapes": "hello_cl", "connections": "keepalive",
+                 "servers": "prun,prun-shared,uvicorn,granian"} if args.tls else
+                {"scenarios": "pinned,unpinned,reload", "shapes": ",".join(DEFAULT_SHAPES),
+                 "connections": ",".join(CONNECTION_MODES),
+                 "servers": "prun,uvicorn,gunicorn,granian,gunicorn-gthread,granian-wsgi"})
+
+    def listed(option: str) -> list[str]:
+        return [s.strip() for s in (getattr(args, option) or defaults[option]).split(",") if s.strip()]
+
+    names, shapes, conns, chosen = listed("scenarios"), listed("shapes"), listed("connections"), listed("servers")
+    name = TLS_NAME if args.tls else NAME
     known = set(servers.ASGI_SERVERS) | set(servers.WSGI_SERVERS) | {"prun-shared", "prun-leastconn"}
     unknown = ([n for n in names if n not in (*MODES, "reload")] + [s for s in shapes if s not in SHAPES]
                + [c for c in conns if c not in CONNECTION_MODES] + [s for s in chosen if s not in known])
@@ -352,17 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     failed = []
     try:
+        tls = make_certificate(ctx.tmp / "tls") if args.tls else None
         for mode_name in (n for n in names if n in MODES):
             scenarios[mode_name] = entries = []
             for shape in shapes:
                 try:
-                    entries.append(throughput(ctx, mode_name, shape, chosen, rounds, seconds, conns))
+                    entries.append(throughput(ctx, mode_name, shape, chosen, rounds, seconds, conns, tls))
                 except Exception as exc:  # noqa: BLE001 - the other shapes still run
                     traceback.print_exc()
                     failed.append(f"{mode_name} / {shape}: {exc}")
         if "reload" in names:
             try:
-                scenarios["reload"] = reload_under_load(ctx, hups, reload_seconds)
+                scenarios["reload"] = reload_under_load(ctx, hups, reload_seconds, tls)
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
                 failed.append(f"reload: {exc}")
@@ -372,11 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.REGISTRY.cleanup()
         ctx.remove_tmp()
-    data = write_json(ctx, NAME, {"connections": CONNECTIONS, "seconds": seconds, "rounds": rounds,
+    data = write_json(ctx, name, {"connections": CONNECTIONS, "seconds": seconds, "rounds": rounds, "tls": args.tls,
                                   "scenarios": scenarios, "failed": failed})
-    image = plot(ctx, data)
+    image = plot(ctx, data, name)
     report = markdown(data) + (f"\n![keep-alive throughput by shape]({image})\n" if image else "")
-    write_md(ctx, NAME, report)
+    write_md(ctx, name, report)
     print("\n" + report)
     ctx.log(f"done in {time.monotonic() - began:.0f}s")
     for line in failed:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.tls_handshakes [--seconds 10] [--clients 16] [--servers prun,prun-shared,uvicorn]
 
-One worker each, a P-256 certificate from a local CA made with the `openssl` command, the app of
+One worker each, a P-256 certificate from a local CA made with the `openssl` command (harness/tls.py), the app of
 benchmarks/apps/tiny.py. The client is Python threads in this process, the same for every server: the
 numbers compare servers on one machine, they are not the servers' ceilings. Not run by CI.
 """
@@ -21,22 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.harness.tls import make_certificate
+
 APPS = Path(__file__).parent / "apps"
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for 127.0.0.1."""
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    run("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key")
-    run("req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "1", "-days", "2",
-        "-out", "server.pem", "-extfile", "san.ext")
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
 
 def free_port() -> int:
@@ -125,7 +112,8 @@ def main() -> None:
     parser.add_argument("--servers", default="prun,prun-shared,uvicorn")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ca, cert, key = make_certificate(Path(tmp))
+        certificate = make_certificate(Path(tmp))
+        ca, cert, key = certificate.ca, certificate.cert, certificate.key
         print(f"load average before: {os.getloadavg()[0]:.2f}; {args.clients} clients, {args.seconds:g} s each")
         print("| server | new TLS connections/s | errors |\n|---|---|---|")
         for server in args.servers.split(","):

@@ -103,7 +103,7 @@ def describe() -> dict[str, object]:
         "python": platform.python_version(),
         "versions": {
             **{name: version(name) for name in ("prun", "uvicorn", "gunicorn", "granian", "uvloop", "httptools",
-                                                "fastapi", "starlette", "flask", "werkzeug")},
+                                                "fastapi", "starlette", "flask", "werkzeug", "websockets", "wsproto")},
             "wrk": (command_output(["wrk", "-v"], any_status=True, first=True) or "").split(" [")[0] or None,
             "node": command_output(["node", "--version"]),
             "pm2": json.loads(pm2.read_text())["version"] if pm2.exists() else None,

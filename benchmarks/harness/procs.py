@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -106,10 +107,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-    """One GET on a new connection: (status, worker pid)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+def get(port: int, path: str = "/", timeout: float = 2.0, ca: Path | None = None) -> tuple[int, str]:
+    """One GET on a new connection (over TLS, trusting the CA certificate `ca`, when given): (status, worker pid)."""
+    scheme = "https" if ca else "http"
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", headers={"Connection": "close"})
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - loopback only
         resp.read()
         return resp.status, resp.headers.get("x-worker-pid", "?")
 

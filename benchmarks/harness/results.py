@@ -128,6 +128,15 @@ def fmt_spread(s: dict | None, digits: int = 0) -> str | None:
     return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
 
 
+def fmt_ratio(r: dict | None) -> str | None:
+    """A ratio spread (stats.ratio_spread) as `median x (min-max)`; None when it has no values."""
+    if not r or r.get("median") is None:
+        return None
+    if r["n"] == 1:
+        return f"{r['median']:.2f}x (1 round)"
+    return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
 def machine_line(data: dict) -> str:
     m = data["machine"]
     v = m["versions"]

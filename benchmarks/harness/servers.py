@@ -4,6 +4,7 @@
     prun-shared      prun run APP --balance shared
     prun-leastconn   prun run APP --balance leastconn
     uvicorn          uvicorn --http httptools --loop uvloop [--workers N]
+    uvicorn-websockets, uvicorn-wsproto, uvicorn-websockets-sansio   uvicorn with that --ws
     gunicorn         gunicorn -k uvicorn.workers.UvicornWorker -w N
     granian          granian --interface asgi --workers N
     gunicorn-gthread gunicorn -k gthread --threads 8 -w N (WSGI)
@@ -12,7 +13,10 @@
     control-kill-restart  prun, "reloaded" by SIGKILL of its tree and a fresh start (a negative control)
 
 `cpus` pins the whole tree of a server (master and workers: `taskset -c` before the command, inherited by
-every process it starts); the scenarios record the affinity each process had.
+every process it starts); the scenarios record the affinity each process had. `tls` (a tls.Certificate)
+serves HTTPS with it (each server's own options; the readiness check then speaks TLS); `ws` asks for a
+WebSocket implementation by the server's own name for it (prun `--ws auto`, uvicorn `--ws wsproto`, granian
+`--ws`), where the default might differ.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.harness.procs import REGISTRY, Output, alive, free_port, get
+from benchmarks.harness.tls import Certificate
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +78,8 @@ class Server:
     ready_method = "log lines"
     reload_method = "SIGHUP"
     supports_reload = True
+    tls: Certificate | None = None  # serve HTTPS with this certificate (set by make)
+    ws: str | None = None  # the WebSocket implementation asked for, by the server's name for it (set by make)
 
     def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> None:
         self.instances = instances
@@ -86,6 +93,19 @@ class Server:
     # -- to define per server --
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def tls_options(self, cert: Certificate) -> list[str]:
+        """The server's options to serve TLS with `cert`."""
+        raise Unavailable(f"{self.name}: TLS is not supported by the harness")
+
+    def ws_options(self, ws: str) -> list[str]:
+        """The server's options to serve WebSockets with the implementation `ws`."""
+        raise Unavailable(f"{self.name}: WebSockets are not supported by the harness")
+
+    def extra_options(self) -> list[str]:
+        """The TLS and WebSocket options asked for (see tls, ws)."""
+        return ((self.tls_options(self.tls) if self.tls else [])
+                + (self.ws_options(self.ws) if self.ws else []))
 
     def worker_procs(self) -> list[psutil.Process]:
         return [c for c in self.children() if self.is_worker(c)]
@@ -155,7 +175,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if get(self.port, timeout=1.0)[0] == 200:
+                if get(self.port, timeout=1.0, ca=self.tls.ca if self.tls else None)[0] == 200:
                     return time.monotonic()
             except OSError:
                 pass
@@ -214,7 +234,13 @@ class Prun(Server):
     def command(self) -> list[str]:
         return _prun_exe() + ["run", self.app.target, "-i", str(self.instances), "-b", f"127.0.0.1:{self.port}",
                               "--interface", self.app.interface, "--balance", self.balance,
-                              "--graceful-timeout", "10", "--chdir", str(self.app.directory)]
+                              "--graceful-timeout", "10", "--chdir", str(self.app.directory), *self.extra_options()]
+
+    def tls_options(self, cert: Certificate) -> list[str]:
+        return ["--certfile", str(cert.cert), "--keyfile", str(cert.key)]
+
+    def ws_options(self, ws: str) -> list[str]:
+        return ["--ws", ws]
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
@@ -261,7 +287,6 @@ class KillRestart(Prun):
 
 class Uvicorn(Server):
     name = "uvicorn"
-    label = "uvicorn --http httptools --loop uvloop"
     ready_method = "N 'Application startup complete' lines"
 
     def command(self) -> list[str]:
@@ -270,8 +295,19 @@ class Uvicorn(Server):
                "--timeout-graceful-shutdown", "10", "--no-access-log"]
         if self.app.interface == "wsgi":
             cmd += ["--interface", "wsgi"]
+        cmd += self.extra_options()
         # without --workers uvicorn runs the app in its own process (no supervisor): one worker pinned
         return cmd + (["--workers", str(self.instances)] if self.instances > 1 else [])
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        return "uvicorn --http httptools --loop uvloop" + (f" --ws {self.ws}" if self.ws else "")
+
+    def tls_options(self, cert: Certificate) -> list[str]:
+        return ["--ssl-certfile", str(cert.cert), "--ssl-keyfile", str(cert.key)]
+
+    def ws_options(self, ws: str) -> list[str]:
+        return ["--ws", ws]
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
@@ -296,7 +332,10 @@ class Gunicorn(Server):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", self.app.target, "-k", "uvicorn.workers.UvicornWorker",
                 "-w", str(self.instances), "-b", f"127.0.0.1:{self.port}", "--chdir", str(self.app.directory),
-                "--graceful-timeout", "10", "--no-control-socket"]
+                "--graceful-timeout", "10", "--no-control-socket", *self.extra_options()]
+
+    def tls_options(self, cert: Certificate) -> list[str]:
+        return ["--certfile", str(cert.cert), "--keyfile", str(cert.key)]
 
     def ready_pattern(self) -> str:
         return r"Application startup complete"
@@ -333,7 +372,13 @@ class Granian(Server):
                 "--port", str(self.port), "--working-dir", str(self.app.directory), "--workers-kill-timeout", "10",
                 # granian sleeps --respawn-interval (3.5 s by default) between the workers it replaces
                 # on SIGHUP; 0.5 s keeps a run of 20 reloads within minutes
-                "--respawn-interval", "0.5", self.app.target]
+                "--respawn-interval", "0.5", *self.extra_options(), self.app.target]
+
+    def tls_options(self, cert: Certificate) -> list[str]:
+        return ["--ssl-certificate", str(cert.cert), "--ssl-keyfile", str(cert.key)]
+
+    def ws_options(self, ws: str) -> list[str]:
+        return ["--ws"]  # granian has one implementation (its own, in Rust); on by default
 
     def is_worker(self, proc: psutil.Process) -> bool:
         try:
@@ -498,16 +543,30 @@ CLASSES: dict[str, type[Server]] = {"uvicorn": Uvicorn, "gunicorn": Gunicorn, "g
                                     "gunicorn-gthread": GunicornThreads, "granian-wsgi": Granian, "pm2": PM2}
 
 
-def make(name: str, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> Server:
-    """The server called `name` (see this module's docstring) on `app`."""
+def make(name: str, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None, *,
+         tls: Certificate | None = None, ws: str | None = None) -> Server:
+    """The server called `name` (see this module's docstring) on `app`, serving TLS with `tls` and
+    WebSockets with the implementation `ws` (by the server's own name for it) when given."""
+    server: Server
     if name in ("prun", "prun-shared", "prun-leastconn"):
-        return Prun(instances, port, app, cpus, None if name == "prun" else name.removeprefix("prun-"), name)
-    if name == "control-kill-restart":
-        return KillRestart(instances, port, app, cpus)
-    if name == "granian-wsgi":
-        app = App(app.target, "wsgi", app.directory, app.needs)
-    server = CLASSES[name](instances, port, app, cpus)
-    server.name = name
+        server = Prun(instances, port, app, cpus, None if name == "prun" else name.removeprefix("prun-"), name)
+    elif name == "control-kill-restart":
+        server = KillRestart(instances, port, app, cpus)
+    else:
+        base, _, impl = name.partition("-")
+        if base == "uvicorn" and impl in ("websockets", "wsproto", "websockets-sansio"):
+            server = Uvicorn(instances, port, app, cpus)
+            ws = impl
+        else:
+            if name == "granian-wsgi":
+                app = App(app.target, "wsgi", app.directory, app.needs)
+            server = CLASSES[name](instances, port, app, cpus)
+        server.name = name
+    server.tls = tls
+    server.ws = ws
+    if ws and isinstance(server, Prun):
+        server.label += f" --ws {ws}"
+    server.extra_options()  # a server without TLS or WebSocket support here says so now (Unavailable)
     return server
 
 
@@ -516,5 +575,7 @@ SERVERS = ["prun-shared", "prun-leastconn", "uvicorn", "gunicorn", "granian", "p
 # the HTTP scenarios' servers, by the interface of the app (python -m benchmarks)
 ASGI_SERVERS = ["prun", "uvicorn", "gunicorn", "granian"]
 WSGI_SERVERS = ["prun", "gunicorn-gthread", "granian-wsgi"]
+# the WebSocket echo scenario's servers (python -m benchmarks.ws_echo)
+WS_SERVERS = ["prun", "uvicorn-websockets", "uvicorn-wsproto", "granian"]
 
 

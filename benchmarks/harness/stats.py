@@ -103,3 +103,60 @@ def split_by_windows(done_at: list[float], latency: list[float], windows: list[t
         hit = any(a <= stamp <= b for a, b in ordered)
         (inside if hit else outside).append(lat)
     return inside, outside
+
+
+def aligned(a_runs: list[dict], b_runs: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """The figures `key` of two servers' runs in the rounds both have (each run names its `round`), in
+    round order: a round one of them failed is left out of both, so ratios pair the same rounds."""
+    a = {r["round"]: r[key] for r in a_runs if r.get(key) is not None}
+    b = {r["round"]: r[key] for r in b_runs if r.get(key) is not None}
+    common = sorted(set(a) & set(b))
+    return [a[i] for i in common], [b[i] for i in common]
+
+
+def compare(runs: dict[str, list[dict]], key: str, base: str | None, cpu_key: str | None = None) -> dict:
+    """Servers measured in the same rounds, their runs by name (dicts with `round`, `key` and `cpu_key`):
+
+    - `spread`: min/median/max of `key` per server, and `cpu_spread` of `cpu_key` (the server's CPU time
+      per operation) when given;
+    - `ratios`: `base` / peer of `key`, round by round; `cpu_ratios`: the peer's CPU per operation over
+      `base`'s (above 1, `base` spends less);
+    - `notes`: the spread notes of the `base` / peer claims."""
+    out: dict = {"spread": {n: spread([r[key] for r in rs if r.get(key) is not None]) for n, rs in runs.items()},
+                 "ratios": {}, "notes": []}
+    if cpu_key:
+        out["cpu_spread"] = {n: spread([r[cpu_key] for r in rs if r.get(cpu_key)]) for n, rs in runs.items()}
+        out["cpu_ratios"] = {}
+    if base is None or not runs.get(base):
+        return out
+    for name, rs in runs.items():
+        if name == base:
+            continue
+        a, b = aligned(runs[base], rs, key)
+        if not a:
+            continue
+        out["ratios"][name] = ratio_spread(a, b)
+        note = spread_note(base, a, name, b)
+        if note:
+            out["notes"].append(note)
+        if cpu_key:
+            ca, cb = aligned(runs[base], rs, cpu_key)
+            if ca:
+                out["cpu_ratios"][name] = ratio_spread(cb, ca)
+    return out
+
+
+CLIENT_LIMIT_PCT = 90.0  # the load client's CPU use (percent of the CPUs it may use) above which it is the limit
+
+
+def client_limit_note(name: str, pcts: list[float], capacity_pct: float = 100.0,
+                      client: str = "the client") -> str | None:
+    """A note when the load client used nearly all the CPU it had (`capacity_pct`: 100 per CPU it may use)
+    while loading `name`: the figure is then the client's ceiling, not the server's."""
+    if not pcts:
+        return None
+    top = statistics.median(pcts)
+    if top < CLIENT_LIMIT_PCT / 100 * capacity_pct:
+        return None
+    return (f"{name}: {client} used {top:.0f}% of the {capacity_pct:.0f}% CPU it had (median of the rounds): "
+            f"the figure is {client}'s ceiling, not {name}'s")

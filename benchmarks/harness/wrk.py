@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import subprocess
 
@@ -12,13 +13,14 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
 def command(port: int, *, seconds: float, threads: int = 1, connections: int = 64, close: bool = False,
-            cpus: str | None = None, path: str = "/", timeout: float = 5.0) -> list[str]:
-    """wrk's command line; `close` sends `Connection: close` (a new connection per request), `cpus` pins it.
-    wrk takes whole seconds: `seconds` is rounded (at least 1)."""
+            cpus: str | None = None, path: str = "/", timeout: float = 5.0, tls: bool = False) -> list[str]:
+    """wrk's command line; `close` sends `Connection: close` (a new connection per request), `cpus` pins it,
+    `tls` loads https:// (wrk does not check the certificate). wrk takes whole seconds: `seconds` is rounded
+    (at least 1)."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", f"{timeout:g}s"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://127.0.0.1:{port}{path}")
+    cmd.append(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}")
     return (["taskset", "-c", cpus] if cpus is not None else []) + cmd
 
 
@@ -41,15 +43,24 @@ def parse(out: str) -> dict:
 
 
 def run(port: int, **options: object) -> dict:
-    """One wrk run (see `command` for the options), killed if it outlives its duration by 30 s."""
-    seconds = float(options["seconds"])  # type: ignore[arg-type]
+    """One wrk run (see `command` for the options), killed if it outlives its duration by 30 s; with wrk's
+    own CPU seconds (`client_cpu_s`, from the rusage of the children this process reaped meanwhile: wrk
+    alone, as the scenarios run one wrk at a time) and that over the run's length (`client_cpu_pct`, 100
+    per busy CPU: near 100 x threads, wrk was the limit)."""
+    seconds = max(1, round(float(options["seconds"])))  # type: ignore[arg-type]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = REGISTRY.popen(command(port, **options), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
                           text=True)
     try:
         out, _ = proc.communicate(timeout=seconds + 30)
     finally:
         REGISTRY.kill_tree(proc)
-    return parse(out)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = parse(out)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["client_cpu_s"] = round(cpu, 3)
+    result["client_cpu_pct"] = round(cpu / seconds * 100, 1)
+    return result
 
 
 def missing_tools() -> list[str]:
