@@ -1,5 +1,5 @@
-"""WebSocket echo messages per second with 64 clients: prun beside uvicorn (its websockets and wsproto
-implementations) and granian, one worker each.
+"""WebSocket echo messages per second with 64 clients: prun beside uvicorn (its three implementations:
+websockets, websockets-sansio, wsproto) and granian, one worker each.
 
     python -m benchmarks.ws_echo                     # 5 rounds of 5 s, 11-byte and 1 KiB messages
     python -m benchmarks.ws_echo --quick --allow-busy          # a smoke run (results/smoke/)
@@ -11,9 +11,10 @@ now) is pinned to CPU 1: 64 WebSockets, each sends one text message and waits fo
 next (ping-pong); it checks every echo byte for byte and fails loudly on a close frame or a short read.
 It offers no extension, so no permessage-deflate (and fails if a server negotiates one anyway).
 
-Servers: prun (`--ws auto`: the websockets library's sans-I/O protocol), uvicorn --ws websockets,
-uvicorn --ws wsproto (both --http httptools --loop uvloop), granian --interface asgi (its own Rust
-WebSocket). Round by round (A B C D A B C D ...), every figure as median (min-max), every ratio prun / peer
+Servers: prun (`--ws auto`: the websockets library's sans-I/O protocol), uvicorn --ws websockets (what
+uvicorn's --ws auto picks: the websockets library's legacy asyncio layer), uvicorn --ws websockets-sansio
+(the same sans-I/O protocol as prun), uvicorn --ws wsproto (all --http httptools --loop uvloop), granian
+--interface asgi (its own Rust WebSocket). Round by round (A B C D A B C D ...), every figure as median (min-max), every ratio prun / peer
 of the same round, the server's CPU time per message, and the client's own CPU use (near 100% of its CPU,
 the figure is the client's ceiling). Results: results/ws-echo.json and .md.
 """
@@ -204,7 +205,7 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ws_echo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                        help=f"default {','.join(DEFAULT_SERVERS)}; also uvicorn-websockets-sansio, prun-shared")
+                        help=f"default {','.join(DEFAULT_SERVERS)}; also uvicorn (--ws auto), prun-shared")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
                         help="text message sizes in bytes, 1 to 65535 (default 11,1024)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")

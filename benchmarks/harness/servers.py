@@ -576,6 +576,8 @@ SERVERS = ["prun-shared", "prun-leastconn", "uvicorn", "gunicorn", "granian", "p
 ASGI_SERVERS = ["prun", "uvicorn", "gunicorn", "granian"]
 WSGI_SERVERS = ["prun", "gunicorn-gthread", "granian-wsgi"]
 # the WebSocket echo scenario's servers (python -m benchmarks.ws_echo)
-WS_SERVERS = ["prun", "uvicorn-websockets", "uvicorn-wsproto", "granian"]
+# (uvicorn's three: --ws websockets is what its --ws auto picks, on the websockets library's legacy asyncio
+# layer; websockets-sansio is on the same sans-I/O protocol prun uses; wsproto)
+WS_SERVERS = ["prun", "uvicorn-websockets", "uvicorn-websockets-sansio", "uvicorn-wsproto", "granian"]
 
 
