@@ -7,6 +7,7 @@ import contextvars
 import json
 import socket
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -570,6 +571,79 @@ def test_an_app_that_does_not_suspend_costs_no_task_per_request() -> None:
                 assert client.get("/").body == b"fast"
         srv.call(srv.loop.set_task_factory, None)
     assert len(created) <= 1  # at most the connection's host task
+
+
+def test_a_client_that_said_close_is_closed_at_once_and_one_with_unread_body_lingers() -> None:
+    with serving(ok(b"bye")) as srv:
+        # Connection: close, nothing unread: the server closes its side outright, while the client
+        # still holds its socket open (no lingering for the client's FIN).
+        with Client(srv.port) as client:
+            response = client.get("/", "Connection: close\r\n")
+            assert response.body == b"bye" and response.headers["connection"] == "close"
+            assert client.sock.recv(1) == b""
+            deadline = time.monotonic() + 1.5  # well inside LINGER_SECONDS (2 s)
+            while srv.call(lambda: len(srv.server.shared.protocols)):
+                assert time.monotonic() < deadline, "the server lingered"
+        # Part of the body unread (the app answered without reading it): half-close and linger, so the
+        # unread bytes cannot turn the close into a reset that destroys the response.
+        with Client(srv.port) as client:
+            client.send(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+            response = client.read()
+            assert response.body == b"bye"
+            assert client.sock.recv(1) == b""
+            assert srv.call(lambda: [p.lingering for p in srv.server.shared.protocols]) == [True]
+
+
+def test_connections_one_after_another_reuse_host_tasks() -> None:
+    created: list[Any] = []
+    with serving(ok(b"fast")) as srv:
+
+        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+            created.append(coro)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        srv.call(srv.loop.set_task_factory, counting_factory)
+        for _ in range(40):
+            with Client(srv.port) as client:
+                assert client.get("/", "Connection: close\r\n").body == b"fast"
+        srv.call(srv.loop.set_task_factory, None)
+    # A connection's host task is parked when it closes and the next connection takes it; a few more
+    # are made only when a connection opens before the previous one's close was seen.
+    assert 1 <= len(created) <= 5, len(created)
+
+
+def test_a_reused_host_task_is_the_current_task_of_each_request_and_a_parked_one_can_be_cancelled() -> None:
+    tasks: list[Any] = []
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        task = asyncio.current_task()
+        tasks.append(task)
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.005)
+        seen.append(task is asyncio.current_task())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    def get(srv: Any, path: str) -> bytes:
+        with Client(srv.port) as client:
+            body = client.get(path, "Connection: close\r\n").body
+        deadline = time.monotonic() + 5
+        while srv.call(lambda: len(srv.server.shared.protocols)):  # until the server saw the close
+            assert time.monotonic() < deadline
+        return body
+
+    with serving(app) as srv:
+        assert get(srv, "/one") == b"/one"
+        assert get(srv, "/two") == b"/two"
+        assert tasks[0] is tasks[1]  # the second connection took the first one's parked host task
+        srv.call(tasks[0].cancel)  # a stray cancel of a task whose request is long over, while it is parked
+        assert get(srv, "/three") == b"/three"
+        assert get(srv, "/four") == b"/four"
+    assert seen == [True] * 4
+    assert tasks[2] is not tasks[0] and tasks[3] is tasks[2]  # the cancelled task ended; a new one serves
 
 
 def test_app_cancelling_its_own_task_in_its_first_step_is_cancelled_at_its_next_await() -> None:

@@ -88,12 +88,14 @@ class Exchange:
         "proto", "scope", "keep_alive", "expect", "head_only", "http11", "received", "buffered",
         "body_complete", "disconnected", "status", "reason", "resp_headers", "started", "head_sent",
         "finished", "chunked", "length", "sent", "continued", "start_time", "chunks", "waiter", "delivered",
+        "asked_close",
     )  # fmt: skip
 
     def __init__(self, proto: Connection, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         self.proto = proto
         self.scope = scope
         self.keep_alive = keep_alive
+        self.asked_close = not keep_alive  # the client said this is its last request (or spoke HTTP/1.0)
         self.expect = expect
         self.head_only = False
         self.http11 = scope["http_version"] != "1.0"
@@ -161,10 +163,12 @@ class Exchange:
             and not proto.closing and not shared.draining
         ):  # fmt: skip
             headers = tuple(headers)
+            if headers and type(headers[0]) is not tuple:
+                headers = tuple(map(tuple, headers))  # pairs given as lists, as uvicorn's docs write them
             key = (status, -1 if more else body_len, headers)
             try:
                 cached = shared.heads.get(key)
-            except TypeError:  # header pairs given as lists: not hashable, build the head as usual
+            except TypeError:  # a name or value that is not hashable (a bytearray): build the head as usual
                 key = cached = None
             if cached is not None:
                 self.length, self.chunked = cached[1], cached[2]

@@ -45,7 +45,7 @@ class HttpProtocol(asyncio.Protocol):
         "settings", "shared", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
-        "closing", "closed", "lingering", "host", "host_ready", "host_busy", "host_job", "host_wake",
+        "closing", "closed", "lingering", "host", "host_box", "host_ready", "host_busy", "host_job", "host_wake",
         "draining_idle", "reused", "head_since", "unparsed", "feed_limit", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
@@ -79,6 +79,7 @@ class HttpProtocol(asyncio.Protocol):
         self.lingering = False
         # The per-connection host task: see runtime/http/asgi.py.
         self.host: asyncio.Task[None] | None = None
+        self.host_box: Any = None  # asgi.HostBox: which connection the host task serves
         self.host_ready = False
         self.host_busy = False
         self.host_job: Any = None
@@ -132,8 +133,7 @@ class HttpProtocol(asyncio.Protocol):
                 waiter.set_result(None)
         self.drain_waiters.clear()
         if self.host is not None and not self.host_busy:
-            self.host.cancel()
-            self.host = None
+            self.shared.release_host(self)
         self.shared.closed(self)
 
     def eof_received(self) -> bool | None:
@@ -399,6 +399,12 @@ class HttpProtocol(asyncio.Protocol):
         self.current = None
         self.reused = True
         if not keep_alive or self.closed:
+            if ex.asked_close and ex.body_complete and not self.queue and self.unparsed is None and not self.closed:
+                # The client said it sends nothing more, and everything it sent is read: no unread byte
+                # can turn the close into a reset, so close outright instead of lingering for its FIN.
+                self.closing = True
+                self.transport.close()
+                return
             self.close_gracefully()
             return
         if self.queue:

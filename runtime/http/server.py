@@ -39,10 +39,11 @@ class HttpServer(Server):
             )
             shared.executor = self.executor
         elif interface == "asgi":
-            from prun.runtime.http.asgi import AsgiExchange, host_main
+            from prun.runtime.http.asgi import AsgiExchange, release_host, take_host
 
             shared.exchange_cls = AsgiExchange
-            shared.make_host = lambda proto: loop.create_task(host_main(proto))  # one per connection (asgi.py)
+            shared.make_host = take_host  # one per connection at a time, parked between them (asgi.py)
+            shared.release_host = release_host
             self.lifespan = Lifespan(app, options.lifespan, loop)
             self.executor = None
         else:
@@ -155,6 +156,9 @@ class HttpServer(Server):
                 proto.transport.abort()
                 if proto.host is not None:
                     proto.host.cancel()
+        for task, _box in self.shared.spare_hosts:
+            task.cancel()
+        self.shared.spare_hosts.clear()
         if self._ticker is not None:
             self._ticker.cancel()
         if self.executor is not None:

@@ -84,7 +84,7 @@ class Shared:
     __slots__ = (
         "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
         "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
-        "on_empty", "server_header", "going_away", "ws_refused",
+        "on_empty", "server_header", "going_away", "ws_refused", "release_host", "spare_hosts",
     )  # fmt: skip
 
     def __init__(self, app: Any, settings: Settings, clock: float) -> None:
@@ -93,6 +93,8 @@ class Shared:
         # host task (ASGI) or None (WSGI); the WSGI thread pool.
         self.exchange_cls: Any = None
         self.make_host: Callable[[Any], Any] | None = None
+        self.release_host: Callable[[Any], None] = lambda proto: None
+        self.spare_hosts: list[Any] = []  # idle host tasks parked for the next connections (asgi.py)
         self.executor: Any = None
         self.state: dict[str, Any] = {}  # the lifespan state, shallow-copied into every request
         self.server_header = settings.server_header
