@@ -525,6 +525,29 @@ def test_repeated_responses_keep_their_own_length_and_framing() -> None:
         assert last.headers["connection"] == "close" and last.body == b"xxx"
 
 
+def test_reused_heads_tell_close_from_keep_alive_and_take_header_pairs_as_lists() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [[b"content-type", b"text/plain"], [b"content-length", b"2"]]  # lists, as uvicorn's docs write
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    with serving(app) as srv:
+        for _ in range(2):  # each kind of head built once, then reused (within the same second)
+            with Client(srv.port) as client:
+                closing = client.get("/", "Connection: close\r\n")
+                assert (closing.headers["connection"], closing.body) == ("close", b"hi")
+                assert client.sock.recv(1) == b""
+            with Client(srv.port) as client:
+                for _ in range(2):
+                    kept = client.get("/")
+                    assert "connection" not in kept.headers and kept.body == b"hi"
+                    assert kept.headers["content-type"] == "text/plain"
+        # Both kinds are in the cache (one only if the once-a-second Date change emptied it in between).
+        assert 1 <= srv.call(lambda: len(srv.server.shared.heads)) <= 2
+
+
 def test_starlette_middleware_background_tasks_and_thread_pool() -> None:
     """anyio task groups, thread pools and background tasks need a real current task from the first step."""
     from starlette.applications import Starlette

@@ -153,25 +153,26 @@ class Exchange:
         proto = self.proto
         shared = proto.shared
         status = self.status
-        # A plain keep-alive response with the same status, headers and length as an earlier one reuses
-        # the head built then: apps answer with the same few heads over and over. The cache is emptied
-        # every second, when the Date header changes.
+        # A plain HTTP/1.1 response with the same status, headers and length as an earlier one, to a
+        # request that asked for the same keep-alive or close, reuses the head built then: apps answer
+        # with the same few heads over and over. The cache is emptied every second, when the Date
+        # header changes.
         headers = self.resp_headers  # any iterable of pairs (a generator, as Sanic gives): read once below
         key: Any = None
         if (
-            self.keep_alive and self.http11 and self.reason is None and not self.head_only and not self.expect
+            self.http11 and self.reason is None and not self.head_only and not self.expect
             and not proto.closing and not shared.draining
         ):  # fmt: skip
             headers = tuple(headers)
             if headers and type(headers[0]) is not tuple:
                 headers = tuple(map(tuple, headers))  # pairs given as lists, as uvicorn's docs write them
-            key = (status, -1 if more else body_len, headers)
+            key = (status, -1 if more else body_len, headers, self.keep_alive)
             try:
                 cached = shared.heads.get(key)
             except TypeError:  # a name or value that is not hashable (a bytearray): build the head as usual
                 key = cached = None
             if cached is not None:
-                self.length, self.chunked = cached[1], cached[2]
+                self.length, self.chunked, self.keep_alive = cached[1], cached[2], cached[3]
                 return cached[0]
         line = STATUS_LINES.get(status) if self.reason is None else None
         parts = [line or status_line(status, self.reason), shared.date_server]
@@ -223,8 +224,8 @@ class Exchange:
             raise ValueError("response header names and values must not contain CR or LF")
         self.keep_alive = keep
         self.length = length
-        if key is not None and keep and not self.head_only and len(shared.heads) < HEAD_CACHE_SIZE:
-            shared.heads[key] = (head, length, self.chunked)
+        if key is not None and not self.head_only and len(shared.heads) < HEAD_CACHE_SIZE:
+            shared.heads[key] = (head, length, self.chunked, keep)
         return head
 
     def write(self, body: bytes, more: bool) -> None:

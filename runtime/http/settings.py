@@ -101,7 +101,7 @@ class Shared:
         self.clock = clock
         self.date_server = b""  # "date: ...\r\nserver: prun\r\n", refreshed every second
         self.date_lines = 1
-        self.heads: dict[Any, tuple[bytes, int, bool]] = {}  # response heads built this second (exchange.py)
+        self.heads: dict[Any, tuple[bytes, int, bool, bool]] = {}  # response heads built this second (exchange.py)
         self.active = 0  # app calls running
         self.requests = 0  # responses written since start
         self.request_limit = 0  # max-requests: on_limit is called once when `requests` reaches it
