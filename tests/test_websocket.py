@@ -201,6 +201,22 @@ def test_ws_none_refuses_upgrades_with_400_logged_once(prun):
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"plain"
 
 
+def test_ws_auto_without_the_websockets_library_refuses_upgrades_and_says_why(prun, tmp_path):
+    # The worker cannot import websockets (as after `pip install prun` without the [ws] extra):
+    # sys.modules["websockets"] = None makes every import and find_spec of it fail.
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["websockets"] = None\n')
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    master = prun("wsapp:app", "-b", "127.0.0.1:0", env={"PYTHONPATH": path})
+    port = master.wait_ready()
+    for _ in range(2):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url(port, "/echo"), open_timeout=5)
+        assert refused.value.response.status_code == 400
+    assert master.output.count("refused a WebSocket upgrade") == 1
+    assert "the websockets library is not installed (pip install 'prun[ws]')" in master.output
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"plain"
+
+
 class Chatter(threading.Thread):
     """A client that keeps one WebSocket open, sends numbered messages and reconnects when closed.
 

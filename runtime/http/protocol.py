@@ -211,7 +211,7 @@ class HttpProtocol(asyncio.Protocol):
         self.current = self.parsing = None
         if not self.settings.ws:  # (websocket.py needs the websockets library, which may not be installed)
             self.closing = True
-            why = "refused a WebSocket upgrade: WebSocket is off (--ws none, or the websockets library is missing)"
+            why = f"refused a WebSocket upgrade: {self.settings.ws_refusal}"
             if why not in self.shared.ws_refused:
                 self.shared.ws_refused.add(why)
                 log_line(f"{why}; answered 400 (logged once)")

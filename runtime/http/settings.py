@@ -40,7 +40,7 @@ class Settings:
         "timeout_header", "timeout_write",
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
         "drain_idle_window", "backlog", "scheme", "ws_scheme",
-        "ws", "ws_max_size", "ws_ping_interval", "ws_ping_timeout", "ws_max_queue",
+        "ws", "ws_refusal", "ws_max_size", "ws_ping_interval", "ws_ping_timeout", "ws_max_queue",
     )  # fmt: skip
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -72,6 +72,10 @@ class Settings:
             raise BootError(f"unknown --ws {options.ws!r} (choose from auto, none)")
         # WebSocket upgrades (websocket.py): on when the websockets library imports, unless --ws none.
         self.ws = options.ws == "auto" and importlib.util.find_spec("websockets") is not None
+        self.ws_refusal = "" if self.ws else (
+            "WebSocket is off (--ws none)" if options.ws == "none"
+            else "the websockets library is not installed (pip install 'prun[ws]')"
+        )  # fmt: skip
         self.ws_max_size = options.ws_max_size or None  # 0: no limit
         self.ws_ping_interval = options.ws_ping_interval  # 0: no pings
         self.ws_ping_timeout = options.ws_ping_timeout
