@@ -727,3 +727,17 @@ def test_a_draining_worker_answers_an_upgrade_503() -> None:
         assert client.read().status == 503
         assert client.closed_by_server()
         drained.result(10)
+
+
+def test_a_head_request_whose_app_fails_gets_the_500_head_without_a_body() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("boom")
+
+    with serving(app) as srv, Client(srv.port) as client:
+        client.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read(head=True)
+        assert response.status == 500 and response.headers["connection"] == "close"
+        assert client.file.read() == b""  # nothing after the head: the connection closes
+        with Client(srv.port) as other:
+            assert other.get("/").body == b"Internal Server Error\n"  # a GET still gets the body

@@ -50,8 +50,9 @@ class Connection(Protocol):
     def maybe_resume_reading(self, force: bool = False) -> None: ...
 
 
-def write_error(proto: Connection, status: int) -> None:
-    """Write a small plain-text response the server makes itself (400, 413, 500, 503, ...)."""
+def write_error(proto: Connection, status: int, head_only: bool = False) -> None:
+    """Write a small plain-text response the server makes itself (400, 413, 500, 503, ...); to a HEAD
+    request (`head_only`), its head alone."""
     body = HTTPStatus(status).phrase.encode() + b"\n"
     proto.transport.write(
         b"".join(
@@ -60,7 +61,7 @@ def write_error(proto: Connection, status: int) -> None:
                 proto.shared.date_server,
                 b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                 % len(body),
-                body,
+                b"" if head_only else body,
             )
         )
     )
@@ -282,7 +283,7 @@ class Exchange:
         self.status = status
         proto.closing = True
         if not proto.closed:
-            write_error(proto, status)
+            write_error(proto, status, self.scope.get("method") == "HEAD")
         proto.response_done(self, False)
 
     def app_done(self, exc: BaseException | None) -> None:
