@@ -104,7 +104,8 @@ class Supervision:
                 worker.kill_timer = self.loop.call_later(ABORT_GRACE, worker.signal, signal.SIGKILL)
 
     def memory_grew(self, worker: WorkerProcess) -> None:
-        """A worker's memory doubled since it was last told: make a leak visible (recycling is --max-requests')."""
+        """A worker's memory doubled since it was last told: make a leak visible (recycling by memory is
+        --max-memory-restart's, in recycling.py)."""
         mb = 1024 * 1024
         self.log.warning(f"{worker.describe()} grew to {worker.rss // mb} MB of memory "
                          f"({worker.rss / worker.rss_ready:.1f}x the {worker.rss_ready // mb} MB it had when ready)")
