@@ -140,7 +140,7 @@ class Worker:
         self.recycle_asked = False
         self.accepted = 0  # connections handed over by the master (leastconn)
         self.alone = False  # leastconn: the master said this worker accepts on the listeners itself
-        self.switching = False  # _switch_accepting runs
+        self.switching: asyncio.Task[None] | None = None  # _switch_accepting, while it runs
         self.report_scheduled = False
         self.rss = 0
 
@@ -233,9 +233,8 @@ class Worker:
             self.schedule_report()
         elif isinstance(msg, channel.Accept):
             self.alone = msg.on
-            if self.server is not None and not self.switching:
-                self.switching = True
-                self.server.loop.create_task(self._switch_accepting())
+            if self.server is not None and self.switching is None:
+                self.switching = self.server.loop.create_task(self._switch_accepting())
         elif isinstance(msg, channel.LogFile) and fds:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -260,7 +259,7 @@ class Worker:
         except OSError as exc:  # out of fds: connections wait in the kernel's queue for the next worker
             print(f"prun worker: cannot accept on the listeners: {exc}", file=sys.stderr)
         finally:
-            self.switching = False
+            self.switching = None
 
     def on_master_gone(self) -> None:
         if self.server is not None:
