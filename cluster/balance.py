@@ -6,7 +6,12 @@ connection until the worker acknowledges it, so one that was queued to a worker 
 to another instead of being dropped. A worker sitting on a hand-off it has not acknowledged (stopped,
 or its loop blocked) gets new connections only when no other can take them; what waits in the master
 goes out as soon as a worker acknowledges. Out of fds, accepting pauses on a timer instead of spinning.
-In `shared` mode none of this runs: the kernel balances.
+While exactly one worker can take connections (READY, not draining, not aborted), the master
+skips all that: it tells that worker to accept on the listeners itself (channel.Accept, the fds it
+got at boot) and stops polling them; as soon as a second one is READY, the lone one is told to stop
+and the master accepts again. The listeners stay open in the master throughout, so a connection
+that arrives during a switch waits in the kernel's queue; what the master holds (pending, in flight)
+is handed out as ever. In `shared` mode none of this runs: the kernel balances.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ PAUSE_FIRST = 0.05  # out of fds: the first pause of accepting; doubled up to PA
 PAUSE_CAP = 1.0
 STALLED_AFTER = 0.5  # a worker holding a hand-off unacknowledged this long gets others only as a last resort
 _CONN = channel.Conn()
+_ALONE = channel.Accept(on=True)
+_STOP = channel.Accept(on=False)
 
 
 class LeastConn:
@@ -42,6 +49,8 @@ class LeastConn:
         self.pending: deque[socket.socket] = deque()  # accepted, not yet handed to anyone
         self.turn = 0
         self.accepting = False  # started and not stopped
+        self.polling = False  # the listeners are in the loop's readers
+        self.alone: WorkerProcess | None = None  # the worker accepting on the listeners itself
         self.pause: asyncio.TimerHandle | None = None  # out of fds: accepting resumes when it fires
         self.backoff = PAUSE_FIRST
         self.paused_since = 0.0
@@ -49,24 +58,49 @@ class LeastConn:
 
     def start(self) -> None:
         self.accepting = True
-        self._listen(True)
+        self._switch()
 
     def stop(self) -> None:
-        """Stop accepting; new connections wait in the kernel's queue."""
+        """Stop accepting; new connections wait in the kernel's queue (a lone worker drains next)."""
         if self.accepting:
             self.accepting = False
             if self.pause is not None:
                 self.pause.cancel()
                 self.pause = None
-            else:
-                self._listen(False)
+            self.alone = None
+            self._poll()
 
-    def _listen(self, on: bool) -> None:
+    def _poll(self) -> None:
+        """Watch the listeners exactly when the master accepts: started, no lone worker, not paused."""
+        on = self.accepting and self.alone is None and self.pause is None
+        if on == self.polling:
+            return
+        self.polling = on
         for listener in self.listeners:
             if on:
                 self.loop.add_reader(listener.sock.fileno(), self._accept, listener.sock)
             else:
                 self.loop.remove_reader(listener.sock.fileno())
+
+    def _switch(self) -> None:
+        """A worker's state changed: with exactly one that can take connections, it accepts alone."""
+        if not self.accepting:
+            return
+        able = [w for w in self.workers if w.state is State.READY and not w.aborted and w.chan is not None]
+        lone = able[0] if len(able) == 1 else None
+        if lone is self.alone:
+            return
+        if self.alone is not None:
+            previous, self.alone = self.alone, None
+            if previous.state is State.READY and previous.chan is not None:
+                previous.chan.send(_STOP)  # both accept for a moment: no connection waits meanwhile
+            if lone is None:
+                self.log.info(f"balance: master hands off to {len(able)} workers" if able
+                              else "balance: master accepts (no worker can take connections yet)")
+        if lone is not None and lone.chan is not None and lone.chan.send(_ALONE):
+            self.alone = lone
+            self.log.info(f"balance: {lone.describe()} accepts alone")
+        self._poll()
 
     def _out_of_fds(self, exc: OSError) -> None:
         """EMFILE and friends: the listener stays readable, so stop watching it for a while (no spin)."""
@@ -76,14 +110,13 @@ class LeastConn:
             self.paused_since = self.loop.time()
             self.log.error(f"accept failed: {exc.strerror or exc}; pausing accepting, retrying every "
                            f"{PAUSE_FIRST:g}s to {PAUSE_CAP:g}s (connections wait in the kernel's queue)")
-        self._listen(False)
         self.pause = self.loop.call_later(self.backoff, self._resume)
+        self._poll()
         self.backoff = min(PAUSE_CAP, self.backoff * 2)
 
     def _resume(self) -> None:
         self.pause = None
-        if self.accepting:
-            self._listen(True)
+        self._poll()
 
     # Hot path: one call per accepted connection.
     def _accept(self, sock: socket.socket) -> None:
@@ -150,7 +183,12 @@ class LeastConn:
         self.workers.append(worker)
 
     def ready(self, worker: WorkerProcess) -> None:
+        self._switch()
         self.dispatch()
+
+    def draining(self, worker: WorkerProcess) -> None:
+        """A worker was told to drain (it stops accepting, if it did, by itself)."""
+        self._switch()
 
     def acknowledged(self, worker: WorkerProcess, accepted: int) -> None:
         """The worker took `accepted` connections in all: the master's copies of those can go."""
@@ -171,6 +209,7 @@ class LeastConn:
                              "taken yet; handing them to other workers")
             self.pending.extendleft(reversed(worker.inflight))
             worker.inflight.clear()
+        self._switch()
         self.dispatch()
 
     def close(self) -> None:

@@ -196,8 +196,9 @@ class Master:
         jitter = self.config.max_requests_jitter
         limit = self.config.max_requests + (int.from_bytes(os.urandom(2), "little") % (jitter + 1) if jitter else 0)
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
-        shared = [] if self.balancer else [listener.sock for listener in self.listeners]
-        worker = spawn(options, shared, self.loop, self.on_message, capture=self.output is not None)
+        # under leastconn too: a worker accepts on them itself while it is the only one (cluster/balance.py)
+        listening = [listener.sock for listener in self.listeners]
+        worker = spawn(options, listening, self.loop, self.on_message, capture=self.output is not None)
         self.workers[worker.pid] = worker
         if self.output:
             self.output.attach(worker)
@@ -215,6 +216,8 @@ class Master:
         worker.state = State.DRAINING
         if not (worker.chan and worker.chan.send(channel.Drain(timeout=timeout, stopping=self.stopping))):
             worker.signal(signal.SIGTERM)
+        if self.balancer:
+            self.balancer.draining(worker)
 
     def kill(self, worker: WorkerProcess) -> None:
         worker.signal(signal.SIGKILL)

@@ -26,7 +26,8 @@ MAX_FDS = 64
 
 @dataclass(frozen=True)
 class Boot:
-    """The first message: the worker's options (WorkerOptions.to_dict()); one fd per listener rides along."""
+    """The first message: the worker's options (WorkerOptions.to_dict()); one fd per listener rides along
+    (under leastconn too: the worker accepts on them only while told to, see Accept)."""
 
     KIND: ClassVar[str] = "boot"
     options: dict[str, Any]
@@ -46,6 +47,15 @@ class Conn:
     """One accepted connection's fd rides along (leastconn balancing)."""
 
     KIND: ClassVar[str] = "conn"
+
+
+@dataclass(frozen=True)
+class Accept:
+    """leastconn: accept on the listeners sent at boot (on, this worker is the only one that can take
+    connections) or stop (off, the master hands connections out again). Never sent to a draining worker."""
+
+    KIND: ClassVar[str] = "accept"
+    on: bool
 
 
 @dataclass(frozen=True)
@@ -95,12 +105,12 @@ class Recycle:
     requests: int
 
 
-ToWorker = Boot | Drain | Conn | LogFile
+ToWorker = Boot | Drain | Conn | Accept | LogFile
 ToMaster = Ready | BootFailure | Heartbeat | Recycle
 Message = ToWorker | ToMaster
 
 _KINDS: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (Boot, Drain, Conn, LogFile, Ready, BootFailure, Heartbeat, Recycle)
+    cls.KIND: cls for cls in (Boot, Drain, Conn, Accept, LogFile, Ready, BootFailure, Heartbeat, Recycle)
 }
 _FIELDS = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
 

@@ -139,6 +139,8 @@ class Worker:
         self.draining = False
         self.recycle_asked = False
         self.accepted = 0  # connections handed over by the master (leastconn)
+        self.alone = False  # leastconn: the master said this worker accepts on the listeners itself
+        self.switching: asyncio.Task[None] | None = None  # _switch_accepting, while it runs
         self.report_scheduled = False
         self.rss = 0
 
@@ -157,7 +159,7 @@ class Worker:
             return EXIT_BOOT_FAILURE
         self.done = loop.create_future()
         if self.options.balance == "leastconn":
-            self.server.on_change = self.schedule_report
+            self.server.on_change = self.connections_changed
         self.chan = channel.AsyncChannel(self.sock, loop, self.on_message, self.on_master_gone)
         self.chan.send(channel.Ready(pid=os.getpid(), rss=resident_bytes()))
         loop.add_signal_handler(signal.SIGTERM, self.start_drain, self.options.graceful_timeout)
@@ -175,7 +177,8 @@ class Worker:
         server.request_limit = opts.max_requests
         server.on_limit = self.ask_recycle
         loop.run_until_complete(server.startup())
-        loop.run_until_complete(server.serve(self.listeners))
+        # leastconn: the master accepts, and says when this worker should accept itself (channel.Accept)
+        loop.run_until_complete(server.serve(self.listeners if opts.balance != "leastconn" else []))
         for fd in listening_fds():  # a server may serve a duplicate: that one must not reach exec'd children either
             os.set_inheritable(fd, False)
         return server
@@ -197,6 +200,11 @@ class Worker:
         self.report_scheduled = False
         self.chan.send(channel.Heartbeat(conns=self.server.connections, requests=self.server.requests,
                                          accepted=self.accepted, rss=self.rss))
+
+    def connections_changed(self) -> None:
+        """leastconn: the master balances on these counts, unless this worker accepts alone."""
+        if not self.alone:
+            self.schedule_report()
 
     def schedule_report(self) -> None:
         """leastconn: tell the master about connection changes, once per loop iteration at most."""
@@ -223,6 +231,10 @@ class Worker:
             if fds and self.server is not None:
                 self.server.accept(socket.socket(fileno=fds.pop(0)))
             self.schedule_report()
+        elif isinstance(msg, channel.Accept):
+            self.alone = msg.on
+            if self.server is not None and self.switching is None:
+                self.switching = self.server.loop.create_task(self._switch_accepting())
         elif isinstance(msg, channel.LogFile) and fds:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -234,6 +246,20 @@ class Worker:
             self.start_drain(msg.timeout)
         for fd in fds:
             os.close(fd)
+
+    async def _switch_accepting(self) -> None:
+        """Follow the master's latest Accept until the server does as told (never again once draining)."""
+        assert self.server is not None
+        try:
+            while self.server.accepting != (self.alone and not self.draining and bool(self.listeners)):
+                if self.server.accepting:
+                    self.server.stop_accepting()
+                else:
+                    await self.server.start_accepting(self.listeners)
+        except OSError as exc:  # out of fds: connections wait in the kernel's queue for the next worker
+            print(f"prun worker: cannot accept on the listeners: {exc}", file=sys.stderr)
+        finally:
+            self.switching = None
 
     def on_master_gone(self) -> None:
         if self.server is not None:

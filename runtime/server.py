@@ -36,7 +36,8 @@ class Listening(Protocol):
 
 
 class Server(abc.ABC):
-    """A worker's server. The shim calls startup, serve, then drain; accept in leastconn mode."""
+    """A worker's server. The shim calls startup, serve, then drain; in leastconn mode accept, and
+    start_accepting / stop_accepting while it is the only worker."""
 
     def __init__(self, app: Any, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
@@ -50,6 +51,8 @@ class Server(abc.ABC):
         self.request_limit = 0
         self.on_limit: Callable[[], None] = lambda: None
         self._handing_over: set[asyncio.Task[None]] = set()
+        self._servers: list[Listening] = []  # the listeners being accepted on
+        self._switches = 0  # start_accepting / stop_accepting calls: a start that a stop overtook gives up
         self.going_away = False  # set by the shim before drain: the master stops, no new generation follows
         # TLS: loaded from the files as they are at this worker's boot (a reload loads them again).
         try:
@@ -58,8 +61,39 @@ class Server(abc.ABC):
             raise BootError(str(exc)) from None
         self.ssl_handshake_timeout = tls.handshake_timeout(options) if self.ssl is not None else None
 
+    async def start_accepting(self, listeners: list[socket.socket]) -> None:
+        """Accept on every listener (shared mode from boot on; leastconn while this worker is alone).
+
+        Each is served as a duplicate, which stop_accepting closes: the fds from the master stay
+        open in this worker, ready for the next start_accepting.
+        """
+        if self._servers:
+            return
+        self._switches += 1
+        switch = self._switches
+        for sock in listeners:
+            listening = await self.listen(sock.dup())
+            if switch != self._switches:  # stop_accepting was called meanwhile
+                listening.close()
+                return
+            self._servers.append(listening)
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; connections wait in the kernel's queue for the master or another worker.
+
+        Never shutdown() a listener: the socket is shared with the master and every other worker.
+        """
+        self._switches += 1
+        for listening in self._servers:
+            listening.close()  # this worker's duplicate only
+        self._servers.clear()
+
+    @property
+    def accepting(self) -> bool:
+        return bool(self._servers)
+
     async def listen(self, sock: socket.socket) -> Listening:
-        """Start accepting on one listener; close() stops (and closes this worker's copy of the socket).
+        """Start accepting on one listener; close() stops (and closes the socket given).
 
         Plain TCP: loop.create_server. TLS: the worker accepts itself and serves each connection as
         it serves a handed-over one (accept), its handshake a task that settle() waits for, so that a

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from prun.runtime.server import Listening, Server
+from prun.runtime.server import Server
 
 
 class ProtocolServer(Server):
@@ -17,7 +17,6 @@ class ProtocolServer(Server):
 
     def __init__(self, app: Any, options: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(app, options, loop)
-        self._servers: list[Listening] = []
         self._transports: set[asyncio.BaseTransport] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -42,12 +41,10 @@ class ProtocolServer(Server):
         self.on_change()
 
     async def serve(self, listeners: list[socket.socket]) -> None:
-        for sock in listeners:
-            self._servers.append(await self.listen(sock))
+        await self.start_accepting(listeners)
 
     async def drain(self, timeout: float) -> None:
-        for srv in self._servers:
-            srv.close()  # closes this worker's copy of the listener fd; the master keeps the socket
+        self.stop_accepting()
         await self.settle()  # TLS: every handshake that began is finished (or timed out)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)

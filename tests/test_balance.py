@@ -10,6 +10,7 @@ import socket
 import time
 
 import psutil
+import pytest
 
 from tests.support import EchoLoad, echo, wait_until
 
@@ -153,14 +154,16 @@ def _few_fds() -> None:
 
 
 def test_out_of_fds_the_master_pauses_accepting_instead_of_spinning_and_releases_every_fd(prun):
-    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--balance", "leastconn", preexec_fn=_few_fds)
+    # Two workers: a lone one would accept on the listeners itself, and the master would accept nothing.
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn", preexec_fn=_few_fds)
     port = master.wait_ready()
-    (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
+    workers = list(wait_until(lambda: len(master.workers()) == 2 and master.workers()))
     proc = psutil.Process(master.pid)
     baseline = proc.num_fds()
     for _ in range(2):
         mark = master.mark()
-        os.kill(worker, signal.SIGSTOP)  # while its worker is stopped, the master holds every connection
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)  # while its workers are stopped, the master holds every connection
         try:
             clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
             master.wait_for(r"accept failed: Too many open files; pausing accepting", start=mark)
@@ -169,7 +172,8 @@ def test_out_of_fds_the_master_pauses_accepting_instead_of_spinning_and_releases
             burnt = sum(proc.cpu_times()[:2]) - sum(cpu[:2])
             assert burnt < 0.25, f"the master used {burnt:.2f}s of CPU in 0.5s out of fds"
         finally:
-            os.kill(worker, signal.SIGCONT)
+            for worker in workers:
+                os.kill(worker, signal.SIGCONT)
         for c in clients:  # each is served or closed (its fd dropped by a worker out of fds), none hangs
             try:
                 c.sendall(b"ping\n")
@@ -223,3 +227,61 @@ def test_a_stopped_worker_gets_few_connections_and_those_are_served_once_the_wat
     finally:
         for s in stuck + held[busy]:
             s.close()
+
+
+def _served_while_the_master_is_stopped(master, port: int, count: int = 10) -> set[int]:  # type: ignore[no-untyped-def]
+    """The pids that answer `count` new connections while the master is SIGSTOPped (it accepts none)."""
+    os.kill(master.pid, signal.SIGSTOP)
+    try:
+        return {int(echo(port, b"pid\n", timeout=10)) for _ in range(count)}
+    finally:
+        os.kill(master.pid, signal.SIGCONT)
+
+
+def test_a_lone_worker_accepts_its_own_connections(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0")  # leastconn, the default, with one worker
+    port = master.wait_ready()
+    (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
+    master.wait_for(rf"balance: worker 0 \(pid {worker}, gen 1\) accepts alone")
+    assert _served_while_the_master_is_stopped(master, port) == {worker}
+
+
+@pytest.mark.parametrize("per_connection", [1, 50], ids=["connection-per-request", "keep-alive"])
+def test_hups_with_one_worker_lose_nothing_and_the_new_worker_accepts_alone(prun, per_connection):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    port = master.wait_ready()
+    with EchoLoad(port, clients=8, per_connection=per_connection) as load:
+        load.wait_requests(100)
+        for n in range(2, 7):
+            mark = master.mark()
+            master.signal(signal.SIGHUP)
+            master.wait_for(r"balance: master hands off to 2 workers", start=mark, timeout=20)
+            master.wait_for(rf"reload complete: 1 workers on gen {n}", start=mark, timeout=30)
+            lone = int(master.wait_for(rf"balance: worker 0 \(pid (\d+), gen {n}\) accepts alone", start=mark).group(1))
+            load.wait_requests(50)
+    assert load.failed == 0, load.errors[:5]
+    assert _served_while_the_master_is_stopped(master, port) == {lone}
+
+
+def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_nothing(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    port = master.wait_ready()
+    master.wait_for(r"accepts alone")
+    with EchoLoad(port, clients=8, per_connection=5) as load:
+        load.wait_requests(100)
+        mark = master.mark()
+        master.signal(signal.SIGTTIN)
+        master.wait_for("scaled up to 2 workers", start=mark)
+        master.wait_for(r"balance: master hands off to 2 workers", start=mark)
+        both = wait_until(lambda: len(master.workers()) == 2 and set(master.workers()), what="2 workers")
+        seen: set[int] = set()
+        wait_until(lambda: seen.add(int(echo(port, b"pid\n"))) or seen == both, what="connections on both workers")
+        load.wait_requests(100)
+        mark = master.mark()
+        master.signal(signal.SIGTTOU)
+        master.wait_for("scaled down to 1 workers", start=mark)
+        lone = int(master.wait_for(r"balance: worker \d \(pid (\d+), gen 1\) accepts alone", start=mark).group(1))
+        wait_until(lambda: set(master.workers()) == {lone}, what="the other worker gone")
+        load.wait_requests(100)
+    assert load.failed == 0, load.errors[:5]
+    assert _served_while_the_master_is_stopped(master, port) == {lone}

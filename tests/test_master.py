@@ -193,9 +193,14 @@ def test_usr1_reopens_the_log_file_in_master_and_workers(prun, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a listener's backlog")
-def test_workers_keep_the_masters_listen_backlog(prun):
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--backlog", "777")
+@pytest.mark.parametrize("balance", ["shared", "leastconn"])
+def test_workers_keep_the_masters_listen_backlog(prun, balance):
+    # leastconn: the lone worker accepts on the listener itself, so it calls listen() too
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--backlog", "777", "--balance", balance)
     port = master.wait_ready()
+    if balance == "leastconn":
+        master.wait_for("accepts alone")
+    assert echo(port) == b"ping\n"
     listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
     assert listing.split()[2] == "777", listing  # Send-Q of a listener is its backlog
 

@@ -12,7 +12,7 @@ from prun.runtime.http.lifespan import Lifespan
 from prun.runtime.http.protocol import HttpProtocol
 from prun.runtime.http.settings import Settings, Shared
 from prun.runtime.options import WorkerOptions
-from prun.runtime.server import BootError, Listening, Server
+from prun.runtime.server import BootError, Server
 
 TICK_SECONDS = 1.0
 
@@ -51,7 +51,6 @@ class HttpServer(Server):
         self.interface = interface
         shared.state = self.state = self.lifespan.state
         shared.on_empty = self._emptied
-        self._servers: list[Listening] = []
         self._all_closed: asyncio.Future[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -130,8 +129,7 @@ class HttpServer(Server):
         await self.lifespan.startup()
 
     async def serve(self, listeners: list[socket.socket]) -> None:
-        for sock in listeners:
-            self._servers.append(await self.listen(sock))
+        await self.start_accepting(listeners)
         if self._ticker is None:
             self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
@@ -140,8 +138,7 @@ class HttpServer(Server):
         deadline = loop.time() + timeout
         self.shared.draining = True
         self.shared.going_away = self.going_away
-        for srv in self._servers:
-            srv.close()  # closes this worker's copy of the listener; the master and other workers keep it
+        self.stop_accepting()
         await self.settle()  # TLS: every handshake that began is finished (or timed out), and counted
         self._all_closed = loop.create_future()
         if self.protocols:
