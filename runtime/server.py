@@ -135,8 +135,10 @@ class Server(abc.ABC):
 
     async def settle(self) -> None:
         """Wait until every handed-over connection is being served, so that a drain counts it."""
-        while self._handing_over:
-            await asyncio.gather(*self._handing_over, return_exceptions=True)
+        # Only the tasks not done yet: a done one leaves the set by a callback, which runs only once this
+        # yields, and a gather of done tasks alone (Python 3.12+) is itself done without yielding.
+        while pending := [task for task in self._handing_over if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @abc.abstractmethod
     async def drain(self, timeout: float) -> None:

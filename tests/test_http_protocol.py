@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support import wait_until
-from tests.test_http_support import Client, ok, serving
+from tests.test_http_support import Client, app_timeout, ok, serving
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -313,7 +313,7 @@ def test_app_that_suspends_runs_in_a_task_with_its_own_context() -> None:
         before = var.get()
         var.set(scope["path"])
         first = asyncio.current_task()
-        async with asyncio.timeout(5):  # needs a current task, before and after suspending
+        async with app_timeout(5):  # needs a current task, before and after suspending
             await asyncio.sleep(0.01)
         seen.append((before, var.get(), first is not None, first is asyncio.current_task()))
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -330,7 +330,7 @@ def test_app_timeout_cancels_the_suspended_app() -> None:
         if scope["type"] != "http":
             return
         try:
-            async with asyncio.timeout(0.05):
+            async with app_timeout(0.05):
                 await asyncio.sleep(10)
             text = b"not cancelled"
         except TimeoutError:
@@ -644,7 +644,7 @@ def test_a_reused_host_task_is_the_current_task_of_each_request_and_a_parked_one
             return
         task = asyncio.current_task()
         tasks.append(task)
-        async with asyncio.timeout(5):
+        async with app_timeout(5):
             await asyncio.sleep(0.005)
         seen.append(task is asyncio.current_task())
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import uvloop
@@ -218,3 +219,35 @@ def ok(body: bytes = b"ok", status: int = 200, headers: list[tuple[bytes, bytes]
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+if sys.version_info >= (3, 11):
+    app_timeout = asyncio.timeout
+else:
+
+    @asynccontextmanager
+    async def app_timeout(delay: float) -> AsyncIterator[None]:
+        """asyncio.timeout (3.11+) for the apps of tests on Python 3.10: the same cancel scope on the current task.
+
+        Like asyncio.timeout, it needs a current task (the one that must be running the app when the delay
+        expires) and cancels that task, turning the cancellation into TimeoutError.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Timeout should be used inside a task")
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(delay, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()

@@ -37,6 +37,18 @@ from prun.runtime.http.settings import HIGH_WATER
 _DISCONNECT = {"type": "http.disconnect"}  # copied before it is handed out
 SPARE_HOSTS = 256  # idle host tasks kept for the next connections
 
+if sys.version_info >= (3, 11):
+
+    def _cancel_pending(task: asyncio.Task[Any]) -> bool:
+        """Whether `task` was asked to cancel and has not yet delivered it."""
+        return task.cancelling() > 0
+
+else:
+
+    def _cancel_pending(task: asyncio.Task[Any]) -> bool:
+        # Python 3.10 has no Task.cancelling(); a task cancelled before its first step has this private flag set.
+        return bool(getattr(task, "_must_cancel"))  # noqa: B009
+
 
 @types.coroutine
 def _drive(ctx: contextvars.Context, coro: Coroutine[Any, Any, Any], fut: Any) -> Generator[Any, Any, Any]:
@@ -199,7 +211,7 @@ class AsgiExchange(Exchange):
             self.app_done(exc)
             return
         _leave_task(loop, host)
-        if not proto.host_ready and getattr(host, "cancelling", lambda: 0)():
+        if not proto.host_ready and _cancel_pending(host):
             # The app cancelled its task before that task ever ran a step, which no task survives: this
             # request ends in a task of its own, with the cancellation delivered, and the connection gets
             # a new host task.
