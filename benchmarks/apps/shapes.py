@@ -5,8 +5,8 @@
     lifespan   hello_cl, and it answers the lifespan startup and shutdown events
     body16k    16 KB of text with its content-length
     json       a small JSON object, encoded per request, with its content-length
-    hello_lists  hello_cl with its header pairs as lists, not tuples (prun's head cache cannot key on
-               them, so every head is built anew): only run when named, to measure that cache
+    hello_lists  hello_cl with its header pairs as lists, not tuples (lists cannot key prun's head
+               cache; it turns them into tuples first): only run when named, to measure that cache
 
 Headers are tuples, as most ASGI frameworks send them. Every app that is not `lifespan` returns at once on
 a lifespan scope (the servers then go on without it, as with apps that do not use it).
