@@ -89,20 +89,19 @@ async def finish(ex: AsgiExchange, ctx: contextvars.Context, coro: Any, fut: Any
 
 
 class HostBox:
-    """Which connection a host task serves now; None while the task is parked (see take_host)."""
+    """A host task's own state, which moves with it from connection to connection (see take_host)."""
 
-    __slots__ = ("proto", "wake")
+    __slots__ = ("proto", "ready", "wake")
 
-    def __init__(self, proto: HttpProtocol | None) -> None:
-        self.proto = proto
-        self.wake: asyncio.Future[None] | None = None  # what the task waits on while parked
+    def __init__(self, proto: HttpProtocol) -> None:
+        self.proto: HttpProtocol | None = proto  # the connection it serves; None while parked
+        self.ready = False  # the task has run its first step
+        self.wake: asyncio.Future[None] | None = None  # what the task waits on while idle (or parked)
 
 
 async def host_main(box: HostBox) -> None:
     """A host task: finishes, one at a time, the app coroutines of its connection that suspended inline."""
-    if box.proto is None:
-        return
-    box.proto.host_ready = True
+    box.ready = True
     cancel_first = False
     while True:
         proto = box.proto
@@ -112,7 +111,7 @@ async def host_main(box: HostBox) -> None:
         if job is None:
             if proto.closed:
                 return
-            proto.host_wake = wake = proto.loop.create_future()
+            box.wake = wake = proto.loop.create_future()
             try:
                 await wake
             except asyncio.CancelledError:
@@ -142,8 +141,6 @@ def take_host(proto: HttpProtocol) -> asyncio.Task[None]:
         if not task.done():
             box.proto = proto
             proto.host_box = box
-            proto.host_wake = box.wake
-            proto.host_ready = True
             return task
     proto.host_box = box = HostBox(proto)
     return proto.loop.create_task(host_main(box))
@@ -151,15 +148,14 @@ def take_host(proto: HttpProtocol) -> asyncio.Task[None]:
 
 def release_host(proto: HttpProtocol) -> None:
     """The connection closed with its host task idle: park the task for another connection, or end it."""
-    task, box, wake = proto.host, proto.host_box, proto.host_wake
+    task, box = proto.host, proto.host_box
     proto.host = proto.host_box = None
     if task is None:
         return
     spare = proto.shared.spare_hosts
-    if (box is not None and proto.host_ready and proto.host_job is None and wake is not None and not wake.done()
+    if (box is not None and box.ready and box.wake is not None and not box.wake.done() and proto.host_job is None
             and len(spare) < SPARE_HOSTS and not proto.shared.draining):
         box.proto = None
-        box.wake = wake
         spare.append((task, box))
     else:
         task.cancel()
@@ -211,7 +207,8 @@ class AsgiExchange(Exchange):
             self.app_done(exc)
             return
         _leave_task(loop, host)
-        if not proto.host_ready and _cancel_pending(host):
+        box = proto.host_box
+        if not box.ready and _cancel_pending(host):
             # The app cancelled its task before that task ever ran a step, which no task survives: this
             # request ends in a task of its own, with the cancellation delivered, and the connection gets
             # a new host task.
@@ -222,7 +219,7 @@ class AsgiExchange(Exchange):
         # The app suspended: its host task takes it from here.
         proto.host_busy = True
         proto.host_job = (self, ctx, coro, fut)
-        wake = proto.host_wake
+        wake = box.wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 

@@ -45,7 +45,7 @@ class HttpProtocol(asyncio.Protocol):
         "settings", "shared", "loop", "parser", "transport", "client", "sockname", "scheme", "url", "headers",
         "head_size", "head_bytes", "expect", "fwd_for", "fwd_proto", "watch", "parsing",
         "current", "queue", "start_pending", "idle_since", "read_paused", "write_paused", "drain_waiters",
-        "closing", "closed", "lingering", "host", "host_box", "host_ready", "host_busy", "host_job", "host_wake",
+        "closing", "closed", "lingering", "host", "host_box", "host_busy", "host_job",
         "draining_idle", "reused", "head_since", "unparsed", "feed_limit", "next_on_resume", "write_left", "write_since",
     )  # fmt: skip
 
@@ -79,11 +79,9 @@ class HttpProtocol(asyncio.Protocol):
         self.lingering = False
         # The per-connection host task: see runtime/http/asgi.py.
         self.host: asyncio.Task[None] | None = None
-        self.host_box: Any = None  # asgi.HostBox: which connection the host task serves
-        self.host_ready = False
+        self.host_box: Any = None  # asgi.HostBox: the host task's own state
         self.host_busy = False
         self.host_job: Any = None
-        self.host_wake: asyncio.Future[None] | None = None
         self.draining_idle = False
         self.reused = False  # it has had a response: its client knows to retry on a closed keep-alive
         self.head_since = 0.0  # when the head being received began (0: none is), for --timeout-request-header
