@@ -23,7 +23,7 @@ import time
 
 from benchmarks import run as http
 from benchmarks.harness import procs, servers, wrk
-from benchmarks.harness.results import Context, gate, machine_line, table, write_json, write_md
+from benchmarks.harness.results import Context, begin, machine_line, table, write_json, write_md
 
 TOP = 20
 
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
     ctx = Context(allow_busy=args.allow_busy)
-    refused = gate(ctx)
-    if refused:
-        print(refused, file=sys.stderr)
+    if not begin(ctx):
         return 2
     mode = "close" if args.close else "keepalive"
     name = f"profile-{args.shape}-{mode}"

@@ -41,9 +41,9 @@ from benchmarks.harness import machine, procs, servers, wrk
 from benchmarks.harness.results import (
     RESULTS,
     Context,
+    begin,
     fmt_ratio,
     fmt_spread,
-    gate,
     machine_line,
     table,
     write_json,
@@ -385,10 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     hups = args.hups or (5 if args.quick else 20)
     reload_seconds = args.reload_seconds or (8.0 if args.quick else 30.0)
     ctx = Context(quick=args.quick, results=Path(args.out), allow_busy=args.allow_busy, rounds=rounds)
-    procs.stop_on_signals()
-    refused = gate(ctx)
-    if refused:
-        print(refused, file=sys.stderr)
+    if not begin(ctx):
         return 2
     scenarios: dict[str, object] = {}
     began = time.monotonic()

@@ -33,9 +33,9 @@ from benchmarks.harness import machine, procs, servers, wsload
 from benchmarks.harness.results import (
     RESULTS,
     Context,
+    begin,
     fmt_ratio,
     fmt_spread,
-    gate,
     machine_line,
     table,
     write_json,
@@ -237,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (2 if args.quick else 5)
     seconds = float(args.duration or (1 if args.quick else 5))
     ctx = Context(quick=args.quick, results=Path(args.out), allow_busy=args.allow_busy, rounds=rounds)
-    procs.stop_on_signals()
-    refused = gate(ctx)
-    if refused:
-        print(refused, file=sys.stderr)
+    if not begin(ctx):
         return 2
     began = time.monotonic()
     try:

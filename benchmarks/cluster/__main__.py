@@ -15,7 +15,7 @@ import sys
 import time
 
 from benchmarks.harness import procs, servers
-from benchmarks.harness.results import RESULTS, Context, gate
+from benchmarks.harness.results import RESULTS, Context, begin
 
 SCENARIOS = {
     "reload-loss": "reload_loss",
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context(quick=args.quick, servers=names, results=Path(args.results), reloads=args.reloads,
                   rounds=args.rounds, allow_busy=args.allow_busy)
-    procs.stop_on_signals()
-    refused = gate(ctx)
-    if refused:
-        print(refused, file=sys.stderr)
+    if not begin(ctx):
         return 2
     began = time.monotonic()
     failed = []

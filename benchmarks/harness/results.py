@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import machine
+from benchmarks.harness import machine, procs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -82,6 +82,16 @@ def gate(ctx: Context) -> str | None:
     return (f"benchmarks: the machine is busy ({reason}, as `uptime` shows): figures taken now would not "
             f"be comparable. Wait for a quiet machine, or pass --allow-busy (results go to results/busy/) "
             f"or --quick (a smoke run).")
+
+
+def begin(ctx: Context) -> bool:
+    """Start a run: every process it starts is killed on SIGTERM and SIGHUP too, and the busy-machine gate
+    is checked. False (its one line printed on stderr): the run must end, with exit code 2."""
+    procs.stop_on_signals()
+    refused = gate(ctx)
+    if refused:
+        print(refused, file=sys.stderr)
+    return refused is None
 
 
 def write_json(ctx: Context, name: str, data: dict) -> dict:
