@@ -7,7 +7,6 @@ import contextvars
 import json
 import socket
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -581,18 +580,9 @@ def test_starlette_middleware_background_tasks_and_thread_pool() -> None:
 
 
 def test_an_app_that_does_not_suspend_costs_no_task_per_request() -> None:
-    created: list[Any] = []
-    with serving(ok(b"fast")) as srv:
-
-        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            created.append(coro)
-            return asyncio.Task(coro, loop=loop, **kwargs)
-
-        srv.call(srv.loop.set_task_factory, counting_factory)
-        with Client(srv.port) as client:
-            for _ in range(50):
-                assert client.get("/").body == b"fast"
-        srv.call(srv.loop.set_task_factory, None)
+    with serving(ok(b"fast")) as srv, srv.counting_tasks() as created, Client(srv.port) as client:
+        for _ in range(50):
+            assert client.get("/").body == b"fast"
     assert len(created) <= 1  # at most the connection's host task
 
 
@@ -604,9 +594,7 @@ def test_a_client_that_said_close_is_closed_at_once_and_one_with_unread_body_lin
             response = client.get("/", "Connection: close\r\n")
             assert response.body == b"bye" and response.headers["connection"] == "close"
             assert client.sock.recv(1) == b""
-            deadline = time.monotonic() + 1.5  # well inside LINGER_SECONDS (2 s)
-            while srv.call(lambda: len(srv.server.shared.protocols)):
-                assert time.monotonic() < deadline, "the server lingered"
+            assert srv.wait_no_connections(1.5), "the server lingered"  # well inside LINGER_SECONDS (2 s)
         # Part of the body unread (the app answered without reading it): half-close and linger, so the
         # unread bytes cannot turn the close into a reset that destroys the response.
         with Client(srv.port) as client:
@@ -618,18 +606,10 @@ def test_a_client_that_said_close_is_closed_at_once_and_one_with_unread_body_lin
 
 
 def test_connections_one_after_another_reuse_host_tasks() -> None:
-    created: list[Any] = []
-    with serving(ok(b"fast")) as srv:
-
-        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            created.append(coro)
-            return asyncio.Task(coro, loop=loop, **kwargs)
-
-        srv.call(srv.loop.set_task_factory, counting_factory)
+    with serving(ok(b"fast")) as srv, srv.counting_tasks() as created:
         for _ in range(40):
             with Client(srv.port) as client:
                 assert client.get("/", "Connection: close\r\n").body == b"fast"
-        srv.call(srv.loop.set_task_factory, None)
     # A connection's host task is parked when it closes and the next connection takes it; a few more
     # are made only when a connection opens before the previous one's close was seen.
     assert 1 <= len(created) <= 5, len(created)
@@ -653,9 +633,7 @@ def test_a_reused_host_task_is_the_current_task_of_each_request_and_a_parked_one
     def get(srv: Any, path: str) -> bytes:
         with Client(srv.port) as client:
             body = client.get(path, "Connection: close\r\n").body
-        deadline = time.monotonic() + 5
-        while srv.call(lambda: len(srv.server.shared.protocols)):  # until the server saw the close
-            assert time.monotonic() < deadline
+        assert srv.wait_no_connections(5)  # the server saw the close: its host task is parked
         return body
 
     with serving(app) as srv:

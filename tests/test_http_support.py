@@ -6,6 +6,7 @@ import asyncio
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
@@ -74,6 +75,29 @@ class ServerThread:
 
         self.loop.call_soon_threadsafe(run)
         return done.result(10)
+
+    def wait_no_connections(self, within: float) -> bool:
+        """Whether the server has no open connection (it saw every close) within `within` seconds."""
+        deadline = time.monotonic() + within
+        while self.call(lambda: len(self.server.shared.protocols)):  # type: ignore[attr-defined]
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    @contextmanager
+    def counting_tasks(self) -> Iterator[list[Any]]:
+        """The coroutines of every Task the server's loop creates meanwhile."""
+        created: list[Any] = []
+
+        def factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+            created.append(coro)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        self.call(self.loop.set_task_factory, factory)
+        try:
+            yield created
+        finally:
+            self.call(self.loop.set_task_factory, None)
 
     def drain(self, timeout: float) -> Future[None]:
         """Start draining; returns once the server is draining, with a future for the end of the drain."""
