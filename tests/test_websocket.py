@@ -190,30 +190,24 @@ def test_fastapi_websocket_route_end_to_end(prun):
     assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()) == {"served": "http"}
 
 
-def test_ws_none_refuses_upgrades_with_400_logged_once(prun):
-    master = prun("wsapp:app", "-b", "127.0.0.1:0", "--ws", "none")
+@pytest.mark.parametrize("cause", ["ws-none", "no-library"])
+def test_a_refused_upgrade_gets_400_and_one_line_saying_why(prun, tmp_path, cause):
+    if cause == "ws-none":
+        args, env, why = ["--ws", "none"], None, "WebSocket is off (--ws none)"
+    else:
+        # The worker cannot import websockets (as after `pip install prun` without the [ws] extra):
+        # sys.modules["websockets"] = None makes every import and find_spec of it fail.
+        (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["websockets"] = None\n')
+        path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+        args, env, why = [], {"PYTHONPATH": path}, "the websockets library is not installed (pip install 'prun[ws]')"
+    master = prun("wsapp:app", "-b", "127.0.0.1:0", *args, env=env)
     port = master.wait_ready()
     for _ in range(2):
         with pytest.raises(InvalidStatus) as refused:
             connect(url(port, "/echo"), open_timeout=5)
         assert refused.value.response.status_code == 400
     assert master.output.count("refused a WebSocket upgrade") == 1
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"plain"
-
-
-def test_ws_auto_without_the_websockets_library_refuses_upgrades_and_says_why(prun, tmp_path):
-    # The worker cannot import websockets (as after `pip install prun` without the [ws] extra):
-    # sys.modules["websockets"] = None makes every import and find_spec of it fail.
-    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["websockets"] = None\n')
-    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    master = prun("wsapp:app", "-b", "127.0.0.1:0", env={"PYTHONPATH": path})
-    port = master.wait_ready()
-    for _ in range(2):
-        with pytest.raises(InvalidStatus) as refused:
-            connect(url(port, "/echo"), open_timeout=5)
-        assert refused.value.response.status_code == 400
-    assert master.output.count("refused a WebSocket upgrade") == 1
-    assert "the websockets library is not installed (pip install 'prun[ws]')" in master.output
+    assert f"refused a WebSocket upgrade: {why}" in master.output
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"plain"
 
 
