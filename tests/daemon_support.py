@@ -10,14 +10,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from tests.support import APPS, prun_command, wait_until
+from tests.support import APPS, ClientThreads, prun_command, wait_until
 
 
 class Home:
@@ -90,42 +89,23 @@ def get(port: int, path: str = "/", timeout: float = 10.0) -> str:
         conn.close()
 
 
-class HttpLoad:
+class HttpLoad(ClientThreads):
     """Clients sending GETs, a new connection each (a refused connection is a failure), until stopped."""
 
+    join_seconds = 30.0
+    wait_seconds = 20.0
+
     def __init__(self, port: int, clients: int = 4) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed = 0
-        self.errors: list[str] = []
+        super().__init__(port, clients)
         self.bodies: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
-    def __enter__(self) -> HttpLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _client(self) -> None:
+    def client(self, index: int) -> None:
         deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self.stopping.is_set() and time.monotonic() < deadline:
             try:
                 body = get(self.port, timeout=30)
-                with self._lock:
+                with self.lock:
                     self.ok += 1
                     self.bodies.append(body)
             except (OSError, AssertionError, http.client.HTTPException) as exc:
-                with self._lock:
-                    self.failed += 1
-                    self.errors.append(repr(exc))
-
-    def wait_requests(self, count: int, timeout: float = 20.0) -> None:
-        start = self.ok
-        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} requests")
+                self.failed_with(exc)

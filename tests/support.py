@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -188,25 +190,26 @@ def echo(port: int, line: bytes = b"ping\n", timeout: float = 5.0) -> bytes:
         return sock.makefile("rb").readline()
 
 
-class EchoLoad:
-    """Clients hammering a line-echo app over keep-alive connections until stopped.
+class ClientThreads:
+    """Client threads loading a server until stopped, counting the requests that succeeded and failed.
 
-    Each connection carries up to `per_connection` requests, then the client opens a new one (as
-    connection pools do). A request fails if connecting, sending or reading fails, or the reply differs.
+    A subclass's `client(index)` runs in each thread until `stopping` is set, and calls `succeeded()` or
+    `failed_with(exc)` for each request. `lock` guards the counts (and whatever a subclass keeps with them).
     """
 
-    def __init__(self, port: int, clients: int = 8, per_connection: int = 100, max_seconds: float = 120.0) -> None:
+    join_seconds = 15.0  # how long stop() waits for each thread
+    wait_seconds = 15.0  # wait_requests' default bound
+
+    def __init__(self, port: int, clients: int) -> None:
         self.port = port
-        self.per_connection = per_connection
-        self.max_seconds = max_seconds
         self.ok = 0
         self.failed = 0
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self._threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
 
-    def __enter__(self) -> EchoLoad:
+    def __enter__(self: _Load) -> _Load:
         for thread in self._threads:
             thread.start()
         return self
@@ -215,32 +218,100 @@ class EchoLoad:
         self.stop()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         for thread in self._threads:
-            thread.join(15)
+            thread.join(self.join_seconds)
 
-    def _client(self, index: int) -> None:
+    def client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def succeeded(self) -> None:
+        with self.lock:
+            self.ok += 1
+
+    def failed_with(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failed += 1
+            self.errors.append(repr(exc))
+
+    def wait_requests(self, count: int, timeout: float | None = None, what: str = "requests") -> None:
+        start = self.ok
+        wait_until(lambda: self.ok - start >= count, timeout or self.wait_seconds, what=f"{count} {what}")
+
+
+_Load = TypeVar("_Load", bound=ClientThreads)
+
+
+class EchoLoad(ClientThreads):
+    """Clients hammering a line-echo app over keep-alive connections until stopped.
+
+    Each connection carries up to `per_connection` requests, then the client opens a new one (as
+    connection pools do). A request fails if connecting, sending or reading fails, or the reply differs.
+    """
+
+    def __init__(self, port: int, clients: int = 8, per_connection: int = 100, max_seconds: float = 120.0) -> None:
+        super().__init__(port, clients)
+        self.per_connection = per_connection
+        self.max_seconds = max_seconds
+
+    def client(self, index: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         n = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self.stopping.is_set() and time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
                     reader = sock.makefile("rb")
                     for _ in range(self.per_connection):
-                        if self._stop.is_set():
+                        if self.stopping.is_set():
                             break
                         n += 1
                         payload = f"client {index} request {n}\n".encode()
                         sock.sendall(payload)
                         if reader.readline() != payload:
                             raise ConnectionError("wrong or missing reply")
-                        with self._lock:
-                            self.ok += 1
+                        self.succeeded()
             except OSError as exc:
-                with self._lock:
-                    self.failed += 1
-                    self.errors.append(repr(exc))
+                self.failed_with(exc)
 
-    def wait_requests(self, count: int, timeout: float = 15.0) -> None:
-        start = self.ok
-        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} echo requests")
+    def wait_requests(self, count: int, timeout: float | None = None, what: str = "echo requests") -> None:
+        super().wait_requests(count, timeout, what)
+
+
+class KeepAliveLoad(ClientThreads):
+    """Threads sending keep-alive requests as fast as they can; a request fails on any error or non-200.
+
+    Half the clients ask for `/`, half for `/slow`; the app answers `pong`.
+    """
+
+    body = b"pong"
+
+    def __init__(self, port: int, clients: int = 8) -> None:
+        super().__init__(port, clients)
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def path(self, index: int) -> str:
+        return "/slow" if index % 2 else "/"
+
+    def fresh(self, index: int) -> bool:
+        """Whether this client opens a new connection for every request."""
+        return False
+
+    def client(self, index: int) -> None:
+        conn = self.connect()
+        path, fresh = self.path(index), self.fresh(index)
+        while not self.stopping.is_set():
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200 or body != self.body:
+                    raise ValueError(f"{response.status} {body[:50]!r}")
+                if response.will_close or fresh:
+                    conn.close()  # Connection: close from a draining worker: reconnect, as clients do
+                self.succeeded()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                conn.close()
+                self.failed_with(exc)
+        conn.close()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.support import wait_until
+from tests.support import KeepAliveLoad, wait_until
 
 STARLETTE_APP = '''
 import contextlib, os
@@ -116,60 +114,12 @@ def test_flask_app_end_to_end(prun, tmp_path: Path) -> None:  # type: ignore[no-
     master.wait_for("flask view failed")
 
 
-class HttpLoad:
-    """Threads sending keep-alive requests as fast as they can; a request fails on any error or non-200."""
-
-    def __init__(self, port: int, clients: int = 8) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> HttpLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-
-    def _client(self, index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        path = "/slow" if index % 2 else "/"
-        while not self._stop.is_set():
-            try:
-                conn.request("GET", path)
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200 or body != b"pong":
-                    raise ValueError(f"{response.status} {body[:50]!r}")
-                if response.will_close:
-                    conn.close()  # Connection: close from a draining worker: reconnect, as clients do
-                with self._lock:
-                    self.ok += 1
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                conn.close()
-                with self._lock:
-                    self.failed += 1
-                    self.errors.append(repr(exc))
-        conn.close()
-
-    def wait_requests(self, count: int, timeout: float = 15.0) -> None:
-        start = self.ok
-        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} requests")
-
-
 def test_hups_under_keep_alive_http_load_lose_no_request(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     write_app(tmp_path, "service", LOAD_APP)
     master = prun("service:app", "-i", "2", "-b", "127.0.0.1:0", "--chdir", str(tmp_path), "--graceful-timeout", "10")
     port = master.wait_ready()
     old = wait_until(lambda: len(master.workers()) == 2 and set(master.workers()))
-    with HttpLoad(port) as load:
+    with KeepAliveLoad(port) as load:
         load.wait_requests(200)
         for generation in range(2, 6):
             master.reload(rf"reload complete: 2 workers on gen {generation}")

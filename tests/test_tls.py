@@ -12,14 +12,13 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import wait_until
+from tests.support import KeepAliveLoad
 
 APP = '''
 async def app(scope, receive, send):
@@ -156,54 +155,25 @@ def test_client_certificate_required(prun, tmp_path: Path, pki: Pki, balance: st
     assert response.status_code == 200 and response.text == "https"
 
 
-class HttpsLoad:
+class HttpsLoad(KeepAliveLoad):
     """Threads sending HTTPS requests, half on keep-alive connections, half each on a new connection (a new
     handshake); a request fails on any error or a non-200."""
 
+    body = b"https"
+    wait_seconds = 20.0
+
     def __init__(self, port: int, context: ssl.SSLContext, clients: int = 4) -> None:
-        self.port = port
         self.context = context
-        self.ok = 0
-        self.failed = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(i % 2 == 1,), daemon=True)
-                         for i in range(clients)]
+        super().__init__(port, clients)
 
-    def __enter__(self) -> HttpsLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.context)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
+    def path(self, index: int) -> str:
+        return "/"
 
-    def _client(self, fresh: bool) -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.context)
-        while not self._stop.is_set():
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200 or body != b"https":
-                    raise ValueError(f"{response.status} {body[:50]!r}")
-                if response.will_close or fresh:
-                    conn.close()  # Connection: close from a draining worker: reconnect, as clients do
-                with self._lock:
-                    self.ok += 1
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                conn.close()
-                with self._lock:
-                    self.failed += 1
-                    self.errors.append(repr(exc))
-        conn.close()
-
-    def wait_requests(self, count: int, timeout: float = 20.0) -> None:
-        start = self.ok
-        wait_until(lambda: self.ok - start >= count, timeout, what=f"{count} requests")
+    def fresh(self, index: int) -> bool:
+        return index % 2 == 1
 
 
 def replace_in_place(target: Path, source: Path) -> None:
