@@ -112,6 +112,7 @@ async def host_main(box: HostBox) -> None:
             if proto.closed:
                 return
             box.wake = wake = proto.loop.create_future()
+            proto = None  # a parked task must not keep its last connection alive
             try:
                 await wake
             except asyncio.CancelledError:

@@ -53,7 +53,7 @@ class HttpProtocol(asyncio.Protocol):
         self.settings = settings
         self.shared = shared
         self.loop = loop
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)  # None once closed
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
@@ -132,6 +132,9 @@ class HttpProtocol(asyncio.Protocol):
         self.drain_waiters.clear()
         if self.host is not None and not self.host_busy:
             self.shared.release_host(self)
+        # The parser holds this protocol's bound methods, and so the two would live on as a cycle
+        # until the garbage collector ran: dropped now, a closed connection is freed at once.
+        self.parser = None
         self.shared.closed(self)
 
     def eof_received(self) -> bool | None:
