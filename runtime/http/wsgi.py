@@ -7,6 +7,7 @@ loop stops reading from the client while too much body waits unread (flow contro
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 from typing import Any
@@ -18,10 +19,13 @@ from prun.runtime.http.settings import HIGH_WATER, LOW_WATER
 
 
 class WsgiInput:
-    """wsgi.input: a blocking, read-only stream of the request body."""
+    """wsgi.input: a blocking, read-only stream of the request body.
+
+    Made only for a request that has a body; a request without one gets an empty io.BytesIO.
+    """
 
     def __init__(self, ex: WsgiExchange) -> None:
-        self._ex = ex
+        self._ex: WsgiExchange | None = ex  # None once the app's call is over (no cycle left behind)
         self._cond = threading.Condition()
         self._buf = bytearray()
         self._eof = False
@@ -40,21 +44,31 @@ class WsgiInput:
             self._cond.notify_all()
 
     # app side
+    def detach(self) -> None:
+        """The app's call is over: a stray read later gets what is buffered, never waits."""
+        with self._cond:
+            self._ex = None
+            self._eof = True
+
     def _wait(self, ready: Any) -> None:
+        ex = self._ex
+        if ex is None:
+            return
         if not self._asked:
             self._asked = True
-            self._ex.call(self._ex.send_continue)
+            ex.call(ex.send_continue)
         while not ready() and not self._eof:
-            if self._ex.proto.read_paused:
+            if ex.proto.read_paused:
                 # The reader needs more than is buffered: read from the client again, whatever the level.
-                self._ex.call(self._ex.proto.maybe_resume_reading, True)
+                ex.call(ex.proto.maybe_resume_reading, True)
             self._cond.wait()
 
     def _took(self, data: bytes) -> bytes:
         ex = self._ex
-        ex.buffered = len(self._buf)
-        if ex.proto.read_paused and ex.buffered < LOW_WATER:
-            ex.call(ex.proto.maybe_resume_reading)
+        if ex is not None:
+            ex.buffered = len(self._buf)
+            if ex.proto.read_paused and ex.buffered < LOW_WATER:
+                ex.call(ex.proto.maybe_resume_reading)
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -110,7 +124,9 @@ class WsgiExchange(Exchange):
 
     def __init__(self, proto: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         super().__init__(proto, scope, keep_alive, expect)
-        self.input = WsgiInput(self)
+        # The body's stream, made when a body is expected (wsgi_input); it and this exchange refer to each
+        # other until the app's call ends (finish_call).
+        self.input: WsgiInput | None = None
         self.wsgi_status: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         self.head_requested = False
         self.app_failed: BaseException | None = None
@@ -157,6 +173,8 @@ class WsgiExchange(Exchange):
     def feed(self, body: bytes) -> None:
         if self.finished or self.disconnected:
             return
+        if self.input is None:
+            self.input = WsgiInput(self)
         self.buffered = self.input.feed(body)
         if self.buffered > HIGH_WATER:
             self.proto.pause_reading()
@@ -165,13 +183,23 @@ class WsgiExchange(Exchange):
 
     def complete(self) -> None:
         self.body_complete = True
-        self.input.end()
+        if self.input is not None:
+            self.input.end()
         if self.waiting_body:
             self.dispatch()
 
     def disconnect(self) -> None:
         self.disconnected = True
-        self.input.end()
+        if self.input is not None:
+            self.input.end()
+
+    def wsgi_input(self) -> WsgiInput | io.BytesIO:
+        """The request's wsgi.input: a WsgiInput while a body is or may be coming, else an empty stream."""
+        if self.input is None:
+            if self.body_complete and not self.expect:
+                return io.BytesIO()
+            self.input = WsgiInput(self)
+        return self.input
 
     def write_from_app(self, data: bytes, more: bool) -> None:
         if self.finished or self.disconnected:
@@ -215,7 +243,7 @@ class WsgiExchange(Exchange):
             "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": scope["scheme"],
-            "wsgi.input": self.input,
+            "wsgi.input": self.wsgi_input(),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": True,
@@ -300,4 +328,6 @@ class WsgiExchange(Exchange):
         self.call(self.finish_call, error)
 
     def finish_call(self, error: BaseException | None) -> None:
+        if self.input is not None:
+            self.input.detach()
         self.app_done(error or self.app_failed)
