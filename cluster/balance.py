@@ -6,12 +6,19 @@ connection until the worker acknowledges it, so one that was queued to a worker 
 to another instead of being dropped. A worker sitting on a hand-off it has not acknowledged (stopped,
 or its loop blocked) gets new connections only when no other can take them; what waits in the master
 goes out as soon as a worker acknowledges. Out of fds, accepting pauses on a timer instead of spinning.
-While exactly one worker can take connections (READY, not draining, not aborted), the master
-skips all that: it tells that worker to accept on the listeners itself (channel.Accept, the fds it
-got at boot) and stops polling them; as soon as a second one is READY, the lone one is told to stop
-and the master accepts again. The listeners stay open in the master throughout, so a connection
-that arrives during a switch waits in the kernel's queue; what the master holds (pending, in flight)
-is handed out as ever. In `shared` mode none of this runs: the kernel balances.
+The master skips all that, and tells the workers to accept on the listeners themselves (channel.Accept,
+the fds they got at boot) while it stops polling them, in two cases:
+
+- exactly one worker can take connections (READY, not draining, not aborted): it accepts alone; as soon
+  as a second one is READY, it is told to stop and the master accepts again;
+- new connections come faster than DIRECT_ABOVE a second (measured from the workers' heartbeats): a
+  hand-off costs the master and the worker about 34 µs of CPU, which at that rate outweighs what it
+  balances (such connections are short, and a busy worker takes fewer from the kernel's queue by
+  itself). The kernel balances, as in `shared` mode, until the rate falls below HAND_OFF_BELOW.
+
+The listeners stay open in the master throughout, so a connection that arrives during a switch waits
+in the kernel's queue; what the master holds (pending, in flight) is handed out as ever. In `shared`
+mode none of this runs: the kernel balances.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ ACCEPTS_PER_WAKEUP = 64
 PAUSE_FIRST = 0.05  # out of fds: the first pause of accepting; doubled up to PAUSE_CAP
 PAUSE_CAP = 1.0
 STALLED_AFTER = 0.5  # a worker holding a hand-off unacknowledged this long gets others only as a last resort
+# New connections per second (all workers together) above which the workers accept themselves, and below
+# which the master hands off again; a worker's rate is measured over RATE_SECONDS at least, and counts
+# for RATE_FRESH seconds (a worker that stopped reporting stops counting).
+DIRECT_ABOVE = 1000.0
+HAND_OFF_BELOW = 250.0
+RATE_SECONDS = 0.5
+RATE_FRESH = 2.5
 _CONN = channel.Conn()
 _ALONE = channel.Accept(on=True)
 _STOP = channel.Accept(on=False)
@@ -50,7 +64,8 @@ class LeastConn:
         self.turn = 0
         self.accepting = False  # started and not stopped
         self.polling = False  # the listeners are in the loop's readers
-        self.alone: WorkerProcess | None = None  # the worker accepting on the listeners itself
+        self.direct: set[WorkerProcess] = set()  # the workers told to accept on the listeners themselves
+        self.fast = False  # new connections come faster than the hand-off pays (DIRECT_ABOVE)
         self.pause: asyncio.TimerHandle | None = None  # out of fds: accepting resumes when it fires
         self.backoff = PAUSE_FIRST
         self.paused_since = 0.0
@@ -67,12 +82,12 @@ class LeastConn:
             if self.pause is not None:
                 self.pause.cancel()
                 self.pause = None
-            self.alone = None
+            self.direct.clear()
             self._poll()
 
     def _poll(self) -> None:
         """Watch the listeners exactly when the master accepts: started, no lone worker, not paused."""
-        on = self.accepting and self.alone is None and self.pause is None
+        on = self.accepting and not self.direct and self.pause is None
         if on == self.polling:
             return
         self.polling = on
@@ -83,24 +98,56 @@ class LeastConn:
                 self.loop.remove_reader(listener.sock.fileno())
 
     def _switch(self) -> None:
-        """A worker's state changed: with exactly one that can take connections, it accepts alone."""
+        """A worker's state or the connection rate changed: who accepts on the listeners themselves?
+
+        Every worker that can take connections, while there is only one or connections come fast;
+        otherwise none, and the master hands off.
+        """
         if not self.accepting:
             return
         able = [w for w in self.workers if w.state is State.READY and not w.aborted and w.chan is not None]
-        lone = able[0] if len(able) == 1 else None
-        if lone is self.alone:
-            return
-        if self.alone is not None:
-            previous, self.alone = self.alone, None
-            if previous.state is State.READY and previous.chan is not None:
-                previous.chan.send(_STOP)  # both accept for a moment: no connection waits meanwhile
-            if lone is None:
+        wanted = set(able) if len(able) == 1 or self.fast else set()
+        before = set(self.direct)
+        for worker in before - wanted:
+            self.direct.discard(worker)
+            if worker.state is State.READY and worker.chan is not None:
+                worker.chan.send(_STOP)  # both accept for a moment: no connection waits meanwhile
+        for worker in able:
+            if worker in wanted and worker not in self.direct and worker.chan is not None:
+                if worker.chan.send(_ALONE):
+                    self.direct.add(worker)
+        if self.direct != before:
+            if len(self.direct) == 1 and len(able) == 1:
+                (lone,) = self.direct
+                self.log.info(f"balance: {lone.describe()} accepts alone")
+            elif self.direct and not before:
+                self.log.info(f"balance: {len(self.direct)} workers accept directly "
+                              f"({self.rate():.0f} new connections/s)")
+            elif before and not self.direct:
                 self.log.info(f"balance: master hands off to {len(able)} workers" if able
                               else "balance: master accepts (no worker can take connections yet)")
-        if lone is not None and lone.chan is not None and lone.chan.send(_ALONE):
-            self.alone = lone
-            self.log.info(f"balance: {lone.describe()} accepts alone")
         self._poll()
+
+    def rate(self) -> float:
+        """New connections per second, all workers together (those heard from lately)."""
+        fresh = self.loop.time() - RATE_FRESH
+        return sum(w.rate for w in self.workers if w.rate_since >= fresh and w.state is State.READY)
+
+    def heard(self, worker: WorkerProcess) -> None:
+        """A worker's heartbeat or report: measure its connection rate, and switch on a change of pace."""
+        now = self.loop.time()
+        if not worker.rate_since:
+            worker.rate_since, worker.rate_opened = now, worker.opened
+            return
+        if now - worker.rate_since < RATE_SECONDS:
+            return
+        worker.rate = (worker.opened - worker.rate_opened) / (now - worker.rate_since)
+        worker.rate_since, worker.rate_opened = now, worker.opened
+        rate = self.rate()
+        fast = rate >= HAND_OFF_BELOW if self.fast else rate >= DIRECT_ABOVE
+        if fast != self.fast:
+            self.fast = fast
+            self._switch()
 
     def _out_of_fds(self, exc: OSError) -> None:
         """EMFILE and friends: the listener stays readable, so stop watching it for a while (no spin)."""

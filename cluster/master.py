@@ -232,10 +232,12 @@ class Master:
             worker.conns = msg.conns
             worker.requests = msg.requests
             worker.rss = msg.rss
+            worker.opened = msg.opened
             if worker.rss_told and msg.rss >= 2 * worker.rss_told:
                 self.supervision.memory_grew(worker)
             if self.balancer:
                 self.balancer.acknowledged(worker, msg.accepted)
+                self.balancer.heard(worker)
             self.recycler.heartbeat(worker, msg.rss)
         elif isinstance(msg, channel.Ready):
             worker.state = State.READY

@@ -258,7 +258,8 @@ class Config:
         "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
     balance: str = option(Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
-        "to the least busy worker; shared: the kernel balances.", worker=True)
+        "to the least busy worker (a lone worker, or workers taking over 1,000 new connections/s, accept "
+        "themselves); shared: the kernel balances.", worker=True)
     graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
         reload=True)
     ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready (0: no limit).",

@@ -74,6 +74,11 @@ class WorkerProcess:
     inflight: deque[socket.socket] = field(default_factory=deque)
     acked: int = 0
     waiting_since: float = 0.0  # loop time of the oldest hand-off it has not acknowledged (about)
+    # leastconn: connections opened in all (from its heartbeats), and the rate measured from them
+    opened: int = 0
+    rate: float = 0.0  # new connections per second
+    rate_since: float = 0.0  # loop time of the heartbeat the rate was last measured from
+    rate_opened: int = 0  # `opened` then
     # --log-format json: the read ends of the worker's stdout and stderr pipes
     outputs: dict[int, str] = field(default_factory=dict)
     # $PRUN_WORKER in its environment, inherited by what the app starts: whose a process left behind is

@@ -51,8 +51,9 @@ class Conn:
 
 @dataclass(frozen=True)
 class Accept:
-    """leastconn: accept on the listeners sent at boot (on, this worker is the only one that can take
-    connections) or stop (off, the master hands connections out again). Never sent to a draining worker."""
+    """leastconn: accept on the listeners sent at boot (on: this worker is the only one that can take
+    connections, or new connections come too fast for the master's hand-off to pay) or stop (off: the
+    master hands connections out again). Never sent to a draining worker."""
 
     KIND: ClassVar[str] = "accept"
     on: bool
@@ -88,13 +89,15 @@ class BootFailure:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The worker's loop is alive; its live stats. `accepted`: connections taken from the master in all."""
+    """The worker's loop is alive; its live stats. `accepted`: connections taken from the master in all;
+    `opened`: connections opened in all, however they came (the master's measure of the connection rate)."""
 
     KIND: ClassVar[str] = "hb"
     conns: int
     requests: int
     accepted: int = 0
     rss: int = 0  # resident memory in bytes (0: unknown)
+    opened: int = 0
 
 
 @dataclass(frozen=True)

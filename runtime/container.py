@@ -139,7 +139,9 @@ class Worker:
         self.draining = False
         self.recycle_asked = False
         self.accepted = 0  # connections handed over by the master (leastconn)
-        self.alone = False  # leastconn: the master said this worker accepts on the listeners itself
+        self.direct = False  # leastconn: the master said this worker accepts on the listeners itself
+        self.opened = 0  # connections opened in all (told to the master, which measures the rate)
+        self.open_now = 0  # connections open at the last change
         self.switching: asyncio.Task[None] | None = None  # _switch_accepting, while it runs
         self.report_scheduled = False
         self.rss = 0
@@ -199,11 +201,17 @@ class Worker:
         assert self.server is not None and self.chan is not None
         self.report_scheduled = False
         self.chan.send(channel.Heartbeat(conns=self.server.connections, requests=self.server.requests,
-                                         accepted=self.accepted, rss=self.rss))
+                                         accepted=self.accepted, rss=self.rss, opened=self.opened))
 
     def connections_changed(self) -> None:
-        """leastconn: the master balances on these counts, unless this worker accepts alone."""
-        if not self.alone:
+        """leastconn: the master balances on these counts, unless this worker accepts on the listeners
+        itself (then the heartbeat tells them)."""
+        assert self.server is not None
+        now = self.server.connections
+        if now > self.open_now:
+            self.opened += now - self.open_now
+        self.open_now = now
+        if not self.direct:
             self.schedule_report()
 
     def schedule_report(self) -> None:
@@ -232,7 +240,7 @@ class Worker:
                 self.server.accept(socket.socket(fileno=fds.pop(0)))
             self.schedule_report()
         elif isinstance(msg, channel.Accept):
-            self.alone = msg.on
+            self.direct = msg.on
             if self.server is not None and self.switching is None:
                 self.switching = self.server.loop.create_task(self._switch_accepting())
         elif isinstance(msg, channel.LogFile) and fds:
@@ -251,7 +259,7 @@ class Worker:
         """Follow the master's latest Accept until the server does as told (never again once draining)."""
         assert self.server is not None
         try:
-            while self.server.accepting != (self.alone and not self.draining and bool(self.listeners)):
+            while self.server.accepting != (self.direct and not self.draining and bool(self.listeners)):
                 if self.server.accepting:
                     self.server.stop_accepting()
                 else:

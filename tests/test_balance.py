@@ -285,3 +285,27 @@ def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_
         load.wait_requests(100)
     assert load.failed == 0, load.errors[:5]
     assert _served_while_the_master_is_stopped(master, port) == {lone}
+
+
+def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_ones_handed_off_again(prun):
+    # Past about a thousand new connections a second, a hand-off costs more than it balances: the workers
+    # accept on the listeners themselves, as in shared mode, until the rate falls again.
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    port = master.wait_ready()
+    master.wait_for(r"balance: master hands off to 2 workers")
+    workers = set(wait_until(lambda: len(master.workers()) == 2 and master.workers()))
+    mark = master.mark()
+    with EchoLoad(port, clients=8, per_connection=1) as load:
+        master.wait_for(r"balance: 2 workers accept directly \(\d+ new connections/s\)", start=mark, timeout=30)
+        served = _served_while_the_master_is_stopped(master, port)  # the master accepts nothing now
+        assert served and served <= workers
+        load.wait_requests(200)
+    master.wait_for(r"balance: master hands off to 2 workers", start=mark, timeout=10)  # the load is over
+    assert load.failed == 0, load.errors[:5]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+    try:  # handed off again: each new connection to the worker with the fewest
+        owners = [_pid_of(s) for s in held]
+        assert sorted(owners.count(p) for p in workers) == [3, 3]
+    finally:
+        for s in held:
+            s.close()
