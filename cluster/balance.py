@@ -86,7 +86,7 @@ class LeastConn:
             self._poll()
 
     def _poll(self) -> None:
-        """Watch the listeners exactly when the master accepts: started, no lone worker, not paused."""
+        """Watch the listeners exactly when the master accepts: started, no worker accepting itself, not paused."""
         on = self.accepting and not self.direct and self.pause is None
         if on == self.polling:
             return
@@ -120,7 +120,7 @@ class LeastConn:
             if len(self.direct) == 1 and len(able) == 1:
                 (lone,) = self.direct
                 self.log.info(f"balance: {lone.describe()} accepts alone")
-            elif self.direct and not before:
+            elif len(self.direct) > 1 and len(before) < 2:
                 self.log.info(f"balance: {len(self.direct)} workers accept directly "
                               f"({self.rate():.0f} new connections/s)")
             elif before and not self.direct:

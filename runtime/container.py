@@ -241,6 +241,8 @@ class Worker:
             self.schedule_report()
         elif isinstance(msg, channel.Accept):
             self.direct = msg.on
+            if not msg.on:
+                self.schedule_report()  # the master balances on this count again: it must be fresh
             if self.server is not None and self.switching is None:
                 self.switching = self.server.loop.create_task(self._switch_accepting())
         elif isinstance(msg, channel.LogFile) and fds:
