@@ -260,6 +260,32 @@ def test_http_1_0_closes_unless_keep_alive() -> None:
             assert client.read().body == b"x"
 
 
+@pytest.mark.parametrize(
+    ("version", "connection", "kept"),
+    [("1.1", "", True), ("1.1", "Connection: keep-alive\r\n", True), ("1.1", "Connection: close\r\n", False),
+     ("1.0", "", False), ("1.0", "Connection: keep-alive\r\n", True), ("1.0", "Connection: close\r\n", False)],
+)
+def test_the_scope_names_the_request_http_version_with_or_without_a_connection_header(
+    version: str, connection: str, kept: bool
+) -> None:
+    with serving(echo_app) as srv, Client(srv.port) as client:
+        # A kept HTTP/1.1 connection's next request comes without the header (HTTP/1.0 must ask again).
+        heads = [connection, connection if version == "1.0" else ""] if kept else [connection]
+        for extra in heads:
+            client.send(f"GET / HTTP/{version}\r\nHost: x\r\n{extra}\r\n".encode())
+            response = client.read()
+            assert json.loads(response.body)["http_version"] == version
+            assert (response.headers.get("connection") != "close") is kept
+        if not kept:
+            assert client.closed_by_server()
+
+
+def test_http_2_0_in_a_request_line_is_refused() -> None:  # llhttp parses it; prun serves 1.0 and 1.1 only
+    with serving(echo_app) as srv, Client(srv.port) as client:
+        client.send(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
+        assert client.read().status == 400
+
+
 def test_client_connection_close_is_honoured() -> None:
     with serving(ok()) as srv, Client(srv.port) as client:
         response = client.get("/", headers="Connection: close\r\n")
