@@ -45,7 +45,7 @@ STALLED_AFTER = 0.5  # a worker holding a hand-off unacknowledged this long gets
 # for RATE_FRESH seconds (a worker that stopped reporting stops counting).
 DIRECT_ABOVE = 1000.0
 HAND_OFF_BELOW = 250.0
-RATE_SECONDS = 0.5
+RATE_SECONDS = 0.25
 RATE_FRESH = 2.5
 _CONN = channel.Conn()
 _ALONE = channel.Accept(on=True)
