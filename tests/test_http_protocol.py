@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import json
 import socket
 import threading
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.support import wait_until
-from tests.test_http_support import Client, app_timeout, ok, serving
+from tests.test_http_support import Client, app_timeout, collector_off, ok, serving
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -647,21 +646,13 @@ def test_a_closed_connection_is_freed_without_the_garbage_collector() -> None:
     # with a new connection per request, collecting them cost more than a tenth of the worker's CPU.
     from prun.runtime.http.protocol import HttpProtocol
 
-    def alive() -> int:
-        return sum(1 for obj in gc.get_objects() if type(obj) is HttpProtocol)
-
-    with serving(ok(b"fast")) as srv:
-        gc.collect()
-        gc.disable()
-        try:
-            before = alive()
-            for i in range(30):
-                with Client(srv.port) as client:  # the server closes (Connection: close), or the client does
-                    assert client.get("/", "Connection: close\r\n" if i % 2 else "").body == b"fast"
-            assert srv.wait_no_connections(5)
-            assert alive() == before
-        finally:
-            gc.enable()
+    with serving(ok(b"fast")) as srv, collector_off() as alive:
+        before = alive(HttpProtocol)
+        for i in range(30):
+            with Client(srv.port) as client:  # the server closes (Connection: close), or the client does
+                assert client.get("/", "Connection: close\r\n" if i % 2 else "").body == b"fast"
+        assert srv.wait_no_connections(5)
+        assert alive(HttpProtocol) == before
 
 
 def test_a_reused_host_task_is_the_current_task_of_each_request_and_a_parked_one_can_be_cancelled() -> None:

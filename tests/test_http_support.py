@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -122,6 +123,18 @@ class ServerThread:
             self.sock.close()
         if self.listener is not None:
             self.listener.close()
+
+
+@contextmanager
+def collector_off() -> Iterator[Callable[[type], int]]:
+    """The garbage collector disabled meanwhile (after a collection); yields a count of live objects of a
+    type, so that a test can tell what is freed by reference counting alone."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield lambda cls: sum(1 for obj in gc.get_objects() if type(obj) is cls)
+    finally:
+        gc.enable()
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 import threading
@@ -11,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_http_support import Client, serving
+from tests.test_http_support import Client, collector_off, serving
 
 
 def environ_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -245,23 +244,15 @@ def test_requests_leave_nothing_for_the_garbage_collector_and_a_stray_later_read
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
 
-    def alive() -> int:
-        return sum(1 for obj in gc.get_objects() if type(obj) is WsgiExchange)
-
-    with serving(app, "wsgi") as srv:
-        gc.collect()
-        gc.disable()
-        try:
-            before = alive()
-            with httpx.Client() as client:
-                for i in range(10):  # bodiless GETs, small POSTs, and chunked (streamed) POSTs
-                    url = f"http://127.0.0.1:{srv.port}/"
-                    assert client.get(url).content == b""
-                    assert client.post(url, content=b"x" * i).content == b"x" * i
-                    assert client.post(url, content=iter([b"a", b"b"])).content == b"ab"
-            assert srv.wait_no_connections(5)
-            assert alive() == before
-        finally:
-            gc.enable()
+    with serving(app, "wsgi") as srv, collector_off() as alive:
+        before = alive(WsgiExchange)
+        with httpx.Client() as client:
+            for i in range(10):  # bodiless GETs, small POSTs, and chunked (streamed) POSTs
+                url = f"http://127.0.0.1:{srv.port}/"
+                assert client.get(url).content == b""
+                assert client.post(url, content=b"x" * i).content == b"x" * i
+                assert client.post(url, content=iter([b"a", b"b"])).content == b"ab"
+        assert srv.wait_no_connections(5)
+        assert alive(WsgiExchange) == before
     # A stream the app kept and reads after its call returned: what was left, at once, then the end.
     assert [stream.read() for stream in streams[-3:]] == [b"", b"", b""]
