@@ -196,8 +196,8 @@ class WsgiExchange(Exchange):
     def wsgi_input(self) -> WsgiInput | io.BytesIO:
         """The request's wsgi.input: a WsgiInput while a body is or may be coming, else an empty stream."""
         if self.input is None:
-            if self.body_complete and not self.expect:
-                return io.BytesIO()
+            if self.disconnected or (self.body_complete and not self.expect):
+                return io.BytesIO()  # (a stream made after disconnect() would never be ended)
             self.input = WsgiInput(self)
         return self.input
 
