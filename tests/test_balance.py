@@ -314,3 +314,24 @@ def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_on
     finally:
         for s in held:
             s.close()
+
+
+def test_a_worker_killed_while_workers_accept_directly_is_replaced_and_its_successor_accepts_directly(prun):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    port = master.wait_ready()
+    mark = master.mark()
+    with EchoLoad(port, clients=8, per_connection=1) as load:
+        master.wait_for(r"balance: 2 workers accept directly", start=mark, timeout=30)
+        victim = next(iter(master.workers()))
+        killed = master.mark()
+        os.kill(victim, signal.SIGKILL)  # in the middle of the load: its open connections die with it
+        master.wait_for(rf"pid {victim}, gen 1\) was killed by SIGKILL; restarting it", start=killed)
+        successor = int(master.wait_for(r"worker \d \(pid (\d+), gen 1\) ready", start=killed, timeout=20).group(1))
+        master.wait_for(r"balance: 2 workers accept directly", start=killed)  # the successor joins at once
+        load.wait_requests(200)
+        # The master accepts nothing while stopped: the successor was told to accept itself, and does.
+        wait_until(lambda: successor in _served_while_the_master_is_stopped(master, port, count=20),
+                   what="a new connection served by the restarted worker")
+        failed_at_kill = load.failed
+        load.wait_requests(200)
+    assert load.failed == failed_at_kill, load.errors[-5:]  # nothing fails once the replacement serves
