@@ -9,6 +9,7 @@ import abc
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,9 +29,24 @@ class BootError(Exception):
 ACCEPT_BATCH = 16
 ACCEPT_RETRY_SECONDS = 0.1
 
+# libuv accepts one connection per turn of the loop: a busy worker under a fast stream of new
+# connections turned its whole loop (epoll_wait, the ready queue) once per connection, and wrote each
+# response apart, while the next connections waited in the queue. A worker that opens WIDE_ABOVE new
+# connections a second and is busy at least BUSY_ABOVE of the time serves each plain listener through
+# WIDE_HANDLES duplicate fds, and so accepts up to that many connections per turn. Below NARROW_BELOW
+# new connections a second, or BUSY_BELOW of its time, it serves it through one again: every duplicate
+# wakes for each new connection, and when the queue seldom holds more than one, all but one find it
+# empty. Measured over PACE_SECONDS.
+WIDE_HANDLES = 8
+WIDE_ABOVE = 1000.0
+NARROW_BELOW = 250.0
+BUSY_ABOVE = 0.5
+BUSY_BELOW = 0.25
+PACE_SECONDS = 1.0
+
 
 class Listening(Protocol):
-    """A listener being served: a loop.create_server Server, or a TlsAcceptor."""
+    """A listener being served: a PlainListening, or a TlsAcceptor."""
 
     def close(self) -> None: ...
 
@@ -53,6 +69,13 @@ class Server(abc.ABC):
         self._handing_over: set[asyncio.Task[None]] = set()
         self._servers: list[Listening] = []  # the listeners being accepted on
         self._switches = 0  # start_accepting / stop_accepting calls: a start that a stop overtook gives up
+        self.made = 0  # connections accepted on plain listeners since start (the pace of new connections)
+        self._made_then = 0
+        self._paced_at = 0.0
+        self._cpu_then = 0.0
+        self._pacer: asyncio.TimerHandle | None = None
+        self.wide = False  # plain listeners are served through WIDE_HANDLES fds each
+        self._widening: set[asyncio.Task[None]] = set()
         self.going_away = False  # set by the shim before drain: the master stops, no new generation follows
         # TLS: loaded from the files as they are at this worker's boot (a reload loads them again).
         try:
@@ -77,6 +100,9 @@ class Server(abc.ABC):
                 listening.close()
                 return
             self._servers.append(listening)
+        if self._pacer is None:
+            self._made_then, self._paced_at, self._cpu_then = self.made, self.loop.time(), time.process_time()
+            self._pacer = self.loop.call_later(PACE_SECONDS, self._pace)
 
     def stop_accepting(self) -> None:
         """Stop accepting; connections wait in the kernel's queue for the master or another worker.
@@ -85,8 +111,31 @@ class Server(abc.ABC):
         """
         self._switches += 1
         for listening in self._servers:
-            listening.close()  # this worker's duplicate only
+            listening.close()  # this worker's duplicates only
         self._servers.clear()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        self.wide = False
+
+    def _pace(self) -> None:
+        """Once every PACE_SECONDS while accepting: widen or narrow the plain listeners to the pace."""
+        now, cpu = self.loop.time(), time.process_time()
+        elapsed = max(now - self._paced_at, 1e-3)
+        rate, busy = (self.made - self._made_then) / elapsed, (cpu - self._cpu_then) / elapsed
+        self._made_then, self._paced_at, self._cpu_then = self.made, now, cpu
+        plain = [listening for listening in self._servers if isinstance(listening, PlainListening)]
+        if not self.wide and rate >= WIDE_ABOVE and busy >= BUSY_ABOVE:
+            self.wide = True
+            for listening in plain:
+                task = self.loop.create_task(listening.widen())
+                self._widening.add(task)
+                task.add_done_callback(self._widening.discard)
+        elif self.wide and (rate < NARROW_BELOW or busy < BUSY_BELOW):
+            self.wide = False
+            for listening in plain:
+                listening.narrow()
+        self._pacer = self.loop.call_later(PACE_SECONDS, self._pace)
 
     @property
     def accepting(self) -> bool:
@@ -101,8 +150,14 @@ class Server(abc.ABC):
         """
         if self.ssl is not None:
             return TlsAcceptor(self, sock)
-        # create_server calls listen() again on the shared socket: keep the master's backlog.
-        return await self.loop.create_server(self.protocol, sock=sock, backlog=self.options.backlog)
+        listening = PlainListening(self, sock)
+        await listening.add(sock)
+        return listening
+
+    def counted_protocol(self) -> asyncio.Protocol:
+        """The protocol factory of the plain listeners: a new connection, counted."""
+        self.made += 1
+        return self.protocol()
 
     async def startup(self) -> None:  # noqa: B027 (optional hook: most servers need no startup)
         """Prepare the app before any listener is served (ASGI lifespan startup). Raise BootError."""
@@ -146,6 +201,42 @@ class Server(abc.ABC):
 
         Never shutdown() a listener: the socket is shared with the master and every other worker.
         """
+
+
+class PlainListening:
+    """A plain (TCP or Unix) listener served by loop.create_server, through one fd or WIDE_HANDLES."""
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock  # served by the first handle, and duplicated for the others
+        self.handles: list[asyncio.AbstractServer] = []
+        self.closed = False
+
+    async def add(self, sock: socket.socket) -> None:
+        server = self.server
+        # create_server calls listen() again on the shared socket: keep the master's backlog.
+        handle = await server.loop.create_server(server.counted_protocol, sock=sock, backlog=server.options.backlog)
+        if self.closed:  # closed while this one was being made
+            handle.close()
+        else:
+            self.handles.append(handle)
+
+    async def widen(self) -> None:
+        try:
+            while not self.closed and 0 < len(self.handles) < WIDE_HANDLES:
+                await self.add(self.sock.dup())
+        except OSError:  # out of fds: serve through those there are
+            pass
+
+    def narrow(self) -> None:
+        while len(self.handles) > 1:
+            self.handles.pop().close()
+
+    def close(self) -> None:
+        self.closed = True
+        for handle in self.handles:
+            handle.close()
+        self.handles.clear()
 
 
 class TlsAcceptor:

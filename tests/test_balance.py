@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from prun.runtime.server import WIDE_HANDLES
 from tests.support import EchoLoad, echo, wait_until
 
 
@@ -23,6 +24,22 @@ def _accept_queue(port: int) -> int:
             if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
                 return int(fields[4].split(":")[1], 16)  # rx_queue: the accept backlog
     raise AssertionError(f"no listener on port {port}")
+
+
+def _listener_fds(pid: int, port: int) -> int:
+    """The fds of process `pid` open on the IPv4 listener on `port`."""
+    with open("/proc/net/tcp") as table:
+        inodes = [row.split()[9] for row in table.readlines()[1:]
+                  if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"]
+    assert len(inodes) == 1, inodes
+    target = f"socket:[{inodes[0]}]"
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == target
+        except OSError:
+            pass  # closed meanwhile
+    return count
 
 
 def _pid_of(sock: socket.socket) -> int:
@@ -247,6 +264,28 @@ def test_a_lone_worker_accepts_its_own_connections(prun):
     (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
     master.wait_for(rf"balance: worker 0 \(pid {worker}, gen 1\) accepts alone")
     assert _served_while_the_master_is_stopped(master, port) == {worker}
+
+
+def test_a_busy_worker_under_fast_new_connections_accepts_several_per_turn_and_one_again_after(prun):
+    # libuv accepts one connection per turn of the loop: a worker kept busy by new connections serves
+    # its listener through several fds, one accept each per turn, then through one again.
+    master = prun("tcp:busy", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    port = master.wait_ready()
+    (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
+    master.wait_for(rf"balance: worker 0 \(pid {worker}, gen 1\) accepts alone")
+    wait_until(lambda: _listener_fds(worker, port) == 2, what="the master's fd and the one served")
+    with EchoLoad(port, clients=8, per_connection=1) as load:
+        wait_until(lambda: _listener_fds(worker, port) == 1 + WIDE_HANDLES, timeout=30, what="a widened listener")
+        load.wait_requests(500)  # served through the wide listener
+        # A reload drains the wide worker: it closes every fd it accepted on, and nothing is lost.
+        master.reload()
+        wait_until(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+                   timeout=20, what="the old worker's exit")
+        (successor,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
+        load.wait_requests(200)
+    wait_until(lambda: _listener_fds(successor, port) == 2, timeout=10, what="one fd again once the load ended")
+    assert load.failed == 0, load.errors[:5]
+    assert echo(port) == b"ping\n"
 
 
 @pytest.mark.parametrize("per_connection", [1, 50], ids=["connection-per-request", "keep-alive"])

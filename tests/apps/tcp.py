@@ -6,6 +6,8 @@
     say TEXT        print TEXT on the worker's stdout, answer 'said'
     grow MB         keep MB more megabytes of memory for good (a leak), answer 'grown'
     anything else   echoed back
+
+`busy` is the same echo spending BUSY_SECONDS of the worker's time on every line first.
 """
 
 import asyncio
@@ -34,6 +36,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             writer.write(f"{os.getpid()}\n".encode())
         else:
             writer.write(line)
+        await writer.drain()
+    writer.close()
+
+
+BUSY_SECONDS = 0.0004
+
+
+async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while line := await reader.readline():
+        until = time.perf_counter() + BUSY_SECONDS
+        while time.perf_counter() < until:
+            pass
+        writer.write(line)
         await writer.drain()
     writer.close()
 
