@@ -189,7 +189,10 @@ class Server(abc.ABC):
             conn.close()
 
     async def settle(self) -> None:
-        """Wait until every handed-over connection is being served, so that a drain counts it."""
+        """Wait until every connection accepted or handed over is being served, so that a drain counts it."""
+        # A connection accepted on the last turn of the loop gets its connection_made on this turn, after
+        # the caller's step: let it run first.
+        await asyncio.sleep(0)
         # Only the tasks not done yet: a done one leaves the set by a callback, which runs only once this
         # yields, and a gather of done tasks alone (Python 3.12+) is itself done without yielding.
         while pending := [task for task in self._handing_over if not task.done()]:
@@ -222,11 +225,19 @@ class PlainListening:
             self.handles.append(handle)
 
     async def widen(self) -> None:
-        try:
-            while not self.closed and 0 < len(self.handles) < WIDE_HANDLES:
-                await self.add(self.sock.dup())
-        except OSError:  # out of fds: serve through those there are
-            pass
+        server = self.server
+        while server.wide and not self.closed and 0 < len(self.handles) < WIDE_HANDLES:
+            try:
+                sock = self.sock.dup()
+            except OSError:  # out of fds: serve through those there are
+                return
+            try:
+                await self.add(sock)
+            except OSError:
+                sock.close()
+                return
+        if not server.wide:  # narrowed while this one widened
+            self.narrow()
 
     def narrow(self) -> None:
         while len(self.handles) > 1:

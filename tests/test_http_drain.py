@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from tests.support import wait_until
 from tests.test_http_support import Client, ServerThread, ok, serving
 
 
@@ -146,3 +147,25 @@ def test_pipelined_requests_already_received_are_answered_before_closing() -> No
         assert second.body == b"/next" and second.headers["connection"] == "close"
         client.close()
         drained.result(10)
+
+
+def test_a_connection_accepted_as_the_drain_begins_is_served_before_the_drain_ends() -> None:
+    # uvloop calls connection_made on the turn of the loop after the accept: a drain that begins in between
+    # must count that connection too, or the worker would exit and cut it before answering it.
+    with serving(ok(b"late")) as srv:
+        server = srv.server
+        made = server.protocol
+        at_end: list[tuple[int, int]] = []
+
+        def protocol() -> Any:
+            if not at_end and not server.draining:
+                drain = srv.loop.create_task(server.drain(10))  # its first step runs before connection_made
+                drain.add_done_callback(lambda _: at_end.append((server.requests, len(server.protocols))))
+            return made()
+
+        srv.call(setattr, server, "protocol", protocol)
+        with Client(srv.port) as client:
+            response = client.get("/")
+        assert response.status == 200 and response.body == b"late"
+        wait_until(lambda: at_end, what="the end of the drain")
+        assert at_end == [(1, 0)]  # it ended once that connection was answered and closed
