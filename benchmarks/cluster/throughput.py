@@ -133,8 +133,9 @@ def markdown(data: dict) -> str:
     if "close" in lc and "close" in sh:
         ratio = lc["close"]["requests_per_s"] / sh["close"]["requests_per_s"]
         lines += ["", f"Connection per request: leastconn does {ratio * 100:.0f}% of shared's rate "
-                      f"({lc['close']['requests_per_s']:.0f} vs {sh['close']['requests_per_s']:.0f} req/s): every "
-                      "connection is accepted by the master and passed to a worker over its control channel."]
+                      f"({lc['close']['requests_per_s']:.0f} vs {sh['close']['requests_per_s']:.0f} req/s): at this "
+                      "rate of new connections the leastconn workers accept them themselves, as under shared "
+                      "(README, Balancing)."]
     if data.get("notes"):
         lines += ["", "Spread notes:", ""] + [f"- {note}" for note in data["notes"]]
     lines += ["", "Targets:", ""]
