@@ -759,3 +759,29 @@ def test_a_head_request_whose_app_fails_gets_the_500_head_without_a_body() -> No
         assert client.file.read() == b""  # nothing after the head: the connection closes
         with Client(srv.port) as other:
             assert other.get("/").body == b"Internal Server Error\n"  # a GET still gets the body
+
+
+def _segments_received(sock: socket.socket) -> int:
+    """tcpi_segs_in of a Linux TCP socket: the segments it has received, the handshake's included."""
+    return int.from_bytes(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)[140:144], "little")
+
+
+@pytest.mark.parametrize("size", [5, 16 * 1024, 300 * 1024])
+def test_the_last_response_on_a_connection_and_its_fin_arrive_together(size: int) -> None:
+    # The response the server closes after is corked: its last bytes and the FIN share a segment, which
+    # spares a packet each way (the FIN would otherwise follow alone, and be acknowledged alone).
+    body = b"x" * size
+    with serving(ok(body)) as srv:
+        for request in (b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+                sock.sendall(request)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                assert received.endswith(b"\r\n\r\n" + body) and b"connection: close" in received
+                if size < 60 * 1024:  # one segment on loopback (MSS 65,483): the SYN-ACK, the ACK of the
+                    assert _segments_received(sock) == 3  # request, and the response with the FIN; 4 uncorked
+        with Client(srv.port) as client:  # keep-alive responses are not held back
+            for _ in range(3):
+                response = client.get("/")
+                assert response.status == 200 and response.body == body

@@ -7,6 +7,7 @@ head is built once, in one join, and written together with the first body chunk 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from prun.runtime.http.settings import HEAD_CACHE_SIZE, Settings, Shared
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding"))
+TCP_CORK = getattr(socket, "TCP_CORK", None)  # Linux
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
@@ -37,6 +39,8 @@ class Connection(Protocol):
     transport: Any
     settings: Settings
     shared: Shared
+    client: tuple[str, int] | None
+    scheme: str
     closed: bool
     closing: bool
     queue: deque[Any]
@@ -48,6 +52,20 @@ class Connection(Protocol):
     def pause_reading(self) -> None: ...
 
     def maybe_resume_reading(self, force: bool = False) -> None: ...
+
+
+def cork_last(proto: Connection) -> None:
+    """The next write is the connection's last (close or write_eof follows): cork the TCP socket, so
+    that the response's last bytes and the FIN leave in one segment instead of two.
+
+    Plain TCP only: under TLS the close waits for the client's close_notify, which would wait in turn
+    for what the cork holds back.
+    """
+    if TCP_CORK is not None and proto.client is not None and proto.scheme == "http":
+        try:
+            proto.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1)
+        except (OSError, AttributeError):
+            pass
 
 
 def write_error(proto: Connection, status: int, head_only: bool = False) -> None:
@@ -262,6 +280,8 @@ class Exchange:
                 raise RuntimeError(f"the response body is longer than its Content-Length ({self.length} bytes)")
             self.sent = sent
         if data and not proto.closed:
+            if not more and not self.keep_alive:
+                cork_last(proto)
             proto.transport.write(data)
         if not more:
             if 0 <= self.length != self.sent and not self.head_only:
