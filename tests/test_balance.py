@@ -16,23 +16,23 @@ from prun.runtime.server import WIDE_HANDLES
 from tests.support import EchoLoad, echo, wait_until
 
 
+def _listener(port: int) -> list[str]:
+    """The /proc/net/tcp fields of the one IPv4 listener on `port`."""
+    with open("/proc/net/tcp") as table:
+        rows = [row.split() for row in table.readlines()[1:]]
+    found = [fields for fields in rows if fields[1].endswith(f":{port:04X}") and fields[3] == "0A"]  # 0A: LISTEN
+    assert len(found) == 1, f"{len(found)} listeners on port {port}"
+    return found[0]
+
+
 def _accept_queue(port: int) -> int:
     """Connections waiting in the kernel's accept queue of the IPv4 listener on `port`."""
-    with open("/proc/net/tcp") as table:
-        for row in table.readlines()[1:]:
-            fields = row.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-                return int(fields[4].split(":")[1], 16)  # rx_queue: the accept backlog
-    raise AssertionError(f"no listener on port {port}")
+    return int(_listener(port)[4].split(":")[1], 16)  # rx_queue: the accept backlog
 
 
 def _listener_fds(pid: int, port: int) -> int:
     """The fds of process `pid` open on the IPv4 listener on `port`."""
-    with open("/proc/net/tcp") as table:
-        inodes = [row.split()[9] for row in table.readlines()[1:]
-                  if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"]
-    assert len(inodes) == 1, inodes
-    target = f"socket:[{inodes[0]}]"
+    target = f"socket:[{_listener(port)[9]}]"  # its inode
     count = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
