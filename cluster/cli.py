@@ -36,8 +36,10 @@ def _remove_pid_file(path: str) -> None:
         pass
 
 
-def serve(cli_values: dict[str, Any]) -> int:
-    """Build the config, bind the listeners, run the master; the exit code."""
+def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
+    """Build the config, bind the listeners, run the master; the exit code.
+
+    `control_fd`: under the daemon, the listener of the master's control channel (cluster/control.py)."""
     from prun.cluster import config as config_mod
     from prun.cluster import listeners as listeners_mod
     from prun.cluster import master
@@ -73,7 +75,7 @@ def serve(cli_values: dict[str, Any]) -> int:
     try:
         notifier = Notifier.from_environ()
         reconfigure = config_mod.Reconfigure(cli_values, environ, config, log)
-        return master.run(config, listeners, log, reconfigure, notifier)
+        return master.run(config, listeners, log, reconfigure, notifier, control_fd)
     finally:
         if config.pid_file:
             _remove_pid_file(config.pid_file)
@@ -100,9 +102,10 @@ def cli() -> None:
 
 @cli.command("run")
 @options.click_options
-def run_command(**values: Any) -> None:
+@click.option("--control-fd", type=int, default=None, hidden=True)  # given by the daemon only
+def run_command(control_fd: int | None, **values: Any) -> None:
     """Serve APP (MODULE:ATTR) with a master in the foreground."""
-    sys.exit(serve(values))
+    sys.exit(serve(values, control_fd))
 
 
 def main(argv: list[str] | None = None) -> None:

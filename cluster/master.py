@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from prun.cluster import control
 from prun.cluster.balance import LeastConn
 from prun.cluster.config import Config
 from prun.cluster.errors import PrunError
@@ -25,9 +26,8 @@ from prun.cluster.notify import Notifier
 from prun.cluster.output import OutputRelay
 from prun.cluster.recycling import Recycler
 from prun.cluster.rollout import Rollout, Slot
-from prun.cluster.statusfile import write_status
 from prun.cluster.supervision import Supervision
-from prun.cluster.worker import State, WorkerProcess, exit_status, spawn
+from prun.cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
 from prun.runtime import channel
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
@@ -46,6 +46,7 @@ class Master:
         log: Log,
         reconfigure: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
+        control_fd: int | None = None,
     ) -> None:
         self.config = config
         self.notifier = notifier or Notifier(None)
@@ -63,12 +64,15 @@ class Master:
         self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
         self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
-        self.status_file = os.environ.get("PRUN_STATUS_FILE", "")  # for prun monit (cluster/statusfile.py)
+        # under the daemon: its control channel (cluster/control.py), the only way it learns what happens here
+        self.control = control.ControlServer(control_fd, self.loop, self.answer) if control_fd is not None else None
+        self.emit = self.control.publish if self.control else _ignore
+        self.rollout.emit = self.emit
         self.tally = Tally()
         self.rollout.on_reloaded = self.tally.reloaded
-        self.recycler = Recycler(lambda: self.config, self.rollout, log, self.tally)
+        self.recycler = Recycler(lambda: self.config, self.rollout, log, self.tally, self.emit)
         self.health = HealthServer(config.health, self.is_ready, self.status, self.metrics) if config.health else None
-        log.tag_workers = not config.merge_logs and bool(os.environ.get("PRUN_LOG_WRITER_PID"))  # under the daemon
+        log.tag_workers = not config.merge_logs and self.control is not None  # the daemon's writer files them
         self.output = OutputRelay(self.loop, log) if config.log_format == "json" or log.tag_workers else None
 
     @property
@@ -82,6 +86,8 @@ class Master:
             self.loop.add_signal_handler(signum, self.dispatch, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # what came meanwhile is dispatched now
         self.reap()  # anything that exited before the handler was in place
+        if self.control:
+            self.control.start()  # before any worker: the daemon hears every event
         if self.container:
             self.log.info(f"container mode{' (PID 1)' if os.getpid() == 1 else ''}: reaping every child")
         if self.health:
@@ -95,6 +101,7 @@ class Master:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
+                self.emit(control.Online(len(self.slots), self.rollout.generation))
                 self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
                 self.rollout.release()
                 self.recycler.start()
@@ -107,6 +114,8 @@ class Master:
             self.recycler.stop()
             if self.health:
                 self.health.close()
+            if self.control:
+                self.control.close()
 
     async def first_generation_ready(self) -> bool:
         """Wait for every first worker; if any cannot boot, stop all and end with exit code 3."""
@@ -118,6 +127,7 @@ class Master:
             failed = next((workers[fut] for fut in done if not fut.result()), None)
         self.booted = failed is None
         if failed is not None and not self.stopping:
+            self.emit(control.BootFailed(f"{failed.describe()} could not boot: {failed.why_not_ready()}"))
             self.stop(graceful=False, code=exit_status(failed.exit_status or 0) or 1)
             self.log.error(f"{failed.describe()} could not boot: {failed.why_not_ready()}",  # the last line
                            traceback=failed.boot_traceback)
@@ -127,8 +137,6 @@ class Master:
         """Murder the hung (the count is kept by supervision's restarts); under the daemon, publish the status."""
         self.supervision.abort_hung(list(self.workers.values()), self.config.timeout)
         self.supervision.stop_orphans()
-        if self.status_file:
-            write_status(self.status_file, self.status())
         self.ticking = self.loop.call_later(WATCHDOG_INTERVAL, self.tick)
 
     # ---- signals ---------------------------------------------------------------------------------
@@ -159,9 +167,9 @@ class Master:
     def handle_usr1(self) -> None:
         """Reopen --log-file (after logrotate moved it) in the master and in every worker."""
         if not self.config.log_file:
-            writer = int(os.environ.get("PRUN_LOG_WRITER_PID", "0") or 0)  # under the daemon: its log writer
-            if writer and _forward(writer, signal.SIGUSR1):
-                self.log.info("USR1: the log writer reopens the log files")
+            if self.control:  # under the daemon: its log writer has the files
+                self.emit(control.ReopenLogs())
+                self.log.info("USR1: the daemon's log writer reopens the log files")
             else:
                 self.log.info("USR1: no --log-file to reopen")
             return
@@ -200,6 +208,7 @@ class Master:
         listening = [listener.sock for listener in self.listeners]
         worker = spawn(options, listening, self.loop, self.on_message, capture=self.output is not None)
         self.workers[worker.pid] = worker
+        self.emit(control.WorkerStarted(slot, worker.pid, generation))
         if self.output:
             self.output.attach(worker)
         if self.balancer:
@@ -269,6 +278,8 @@ class Master:
             "pid": os.getpid(),
             "generation": self.rollout.generation,
             "ready": self.is_ready(),
+            "booted": self.booted,  # the first generation served: the app is online
+            "slots": len(self.slots),
             "stopping": self.stopping,
             "reloading": self.rollout.reloading,
             "uptime": round(now - self.started, 3),
@@ -319,12 +330,15 @@ class Master:
             self.balancer.gone(worker)
         self.tally.worker_gone(worker.slot, worker.requests)
         self.supervision.worker_gone()
+        slot = self.rollout.slot_of(worker)
+        crashed = not self.stopping and slot is not None and not was_draining and (self.booted or was_ready)
+        self.emit(control.WorkerExited(worker.slot, worker.pid, worker.generation,
+                                       worker.boot_error or describe_exit(code), restarting=crashed))
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
             return
-        slot = self.rollout.slot_of(worker)
-        if slot is not None and not was_draining and (self.booted or was_ready):
+        if crashed and slot is not None:
             self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
             self.supervision.died(slot, worker, code, was_ready)
         # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
@@ -339,6 +353,7 @@ class Master:
             self.exit_code = code
         if first:
             self.notifier.stopping("draining" if graceful else "stopping")
+            self.emit(control.Stopping(graceful))
             if self.balancer:
                 self.balancer.stop()
             self.rollout.stop()
@@ -358,6 +373,21 @@ class Master:
         if not any(w.alive for w in self.workers.values()):
             self.finish()
 
+    async def answer(self, request: control.Request) -> control.Reply:
+        """A request of the daemon's control channel, answered once done."""
+        if isinstance(request, control.Status):
+            return control.Reply(request.id, True, workers=len(self.slots), status=self.status())
+        if isinstance(request, control.Stop):
+            self.stop(graceful=True)
+            return control.Reply(request.id, True, workers=len(self.slots))
+        if self.stopping:
+            return control.Reply(request.id, False, "the master is stopping", len(self.slots))
+        if isinstance(request, control.Reload):
+            reason = await self.rollout.request_reload()
+        else:
+            reason = await self.rollout.request_scale(to=max(1, request.count))
+        return control.Reply(request.id, reason is None, reason or "", len(self.slots))
+
     def finish(self) -> None:
         if self.balancer:
             self.balancer.close()
@@ -365,22 +395,18 @@ class Master:
             self.finished.set_result(self.exit_code)
 
 
-def _forward(pid: int, signum: int) -> bool:
-    try:
-        os.kill(pid, signum)
-    except OSError:
-        return False
-    return True
+def _ignore(event: object) -> None:
+    """Where events go without a daemon."""
 
 
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
-        notifier: Notifier | None = None) -> int:
+        notifier: Notifier | None = None, control_fd: int | None = None) -> int:
     """Run a master until it stops; its exit code."""
     # A HUP or TTOU sent right after `listening on` must not find the default action (exit, stop):
     # they wait, blocked, until the master's handlers are in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
     async def main() -> int:
-        return await Master(config, listeners, log, reconfigure, notifier).run()
+        return await Master(config, listeners, log, reconfigure, notifier, control_fd).run()
 
     return asyncio.run(main())

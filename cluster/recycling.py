@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from prun.cluster import control
 from prun.cluster.log import Log
 from prun.cluster.metrics import Tally, rss
 
@@ -38,8 +39,9 @@ class Recycler:
     """Asks the rollout to replace workers or reload, for the three reasons above."""
 
     def __init__(self, config: Callable[[], Config], rollout: Rollout[WorkerProcess], log: Log,
-                 tally: Tally) -> None:
+                 tally: Tally, emit: Callable[[Any], None] = lambda event: None) -> None:
         self.config = config
+        self.emit = emit  # the daemon's control channel, if any
         self.rollout = rollout
         self.log = log
         self.tally = tally
@@ -57,6 +59,7 @@ class Recycler:
             serving = {slot.worker.pid for slot in self.rollout.slots if slot.worker is not None}
             self.over = (self.over & serving) | {worker.pid}  # forget the ones already replaced
             self.tally.restarted(worker.slot, "memory")
+            self.emit(control.MemoryLimit(worker.slot, worker.pid, used, limit))
             self.rollout.request_recycle(
                 worker, f"uses {megabytes(used)} of memory, over --max-memory-restart ({used} > {limit} bytes)")
 

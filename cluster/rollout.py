@@ -33,14 +33,16 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from prun.cluster import control
 from prun.cluster.errors import PrunError
 from prun.cluster.log import Log
 from prun.cluster.notify import Notifier
 from prun.cluster.worker import describe_exit
 
 KILL_GRACE = 2.0  # after the drain deadline a worker was told, before SIGKILL
+STOPPING = "the master is stopping"  # the outcome of an operation that a stop cut short
 
 
 class Worker(Protocol):
@@ -118,9 +120,12 @@ class Slot(Generic[W]):
             self.restart_timer = None
 
 
+Outcome = str | None  # None: done; otherwise why not
+
+
 @dataclass
 class Reload:
-    pass
+    done: asyncio.Future[Outcome]  # every request merged into this reload waits on it
 
 
 @dataclass
@@ -131,10 +136,18 @@ class Recycle(Generic[W]):
 
 @dataclass
 class Scale:
-    delta: int  # +1 or -1
+    done: asyncio.Future[Outcome]
+    delta: int = 0  # +1 or -1 (TTIN, TTOU)
+    to: int | None = None  # a count (the daemon's scale request), at least 1
 
 
 Operation = Reload | Recycle[W] | Scale
+
+
+def _settle(op: Operation[Any], outcome: Outcome) -> None:
+    """Tell whoever asked for `op` how it ended (once)."""
+    if isinstance(op, (Reload, Scale)) and not op.done.done():
+        op.done.set_result(outcome)
 
 
 def ready_now(worker: Worker) -> bool:
@@ -176,6 +189,7 @@ class Rollout(Generic[W]):
         self._task: asyncio.Task[None] | None = None
         self._drain_deadlines: dict[W, asyncio.TimerHandle] = {}
         self.on_reloaded: Callable[[bool, float], None] | None = None  # (ok, seconds): for the metrics
+        self.emit: Callable[[Any], None] = lambda event: None  # cluster/control.py events, under the daemon
 
     # ---- requests (from the master's signal handlers and channels) --------------------------------
 
@@ -183,17 +197,24 @@ class Rollout(Generic[W]):
     def reloading(self) -> bool:
         return isinstance(self.running, Reload)
 
-    def request_reload(self) -> None:
-        if any(isinstance(op, Reload) for op in self.queue):
+    def request_reload(self) -> asyncio.Future[Outcome]:
+        """Queue a reload (or join the one already queued); the future says how it ended."""
+        queued = next((op for op in self.queue if isinstance(op, Reload)), None)
+        if queued is not None:
             self.log.info("reload already queued")
-            return
-        self._enqueue(Reload())
+            return queued.done
+        op = Reload(self.loop.create_future())
+        self._enqueue(op)
+        return op.done
 
     def request_recycle(self, worker: W, why: str) -> None:
         self._enqueue(Recycle(worker, why))
 
-    def request_scale(self, delta: int) -> None:
-        self._enqueue(Scale(delta))
+    def request_scale(self, delta: int = 0, to: int | None = None) -> asyncio.Future[Outcome]:
+        """One worker more or fewer (`delta`), or `to` workers; the future says how it ended."""
+        op = Scale(self.loop.create_future(), delta, to)
+        self._enqueue(op)
+        return op.done
 
     def release(self) -> None:
         """Run the operations asked while held (the first generation is ready now)."""
@@ -203,6 +224,8 @@ class Rollout(Generic[W]):
     def stop(self) -> None:
         """The master stops: drop the queue, end the running operation; its candidates go at once."""
         self.stopped = True
+        for op in self.queue:
+            _settle(op, STOPPING)
         self.queue.clear()
         self._abandon(self.candidates)
         if self._task is not None:
@@ -268,6 +291,7 @@ class Rollout(Generic[W]):
 
     def _enqueue(self, op: Operation[W]) -> None:
         if self.stopped:
+            _settle(op, STOPPING)
             return
         self.queue.append(op)
         self._kick()
@@ -279,18 +303,21 @@ class Rollout(Generic[W]):
     async def _run(self) -> None:
         while self.queue and not self.stopped:
             self.running = op = self.queue.popleft()
+            outcome: Outcome = STOPPING
             try:
                 if isinstance(op, Reload):
-                    await self._reload()
+                    outcome = await self._reload()
                 elif isinstance(op, Recycle):
                     await self._recycle(op.worker, op.why)
                 else:
-                    await self._scale(op.delta)
+                    outcome = await self._scale(op.delta, op.to)
             except Exception as exc:  # a bug must not end every later operation too
-                self.log.error(f"{type(op).__name__.lower()} failed: {exc!r}", traceback=traceback.format_exc())
+                outcome = f"{type(op).__name__.lower()} failed: {exc!r}"
+                self.log.error(outcome, traceback=traceback.format_exc())
             finally:
                 self.running = None
                 self._abandon(self.candidates)
+                _settle(op, outcome)
 
     async def _roll(self, slots: list[Slot[W]], generation: int) -> str | None:
         """Give `slots` new workers of `generation`; None on success, else why not (the slots unchanged)."""
@@ -327,22 +354,26 @@ class Rollout(Generic[W]):
                 return None
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> Outcome:
         began = time.monotonic()
         self.notifier.reloading(f"reloading {len(self.slots)} workers")
-        ok = False
+        self.emit(control.ReloadStarted(self.newest + 1))
         try:
             self.settings = self.supervisor.reconfigure()
         except PrunError as exc:
-            self.log.error(f"reload failed: {exc}; {self._kept([], self.slots, 0)}")
+            reason: Outcome = f"{exc}; {self._kept([], self.slots, 0)}"
         else:
-            ok = await self._roll_all(began)
+            reason = await self._roll_all(began)
+        if reason:
+            self.log.error(f"reload failed: {reason}")
         if self.on_reloaded is not None:
-            self.on_reloaded(ok, time.monotonic() - began)
+            self.on_reloaded(not reason, time.monotonic() - began)
         self.notifier.ready(f"{len(self.slots)} workers ready, gen {self.generation}"
-                            + ("" if ok else " (the last reload failed)"))
+                            + ("" if not reason else " (the last reload failed)"))
+        self.emit(control.ReloadFinished(not reason, self.generation, len(self.slots), reason or ""))
+        return reason
 
-    async def _roll_all(self, began: float) -> bool:
+    async def _roll_all(self, began: float) -> Outcome:
         self.newest += 1
         generation = self.newest
         slots = list(self.slots)  # scaling waits in the queue: the table does not change meanwhile
@@ -352,14 +383,13 @@ class Rollout(Generic[W]):
         for start in range(0, len(slots), batch):
             reason = await self._roll(slots[start:start + batch], generation)
             if reason:
-                self.log.error(f"reload failed: {reason}; {self._kept(slots[:start], slots[start:], generation)}")
-                return False
+                return f"{reason}; {self._kept(slots[:start], slots[start:], generation)}"
         self.generation = generation
         if old:
             await asyncio.wait([w.exited for w in old])
         self.log.info(f"reload complete: {len(slots)} workers on gen {generation} in "
                       f"{time.monotonic() - began:.2f}s")
-        return True
+        return None
 
     def _kept(self, rolled: list[Slot[W]], rest: list[Slot[W]], generation: int) -> str:
         """Which slots run which generation once a reload stopped (`rolled` ones on `generation`)."""
@@ -384,20 +414,28 @@ class Rollout(Generic[W]):
         if reason:
             self.log.error(f"recycling {worker.describe()} failed: {reason}; it keeps serving")
 
-    async def _scale(self, delta: int) -> None:
-        if delta > 0:
-            slot: Slot[W] = Slot(len(self.slots), self.generation)
-            reason = await self._roll([slot], slot.generation)
-            if reason:
-                self.log.error(f"scaling up failed: {reason}; {len(self.slots)} workers keep serving")
-                return
-            self.slots.append(slot)
-            self.log.info(f"scaled up to {len(self.slots)} workers")
-        elif len(self.slots) > 1:
-            slot = self.slots.pop()
-            slot.close()
-            if slot.worker is not None:
-                self.retire(slot.worker)
-            self.log.info(f"scaled down to {len(self.slots)} workers")
-        else:
+    async def _scale(self, delta: int, to: int | None) -> Outcome:
+        """One slot at a time, up or down to the count asked; never below one."""
+        wanted = to if to is not None else len(self.slots) + delta
+        if wanted < 1:
             self.log.info("already at 1 worker; not scaling down")
+            wanted = 1
+        while len(self.slots) != wanted and not self.stopped:
+            if wanted > len(self.slots):
+                slot: Slot[W] = Slot(len(self.slots), self.generation)
+                reason = await self._roll([slot], slot.generation)
+                if reason:
+                    reason = f"scaling up failed: {reason}; {len(self.slots)} workers keep serving"
+                    self.log.error(reason)
+                    self.emit(control.Problem(reason))
+                    return reason
+                self.slots.append(slot)
+                self.log.info(f"scaled up to {len(self.slots)} workers")
+            else:
+                slot = self.slots.pop()
+                slot.close()
+                if slot.worker is not None:
+                    self.retire(slot.worker)
+                self.log.info(f"scaled down to {len(self.slots)} workers")
+            self.emit(control.Scaled(len(self.slots)))
+        return STOPPING if self.stopped else None

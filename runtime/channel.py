@@ -112,41 +112,59 @@ ToWorker = Boot | Drain | Conn | Accept | LogFile
 ToMaster = Ready | BootFailure | Heartbeat | Recycle
 Message = ToWorker | ToMaster
 
-_KINDS: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (Boot, Drain, Conn, Accept, LogFile, Ready, BootFailure, Heartbeat, Recycle)
-}
-_FIELDS = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
-
 
 class ProtocolError(ValueError):
-    """A datagram that is not one of the messages above."""
+    """A datagram that is not one of a protocol's messages."""
+
+
+class Codec:
+    """One protocol's messages (frozen dataclasses with a KIND) to and from JSON datagrams.
+
+    This module's messages are the worker channel's (CODEC); the daemon's control channel to each master
+    (cluster/control.py) declares its own set and reuses the framing.
+    """
+
+    def __init__(self, *classes: type[Any]) -> None:
+        self.kinds: dict[str, type[Any]] = {cls.KIND: cls for cls in classes}
+        self.fields = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in classes}
+
+    def encode(self, msg: Any) -> bytes:
+        fields = dict(msg.__dict__)
+        fields["t"] = msg.KIND
+        data = json.dumps(fields, separators=(",", ":")).encode()
+        if len(data) > MAX_MESSAGE:
+            raise ValueError(f"control message {msg.KIND!r} is {len(data)} bytes, over {MAX_MESSAGE}")
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        """A message from a datagram. Unknown fields are dropped: a peer of a newer prun may send more."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"control message is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ProtocolError("control message is not an object")
+        cls = self.kinds.get(raw.pop("t", None))
+        if cls is None:
+            raise ProtocolError(f"unknown control message {data[:80]!r}")
+        names = self.fields[cls]
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in names})
+        except TypeError as exc:
+            raise ProtocolError(f"control message {cls.KIND!r}: {exc}") from None
+
+
+CODEC = Codec(Boot, Drain, Conn, Accept, LogFile, Ready, BootFailure, Heartbeat, Recycle)
 
 
 def encode(msg: Message) -> bytes:
-    fields = dict(msg.__dict__)
-    fields["t"] = msg.KIND
-    data = json.dumps(fields, separators=(",", ":")).encode()
-    if len(data) > MAX_MESSAGE:
-        raise ValueError(f"control message {msg.KIND!r} is {len(data)} bytes, over {MAX_MESSAGE}")
-    return data
+    return CODEC.encode(msg)
 
 
 def decode(data: bytes) -> Message:
-    """A message from a datagram. Unknown fields are dropped: a worker of a newer prun may send more."""
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise ProtocolError(f"control message is not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ProtocolError("control message is not an object")
-    cls = _KINDS.get(raw.pop("t", None))
-    if cls is None:
-        raise ProtocolError(f"unknown control message {data[:80]!r}")
-    names = _FIELDS[cls]
-    try:
-        return cls(**{k: v for k, v in raw.items() if k in names})
-    except TypeError as exc:
-        raise ProtocolError(f"control message {cls.KIND!r}: {exc}") from None
+    """A message of the worker channel from a datagram (ProtocolError if it is none)."""
+    msg: Message = CODEC.decode(data)
+    return msg
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -154,16 +172,16 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> None:
+def send(sock: socket.socket, msg: Any, fds: list[int] | None = None, codec: Codec = CODEC) -> None:
     """Send one message (blocking socket or not: messages are small and the buffer large)."""
-    data = encode(msg)
+    data = codec.encode(msg)
     if fds:
         sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     else:
         sock.send(data)
 
 
-def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
+def recv(sock: socket.socket, codec: Codec = CODEC) -> tuple[Any, list[int]]:
     """Receive one message; (None, []) on EOF. Received fds are made non-inheritable at once.
 
     A datagram that is no message raises ProtocolError (its fds are closed first).
@@ -181,7 +199,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
             os.close(fd)
         return None, []
     try:
-        return decode(data), received
+        return codec.decode(data), received
     except ProtocolError:
         for fd in received:
             os.close(fd)
@@ -195,10 +213,12 @@ class AsyncChannel:
         self,
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[Message, list[int]], None],
+        on_message: Callable[[Any, list[int]], None],
         on_eof: Callable[[], None],
+        codec: Codec = CODEC,
     ) -> None:
         self.sock = sock
+        self.codec = codec
         self.loop = loop
         self._on_message = on_message
         self._on_eof = on_eof
@@ -210,7 +230,7 @@ class AsyncChannel:
         """Handle every message already waiting (also called before a peer's exit is handled)."""
         while not self.closed:
             try:
-                msg, fds = recv(self.sock)
+                msg, fds = recv(self.sock, self.codec)
             except (BlockingIOError, InterruptedError):
                 return
             except ProtocolError:
@@ -223,12 +243,12 @@ class AsyncChannel:
                 return
             self._on_message(msg, fds)
 
-    def send(self, msg: Message, fds: list[int] | None = None) -> bool:
+    def send(self, msg: Any, fds: list[int] | None = None) -> bool:
         """Send a message; False if the other end is gone or the buffer is full."""
         if self.closed:
             return False
         try:
-            send(self.sock, msg, fds)
+            send(self.sock, msg, fds, self.codec)
             return True
         except (BlockingIOError, InterruptedError, OSError):
             return False

@@ -143,7 +143,7 @@ def test_prun_start_takes_every_option_of_prun_run() -> None:
     from prun.cluster.cli import run_command
     from prun.cluster.commands.start import command
 
-    run = {(p.name, tuple(p.opts)) for p in run_command.params if p.name != "app"}
+    run = {(p.name, tuple(p.opts)) for p in run_command.params if p.name != "app" and not getattr(p, "hidden", False)}
     start = {(p.name, tuple(p.opts)) for p in command.params}
     assert run <= start, run - start
     assert {"name", "namespace", "env", "no_autorestart", "max_memory_restart", "target"} <= {p.name for p in command.params}

@@ -69,13 +69,31 @@ def test_no_autorestart_leaves_a_crashed_master_errored(home: Home) -> None:
     assert row["pid"] is None and row["restarts"] == 0 and "SIGKILL" in row["error"]
 
 
+def holder_pid(home: Home, name: str) -> int:
+    return int(home.prun("describe", name).stdout.split("holder pid")[1].split()[0])
+
+
+def test_a_holder_that_dies_is_replaced_and_the_app_keeps_its_sockets(home: Home) -> None:
+    home.prun("start", *HTTP_APP, "--name", "api")
+    port = home.port("api")
+    holder = holder_pid(home, "api")
+    with HttpLoad(port) as load:
+        load.wait_requests(20)
+        os.kill(holder, signal.SIGKILL)
+        replaced = wait_until(lambda: (lambda p: p != holder and p)(holder_pid(home, "api")),
+                              what="a new holder in describe")
+        assert start_time(replaced) is not None
+        home.prun("restart", "api")  # the new master gets the sockets the new holder keeps: none refused
+        load.wait_requests(20)
+    assert load.failed == 0, load.errors[:5]
+
+
 def test_without_its_holder_the_sockets_are_copied_back_from_the_master(home: Home) -> None:
     home.prun("start", *HTTP_APP, "--name", "api")
-    described = home.prun("describe", "api").stdout
-    holder = int(described.split("holder pid")[1].split()[0])
+    holder = holder_pid(home, "api")
     daemon = home.daemon_pid()
     assert daemon
-    for pid in (holder, daemon):
+    for pid in (daemon, holder):  # the daemon first: no one replaces the holder
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda pid=pid: start_time(pid) is None, what="it to die")  # type: ignore[misc]
     port = home.port("api")  # a new daemon adopts the master; pidfd_getfd gives it the sockets
@@ -85,7 +103,7 @@ def test_without_its_holder_the_sockets_are_copied_back_from_the_master(home: Ho
         home.prun("restart", "api")
         load.wait_requests(20)
     assert load.failed == 0, load.errors[:5]
-    assert f"holder pid    {holder}" not in home.prun("describe", "api").stdout
+    assert holder_pid(home, "api") != holder
 
 
 def test_an_app_launching_when_the_daemon_dies_is_online_after_adoption(home: Home) -> None:
@@ -105,5 +123,5 @@ def test_an_app_launching_when_the_daemon_dies_is_online_after_adoption(home: Ho
     assert start.returncode == 1 and "the daemon closed the connection" in err
     err_log = os.path.join(home.path, "logs", "slow-err.log")
     wait_until(lambda: "prun: ready: " in open(err_log).read(), what="the master to be ready, with no daemon")
-    row = home.app("slow")  # the new daemon reads on from where the old one was: it sees the ready line
+    row = home.app("slow")  # the new daemon asks the master its status over the control channel: online
     assert row["status"] == "online" and row["workers"] == 1 and row["restarts"] == 0 and get(home.port("slow")).startswith("hello")

@@ -85,8 +85,14 @@ def test_events_are_published_for_each_step(home: Home) -> None:
     exited = events.wait("api", "exited")
     assert exited["code"] == 0 and exited["expected"] is True
     events.wait("api", "stopped")
-    assert events.kinds("api") == ["started", "online", "reload_started", "reload_finished", "scaled", "stopping",
-                                   "exited", "stopped"]
+    kinds = events.kinds("api")
+    assert [k for k in kinds if not k.startswith("worker_")] == [
+        "started", "online", "reload_started", "reload_finished", "scaled", "stopping", "exited", "stopped"]
+    # each worker's start and end, from the master's control channel: one at boot, one for the reload, one more
+    # for the scale; the reload's old worker and both at the stop exited, none of them restarting
+    assert kinds.count("worker_started") == 3 and kinds.count("worker_exited") == 3, kinds
+    exits = [e for e in events.events if e.get("app") == "api" and e["event"] == "worker_exited"]
+    assert all(e["restarting"] is False and e["pid"] > 0 for e in exits), exits
 
 
 def test_prun_events_prints_them_live(home: Home) -> None:
@@ -97,8 +103,9 @@ def test_prun_events_prints_them_live(home: Home) -> None:
         wait_until(lambda: "subscriber 1 connected" in open(log).read(), what="prun events to subscribe")
         home.prun("start", "sleep 1000", "--name", "napper")
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert " napper started pid=" in lines[0] and " napper online " in lines[1] and "workers=1" in lines[1]
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert " napper started pid=" in lines[0] and " napper worker_started slot=0 pid=" in lines[1]
+        assert " napper online " in lines[2] and "workers=1" in lines[2]
     finally:
         proc.kill()
         proc.wait()

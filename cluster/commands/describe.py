@@ -2,7 +2,11 @@
 
     prun describe api
     -> {"id": 1, "command": "describe", "args": {"target": "api"}}
-    <- {"id": 1, "result": [{...the ls row..., "spec": {...}, "holder_pid": 4240, "logs": [OUT, ERR], ...}]}
+    <- {"id": 1, "result": [{...the ls row..., "spec": {...}, "holder_pid": 4240, "logs": [OUT, ERR],
+                             "worker_list": [{"slot": 0, "pid": 4243, "state": "ready", ...}], ...}]}
+
+`worker_list` is what the master answers a Status request on its control channel (empty when it runs
+none or does not answer within a second); a pid is shown only while its process runs.
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
+    import asyncio
+
+    from prun.cluster.daemon.home import alive
+
     apps = god.resolve(args.get("target", ""))
     rows = god.views(apps)
-    for app, row in zip(apps, rows):
-        row.update(spec=asdict(app.spec), holder_pid=app.holder_pid or None, logs=list(app.log_paths(god.home.logs)),
-                   status_file=god.home.status_file(app.id),
-                   created=app.created, failures=app.failures)
+    statuses = await asyncio.gather(*(god.runner(app).status() for app in apps))  # over each control channel
+    for app, row, status in zip(apps, rows, statuses):
+        row.update(spec=asdict(app.spec), logs=list(app.log_paths(god.home.logs)),
+                   holder_pid=app.holder_pid if alive(app.holder_pid, app.holder_started) else None,
+                   log_writer_pid=app.log_pid if alive(app.log_pid, app.log_started) else None,
+                   worker_list=(status or {}).get("workers", []), created=app.created, failures=app.failures)
     return rows
 
 
@@ -42,7 +52,7 @@ def command(target: str) -> None:
         fields = [
             ("status", row["status"]), ("mode", row["mode"]), ("target", row["target"]),
             ("command", " ".join(spec.get("command") or []) or None), ("directory", spec["cwd"]),
-            ("pid", row["pid"]), ("holder pid", row["holder_pid"]), ("listening on", ", ".join(row["listen"]) or None),
+            ("pid", row["pid"]), ("holder pid", row["holder_pid"]), ("log writer pid", row.get("log_writer_pid")), ("listening on", ", ".join(row["listen"]) or None),
             ("workers", row["workers"]), ("instances", spec["instances"]), ("restarts", row["restarts"]),
             ("uptime", uptime(row["uptime"])), ("cpu", f"{row['cpu']:g}%"), ("memory", memory(row["memory"])),
             ("options", " ".join(spec.get("run_args") or []) or None), ("autorestart", spec["autorestart"]),
@@ -51,4 +61,4 @@ def command(target: str) -> None:
         ]
         for key, value in fields:
             if value is not None:
-                click.echo(f"  {key:<13} {value}")
+                click.echo(f"  {key:<14} {value}")

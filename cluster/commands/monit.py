@@ -4,8 +4,8 @@
     ├ workers of the selected app ─ slot, pid, gen, state, cpu, memory, connections, requests, req/s, restarts
     └ its latest log lines
 
-The apps come from the daemon (`describe all`: one RPC per refresh); each app's workers from the status
-file its master rewrites twice a second ($PRUN_HOME/apps/<id>.status.json); cpu and memory of each worker
+The apps come from the daemon (`describe all`: one RPC per refresh), each app's workers with them (the
+daemon asks each master over its control channel); cpu and memory of each worker
 from psutil; requests/s from two successive request counts. Drawn with rich (the `prun[monit]` extra),
 which only this command imports.
 """
@@ -43,16 +43,13 @@ class Monitor:
         self.rates: dict[int, float] = {}
 
     def refresh(self) -> None:
-        from prun.cluster.statusfile import read_status
-
         self.rows = self.client.describe("all")
         self.selected = min(self.selected, max(len(self.rows) - 1, 0))
         self.workers = []
         if not self.rows:
             return
-        status = read_status(self.rows[self.selected]["status_file"]) or {}
         now = time.monotonic()
-        for worker in status.get("workers", []):
+        for worker in self.rows[self.selected].get("worker_list", []):
             pid = int(worker["pid"])
             cpu, mem = self.usage(pid)
             seen = self.last.get(pid)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,20 +68,14 @@ class App:
     last_error: str = ""
     listen: list[str] = field(default_factory=list)
     master_fds: list[int] = field(default_factory=list)  # the listeners' fd numbers inside the master
-    follow_offset: int = -1  # how far the master's err log has been read (-1: unknown)
-    follow_inode: int = 0  # of the file that offset is in
     log_pid: int = 0  # the log writer of the master (logfiles.py)
     log_started: int | None = None
+    log_read_fds: list[int] = field(default_factory=list)  # the pipes' read ends, as numbered in the writer
     # runtime only
-    fds: list[int] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-    pidfd: int = -1
-    expected_exit: bool = False
+    fds: list[int] = field(default_factory=list)  # the listeners (the holder has copies)
+    log_fds: list[int] = field(default_factory=list)  # the daemon's copies of the pipes' read ends
     restart_timer: asyncio.TimerHandle | None = None
-    follow_timer: asyncio.TimerHandle | None = None
-    follower: Any = None  # a logfiles.Follower of the err log
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    waiters: list[tuple[tuple[str, ...], asyncio.Future[str]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -94,15 +87,14 @@ class App:
                 "pid": self.pid, "pid_started": self.pid_started, "holder_pid": self.holder_pid,
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
-                "last_error": self.last_error, "master_fds": self.master_fds,
-                "follow_offset": self.follow_offset, "follow_inode": self.follow_inode, "log_pid": self.log_pid,
-                "log_started": self.log_started}
+                "last_error": self.last_error, "master_fds": self.master_fds, "log_pid": self.log_pid,
+                "log_started": self.log_started, "log_read_fds": self.log_read_fds}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
-                    "online_since", "created", "listen", "last_error", "master_fds", "follow_offset", "follow_inode", "log_pid", "log_started"):
+                    "online_since", "created", "listen", "last_error", "master_fds", "log_pid", "log_started", "log_read_fds"):
             if key in data:
                 setattr(app, key, data[key])
         return app
@@ -115,19 +107,20 @@ class App:
     def environment(self) -> dict[str, str]:
         """The master's environment: the caller's, then --env; never sockets meant for someone else."""
         env = dict(self.base_env)
-        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PRUN_CHANNEL_FD", "PRUN_MASTER_PID",
-                    "PRUN_LOG_WRITER_PID", "PRUN_STATUS_FILE"):
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "PRUN_CHANNEL_FD", "PRUN_MASTER_PID"):
             env.pop(key, None)
         env.update(self.spec.env)
         env["PRUN_APP_NAME"] = self.name
         return env
 
-    def argv(self) -> list[str]:
+    def argv(self, control_fd: int) -> list[str]:
+        """The master's command line (fork mode: its supervisor's); `control_fd` is its control listener."""
         spec = self.spec
         if spec.mode == "fork":
             timeout = f"{min(spec.graceful_timeout, 30.0):g}"
             return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
-                    "--kill-timeout", timeout, "--name", spec.name, "--", *spec.command]
+                    "--kill-timeout", timeout, "--name", spec.name, "--control-fd", str(control_fd),
+                    "--", *spec.command]
         binds = [arg for fd in self.fds for arg in ("-b", f"fd://{fd}")]
         return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, "-i", spec.instances,
-                "--name", spec.name, *binds]
+                "--name", spec.name, *binds, "--control-fd", str(control_fd)]

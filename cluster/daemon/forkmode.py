@@ -1,13 +1,13 @@
 """Fork mode: the supervisor of an app that is a command or a script (no listener), one per app.
 
-    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] -- COMMAND [ARG]...
+    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] [--control-fd FD] -- COMMAND [ARG]...
 
 It plays the master's part for processes prun does not serve: it keeps N copies of COMMAND running
 (each with PRUN_INSTANCE=0..N-1), restarts one that exits with the workers' backoff (100 ms x 1.5, capped
 at 15 s, reset after 30 s up), and answers the master's signals: HUP restarts the instances one by one,
-TTIN/TTOU add or remove one, TERM/INT stop them all (TERM, then KILL after --kill-timeout). Its lines are
-the master's ("prun: ready: ...", "prun: reload complete: ...") so the daemon reads both the same way.
-Instances share the supervisor's stdout and stderr (the app's log files).
+TTIN/TTOU add or remove one, TERM/INT stop them all (TERM, then KILL after --kill-timeout). Under the
+daemon it speaks the master's control channel (cluster/control.py): the same requests and events, an
+instance being a worker. Instances share the supervisor's stdout and stderr (the app's log files).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from prun.cluster import control
 from prun.cluster.worker import describe_exit as describe
 
 BACKOFF_FIRST = 0.1
@@ -54,6 +55,13 @@ class ForkSupervisor:
         self.done: asyncio.Future[int] = self.loop.create_future()
         self.busy = asyncio.Lock()
         self.watched: dict[int, Instance] = {}
+        self.booted = False
+        self.generation = 1
+        self.control: control.ControlServer | None = None
+
+    def emit(self, event: control.Event) -> None:
+        if self.control is not None:
+            self.control.publish(event)
 
     def spawn(self, instance: Instance) -> subprocess.Popen[bytes] | None:
         instance.timer = None
@@ -69,6 +77,7 @@ class ForkSupervisor:
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
         log(f"instance {instance.index} (pid {proc.pid}) started")
+        self.emit(control.WorkerStarted(instance.index, proc.pid, self.generation))
         return proc
 
     def schedule(self, instance: Instance) -> float:
@@ -103,17 +112,55 @@ class ForkSupervisor:
             instance.restarts += 1
             delay = self.schedule(instance)
             log(f"instance {instance.index} (pid {pid}) {describe(code)}; restarting it in {delay:.2f}s")
+            self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code), True, delay))
         if self.stopping and not self.watched and not self.done.done():
             self.done.set_result(0)
 
-    async def run(self) -> int:
+    async def run(self, control_fd: int | None = None) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
                        signal.SIGTTOU, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
+        if control_fd is not None:
+            self.control = control.ControlServer(control_fd, self.loop, self.answer)
+            self.control.start()
         for instance in self.instances:
             self.spawn(instance)
+        self.booted = True
         log(f"ready: {len(self.instances)} workers of {' '.join(self.command)} (gen 1)")
-        return await self.done
+        self.emit(control.Online(len(self.instances), self.generation))
+        try:
+            return await self.done
+        finally:
+            if self.control is not None:
+                self.control.close()
+
+    async def answer(self, request: control.Request) -> control.Reply:
+        """A request of the daemon's control channel, answered once done."""
+        count = len(self.instances)
+        if isinstance(request, control.Status):
+            return control.Reply(request.id, True, workers=count, status=self.status())
+        if isinstance(request, control.Stop):
+            self.stop(force=False)
+            return control.Reply(request.id, True, workers=count)
+        if self.stopping:
+            return control.Reply(request.id, False, "the supervisor is stopping", count)
+        if isinstance(request, control.Reload):
+            await self.restart_all()
+        else:
+            while len(self.instances) != max(1, request.count) and not self.stopping:
+                await self.scale(+1 if request.count > len(self.instances) else -1)
+        return control.Reply(request.id, not self.stopping, "the supervisor is stopping" if self.stopping else "",
+                             len(self.instances))
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        return {
+            "pid": os.getpid(), "booted": self.booted, "stopping": self.stopping, "slots": len(self.instances),
+            "generation": self.generation, "reloading": self.busy.locked(),
+            "workers": [{"slot": i.index, "pid": i.proc.pid, "generation": self.generation, "state": "ready",
+                         "uptime": round(now - i.started, 3), "connections": 0, "requests": 0, "rss": 0,
+                         "restarts": i.restarts} for i in self.instances if i.proc is not None],
+        }
 
     def dispatch(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
@@ -142,6 +189,8 @@ class ForkSupervisor:
                 return
             began = time.monotonic()
             log(f"reloading: {len(self.instances)} workers")
+            self.emit(control.ReloadStarted(self.generation + 1))
+            self.generation += 1
             for instance in list(self.instances):
                 old = instance.proc
                 if old is not None:
@@ -154,6 +203,7 @@ class ForkSupervisor:
                 instance.failures = 0
                 self.spawn(instance)
             log(f"reload complete: {len(self.instances)} workers in {time.monotonic() - began:.2f}s")
+            self.emit(control.ReloadFinished(True, self.generation, len(self.instances)))
 
     async def scale(self, delta: int) -> None:
         async with self.busy:
@@ -164,6 +214,7 @@ class ForkSupervisor:
                 self.instances.append(instance)
                 self.spawn(instance)
                 log(f"scaled up to {len(self.instances)} workers")
+                self.emit(control.Scaled(len(self.instances)))
             elif len(self.instances) > 1:
                 instance = self.instances.pop()
                 if instance.timer:
@@ -171,6 +222,7 @@ class ForkSupervisor:
                 if instance.proc:
                     self.retire(instance.proc)
                 log(f"scaled down to {len(self.instances)} workers")
+                self.emit(control.Scaled(len(self.instances)))
             else:
                 log("already at 1 worker; not scaling down")
 
@@ -179,6 +231,7 @@ class ForkSupervisor:
         self.stopping = True
         if first:
             log(f"stopping: {sum(1 for i in self.instances if i.proc)} workers")
+            self.emit(control.Stopping(not force))
         for instance in self.instances:
             if instance.timer:
                 instance.timer.cancel()
@@ -202,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--kill-timeout", type=float, default=5.0)
     parser.add_argument("--name", default="")
+    parser.add_argument("--control-fd", type=int, default=None)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -215,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
     async def run() -> int:
-        return await ForkSupervisor(command, max(1, args.instances), args.kill_timeout).run()
+        return await ForkSupervisor(command, max(1, args.instances), args.kill_timeout).run(args.control_fd)
 
     sys.exit(asyncio.run(run()))
 

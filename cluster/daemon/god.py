@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from prun.cluster import control
 from prun.cluster.daemon import rpc
 from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, App, Spec
 from prun.cluster.daemon.bus import Bus
@@ -25,7 +26,8 @@ from prun.cluster.daemon.runner import Runner
 from prun.cluster.errors import PrunError
 
 START_TIMEOUT = 120.0  # beyond the app's own --ready-timeout (60 s by default)
-RELOAD_TIMEOUT = 600.0
+RELOAD_TIMEOUT = 600.0  # a reload rolls every worker: each may take --ready-timeout to boot
+SCALE_TIMEOUT = 300.0
 
 
 class God:
@@ -34,7 +36,7 @@ class God:
         self.apps: dict[int, App] = {}
         self.runners: dict[int, Runner] = {}
         self.bus = Bus()
-        self.children: dict[int, subprocess.Popen[bytes]] = {}  # holders, reaped when they exit
+        self.children: dict[int, subprocess.Popen[bytes]] = {}  # holders and log writers, reaped when they exit
         self.stopping = False
         self.started = time.time()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -98,27 +100,26 @@ class God:
         return app
 
     async def _launch(self, app: App) -> None:
-        runner = self.runner(app)
-        online = runner.expect("online", "exit")
+        """Start the app's master and wait until it is online (START_FAILED if it exits or takes too long)."""
         try:
-            runner.spawn()
+            run = self.runner(app).spawn()
         except PrunError as exc:
             app.status, app.last_error = ERRORED, str(exc)
-            online.cancel()
+            self.publish("errored", app, reason=app.last_error)
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {exc}") from None
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(online), START_TIMEOUT)
+            online = await asyncio.wait_for(asyncio.shield(run.online), START_TIMEOUT)
         except asyncio.TimeoutError:
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} is not online after {START_TIMEOUT:g}s "
                                f"(prun logs {app.name})") from None
-        if not outcome.startswith("online"):
+        if not online:
             retry = " (retrying with backoff)" if app.spec.autorestart else ""
-            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {app.last_error or outcome[5:]}"
+            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {app.last_error}"
                                f"{retry}; see prun logs {app.name}")
 
     async def stop(self, app: App, release: bool = True) -> None:
         async with app.lock:
-            await self.runner(app).stop_master()
+            await self._stop_master(app)
             if release:
                 self.runner(app).release_listeners()
             if app.status != STOPPED:
@@ -126,12 +127,17 @@ class God:
                 self.publish("stopped", app)
             self.persist(app)
 
+    async def _stop_master(self, app: App) -> None:
+        try:
+            await self.runner(app).stop_master()
+        except PrunError as exc:
+            raise rpc.RpcError(rpc.START_FAILED, str(exc)) from None
+
     async def restart(self, app: App, env: dict[str, str] | None = None, update: dict[str, str] | None = None
                       ) -> None:
         """Exactly stop then start, with the stored arguments, whatever the app's state; the sockets stay open."""
         async with app.lock:
-            runner = self.runner(app)
-            await runner.stop_master()
+            await self._stop_master(app)
             if env is not None:
                 app.base_env = env
             if update:
@@ -143,51 +149,43 @@ class God:
             self.persist(app)
 
     async def reload(self, app: App) -> str:
-        """HUP: the master's rolling reload; a stopped or errored app is started instead."""
+        """The master's rolling reload, answered with its outcome; a stopped or errored app is started instead."""
         async with app.lock:
+            runner = self.runner(app)
             if app.status != ONLINE:
-                await self.runner(app).stop_master()
+                await self._stop_master(app)
                 await self._launch(app)
                 return "started"
-            runner = self.runner(app)
-            done = runner.expect("reloaded", "reload_failed", "exit")
-            runner.signal(signal.SIGHUP)
-            outcome = await asyncio.wait_for(done, RELOAD_TIMEOUT)
-            app.restarts += 1
+            try:
+                reply = await runner.request(control.Reload, RELOAD_TIMEOUT)
+            except PrunError as exc:
+                raise rpc.RpcError(rpc.START_FAILED, f"reload failed: {exc}") from None
             self.persist(app)
-            if not outcome.startswith("reloaded"):
-                raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: reload failed: {outcome.split(':', 1)[1]}")
+            if not reply.ok:
+                raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: reload failed: {reply.reason}")
             return "reloaded"
 
     async def scale(self, app: App, count: str) -> int:
         async with app.lock:
             if app.status != ONLINE:
                 raise rpc.RpcError(rpc.NOT_RUNNING, f"{app.name} is {app.status}: only an online app can scale")
-            current = app.workers
-            if count.startswith(("+", "-")):
-                wanted = current + int(count)
-            else:
-                wanted = int(count)
-            wanted = max(1, wanted)
-            runner = self.runner(app)
-            while app.workers != wanted:
-                done = runner.expect("scaled", "exit")
-                runner.signal(signal.SIGTTIN if wanted > app.workers else signal.SIGTTOU)
-                outcome = await asyncio.wait_for(done, 120)
-                if outcome.startswith("exit") or "already at 1" in outcome:
-                    break
-                if "scaling up failed" in outcome:
-                    self.persist(app)
-                    raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {outcome.split('error: ', 1)[1]}")
+            wanted = app.workers + int(count) if count.startswith(("+", "-")) else int(count)
+            try:
+                reply = await self.runner(app).request(control.Scale, SCALE_TIMEOUT, count=max(1, wanted))
+            except PrunError as exc:
+                raise rpc.RpcError(rpc.START_FAILED, str(exc)) from None
+            app.workers = reply.workers
             app.spec.instances = str(app.workers)
             self.persist(app)
+            if not reply.ok:
+                raise rpc.RpcError(rpc.START_FAILED, f"{app.name}: {reply.reason}")
             return app.workers
 
     async def delete(self, app: App) -> None:
         await self.stop(app)
         self.apps.pop(app.id, None)
         self.runners.pop(app.id, None)
-        for path in (self.home.record(app.id), self.home.status_file(app.id)):
+        for path in (self.home.record(app.id), self.home.control_socket(app.id)):
             try:
                 os.unlink(path)
             except OSError:
@@ -215,12 +213,7 @@ class God:
                 self.say(f"{app.name}: adopted master {app.pid}")
             elif app.status in (ONLINE, LAUNCHING, ERRORED) and app.spec.autorestart:
                 app.status = ERRORED
-                app.restarts += 1
-                self.publish("restarting", app, delay=0, reason="its master was gone when the daemon started")
-                try:
-                    runner.spawn()
-                except Exception as exc:
-                    app.last_error = str(exc)
+                runner.schedule_restart("its master was gone when the daemon started")
             elif app.status != STOPPED:
                 app.status, app.pid = STOPPED, 0
             self.persist(app)
@@ -253,9 +246,9 @@ class God:
         return await module.execute(self, args, writer)
 
     def reap(self) -> None:
-        for pid, proc in list(self.children.items()):
-            if proc.poll() is not None:
-                del self.children[pid]
+        """Collect the exit status of holders and log writers (each runner's pidfd watch then forgets them)."""
+        for proc in list(self.children.values()):
+            proc.poll()
 
     def views(self, apps: list[App] | None = None) -> list[dict[str, Any]]:
         """The rows of `prun ls`, with cpu and memory (psutil is imported here, on first use)."""

@@ -4,11 +4,12 @@ The daemon binds an app's sockets, starts a holder with them, and passes them to
 (`-b fd://N`). The holder outlives masters (restart) and daemons (SIGKILL, `prun update`): a new daemon
 asks it for the sockets again, so the kernel's accept queue never closes while the app is meant to run.
 
-    python -m prun.cluster.daemon.holder SOCKET NAME FD... [--unlink PATH]...
+    python -m prun.cluster.daemon.holder SERVER_FD NAME FD...
 
-On SOCKET (0600), one line per connection: `get` is answered with `ok` and the sockets (SCM_RIGHTS, in
-the order given); `exit` closes them, unlinks the --unlink paths (unix listeners) and ends the holder.
-It imports nothing but the standard library's socket layer, and does nothing else.
+SERVER_FD is a listening Unix socket the daemon bound ($PRUN_HOME/apps/<id>.sock, 0600), so that nobody
+waits for the holder to start. On it, one line per connection: `get` is answered with `ok` and the
+sockets (SCM_RIGHTS, in the order given). The daemon ends a holder with SIGKILL (and removes its files):
+it keeps no state. It imports nothing but the standard library's socket layer, and does nothing else.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import sys
 
 
 def main(argv: list[str]) -> None:
-    path, name, *rest = argv
-    fds = [int(a) for a in rest if a.isdigit()]
-    unlink = [rest[i + 1] for i, a in enumerate(rest) if a == "--unlink"]
+    server_fd, name, *rest = argv
+    fds = [int(a) for a in rest]
     try:
         import setproctitle
 
@@ -30,40 +30,17 @@ def main(argv: list[str]) -> None:
     except ImportError:  # pragma: no cover
         pass
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    os.umask(0o077)
-    if os.path.exists(path):
-        os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    os.chmod(path, 0o600)
-    server.listen(8)
-    print("holding", flush=True)
-    try:
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                conn.settimeout(5)
-                try:
-                    command = conn.recv(64).strip()
-                    if command == b"get":
-                        socket.send_fds(conn, [b"ok\n"], fds)
-                    elif command == b"exit":
-                        conn.sendall(b"bye\n")
-                        break
-                except OSError:
-                    continue
-    finally:
-        for fd in fds:
-            os.close(fd)
-        for sock_path in unlink:
+    server = socket.socket(fileno=int(server_fd))
+    server.setblocking(True)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
             try:
-                os.unlink(sock_path)
+                if conn.recv(64).strip() == b"get":
+                    socket.send_fds(conn, [b"ok\n"], fds)
             except OSError:
-                pass
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+                continue
 
 
 def fetch(path: str, count: int, timeout: float = 5.0) -> list[int]:
@@ -78,18 +55,6 @@ def fetch(path: str, count: int, timeout: float = 5.0) -> list[int]:
             os.close(fd)
         raise OSError(f"holder at {path} answered {msg!r} with {len(fds)} sockets, not {count}")
     return fds
-
-
-def release(path: str, timeout: float = 5.0) -> None:
-    """Tell a holder to close its sockets and exit."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(path)
-            conn.sendall(b"exit\n")
-            conn.recv(16)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
         apps/<id>.json     0600, one record per app: what it was started with, its pids (with their start
                            times, so a reused pid is never mistaken for the app), for re-adoption
         apps/<id>.sock     0600, the app's listener holder (holder.py)
-        apps/<id>.status.json  the master's /status, rewritten every half second (for prun monit)
+        apps/<id>.ctl      0600, the control channel of the app's master (cluster/control.py): the
+                           master listens, the daemon connects (again, after a daemon restart)
         logs/<name>-out.log, logs/<name>-err.log   and their rotated files (.1, .2[.gz] ...): logfiles.py
         dump.json          0600, `prun save`: only what each `start` was given
 """
@@ -67,8 +68,8 @@ class Home:
     def record(self, app_id: int) -> str:
         return os.path.join(self.apps, f"{app_id}.json")
 
-    def status_file(self, app_id: int) -> str:
-        return os.path.join(self.apps, f"{app_id}.status.json")
+    def control_socket(self, app_id: int) -> str:
+        return os.path.join(self.apps, f"{app_id}.ctl")
 
     def holder_socket(self, app_id: int) -> str:
         return os.path.join(self.apps, f"{app_id}.sock")

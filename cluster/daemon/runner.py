@@ -1,28 +1,34 @@
-"""Runs one app's processes for the daemon: its listener holder, its master, the master's lines.
+"""Runs one app's processes for the daemon: its listener holder, its log writer, its master.
 
 The master (cluster mode: `prun run`; fork mode: forkmode.py) is started in its own session with its
-output appended to the app's log files, so it depends on the daemon for nothing: the daemon may die and
-a new one adopt it. The daemon follows the master's own lines in the err log ("prun: ready: ...") to
-know when it is online, reloaded or scaled, and watches its pid through a pidfd (children and adopted
-masters alike) to know when it exits.
+output going to the app's log writer, so it depends on the daemon for nothing: the daemon may die and a
+new one adopt it. What the daemon knows of it comes from its control channel (cluster/control.py): a
+Status reply when the daemon connects, then its events; its exit from a pidfd. Log lines are for people.
+
+The daemon's loop never waits on a child: exits come from pidfds (a child is reaped with a non-blocking
+poll once its pidfd says it has exited), requests to a master are answered on its channel or time out.
+The holder and the log writer are supervised: one that dies is replaced from the sockets and pipe ends
+the daemon keeps, so the listeners stay open and the app's output keeps flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prun.cluster.daemon import holder
+from prun.cluster import control
 from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPING, App
 from prun.cluster.daemon.home import Home, alive, start_time
-from prun.cluster.daemon.logfiles import Follower, Rotation
+from prun.cluster.daemon.link import Link, LinkLost
+from prun.cluster.daemon.logfiles import Rotation
+from prun.cluster.errors import PrunError
 
 
 class God(Protocol):
@@ -38,13 +44,37 @@ class God(Protocol):
 
     def persist(self, app: App) -> None: ...
 
+
 BACKOFF_FIRST = 0.1  # the workers' backoff, for masters
 BACKOFF_FACTOR = 1.5
 BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0
 STOP_TIMEOUT_MARGIN = 5.0  # beyond the app's graceful timeout, before SIGKILL
-FOLLOW_INTERVAL = 0.05
-LOG_WRITER_WAIT = 2.0  # after a master exits, for its log writer to write its last lines
+KILL_WAIT = 5.0  # after SIGKILL, for the exit to be seen
+REQUEST_TIMEOUT = 10.0  # a status or stop request: the master answers these at once
+RECONNECT_DELAY = 0.2  # a dropped control connection of a live master is made again after this
+
+
+@dataclass(eq=False)
+class MasterRun:
+    """One start of an app's master: its pid, its exit, whether it came online. Ends exactly once."""
+
+    pid: int
+    started: int | None
+    proc: subprocess.Popen[bytes] | None  # None: adopted (its status went to its first parent)
+    loop: asyncio.AbstractEventLoop
+    pidfd: int = -1
+    expected: bool = False  # a stop was asked: its exit is no crash
+    exited: asyncio.Future[int | None] = field(init=False)  # its exit code (None: not our child)
+    online: asyncio.Future[bool] = field(init=False)  # True once Online, False if it exited first
+
+    def __post_init__(self) -> None:
+        self.exited = self.loop.create_future()
+        self.online = self.loop.create_future()
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
 
 
 class Runner:
@@ -54,6 +84,9 @@ class Runner:
         self.god = god
         self.app = app
         self.loop = asyncio.get_running_loop()
+        self.run: MasterRun | None = None
+        self.link = Link(self.loop, self.on_event, self.on_link_lost)
+        self.watched: dict[int, int] = {}  # pidfd -> pid, for the holder and the log writer
 
     # ---- listeners -----------------------------------------------------------------------------
 
@@ -62,10 +95,13 @@ class Runner:
         app = self.app
         if app.spec.mode == "fork" or app.fds:
             return
+        from prun.cluster.daemon import holder
+
         path = self.god.home.holder_socket(app.id)
         if alive(app.holder_pid, app.holder_started):
             try:
                 app.fds = holder.fetch(path, len(app.spec.bind))
+                self.watch_helper(app.holder_pid, self.holder_exited)
                 return
             except OSError as exc:
                 self.god.say(f"{app.name}: the listener holder did not answer ({exc})")
@@ -73,7 +109,7 @@ class Runner:
         if alive(app.pid, app.pid_started) and app.master_fds:
             # the holder is gone but the master serves: copy its sockets out of it, then hold them anew
             app.fds = copy_from_process(app.pid, app.master_fds)
-            self.start_holder(path)
+            self.start_holder()
             self.god.say(f"{app.name}: took its listeners back from master {app.pid} (pidfd_getfd)")
             return
         from prun.cluster import listeners as listeners_mod
@@ -81,23 +117,44 @@ class Runner:
         bound = listeners_mod.bind_all(app.spec.bind, app.spec.backlog)  # PrunError: cannot listen on ...
         app.listen = [listener.address for listener in bound]
         app.fds = [listener.sock.detach() for listener in bound]
-        self.start_holder(path)
+        self.start_holder()
 
-    def start_holder(self, path: str) -> None:
+    def start_holder(self) -> None:
+        """A holder for the daemon's copies of the sockets; its own socket bound here, so nothing waits on it."""
         app = self.app
-        unlink = [a for b in app.spec.bind if b.startswith("unix:") for a in ("--unlink", b[5:])]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prun.cluster.daemon.holder", path, app.name, *map(str, app.fds), *unlink],
-            pass_fds=app.fds, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            env=self.holder_env())
-        assert proc.stdout is not None
-        proc.stdout.readline()  # "holding": its socket is bound
-        proc.stdout.close()
+        path = self.god.home.holder_socket(app.id)
+        if os.path.exists(path):
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(path)
+            os.chmod(path, 0o600)
+            server.listen(8)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prun.cluster.daemon.holder", str(server.fileno()), app.name,
+                 *map(str, app.fds)],
+                pass_fds=[server.fileno(), *app.fds], start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, env=self.helper_env())
+        finally:
+            server.close()
         self.god.children[proc.pid] = proc
         app.holder_pid, app.holder_started = proc.pid, start_time(proc.pid)
+        self.watch_helper(proc.pid, self.holder_exited)
+
+    def holder_exited(self, pid: int) -> None:
+        """A holder that died unasked is replaced at once: the daemon still has the sockets."""
+        app = self.app
+        if pid != app.holder_pid:
+            return
+        app.holder_pid, app.holder_started = 0, None
+        if app.fds and not self.god.stopping:
+            self.start_holder()
+            self.god.say(f"{app.name}: the listener holder (pid {pid}) died; pid {app.holder_pid} holds the "
+                         "sockets now")
+            self.god.persist(app)
 
     @staticmethod
-    def holder_env() -> dict[str, str]:
+    def helper_env() -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG", "PRUN_HOME")}
 
     def release_listeners(self) -> None:
@@ -106,82 +163,90 @@ class Runner:
         for fd in app.fds:
             os.close(fd)
         app.fds = []
-        if app.holder_pid and alive(app.holder_pid, app.holder_started):
-            holder.release(self.god.home.holder_socket(app.id))
-        app.holder_pid, app.holder_started = 0, None
+        self.kill_holder()
+        for bind in app.spec.bind:  # the holder is SIGKILLed: its unix sockets' files are ours to remove
+            if bind.startswith("unix:"):
+                _unlink(bind[5:])
+        _unlink(self.god.home.holder_socket(app.id))
 
     def kill_holder(self) -> None:
-        if alive(self.app.holder_pid, self.app.holder_started):
-            os.kill(self.app.holder_pid, signal.SIGKILL)
-        self.app.holder_pid, self.app.holder_started = 0, None
+        pid = self.app.holder_pid
+        self.app.holder_pid, self.app.holder_started = 0, None  # its exit is no news now
+        if pid and alive(pid, start_time(pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
-    # ---- the master ----------------------------------------------------------------------------
-
-    def spawn(self) -> None:
-        """Start the master (listeners held first, its log writer next); its exit and lines are followed."""
-        app = self.app
-        self.hold_listeners()
-        out_path, err_path = app.log_paths(self.god.home.logs)
-        try:
-            out, err = self.start_log_writer(out_path, err_path)
-        except OSError as exc:
-            from prun.cluster.errors import PrunError
-
-            raise PrunError(f"cannot write the logs of {app.name}: {exc.strerror or exc}") from None
-        try:
-            app.follower = Follower(err_path)
-            app.follow_offset, app.follow_inode = app.follower.offset, app.follower.inode
-            env = dict(app.environment(), PRUN_LOG_WRITER_PID=str(app.log_pid),  # the master's USR1 goes on to it
-                       PRUN_STATUS_FILE=self.god.home.status_file(app.id))  # its workers, for prun monit
-            app.proc = subprocess.Popen(app.argv(), cwd=app.spec.cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=app.fds,
-                                        start_new_session=True)
-        except OSError as exc:
-            from prun.cluster.errors import PrunError
-
-            raise PrunError(f"cannot start {app.name}: {exc.strerror or exc}") from None
-        finally:
-            os.close(out)
-            os.close(err)
-        app.pid, app.pid_started = app.proc.pid, start_time(app.proc.pid)
-        app.master_fds = list(app.fds)  # pass_fds keeps the numbers
-        app.status, app.workers, app.expected_exit = LAUNCHING, 0, False
-        self.watch()
-        self.god.publish("started", app, pid=app.pid)
-        self.god.persist(app)
+    # ---- the log writer ------------------------------------------------------------------------
 
     def start_log_writer(self, out_path: str, err_path: str) -> tuple[int, int]:
-        """The process that writes (and rotates) the app's log files; the two pipe ends the master writes to."""
-        app, spec = self.app, self.app.spec
+        """The process that writes (and rotates) the app's log files; the two pipe ends the master writes to.
+
+        The daemon keeps the read ends too: the pipes never break while it lives, and a writer that dies is
+        replaced on the same pipes (what was queued in them is not lost).
+        """
         for path in (out_path, err_path):  # created here, so that they exist once the app is "started"
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        rotation = Rotation(spec.log_max_size, spec.log_retain, spec.log_compress, spec.log_rotate_daily)
+        self.close_log_pipes()
+        self.app.log_fds = [out_r, err_r]
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
-                 "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
-                 *([] if spec.merge_logs else ["--split"])],
-                pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, env=self.holder_env())
+            self.spawn_log_writer()
         except OSError:
-            for fd in (out_r, out_w, err_r, err_w):
+            self.close_log_pipes()
+            for fd in (out_w, err_w):
                 os.close(fd)
             raise
-        finally:
-            os.close(out_r)
-            os.close(err_r)
-        self.god.children[proc.pid] = proc
-        app.log_pid, app.log_started = proc.pid, start_time(proc.pid)
         return out_w, err_w
 
-    def log_writer_done(self) -> bool:
-        proc = self.god.children.get(self.app.log_pid)
-        if proc is not None:
-            return proc.poll() is not None
-        return not alive(self.app.log_pid, self.app.log_started)
+    def spawn_log_writer(self) -> None:
+        app, spec = self.app, self.app.spec
+        out_path, err_path = app.log_paths(self.god.home.logs)
+        out_r, err_r = app.log_fds
+        rotation = Rotation(spec.log_max_size, spec.log_retain, spec.log_compress, spec.log_rotate_daily)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
+             "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
+             *([] if spec.merge_logs else ["--split"])],
+            pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, env=self.helper_env())
+        self.god.children[proc.pid] = proc
+        app.log_pid, app.log_started = proc.pid, start_time(proc.pid)
+        app.log_read_fds = [out_r, err_r]  # pass_fds keeps the numbers: a later daemon copies them from it
+        self.watch_helper(proc.pid, self.log_writer_exited)
+
+    def log_writer_exited(self, pid: int) -> None:
+        """A writer that ended on EOF is done; one that died is replaced on the same pipes."""
+        app = self.app
+        if pid != app.log_pid:
+            return
+        proc = self.god.children.get(pid)
+        code = proc.poll() if proc is not None else None
+        app.log_pid, app.log_started = 0, None
+        if code == 0 or not app.log_fds:  # every writer of the pipes closed them: the writer's work is done
+            self.close_log_pipes()
+            return
+        try:
+            self.spawn_log_writer()
+        except OSError as exc:
+            self.god.say(f"{app.name}: cannot start a new log writer: {exc}")
+            self.close_log_pipes()  # the app's writes fail rather than block on a pipe nobody reads
+            return
+        how = f"with status {code}" if code is not None and code >= 0 else (
+            f"killed by {signal.Signals(-code).name}" if code is not None else "")
+        note = (f"prun: the log writer (pid {pid}) died {how}; pid {app.log_pid} took over its pipes: nothing "
+                "still in them was lost (a line it had half written may be cut)").replace("  ", " ")
+        _append_line(app.log_paths(self.god.home.logs)[1], note)
+        self.god.say(f"{app.name}: {note[6:]}")
+        self.god.persist(app)
+
+    def close_log_pipes(self) -> None:
+        for fd in self.app.log_fds:
+            os.close(fd)
+        self.app.log_fds = []
 
     def reopen_logs(self) -> bool:
         """USR1 to the log writer: it reopens the files (after an external logrotate moved them)."""
@@ -189,6 +254,60 @@ class Runner:
             os.kill(self.app.log_pid, signal.SIGUSR1)
             return True
         return False
+
+    # ---- helpers' exits ------------------------------------------------------------------------
+
+    def watch_helper(self, pid: int, on_exit: Any) -> None:
+        """Call on_exit(pid) once the holder or log writer `pid` exits (a pidfd: the loop never waits)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.loop.call_soon(on_exit, pid)
+            return
+
+        def exited() -> None:
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self.watched.pop(pidfd, None)
+            on_exit(pid)
+            proc = self.god.children.pop(pid, None)
+            if proc is not None:
+                proc.poll()
+
+        self.watched[pidfd] = pid
+        self.loop.add_reader(pidfd, exited)
+
+    # ---- the master ----------------------------------------------------------------------------
+
+    def spawn(self) -> MasterRun:
+        """Start the master (listeners held first, its log writer next); its exit and events are followed."""
+        app = self.app
+        self.hold_listeners()
+        out_path, err_path = app.log_paths(self.god.home.logs)
+        try:
+            out, err = self.start_log_writer(out_path, err_path)
+        except OSError as exc:
+            raise PrunError(f"cannot write the logs of {app.name}: {exc.strerror or exc}") from None
+        ctl: socket.socket | None = None
+        try:
+            ctl = control.listener(self.god.home.control_socket(app.id))
+            proc = subprocess.Popen(app.argv(ctl.fileno()), cwd=app.spec.cwd, env=app.environment(),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    pass_fds=[*app.fds, ctl.fileno()], start_new_session=True)
+        except OSError as exc:
+            raise PrunError(f"cannot start {app.name}: {exc.strerror or exc}") from None
+        finally:
+            os.close(out)
+            os.close(err)
+            if ctl is not None:
+                ctl.close()
+        app.pid, app.pid_started = proc.pid, start_time(proc.pid)
+        app.master_fds = list(app.fds)  # pass_fds keeps the numbers
+        app.status, app.workers = LAUNCHING, 0
+        run = self.follow(MasterRun(proc.pid, app.pid_started, proc, self.loop))
+        self.god.publish("started", app, pid=app.pid)
+        self.god.persist(app)
+        return run
 
     def adopt(self) -> bool:
         """Take over a master a previous daemon started; False if it is gone."""
@@ -199,198 +318,262 @@ class Runner:
             self.hold_listeners()
         except Exception as exc:  # the master serves anyway; a later restart binds again
             self.god.say(f"{app.name}: cannot get its listeners back: {exc}")
-        app.proc = None
-        _, err_path = app.log_paths(self.god.home.logs)
-        # read on from where the last daemon was (a ready line it missed), across a rotation if need be
-        app.follower = Follower(err_path, app.follow_offset if app.follow_offset >= 0 else None, app.follow_inode)
-        self.watch()
+        self.adopt_log_pipes()
+        self.follow(MasterRun(app.pid, app.pid_started, None, self.loop))
         self.god.publish("adopted", app, pid=app.pid)
         return True
 
-    def watch(self) -> None:
+    def adopt_log_pipes(self) -> None:
+        """Copy the pipes' read ends out of the running log writer, to keep supervising it."""
         app = self.app
-        self.unwatch()
-        try:
-            app.pidfd = os.pidfd_open(app.pid)
-        except ProcessLookupError:
-            self.loop.call_soon(self.exited)
-        else:
-            self.loop.add_reader(app.pidfd, self.exited)
-        self.follow()
-
-    def unwatch(self) -> None:
-        app = self.app
-        if app.pidfd >= 0:
-            self.loop.remove_reader(app.pidfd)
-            os.close(app.pidfd)
-            app.pidfd = -1
-        if app.follow_timer:
-            app.follow_timer.cancel()
-            app.follow_timer = None
-
-    def exited(self, waited: float = 0.0) -> None:
-        app = self.app
-        if waited == 0.0 and app.pidfd >= 0:
-            self.loop.remove_reader(app.pidfd)
-        if not self.log_writer_done() and waited < LOG_WRITER_WAIT:  # the master's last lines are on their way
-            self.loop.call_later(FOLLOW_INTERVAL, self.exited, waited + FOLLOW_INTERVAL)
+        if not (app.log_read_fds and alive(app.log_pid, app.log_started)):
             return
-        self.follow(again=False)
-        self.unwatch()
-        code: int | None = None
-        if app.proc is not None:
-            code = app.proc.wait()
-            app.proc = None
-        expected = app.expected_exit
+        try:
+            app.log_fds = copy_from_process(app.log_pid, app.log_read_fds)
+        except OSError as exc:
+            self.god.say(f"{app.name}: cannot share its log writer's pipes ({exc}); not supervising it")
+            return
+        self.watch_helper(app.log_pid, self.log_writer_exited)
+
+    def follow(self, run: MasterRun) -> MasterRun:
+        """Watch a master's exit (pidfd) and connect to its control channel."""
+        self.run = run
+        try:
+            run.pidfd = os.pidfd_open(run.pid)
+        except ProcessLookupError:
+            self.loop.call_soon(self.master_exited, run)
+        else:
+            self.loop.add_reader(run.pidfd, self.master_exited, run)
+        self.connect(run)
+        return run
+
+    def connect(self, run: MasterRun) -> None:
+        """(Re)connect to the master's control channel, then ask its status: the daemon's picture of it."""
+        if not run.running or self.run is not run or self.link.up:
+            return
+        try:
+            self.link.connect(self.god.home.control_socket(self.app.id))
+        except OSError as exc:
+            if run.proc is None:
+                self.app.last_error = f"cannot reach the control channel of master {run.pid}: {exc}"
+                self.god.say(f"{self.app.name}: {self.app.last_error}")
+            else:  # ours: it listens already, so this is transient (EAGAIN: its backlog is full)
+                self.loop.call_later(RECONNECT_DELAY, self.connect, run)
+            return
+        self.loop.create_task(self.resync(run))
+
+    async def resync(self, run: MasterRun) -> None:
+        try:
+            reply = await self.link.request(control.Status, REQUEST_TIMEOUT)
+        except (LinkLost, asyncio.TimeoutError):
+            return
+        status = reply.status or {}
+        if self.run is not run or not run.running or status.get("pid") != run.pid:
+            return
+        app = self.app
+        app.workers = int(status.get("slots") or reply.workers)
+        if status.get("stopping"):
+            app.status = STOPPING
+        elif status.get("booted"):
+            self.came_online(run, app.workers)
+        self.god.persist(app)
+
+    def on_link_lost(self) -> None:
+        run = self.run
+        if run is not None and run.running:
+            self.loop.call_later(RECONNECT_DELAY, self.connect, run)
+
+    def master_exited(self, run: MasterRun) -> None:
+        """The master's pidfd fired: reap it without waiting, then restart it or settle its state. Once a run."""
+        if not run.running:
+            return
+        if self.run is run:
+            self.link.pump()  # its last events (workers that exited, a failed boot) before its exit
+        if run.pidfd >= 0:
+            self.loop.remove_reader(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = -1
+        code = run.proc.poll() if run.proc is not None else None
+        run.exited.set_result(code)
+        if not run.online.done():
+            run.online.set_result(False)
+        if self.run is not run:
+            return
+        self.link.close()
+        app = self.app
         pid, app.pid, app.pid_started = app.pid, 0, None
-        detail = describe_exit(code)
         was_online = app.status == ONLINE
         self.god.publish("exited", app, pid=pid, code=code if code is None or code >= 0 else None,
                          signal=signal.Signals(-code).name if code is not None and code < 0 else None,
-                         expected=expected)
-        self.resolve("exit", detail)
-        if expected:
+                         expected=run.expected)
+        self.stop_leftovers(pid)
+        if run.expected:
             return
-        up = time.time() - app.online_since if was_online else 0.0
-        if up >= BACKOFF_RESET_AFTER:
+        if was_online and time.time() - app.online_since >= BACKOFF_RESET_AFTER:
             app.failures = 0
-        reason = app.last_error if not was_online and app.last_error else f"the master {detail}"
-        app.status, app.workers = ERRORED, 0
-        app.last_error = reason
+        reason = app.last_error if not was_online and app.last_error else f"the master {describe_exit(code)}"
+        app.status, app.workers, app.last_error = ERRORED, 0, reason
         if app.spec.autorestart and not self.god.stopping:
-            delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**app.failures)
-            app.failures += 1
-            app.restarts += 1
-            self.god.publish("restarting", app, delay=round(delay, 3), reason=reason)
-            app.restart_timer = self.loop.call_later(delay, self.restart_after_crash)
+            self.schedule_restart(reason)
         else:
             self.god.publish("errored", app, reason=reason)
         self.god.persist(app)
 
+    def schedule_restart(self, reason: str) -> None:
+        app = self.app
+        delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**app.failures)
+        app.failures += 1
+        app.restarts += 1
+        self.god.publish("restarting", app, delay=round(delay, 3), reason=reason)
+        app.restart_timer = self.loop.call_later(delay, self.restart_after_crash)
+
     def restart_after_crash(self) -> None:
-        self.app.restart_timer = None
-        if self.app.status != ERRORED or self.god.stopping:
+        """The backoff passed: start the master again; if even that fails (EMFILE, its directory gone for a
+        moment), try again after the next backoff: an app meant to run is never given up on here."""
+        app = self.app
+        app.restart_timer = None
+        if app.status != ERRORED or self.god.stopping:
             return
         try:
             self.spawn()
         except Exception as exc:
-            self.app.last_error = str(exc)
-            self.god.say(f"{self.app.name}: cannot restart: {exc}")
+            app.last_error = f"cannot restart: {exc}"
+            self.god.say(f"{app.name}: {app.last_error}")
+            self.schedule_restart(app.last_error)
+            self.god.persist(app)
 
-    # ---- its lines -----------------------------------------------------------------------------
+    def stop_leftovers(self, pid: int) -> None:
+        """What the master's session still holds once it is gone (its workers die with it; a fork-mode
+        instance or a child of a worker may not): SIGKILL the process group."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
-    def follow(self, again: bool = True) -> None:
-        """Read the master's new lines in the err log (a poll: the file is written by another process)."""
-        app = self.app
-        app.follow_timer = None
-        if app.follower is not None:
-            lines = app.follower.read()
-            app.follow_offset, app.follow_inode = app.follower.offset, app.follower.inode
-            for line in lines:
-                self.on_line(line.decode("utf-8", "replace"))
-        if again and app.pidfd >= 0:
-            app.follow_timer = self.loop.call_later(FOLLOW_INTERVAL, self.follow)
+    # ---- its events ----------------------------------------------------------------------------
 
-    def on_line(self, line: str) -> None:
-        app = self.app
-        if app.spec.log_time and not line.startswith("{"):  # --time: the log writer's prefix first
-            words = time.strftime(app.spec.log_time).count(" ") + 1
-            line = line.split(" ", words)[-1]
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                return
-            if not isinstance(record, dict) or record.get("worker") is not None or "msg" not in record:
-                return
-            text = str(record["msg"])
-            if record.get("level") not in (None, "info"):
-                text = f"{record['level']}: {text}"
-        elif line.startswith("prun: "):
-            text = line[6:]
-        else:
+    def on_event(self, event: Any) -> None:
+        """One event of the master's control channel: the app's state follows it."""
+        app, run = self.app, self.run
+        if run is None or not run.running:
             return
-        if text.startswith("ready: "):
-            app.workers = _number(text[7:])
-            app.status, app.online_since, app.last_error = ONLINE, time.time(), ""
-            self.god.publish("online", app, pid=app.pid, workers=app.workers)
-            self.resolve("online", text)
-        elif text.startswith("reloading"):
-            self.god.publish("reload_started", app)
-        elif text.startswith("reload complete: "):
-            app.workers = _number(text[17:])
-            self.god.publish("reload_finished", app, workers=app.workers)
-            self.resolve("reloaded", text)
-        elif text.startswith("error: reload failed: "):
-            reason = text[22:]
-            self.god.publish("reload_failed", app, reason=reason)
-            self.resolve("reload_failed", reason)
-        elif text.startswith(("scaled up to ", "scaled down to ")):
-            app.workers = _number(text.split(" to ", 1)[1])
-            self.god.publish("scaled", app, workers=app.workers)
-            self.resolve("scaled", text)
-        elif "over --max-memory-restart (" in text:
-            found = re.search(r"pid (\d+).*\((\d+) > (\d+) bytes\): replacing it", text)
-            if found:
-                pid, used, limit = map(int, found.groups())
-                self.god.publish("memory_limit", app, pid=pid, memory=used, limit=limit,
-                                 worker=text.split(" (pid", 1)[0])
-            return
-        elif "; restarting it" in text:  # a worker (or fork-mode instance) died and its master restarts it
+        if isinstance(event, control.Online):
+            self.came_online(run, event.workers)
+        elif isinstance(event, control.BootFailed):
+            app.last_error = event.reason
+        elif isinstance(event, control.WorkerStarted):
+            self.god.publish("worker_started", app, slot=event.slot, pid=event.pid, generation=event.generation)
+        elif isinstance(event, control.WorkerExited):
+            self.god.publish("worker_exited", app, slot=event.slot, pid=event.pid, reason=event.reason,
+                             restarting=event.restarting)
+            if event.restarting:
+                app.restarts += 1
+                app.last_error = event.reason
+                self.god.publish("restarting", app, worker=f"worker {event.slot}", reason=event.reason)
+        elif isinstance(event, control.ReloadStarted):
+            self.god.publish("reload_started", app, generation=event.generation)
+        elif isinstance(event, control.ReloadFinished):
+            app.workers = event.workers
+            if event.ok:
+                app.restarts += 1
+                self.god.publish("reload_finished", app, workers=event.workers, generation=event.generation)
+            else:
+                self.god.publish("reload_failed", app, reason=event.reason)
+        elif isinstance(event, control.Scaled):
+            app.workers = event.workers
+            self.god.publish("scaled", app, workers=event.workers)
+        elif isinstance(event, control.MemoryLimit):
             app.restarts += 1
-            self.god.publish("restarting", app, worker=text.split(" (pid", 1)[0], reason=text.split("; ", 1)[0])
-        elif text.startswith("already at 1 worker") or text.startswith("error: scaling up failed: "):
-            self.resolve("scaled", text)
-        elif text.startswith("error: "):
-            app.last_error = text[7:]
-        else:
+            self.god.publish("memory_limit", app, pid=event.pid, worker=f"worker {event.slot}",
+                             memory=event.memory, limit=event.limit)
+        elif isinstance(event, control.Problem):
+            app.last_error = event.message
+        elif isinstance(event, control.Stopping):
+            if not run.expected:
+                app.status = STOPPING
+                self.god.publish("stopping", app, pid=run.pid)
+        elif isinstance(event, control.ReopenLogs):
+            self.reopen_logs()
             return
         self.god.persist(app)
 
-    def expect(self, *kinds: str) -> asyncio.Future[str]:
-        """A future set by the next line (or exit) of one of these kinds: 'online', 'reloaded', ..., 'exit'."""
-        future: asyncio.Future[str] = self.loop.create_future()
-        self.app.waiters.append((kinds, future))
-        return future
+    def came_online(self, run: MasterRun, workers: int) -> None:
+        app = self.app
+        app.workers = workers
+        if app.status != ONLINE:
+            app.status, app.online_since, app.last_error = ONLINE, time.time(), ""
+            self.god.publish("online", app, pid=run.pid, workers=workers)
+        if not run.online.done():
+            run.online.set_result(True)
 
-    def resolve(self, kind: str, detail: str) -> None:
-        for entry in list(self.app.waiters):
-            kinds, future = entry
-            if kind in kinds:
-                self.app.waiters.remove(entry)
-                if not future.done():
-                    future.set_result(f"{kind}:{detail}")
+    # ---- requests ------------------------------------------------------------------------------
 
-    # ---- signals and stopping ------------------------------------------------------------------
+    async def request(self, kind: type[Any], timeout: float, **fields: Any) -> control.Reply:
+        """A request to the running master; PrunError with a sentence if it cannot be answered."""
+        run = self.run
+        if run is None or not run.running:
+            raise PrunError(f"{self.app.name} has no master running")
+        try:
+            return await self.link.request(kind, timeout, **fields)
+        except LinkLost as exc:
+            raise PrunError(f"{self.app.name}: {exc}") from None
+        except asyncio.TimeoutError:
+            raise PrunError(f"{self.app.name}: its master (pid {run.pid}) did not answer within {timeout:g}s"
+                            ) from None
+
+    async def status(self) -> dict[str, Any] | None:
+        """The master's own /status (its workers), or None if it cannot say now."""
+        try:
+            reply = await self.request(control.Status, 1.0)
+        except PrunError:
+            return None
+        return reply.status
+
+    # ---- stopping ------------------------------------------------------------------------------
+
+    async def stop_master(self) -> None:
+        """Ask the master to stop (graceful drain) and wait for its exit; SIGKILL its session if it overstays."""
+        app = self.app
+        if app.restart_timer:
+            app.restart_timer.cancel()
+            app.restart_timer = None
+        run = self.run
+        if run is None or not run.running:
+            return
+        run.expected = True
+        app.status = STOPPING
+        self.god.publish("stopping", app, pid=run.pid)
+        try:
+            await self.link.request(control.Stop, 2.0)
+        except (LinkLost, asyncio.TimeoutError):
+            _signal(run.pid, signal.SIGTERM)  # no channel: the signal means the same
+        try:
+            await asyncio.wait_for(asyncio.shield(run.exited), app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN)
+        except asyncio.TimeoutError:
+            self.god.say(f"{app.name}: master {run.pid} did not stop within "
+                         f"{app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN:g}s: killing its session")
+            self.stop_leftovers(run.pid)
+            try:
+                await asyncio.wait_for(asyncio.shield(run.exited), KILL_WAIT)
+            except asyncio.TimeoutError:
+                raise PrunError(f"{app.name}: master {run.pid} is still there after SIGKILL") from None
 
     def signal(self, signum: int) -> None:
         if alive(self.app.pid, self.app.pid_started):
             os.kill(self.app.pid, signum)
 
-    async def stop_master(self) -> None:
-        """TERM the master and wait for it (graceful drain); SIGKILL its session if it overstays."""
-        app = self.app
-        if app.restart_timer:
-            app.restart_timer.cancel()
-            app.restart_timer = None
-        if not alive(app.pid, app.pid_started):
-            if app.pid:
-                self.exited()
-            return
-        app.expected_exit = True
-        app.status = STOPPING
-        self.god.publish("stopping", app, pid=app.pid)
-        gone = self.expect("exit")
-        pid = app.pid
-        self.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(gone), app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN)
-        except asyncio.TimeoutError:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            await gone
+    def unwatch(self) -> None:
+        """The daemon exits: stop following (the processes keep running for the next daemon)."""
+        run = self.run
+        if run is not None and run.pidfd >= 0:
+            self.loop.remove_reader(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = -1
+        for pidfd in list(self.watched):
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.watched.clear()
+        self.link.close()
 
 
 SYS_PIDFD_GETFD = 438  # Linux >= 5.6; os has no wrapper in Python 3.11
@@ -426,6 +609,29 @@ def describe_exit(code: int | None) -> str:
     return describe(code)
 
 
-def _number(text: str) -> int:
-    word = text.split(" ", 1)[0]
-    return int(word) if word.isdigit() else 0
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _append_line(path: str, line: str) -> None:
+    """One line of prun's own at the end of a log file (never following a link: O_NOFOLLOW)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        os.write(fd, (line + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
