@@ -61,4 +61,4 @@ def command(target: str) -> None:
         ]
         for key, value in fields:
             if value is not None:
-                click.echo(f"  {key:<14} {value}")
+                click.echo(f"  {key:<15} {value}")

@@ -388,7 +388,7 @@ def main() -> None:
     try:
         import setproctitle
 
-        setproctitle.setproctitle(f"prun logs {args.name}")
+        setproctitle.setproctitle(f"prun log-writer {args.name}")
     except ImportError:  # pragma: no cover
         pass
     serve(args.out_fd, args.err_fd, args.out_path, args.err_path,

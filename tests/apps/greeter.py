@@ -2,6 +2,9 @@
 
     BOOT_FAIL_FILE=PATH   fail to import while PATH exists (an errored app that a fix can restart)
     SLOW_BOOT=SECONDS     sleep while importing
+
+GET /say?TEXT prints `said TEXT` on stdout; GET /child starts a `sleep` that inherits the worker's stdout
+and stderr (the log pipes) and answers its pid.
 """
 
 import os
@@ -28,7 +31,12 @@ async def app(scope, receive, send):
                 return
     if scope["path"] == "/say":
         print(f"said {scope['query_string'].decode()}", flush=True)
-    body = f"{os.environ.get('GREETING', 'hello')} {os.getpid()}\n".encode()
+    if scope["path"] == "/child":
+        import subprocess
+
+        body = b"%d\n" % subprocess.Popen(["sleep", "300"]).pid
+    else:
+        body = f"{os.environ.get('GREETING', 'hello')} {os.getpid()}\n".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
