@@ -134,9 +134,14 @@ def test_an_unsupported_version_is_answered_426_and_logged_once(served):
     data = read_all(sock)
     sock.close()
     assert data.startswith(b"HTTP/1.1 426") and b"Sec-WebSocket-Version: 13" in data
+    master.wait_for("unsupported Sec-WebSocket-Version")  # the worker writes it after the answer
     sock = handshake(port, version="7")
     assert read_all(sock).startswith(b"HTTP/1.1 426")
     sock.close()
+    seen = len(master.lines)
+    sock = handshake(port, version="13")  # then a connection that logs a line: the second 426's would be before it
+    sock.close()
+    master.wait_for("disconnect 1006", start=seen)
     assert master.output.count("unsupported Sec-WebSocket-Version") == 1  # logged once
 
 

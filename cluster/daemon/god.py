@@ -46,7 +46,11 @@ class God:
     # ---- bookkeeping -----------------------------------------------------------------------------
 
     def say(self, message: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        """One line in daemon.log; a full disk or a closed log loses the line, never the operation."""
+        try:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        except (OSError, ValueError):
+            pass
 
     def publish(self, event: str, app: App, **fields: Any) -> None:
         self.bus.publish(event, app=app.name, id=app.id, status=app.status, **fields)
