@@ -250,3 +250,37 @@ def test_a_reload_is_answered_by_its_own_outcome_not_by_another_one(home: Home) 
     generations = {w["generation"] for w in Client(home.path, autostart=False).describe("api")[0]["worker_list"]}
     assert generations == {3}, generations
     assert home.app("api")["restarts"] == 2
+
+
+def ask_child(port: int, command: str) -> int:
+    """The forks app's answer to `command`: the pid of the child its worker started."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"{command}\n".encode())
+        return int(sock.makefile().readline().split()[0])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_what_a_killed_master_left_is_stopped_with_the_app_and_its_port_is_free(home: Home) -> None:
+    port = free_port()
+    home.prun("start", "forks:handle", "--name", "forks", "-b", f"127.0.0.1:{port}")
+    children = [ask_child(port, command) for command in ("fork", "spawn", "stubborn", "helper")]
+    assert all(alive(pid) for pid in children)
+    os.kill(home.app("forks")["pid"], signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in children), what="the app's children to go with its master")
+    home.prun("stop", "forks")
+    import socket
+
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    home.prun("delete", "forks")
+    home.prun("start", "forks:handle", "--name", "again", "-b", f"127.0.0.1:{port}")  # the port is free
+    assert alive(ask_child(port, "spawn"))
