@@ -16,6 +16,11 @@ is truncated back (no half line stays), one warning goes to the writer's stderr 
 once a write succeeds again a line in the err log says how many were dropped. SIGUSR1 reopens the files
 (after an external logrotate moved them).
 
+Log files are opened through `open_log` (by this writer, a foreground master's --log-file, `prun flush`;
+the daemon should create them with it too): another user's symlink at a log path is not followed, another
+user's file is not written into (root is no other user). The writer refuses to start on one (one line on
+its stderr, exit 1); on a reopen it keeps its old file.
+
 Rotated files are <path>.1 (plain: the newest, still being read by followers), then <path>.2[.gz] ...
 up to --log-retain; `Follower` reads a file on across a rotation, from where it was.
 """
@@ -27,9 +32,11 @@ import errno
 import fcntl
 import gzip
 import os
+import pwd
 import selectors
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -38,6 +45,58 @@ from dataclasses import dataclass
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 READ_SIZE = 65536
 LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
+
+
+class LogFileRefused(PermissionError):
+    """A log path prun will not write through; its strerror is the one line that says why."""
+
+
+def open_log(path: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode: int = 0o600) -> int:
+    """Open (by default create, append-only) a log file; the fd (close-on-exec, blocking).
+
+    As the kernel's protected_symlinks, but in any directory (not only sticky world-writable ones): a symlink
+    at `path` (its last component) is followed only if it is owned by this user or root; the file opened
+    must be owned by this user or root too; otherwise LogFileRefused (a PermissionError, its strerror one
+    line naming the path and the owner). O_TRUNC in `flags` truncates only after the checks. A FIFO with no
+    reader fails (ENXIO) instead of blocking. Other failures are the OSError of open(2).
+    """
+    truncate = bool(flags & os.O_TRUNC)
+    flags = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        link = os.lstat(path)
+        if not stat.S_ISLNK(link.st_mode):
+            raise
+        if link.st_uid not in _trusted():
+            raise LogFileRefused(errno.EPERM, f"{path} is a symbolic link owned by {_user(link.st_uid)}: "
+                                              "not following it") from None
+        fd = os.open(path, flags, mode)
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner not in _trusted():
+            raise LogFileRefused(errno.EPERM, f"{path} belongs to {_user(owner)}, not to "
+                                              f"{_user(os.geteuid())}: not writing into it")
+        os.set_blocking(fd, True)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _trusted() -> tuple[int, int]:
+    return (os.geteuid(), 0)
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 @dataclass
@@ -78,9 +137,17 @@ class LogFile:
         self.open()
 
     def open(self) -> None:
+        """Open the file (again); a refused reopen keeps the old file (a refused first open raises)."""
+        try:
+            fd = open_log(self.path)
+        except LogFileRefused as exc:
+            if self.fd < 0:
+                raise
+            print(f"prun: warning: {exc.strerror}; still writing to the file it was", file=sys.stderr, flush=True)
+            return
         if self.fd >= 0:
             os.close(self.fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = fd
         st = os.fstat(self.fd)
         self.day = time.strftime("%Y-%m-%d", time.localtime(st.st_mtime if st.st_size else time.time()))
 
@@ -152,12 +219,17 @@ class LogFile:
     def close(self) -> None:
         if self.compressor is not None:
             self.compressor.join()
-        os.close(self.fd)
+            self.compressor = None
+        if self.fd >= 0:  # (once: a refused worker's file is the app's file under a second name)
+            os.close(self.fd)
+            self.fd = -1
 
 
 def compress(path: str) -> None:
     """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one)."""
-    with open(path, "rb") as src, gzip.open(path + ".gz.tmp", "wb") as dst:
+    with (open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src,
+          open(open_log(path + ".gz.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as raw,
+          gzip.GzipFile(filename=os.path.basename(path), mode="wb", fileobj=raw) as dst):
         shutil.copyfileobj(src, dst)
     os.replace(path + ".gz.tmp", path + ".gz")
     os.unlink(path)
@@ -201,7 +273,12 @@ class Stream:
                 path = self.out.path
             batches.setdefault(path, []).append(line)
         for path, lines in batches.items():
-            self.emit(self.files.get(path), b"".join(lines))
+            try:
+                out = self.files.get(path)
+            except LogFileRefused as exc:  # a worker's own file: its lines go to the app's file instead
+                print(f"prun: warning: {exc.strerror}; its lines go to {self.out.path}", file=sys.stderr, flush=True)
+                out = self.files[path] = self.out
+            self.emit(out, b"".join(lines))
 
     def emit(self, out: LogFile, chunk: bytes) -> None:
         if self.stamp:
@@ -255,7 +332,7 @@ class Files(dict[str, LogFile]):
 def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
           split: bool = False) -> None:
     """Copy the two pipes into their files until both reach EOF."""
-    lock = os.open(out_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + LOCK_WAIT
     while True:  # the writer of the master before this one finishes when its last process closed the pipes
         try:
@@ -391,8 +468,12 @@ def main() -> None:
         setproctitle.setproctitle(f"prun logs {args.name}")
     except ImportError:  # pragma: no cover
         pass
-    serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
-          Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
+    try:
+        serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
+              Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
+    except LogFileRefused as exc:
+        print(f"prun: error: {exc.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
