@@ -7,6 +7,7 @@ import asyncio
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,6 +183,31 @@ def test_no_token_and_no_group_find_nothing(started):
     assert plain.pid not in tree.members(started.token, 0)
     assert tree.kill_tree("", 0) == []
     assert running(plain.pid)
+
+
+def ask(port: int, command: bytes) -> int:
+    """Ask the forks app (tests/apps/forks.py) to start a child; its pid."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(command + b"\n")
+        return int(sock.makefile("rb").readline().split()[0])
+
+
+def test_a_prun_master_marked_by_environment_is_stopped_whole_with_what_its_workers_forked_away(started, prun):
+    master = prun("forks:handle", "-i", "2", "-b", "127.0.0.1:0", env=tree.environment(started.token),
+                  start_new_session=True)
+    started.pids.append(master.pid)
+    port = master.wait_ready()
+    workers = set(master.workers())
+    away = ask(port, b"daemon")  # forked without exec (a title-setting worker's copy), then setsid
+    started.pids.append(away)
+    wait_until(lambda: os.getsid(away) == away, what="the helper to leave the session")
+    assert set(tree.members(started.token, master.pid)) == {master.pid, *workers, away}
+    os.kill(master.pid, signal.SIGKILL)
+    master.proc.wait(10)
+    wait_until(lambda: all(gone(pid) for pid in workers), what="the workers to die with the master")
+    assert tree.members(started.token, master.pid) == [away]  # only the token finds it now
+    asyncio.run(tree.stop_tree(started.token, master.pid, grace=1.0))
+    wait_until(lambda: gone(away), what="the helper to end")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ An app's master (or fork-mode supervisor) is started by the daemon in a new sess
 group (pgid = its pid) that its descendants normally stay in. Some leave it (setsid, a double fork, a
 daemonizing helper) and, once the master is SIGKILLed, are reparented to init. Three marks find them all:
 
-- the token: the daemon sets TOKEN_VARIABLE=<new_token()> in the master's environment; every descendant
+- the token: the daemon puts environment(new_token()) in the master's environment; every descendant
   inherits it (read back from /proc/PID/environ), whatever its group or parent, unless it clears its
   environment;
 - the process group `pgid` (what a descendant that cleared its environment usually still has);
@@ -17,7 +17,7 @@ daemon, the listener holder and the log writer carry none of them. Signals go th
 the process is checked, so a pid reused meanwhile is never signalled.
 
     token = new_token()                                   # kept with the app's state, like its pid
-    env[TOKEN_VARIABLE] = token; Popen(argv, env=env, start_new_session=True)   # pgid = master pid
+    env.update(environment(token)); Popen(argv, env=env, start_new_session=True)   # pgid = master pid
     members(token, pgid)                                  # -> [pid, ...]
     killed = await stop_tree(token, pgid, signal.SIGTERM, grace=5.0)   # TERM all, KILL what is left
     kill_tree(token, pgid)                                # SIGKILL all now (sync)
@@ -58,6 +58,17 @@ PF_KTHREAD = 0x00200000
 def new_token() -> str:
     """A fresh app token (128 random bits, hex)."""
     return secrets.token_hex(16)
+
+
+def environment(token: str) -> dict[str, str]:
+    """The variables that mark a master (and all it starts) as the app's: the token, and SPT_NOENV.
+
+    setproctitle (which the master, its workers and the fork-mode supervisor call) otherwise overwrites the
+    memory /proc/PID/environ shows, so the token of a prun process, and of every child it forks without
+    exec (a daemonizing helper), could not be read back. With SPT_NOENV=1 it leaves it alone; a title is
+    then cut at the length of the process's command line, and an app's own setproctitle is too.
+    """
+    return {TOKEN_VARIABLE: token, "SPT_NOENV": "1"}
 
 
 @dataclass(frozen=True)
