@@ -67,8 +67,8 @@ class Log:
 
     def open_file(self, path: str) -> int:
         """Send the master's stdout and stderr (and so its workers') to `path`; the new fd. Another user's
-        symlink or file there is refused (logfiles.open_log)."""
-        from prun.cluster.daemon.logfiles import open_log
+        symlink or file there is refused (logopen.py)."""
+        from prun.cluster.logopen import open_log
 
         try:
             fd = open_log(path, mode=0o640)

@@ -1,4 +1,4 @@
-"""Log files are never opened through another user's symlink or into another user's file (logfiles.open_log):
+"""Log files are never opened through another user's symlink or into another user's file (cluster/logopen.py):
 the log writer (run as the daemon runs it), the foreground master's --log-file and `prun flush` refuse, in one
 line, and leave the target as it was; this user's own symlink is followed."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prun.cluster.daemon.logfiles import LogFileRefused, open_log
+from prun.cluster.logopen import LogFileRefused, open_log
 from tests.daemon_support import Home
 from tests.support import APPS, prun_command, wait_until
 
@@ -36,6 +36,13 @@ def victim(tmp_path: Path) -> Path:
 
 def untouched(target: Path) -> bool:
     return target.read_bytes() == PRECIOUS and target.stat().st_mtime == 1_000_000_000
+
+
+def plant(link: Path, target: Path) -> Path:
+    """A symlink at `link` to `target`, owned by nobody (as another user would plant it)."""
+    link.symlink_to(target)
+    os.lchown(link, nobody(), -1)
+    return link
 
 
 def logs_dir(tmp_path: Path) -> Path:
@@ -77,9 +84,7 @@ def run_writer(out_path: Path, err_path: Path) -> subprocess.CompletedProcess[st
 @as_root
 def test_the_writer_does_not_follow_another_users_symlink(tmp_path):
     target, logs = victim(tmp_path), logs_dir(tmp_path)
-    link = logs / "app-out.log"
-    link.symlink_to(target)
-    os.lchown(link, nobody(), -1)
+    link = plant(logs / "app-out.log", target)
     result = run_writer(link, logs / "app-err.log")
     assert result.returncode == 1
     assert result.stderr == (f"prun: error: {link} is a symbolic link owned by nobody (uid {nobody()}): "
@@ -113,9 +118,7 @@ def test_the_writer_follows_its_own_users_symlink(tmp_path):
 @as_root
 def test_open_log_neither_creates_through_nor_truncates_another_users_files(tmp_path):
     logs = logs_dir(tmp_path)
-    dangling = logs / "new.log"
-    dangling.symlink_to(tmp_path / "created")
-    os.lchown(dangling, nobody(), -1)
+    dangling = plant(logs / "new.log", tmp_path / "created")
     with pytest.raises(LogFileRefused):
         open_log(str(dangling))
     assert not (tmp_path / "created").exists()
@@ -139,9 +142,7 @@ def test_open_log_takes_roots_dev_null_and_fails_on_a_fifo_nobody_reads(tmp_path
 @as_root
 def test_the_foreground_masters_log_file_is_refused_in_one_line(tmp_path):
     target, logs = victim(tmp_path), logs_dir(tmp_path)
-    link = logs / "prun.log"
-    link.symlink_to(target)
-    os.lchown(link, nobody(), -1)
+    link = plant(logs / "prun.log", target)
     result = subprocess.run(prun_command() + ["tcp:handle", "-b", "127.0.0.1:0", "--log-file", str(link)],
                             cwd=APPS, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode != 0
@@ -159,8 +160,7 @@ def test_prun_flush_does_not_truncate_through_another_users_symlink(home: Home, 
     err = Path(home.path, "logs", "api-err.log")
     wait_until(lambda: err.stat().st_size > 0, what="the app's first lines")
     out.unlink()
-    out.symlink_to(target)
-    os.lchown(out, nobody(), -1)
+    plant(out, target)
     result = home.prun("flush", "api", check=False)
     assert result.returncode == 1
     assert result.stderr == (f"prun: error: cannot flush {out}: {out} is a symbolic link owned by nobody "

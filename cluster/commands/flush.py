@@ -18,7 +18,8 @@ from prun.cluster.commands import client
 @click.argument("target", required=False, default="all")
 def command(target: str) -> None:
     """Empty apps' log files."""
-    from prun.cluster.daemon.logfiles import open_log, rotated, worker_files
+    from prun.cluster.daemon.logfiles import rotated, worker_files
+    from prun.cluster.logopen import open_log
 
     rows: list[dict[str, Any]] = client().describe(target)
     failed = False

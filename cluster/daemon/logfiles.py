@@ -16,8 +16,8 @@ is truncated back (no half line stays), one warning goes to the writer's stderr 
 once a write succeeds again a line in the err log says how many were dropped. SIGUSR1 reopens the files
 (after an external logrotate moved them).
 
-Log files are opened through `open_log` (by this writer, a foreground master's --log-file, `prun flush`;
-the daemon should create them with it too): another user's symlink at a log path is not followed, another
+Log files are opened through `open_log` (cluster/logopen.py: by this writer, a foreground master's
+--log-file, `prun flush`; the daemon should create them with it too): another user's symlink at a log path is not followed, another
 user's file is not written into (root is no other user). The writer refuses to start on one (one line on
 its stderr, exit 1); on a reopen it keeps its old file.
 
@@ -32,71 +32,19 @@ import errno
 import fcntl
 import gzip
 import os
-import pwd
 import selectors
 import shutil
 import signal
-import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
+from prun.cluster.logopen import LogFileRefused, open_log
+
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 READ_SIZE = 65536
 LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
-
-
-class LogFileRefused(PermissionError):
-    """A log path prun will not write through; its strerror is the one line that says why."""
-
-
-def open_log(path: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode: int = 0o600) -> int:
-    """Open (by default create, append-only) a log file; the fd (close-on-exec, blocking).
-
-    As the kernel's protected_symlinks, but in any directory (not only sticky world-writable ones): a symlink
-    at `path` (its last component) is followed only if it is owned by this user or root; the file opened
-    must be owned by this user or root too; otherwise LogFileRefused (a PermissionError, its strerror one
-    line naming the path and the owner). O_TRUNC in `flags` truncates only after the checks. A FIFO with no
-    reader fails (ENXIO) instead of blocking. Other failures are the OSError of open(2).
-    """
-    truncate = bool(flags & os.O_TRUNC)
-    flags = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW, mode)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        link = os.lstat(path)
-        if not stat.S_ISLNK(link.st_mode):
-            raise
-        if link.st_uid not in _trusted():
-            raise LogFileRefused(errno.EPERM, f"{path} is a symbolic link owned by {_user(link.st_uid)}: "
-                                              "not following it") from None
-        fd = os.open(path, flags, mode)
-    try:
-        owner = os.fstat(fd).st_uid
-        if owner not in _trusted():
-            raise LogFileRefused(errno.EPERM, f"{path} belongs to {_user(owner)}, not to "
-                                              f"{_user(os.geteuid())}: not writing into it")
-        os.set_blocking(fd, True)
-        if truncate:
-            os.ftruncate(fd, 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _trusted() -> tuple[int, int]:
-    return (os.geteuid(), 0)
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 @dataclass
