@@ -66,9 +66,12 @@ class Log:
         self._emit(target, f"{WORKER_TAG}{slot}{WORKER_TAG}{line}" if self.tag_workers else line)
 
     def open_file(self, path: str) -> int:
-        """Send the master's stdout and stderr (and so its workers') to `path`; the new fd."""
+        """Send the master's stdout and stderr (and so its workers') to `path`; the new fd. Another user's
+        symlink or file there is refused (logopen.py)."""
+        from prun.cluster.logopen import open_log
+
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = open_log(path, mode=0o640)
         except OSError as exc:
             from prun.cluster.errors import PrunError
 

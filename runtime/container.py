@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import faulthandler
-import io
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from prun.runtime import channel, loader
+from prun.runtime import channel, loader, output
 from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 from prun.runtime.server import BootError, Server
 
@@ -129,8 +128,10 @@ def make_server(app: Any, interface: str, options: WorkerOptions, loop: asyncio.
 class Worker:
     """One worker's life: boot, serve, heartbeat, drain."""
 
-    def __init__(self, sock: socket.socket, options: WorkerOptions, listeners: list[socket.socket]) -> None:
+    def __init__(self, sock: socket.socket, options: WorkerOptions, listeners: list[socket.socket],
+                 outputs: list[output.GuardedOutput] | None = None) -> None:
         self.sock = sock
+        self.outputs = outputs or []  # fds 1 and 2 as the app's prints reach them (output.py)
         self.options = options
         self.listeners = listeners
         self.server: Server | None = None
@@ -250,6 +251,7 @@ class Worker:
             sys.stderr.flush()
             os.dup2(fds[0], 1)
             os.dup2(fds[0], 2)
+            output.reopened(self.outputs)
         elif isinstance(msg, channel.Drain):
             if self.server is not None:
                 self.server.going_away = msg.stopping
@@ -292,16 +294,8 @@ class Worker:
                 self.done.set_result(None)
 
 
-def line_buffered() -> None:
-    """One print, one write(2): whole lines, which the log writer can keep whole (even under PYTHONUNBUFFERED,
-    which would write a line's text and its newline apart)."""
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True, write_through=False)
-
-
 def main() -> None:
-    line_buffered()
+    outputs = output.install()  # line-buffered; a broken log pipe drops the app's prints, never raises
     fd = int(os.environ.pop("PRUN_CHANNEL_FD"))
     master_pid = int(os.environ.pop("PRUN_MASTER_PID", "0"))
     die_with_parent(master_pid)
@@ -324,7 +318,7 @@ def main() -> None:
         pass
     faulthandler.enable()  # SIGABRT from the master's heartbeat watchdog prints the stuck stack
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the master decides
-    code = Worker(sock, options, listeners).run()
+    code = Worker(sock, options, listeners, outputs).run()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # do not wait on threads the app may have left behind

@@ -25,7 +25,8 @@ class Home:
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="prun-t-", dir="/tmp")
         self.path = os.path.join(self.root, "h")
-        self.env = dict(os.environ, PRUN_HOME=self.path)
+        # SPT_NOENV: setproctitle leaves /proc/PID/environ alone, so that ours() can read PRUN_HOME back
+        self.env = dict(os.environ, PRUN_HOME=self.path, SPT_NOENV="1")
         self.env.pop("PORT", None)
 
     def prun(self, *args: str, check: bool = True, timeout: float = 120, cwd: str | Path = APPS,
@@ -63,18 +64,39 @@ class Home:
                 continue
         return found
 
+    def family(self) -> list[psutil.Process]:
+        """The daemon and every process under it now: its listener holders and log writers keep only a few
+        variables of their environment (no SPT_NOENV), so ours() cannot see them once they set their title."""
+        pid = self.daemon_pid()
+        try:
+            daemon = psutil.Process(pid) if pid else None
+            return [daemon, *daemon.children(recursive=True)] if daemon else []
+        except psutil.Error:
+            return []
+
     def cleanup(self) -> None:
+        family = self.family()
         try:
             if self.daemon_pid():
                 self.prun("kill", check=False, timeout=60)
         except subprocess.TimeoutExpired:
             pass
-        for proc in self.ours():
+
+        def running(proc: psutil.Process) -> bool:
             try:
-                proc.send_signal(signal.SIGKILL)
+                return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                return False
+
+        def left() -> list[psutil.Process]:
+            return self.ours() + [proc for proc in family if running(proc)]
+
+        for proc in left():
+            try:
+                proc.send_signal(signal.SIGKILL)  # (psutil: never a pid reused since)
             except psutil.Error:
                 pass
-        wait_until(lambda: not self.ours(), timeout=10, what="every process of the test's PRUN_HOME to exit")
+        wait_until(lambda: not left(), timeout=10, what="every process of the test's PRUN_HOME to exit")
         shutil.rmtree(self.root, ignore_errors=True)
 
 

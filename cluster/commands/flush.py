@@ -19,8 +19,10 @@ from prun.cluster.commands import client
 def command(target: str) -> None:
     """Empty apps' log files."""
     from prun.cluster.daemon.logfiles import rotated, worker_files
+    from prun.cluster.logopen import open_log
 
     rows: list[dict[str, Any]] = client().describe(target)
+    failed = False
     for row in rows:
         retain = int(row["spec"].get("log_retain", 5))
         main = list(dict.fromkeys(row["logs"]))
@@ -28,7 +30,13 @@ def command(target: str) -> None:
             for old in rotated(path, retain):
                 os.unlink(old)
             try:
-                os.truncate(path, 0)
+                os.close(open_log(path, os.O_WRONLY | os.O_TRUNC))  # never through another user's symlink
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # the other files are flushed all the same
+                click.echo(f"prun: error: cannot flush {path}: {exc.strerror}", err=True)
+                failed = True
+                continue
             click.echo(f"flushed {path}")
+    if failed:
+        raise SystemExit(1)

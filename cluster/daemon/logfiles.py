@@ -16,6 +16,11 @@ is truncated back (no half line stays), one warning goes to the writer's stderr 
 once a write succeeds again a line in the err log says how many were dropped. SIGUSR1 reopens the files
 (after an external logrotate moved them).
 
+Log files are opened through `open_log` (cluster/logopen.py: by this writer, a foreground master's
+--log-file, `prun flush`; the daemon should create them with it too): another user's symlink at a log path is not followed, another
+user's file is not written into (root is no other user). The writer refuses to start on one (one line on
+its stderr, exit 1); on a reopen it keeps its old file.
+
 Rotated files are <path>.1 (plain: the newest, still being read by followers), then <path>.2[.gz] ...
 up to --log-retain; `Follower` reads a file on across a rotation, from where it was.
 """
@@ -34,6 +39,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+
+from prun.cluster.logopen import LogFileRefused, open_log
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 READ_SIZE = 65536
@@ -78,9 +85,17 @@ class LogFile:
         self.open()
 
     def open(self) -> None:
+        """Open the file (again); a refused reopen keeps the old file (a refused first open raises)."""
+        try:
+            fd = open_log(self.path)
+        except LogFileRefused as exc:
+            if self.fd < 0:
+                raise
+            print(f"prun: warning: {exc.strerror}; still writing to the file it was", file=sys.stderr, flush=True)
+            return
         if self.fd >= 0:
             os.close(self.fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = fd
         st = os.fstat(self.fd)
         self.day = time.strftime("%Y-%m-%d", time.localtime(st.st_mtime if st.st_size else time.time()))
 
@@ -152,12 +167,17 @@ class LogFile:
     def close(self) -> None:
         if self.compressor is not None:
             self.compressor.join()
-        os.close(self.fd)
+            self.compressor = None
+        if self.fd >= 0:  # (once: a refused worker's file is the app's file under a second name)
+            os.close(self.fd)
+            self.fd = -1
 
 
 def compress(path: str) -> None:
     """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one)."""
-    with open(path, "rb") as src, gzip.open(path + ".gz.tmp", "wb") as dst:
+    with (open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src,
+          open(open_log(path + ".gz.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as raw,
+          gzip.GzipFile(filename=os.path.basename(path), mode="wb", fileobj=raw) as dst):
         shutil.copyfileobj(src, dst)
     os.replace(path + ".gz.tmp", path + ".gz")
     os.unlink(path)
@@ -201,7 +221,12 @@ class Stream:
                 path = self.out.path
             batches.setdefault(path, []).append(line)
         for path, lines in batches.items():
-            self.emit(self.files.get(path), b"".join(lines))
+            try:
+                out = self.files.get(path)
+            except LogFileRefused as exc:  # a worker's own file: its lines go to the app's file instead
+                print(f"prun: warning: {exc.strerror}; its lines go to {self.out.path}", file=sys.stderr, flush=True)
+                out = self.files[path] = self.out
+            self.emit(out, b"".join(lines))
 
     def emit(self, out: LogFile, chunk: bytes) -> None:
         if self.stamp:
@@ -255,7 +280,7 @@ class Files(dict[str, LogFile]):
 def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
           split: bool = False) -> None:
     """Copy the two pipes into their files until both reach EOF."""
-    lock = os.open(out_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + LOCK_WAIT
     while True:  # the writer of the master before this one finishes when its last process closed the pipes
         try:
@@ -391,8 +416,12 @@ def main() -> None:
         setproctitle.setproctitle(f"prun log-writer {args.name}")
     except ImportError:  # pragma: no cover
         pass
-    serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
-          Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
+    try:
+        serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
+              Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
+    except LogFileRefused as exc:
+        print(f"prun: error: {exc.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Each command answers "CHILD_PID WORKER_PID".
     spawn       subprocess.Popen a sleeping interpreter
     stubborn    the same, one that ignores SIGTERM
     helper      a sleeping interpreter started in the background by a shell that exits at once
+    daemon      os.fork() a child that leaves the session (setsid) and sleeps a minute
 """
 
 import asyncio
@@ -30,6 +31,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         if command == "fork":
             pid = os.fork()
             if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+        elif command == "daemon":
+            pid = os.fork()
+            if pid == 0:
+                os.setsid()
                 time.sleep(60)
                 os._exit(0)
         elif command == "helper":
