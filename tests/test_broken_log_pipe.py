@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.daemon_support import Home
 from tests.support import APPS, prun_command, wait_until
 
 
@@ -147,13 +146,3 @@ def test_prints_reach_a_new_log_file_again_and_it_says_how_many_were_dropped(mas
                what="the request's line in the new file")
     text = log.read_text()
     assert "prun worker: 3 writes to stdout were dropped (Broken pipe)" in text and "lost-" not in text
-
-
-def test_under_the_daemon_an_app_that_prints_still_answers_after_its_log_writer_is_killed(home: Home):
-    home.prun("start", "greeter:app", "--lifespan", "off", "-b", "127.0.0.1:0", "-i", "2", "--name", "api")
-    port = home.port("api")
-    writer = next(p for p in home.family() if p.cmdline()[0].startswith("prun logs api"))
-    writer.kill()
-    writer.wait(10)
-    for n in range(20):
-        assert say(port, f"after-{n}")[0] == 200

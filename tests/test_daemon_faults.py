@@ -272,7 +272,7 @@ def free_port() -> int:
 def test_what_a_killed_master_left_is_stopped_with_the_app_and_its_port_is_free(home: Home) -> None:
     port = free_port()
     home.prun("start", "forks:handle", "--name", "forks", "-b", f"127.0.0.1:{port}")
-    children = [ask_child(port, command) for command in ("fork", "spawn", "stubborn", "helper")]
+    children = [ask_child(port, command) for command in ("fork", "spawn", "stubborn", "helper", "daemon")]
     assert all(alive(pid) for pid in children)
     os.kill(home.app("forks")["pid"], signal.SIGKILL)
     wait_until(lambda: not any(alive(pid) for pid in children), what="the app's children to go with its master")
@@ -284,3 +284,12 @@ def test_what_a_killed_master_left_is_stopped_with_the_app_and_its_port_is_free(
     home.prun("delete", "forks")
     home.prun("start", "forks:handle", "--name", "again", "-b", f"127.0.0.1:{port}")  # the port is free
     assert alive(ask_child(port, "spawn"))
+
+
+def test_a_stop_ends_a_child_that_left_the_apps_session(home: Home) -> None:
+    home.prun("start", "forks:handle", "--name", "forks", "-b", "127.0.0.1:0")
+    port = home.port("forks")
+    escaped = ask_child(port, "daemon")  # forked, then setsid: in no process group of the app's
+    assert os.getsid(escaped) == escaped
+    home.prun("stop", "forks")
+    assert not alive(escaped)

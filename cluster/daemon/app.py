@@ -71,6 +71,8 @@ class App:
     log_pid: int = 0  # the log writer of the master (logfiles.py)
     log_started: int | None = None
     log_read_fds: list[int] = field(default_factory=list)  # the pipes' read ends, as numbered in the writer
+    token: str = ""  # in the environment of every process of the running master (tree.py)
+    cgroup: str = ""  # the running master's cgroup ('': none)
     # runtime only
     fds: list[int] = field(default_factory=list)  # the listeners (the holder has copies)
     log_fds: list[int] = field(default_factory=list)  # the daemon's copies of the pipes' read ends
@@ -88,13 +90,14 @@ class App:
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
                 "last_error": self.last_error, "master_fds": self.master_fds, "log_pid": self.log_pid,
-                "log_started": self.log_started, "log_read_fds": self.log_read_fds}
+                "log_started": self.log_started, "log_read_fds": self.log_read_fds, "token": self.token,
+                "cgroup": self.cgroup}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
-                    "online_since", "created", "listen", "last_error", "master_fds", "log_pid", "log_started", "log_read_fds"):
+                    "online_since", "created", "listen", "last_error", "master_fds", "log_pid", "log_started", "log_read_fds", "token", "cgroup"):
             if key in data:
                 setattr(app, key, data[key])
         return app

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 
 from prun.cluster import control
+from prun.cluster.daemon.tree import die_with_parent, reap_adopted
+from prun.cluster.supervision import become_subreaper
 from prun.cluster.worker import describe_exit as describe
 
 BACKOFF_FIRST = 0.1
@@ -69,7 +71,8 @@ class ForkSupervisor:
             return None
         env = dict(os.environ, PRUN_INSTANCE=str(instance.index))
         try:
-            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
+            # an instance dies with its supervisor (a SIGKILLed one leaves none running unmanaged)
+            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         except OSError as exc:
             log(f"cannot start instance {instance.index} ({self.command[0]}): {exc.strerror}")
             self.schedule(instance)
@@ -113,6 +116,7 @@ class ForkSupervisor:
             delay = self.schedule(instance)
             log(f"instance {instance.index} (pid {pid}) {describe(code)}; restarting it in {delay:.2f}s")
             self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code), True, delay))
+        reap_adopted(self.watched)  # what an instance left: the supervisor is their subreaper
         if self.stopping and not self.watched and not self.done.done():
             self.done.set_result(0)
 
@@ -120,6 +124,7 @@ class ForkSupervisor:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
                        signal.SIGTTOU, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
+        become_subreaper()
         if control_fd is not None:
             self.control = control.ControlServer(control_fd, self.loop, self.answer)
             self.control.start()

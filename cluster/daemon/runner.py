@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prun.cluster import control
+from prun.cluster.daemon import cgroup, tree
 from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPING, App
+from prun.cluster.daemon.cgroup import Cgroup
 from prun.cluster.daemon.home import Home, alive, start_time
 from prun.cluster.daemon.link import Link, LinkLost
 from prun.cluster.daemon.logfiles import Rotation
 from prun.cluster.errors import PrunError
+from prun.cluster.logopen import open_log
 
 
 class God(Protocol):
@@ -51,6 +54,7 @@ BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0
 STOP_TIMEOUT_MARGIN = 5.0  # beyond the app's graceful timeout, before SIGKILL
 KILL_WAIT = 5.0  # after SIGKILL, for the exit to be seen
+LEFTOVER_GRACE = 5.0  # after a stop, for what outlived the master to end on SIGTERM
 REQUEST_TIMEOUT = 10.0  # a status or stop request: the master answers these at once
 RECONNECT_DELAY = 0.2  # a dropped control connection of a live master is made again after this
 
@@ -63,6 +67,8 @@ class MasterRun:
     started: int | None
     proc: subprocess.Popen[bytes] | None  # None: adopted (its status went to its first parent)
     loop: asyncio.AbstractEventLoop
+    token: str = ""  # in the environment of every process of this run (tree.py)
+    cgroup: Cgroup | None = None  # its cgroup, where prun may make one
     pidfd: int = -1
     expected: bool = False  # a stop was asked: its exit is no crash
     exited: asyncio.Future[int | None] = field(init=False)  # its exit code (None: not our child)
@@ -188,7 +194,7 @@ class Runner:
         """
         for path in (out_path, err_path):  # created here, so that they exist once the app is "started"
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.close(open_log(path))  # never through another user's link, never into their file
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         self.close_log_pipes()
@@ -289,12 +295,18 @@ class Runner:
         except OSError as exc:
             raise PrunError(f"cannot write the logs of {app.name}: {exc.strerror or exc}") from None
         ctl: socket.socket | None = None
+        token = tree.new_token()  # the marks of this run's processes, whatever they do (tree.py)
+        group = Cgroup.create(f"{cgroup.PREFIX}{token}")
         try:
             ctl = control.listener(self.god.home.control_socket(app.id))
-            proc = subprocess.Popen(app.argv(ctl.fileno()), cwd=app.spec.cwd, env=app.environment(),
+            argv = app.argv(ctl.fileno())
+            proc = subprocess.Popen(group.command(argv) if group else argv, cwd=app.spec.cwd,
+                                    env=dict(app.environment(), **tree.environment(token)),
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     pass_fds=[*app.fds, ctl.fileno()], start_new_session=True)
         except OSError as exc:
+            if group:
+                group.remove()
             raise PrunError(f"cannot start {app.name}: {exc.strerror or exc}") from None
         finally:
             os.close(out)
@@ -302,9 +314,10 @@ class Runner:
             if ctl is not None:
                 ctl.close()
         app.pid, app.pid_started = proc.pid, start_time(proc.pid)
+        app.token, app.cgroup = token, group.path if group else ""
         app.master_fds = list(app.fds)  # pass_fds keeps the numbers
         app.status, app.workers = LAUNCHING, 0
-        run = self.follow(MasterRun(proc.pid, app.pid_started, proc, self.loop))
+        run = self.follow(MasterRun(proc.pid, app.pid_started, proc, self.loop, token, group))
         self.god.publish("started", app, pid=app.pid)
         self.god.persist(app)
         return run
@@ -319,7 +332,8 @@ class Runner:
         except Exception as exc:  # the master serves anyway; a later restart binds again
             self.god.say(f"{app.name}: cannot get its listeners back: {exc}")
         self.adopt_log_pipes()
-        self.follow(MasterRun(app.pid, app.pid_started, None, self.loop))
+        group = Cgroup(app.cgroup) if app.cgroup and os.path.isdir(app.cgroup) else None
+        self.follow(MasterRun(app.pid, app.pid_started, None, self.loop, app.token, group))
         self.god.publish("adopted", app, pid=app.pid)
         return True
 
@@ -406,9 +420,9 @@ class Runner:
         self.god.publish("exited", app, pid=pid, code=code if code is None or code >= 0 else None,
                          signal=signal.Signals(-code).name if code is not None and code < 0 else None,
                          expected=run.expected)
-        self.stop_leftovers(pid)
         if run.expected:
-            return
+            return  # stop_master ends what is left, gently
+        self.kill_leftovers(run)
         if was_online and time.time() - app.online_since >= BACKOFF_RESET_AFTER:
             app.failures = 0
         reason = app.last_error if not was_online and app.last_error else f"the master {describe_exit(code)}"
@@ -442,13 +456,23 @@ class Runner:
             self.schedule_restart(app.last_error)
             self.god.persist(app)
 
-    def stop_leftovers(self, pid: int) -> None:
-        """What the master's session still holds once it is gone (its workers die with it; a fork-mode
-        instance or a child of a worker may not): SIGKILL the process group."""
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def kill_leftovers(self, run: MasterRun) -> None:
+        """A master that died unasked: what it leaves (its workers die with it; a child of a worker, a
+        fork-mode instance's children may not) is SIGKILLed at once, before a new master starts."""
+        killed = tree.kill_tree(run.token, run.pid, run.cgroup)
+        if killed:
+            self.god.say(f"{self.app.name}: killed {len(killed)} processes master {run.pid} left")
+        if run.cgroup:
+            self.loop.call_later(1.0, run.cgroup.remove)  # once the killed have left it
+
+    async def stop_leftovers(self, run: MasterRun) -> None:
+        """After a stop: what outlived the master (a child that left its session) gets SIGTERM, then SIGKILL."""
+        grace = min(self.app.spec.graceful_timeout, LEFTOVER_GRACE)
+        killed = await tree.stop_tree(run.token, run.pid, signal.SIGTERM, grace, run.cgroup)
+        if killed:
+            self.god.say(f"{self.app.name}: killed {len(killed)} processes that outlived master {run.pid}")
+        if run.cgroup:
+            run.cgroup.remove()
 
     # ---- its events ----------------------------------------------------------------------------
 
@@ -551,12 +575,13 @@ class Runner:
             await asyncio.wait_for(asyncio.shield(run.exited), app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN)
         except asyncio.TimeoutError:
             self.god.say(f"{app.name}: master {run.pid} did not stop within "
-                         f"{app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN:g}s: killing its session")
-            self.stop_leftovers(run.pid)
+                         f"{app.spec.graceful_timeout + STOP_TIMEOUT_MARGIN:g}s: killing its process tree")
+            tree.kill_tree(run.token, run.pid, run.cgroup)
             try:
                 await asyncio.wait_for(asyncio.shield(run.exited), KILL_WAIT)
             except asyncio.TimeoutError:
                 raise PrunError(f"{app.name}: master {run.pid} is still there after SIGKILL") from None
+        await self.stop_leftovers(run)
 
     def signal(self, signum: int) -> None:
         if alive(self.app.pid, self.app.pid_started):
