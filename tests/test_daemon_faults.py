@@ -290,6 +290,6 @@ def test_a_stop_ends_a_child_that_left_the_apps_session(home: Home) -> None:
     home.prun("start", "forks:handle", "--name", "forks", "-b", "127.0.0.1:0")
     port = home.port("forks")
     escaped = ask_child(port, "daemon")  # forked, then setsid: in no process group of the app's
-    assert os.getsid(escaped) == escaped
+    wait_until(lambda: os.getsid(escaped) == escaped, what="the child to leave the session")
     home.prun("stop", "forks")
     assert not alive(escaped)
