@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -54,11 +55,18 @@ class Client:
     # ---- the connection ------------------------------------------------------------------------
 
     def _connect(self, timeout: float | None) -> socket.socket:
+        """A connection to our own daemon, checked before anything is sent; OSError when none listens.
+
+        PrunError (nothing sent) when the home or the socket is not ours and closed to others, or when the
+        process listening on it runs as another user."""
+        self.home.check()
+        self.home.check_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(self.home.rpc)
-        except OSError:
+            check_peer(sock, self.home.rpc)
+        except BaseException:
             sock.close()
             raise
         return sock
@@ -228,6 +236,17 @@ class Client:
             sock.close()
             raise ClientError("INTERNAL", f"the daemon did not subscribe us: {reply}")
         return _events(sock, reader)
+
+
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a connection whose listener runs as another user: the socket file's checks cannot see a file
+    swapped between them and connect(), the kernel's record of who listens can."""
+    pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    if uid != os.getuid():
+        raise PrunError(f"refusing {path}: the process listening on it (pid {pid}) runs as uid {uid}, not as you")
 
 
 def _events(sock: socket.socket, reader: Any) -> Iterator[dict[str, Any]]:

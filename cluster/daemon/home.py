@@ -87,6 +87,7 @@ class Home:
             os.umask(old)
 
     def check(self) -> None:
+        """Refuse a home that is not a directory of ours closed to others' writes (a missing one passes)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -98,6 +99,25 @@ class Home:
         if st.st_mode & 0o022:
             raise PrunError(f"refusing PRUN_HOME {self.path}: others can write it "
                             f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it)")
+
+    def check_socket(self) -> None:
+        """Refuse an rpc.sock that our daemon did not make: a socket (not a symlink), ours, closed to others.
+
+        The client runs this (after check()) before it connects: nothing is sent to a socket that fails it.
+        No rpc.sock at all passes: no daemon runs yet."""
+        try:
+            st = os.lstat(self.rpc)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise PrunError(f"refusing {self.rpc}: it is a symlink, not a socket")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise PrunError(f"refusing {self.rpc}: it is not a socket")
+        if st.st_uid != os.getuid():
+            raise PrunError(f"refusing {self.rpc}: it belongs to uid {st.st_uid}, not to you")
+        if st.st_mode & 0o077:
+            raise PrunError(f"refusing {self.rpc}: others may connect to it "
+                            f"(mode {stat.S_IMODE(st.st_mode):04o}; the daemon makes it 0600)")
 
     def daemon_pid(self) -> int | None:
         try:
