@@ -11,17 +11,15 @@
         print(event)
 
 Every method that acts returns the app table afterwards (the rows `prun ls --json` prints). A refusal
-raises ClientError with the daemon's code (rpc.py: NO_SUCH_APP, ALREADY_RUNNING, ...) and its sentence.
+raises ClientError with the daemon's code (rpc.py: NO_SUCH_APP, ALREADY_RUNNING, ...) and its sentence; a
+daemon that does not answer in time, ClientError("TIMEOUT") (Client's docstring says how long it waits).
 This module is on the path of every command: it imports only the standard library at module level.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +27,8 @@ from typing import Any
 
 from prun.cluster.daemon.home import Home
 from prun.cluster.errors import PrunError
+from prun.cluster.rpcconn import IDLE_TIMEOUT, Connection, connect
+from prun.cluster.rpcconn import ClientError as ClientError  # where callers have always imported it from
 
 DAEMON_START_TIMEOUT = 15.0
 APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -37,72 +37,67 @@ APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
 
 
-class ClientError(PrunError):
-    """The daemon refused a command: `code` names why (rpc.CODES), the message says it to a person."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code_name = code
+QUICK_TIMEOUT = 30.0  # seconds: the cap of a command that only reads or writes the daemon's table
+LONG_TIMEOUT = 900.0  # seconds: the cap of one that waits on apps, beyond the daemon's own limits (reload: 600 s)
+LONG_COMMANDS = frozenset({"start", "stop", "reload", "restart", "delete", "scale", "kill", "resurrect"})
 
 
 class Client:
-    def __init__(self, home: str | None = None, autostart: bool = True, timeout: float | None = 600.0) -> None:
+    """The daemon of one $PRUN_HOME, driven command by command (a connection each).
+
+    No call waits for ever: the daemon may stay silent `idle_timeout` seconds at most (at work, it sends a
+    progress line every second), and a command may take `timeout` seconds in all (None: its own cap,
+    QUICK_TIMEOUT, or LONG_TIMEOUT for LONG_COMMANDS); past either, ClientError("TIMEOUT")."""
+
+    def __init__(self, home: str | None = None, autostart: bool = True, timeout: float | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.home = Home(os.path.abspath(home)) if home else Home.from_environ()
         self.autostart = autostart
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self._next_id = 0
 
     # ---- the connection ------------------------------------------------------------------------
 
-    def _connect(self, timeout: float | None) -> socket.socket:
-        """A connection to our own daemon, checked before anything is sent; OSError when none listens.
+    def _connect(self) -> Connection:
+        """A checked connection to the daemon (rpcconn.connect); OSError when none listens."""
+        return connect(self.home, self.idle_timeout)
 
-        PrunError (nothing sent) when the home or the socket is not ours and closed to others, or when the
-        process listening on it runs as another user."""
-        self.home.check()
-        self.home.check_socket()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+    def _open(self) -> Connection:
+        """A checked connection to the daemon, started first if none listens (and autostart is on)."""
         try:
-            sock.connect(self.home.rpc)
-            check_peer(sock, self.home.rpc)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _exchange(self, sock: socket.socket, command: str, args: dict[str, Any]) -> Any:
-        self._next_id += 1
-        request = {"id": self._next_id, "command": command, "args": args}
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_read_line(sock))
-        if "error" in reply:
-            error = reply["error"]
-            raise ClientError(str(error.get("code")), str(error.get("message")))
-        return reply.get("result")
-
-    def call(self, command: str, **args: Any) -> Any:
-        """Send one request (starting the daemon first if none answers); its result."""
-        try:
-            sock = self._connect(self.timeout)
+            return self._connect()
         except OSError:
             if not self.autostart:
                 raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
-            self.start_daemon()
-            sock = self._connect(self.timeout)
-        with sock:
-            try:
-                return self._exchange(sock, command, args)
-            except (ConnectionError, ValueError) as exc:
-                raise ClientError("INTERNAL", f"the daemon closed the connection ({exc})") from None
+        self.start_daemon()
+        return self._connect()
+
+    def _request(self, conn: Connection, command: str, args: dict[str, Any]) -> Any:
+        self._next_id += 1
+        cap = self.timeout if self.timeout is not None else (
+            LONG_TIMEOUT if command in LONG_COMMANDS else QUICK_TIMEOUT)
+        return conn.request(self._next_id, command, args, cap)
+
+    def call(self, command: str, **args: Any) -> Any:
+        """Send one request (starting the daemon first if none listens); its result."""
+        with self._open() as conn:
+            return self._request(conn, command, args)
 
     def running(self) -> bool:
-        """Whether a daemon answers a ping on this home (never starts one)."""
+        """Whether a daemon answers a ping on this home (never starts one); ClientError("TIMEOUT") when one
+        listens but does not answer."""
         try:
-            with self._connect(2.0) as sock:
-                return bool(self._exchange(sock, "ping", {}))
-        except (OSError, ValueError, ClientError):
+            conn = self._connect()
+        except OSError:
             return False
+        with conn:
+            try:
+                return bool(self._request(conn, "ping", {}))
+            except ClientError as exc:
+                if exc.code_name == "TIMEOUT":
+                    raise
+                return False
 
     def start_daemon(self) -> None:
         """Start a daemon detached (its own session, not our child) and wait until it answers."""
@@ -218,52 +213,16 @@ class Client:
 
     def subscribe(self) -> Iterator[dict[str, Any]]:
         """Every event from now on (subscribed before this returns), as the daemon publishes them."""
+        conn = self._open()
         try:
-            sock = self._connect(None)
-        except OSError:
-            if not self.autostart:
-                raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
-            self.start_daemon()
-            sock = self._connect(None)
-        reader = sock.makefile("rb")  # buffered: events may follow the reply in the same read
-        try:
-            sock.sendall(b'{"id": 0, "command": "subscribe"}\n')
-            reply = json.loads(reader.readline() or b"{}")
+            result = self._request(conn, "subscribe", {})
         except BaseException:
-            sock.close()
+            conn.close()
             raise
-        if reply.get("result") != "subscribed":
-            sock.close()
-            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {reply}")
-        return _events(sock, reader)
-
-
-PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def check_peer(sock: socket.socket, path: str) -> None:
-    """Refuse a connection whose listener runs as another user: the socket file's checks cannot see a file
-    swapped between them and connect(), the kernel's record of who listens can."""
-    pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
-    if uid != os.getuid():
-        raise PrunError(f"refusing {path}: the process listening on it (pid {pid}) runs as uid {uid}, not as you")
-
-
-def _events(sock: socket.socket, reader: Any) -> Iterator[dict[str, Any]]:
-    with sock, reader:
-        for line in reader:
-            yield json.loads(line)
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("no reply")
-        chunks.append(chunk)
-        if chunk.endswith(b"\n"):
-            return b"".join(chunks)
+        if result != "subscribed":
+            conn.close()
+            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {result!r}")
+        return conn.events()
 
 
 def _wait_gone(pid: int | None, timeout: float = 120.0) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from prun.cluster.client import Client, ClientError
 from tests.daemon_support import Home
+from tests.support import APPS, prun_command, wait_until
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root to make files of another user")
@@ -152,3 +159,80 @@ def listening_as_nobody(home: Home, path: str) -> Iterator[dict[str, object]]:
         os.waitpid(pid, 0)
 
 
+
+
+def test_a_stopped_daemon_makes_every_command_give_up_with_one_line(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "napper")
+    pid = home.daemon_pid()
+    assert pid
+    commands = (["ls"], ["ls", "--json"], ["ping"], ["describe", "napper"], ["reload", "napper"],
+                ["stop", "napper"], ["kill"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        running = [subprocess.Popen(prun_command() + args, cwd=str(APPS), env=home.env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in commands]
+        try:
+            for args, proc in zip(commands, running):
+                out, err = proc.communicate(timeout=30)
+                took = time.monotonic() - started
+                assert proc.returncode == 1 and out == "", (args, proc.returncode, out, err)
+                assert took < 15, (args, took)
+                lines = err.splitlines()
+                assert len(lines) == 1 and lines[0].startswith(
+                    f"prun: error: the prun daemon (pid {pid}) did not answer within 5 s: "), (args, err)
+                acting = args[0] in ("reload", "stop")
+                assert (f"(the {args[0]} it was sent may still be carried out)" in err) is acting, err
+        finally:
+            for proc in running:
+                proc.kill()
+                proc.wait()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert home.prun("ping").stdout.startswith(f"pong: daemon {pid} ")  # the same daemon, serving again
+    assert [row["name"] for row in home.ls()] == ["napper"]
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(999)"
+
+
+def test_a_long_command_is_not_cut_while_the_daemon_works_and_has_a_cap(home: Home) -> None:
+    """Stopping an app that ignores SIGTERM takes its graceful timeout (7 s): longer than the client waits for a
+    silent daemon (5 s), shorter than the command's cap."""
+    home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn",
+              "--graceful-timeout", "7")
+    started_up(home, 1)
+    with socket.socket(socket.AF_UNIX) as sock:  # the protocol: progress lines for the request, then its result
+        sock.settimeout(30)
+        sock.connect(os.path.join(home.path, "rpc.sock"))
+        sock.sendall(b'{"id": 7, "command": "restart", "args": {"target": "stubborn"}}\n')
+        replies = []
+        for line in sock.makefile("rb"):
+            replies.append(json.loads(line))
+            if "progress" not in replies[-1]:
+                break
+    *progress, result = replies
+    assert len(progress) >= 5 and all(p == {"id": 7, "progress": "working"} for p in progress), replies
+    assert result["id"] == 7 and result["result"][0]["status"] == "online", result
+    started_up(home, 2)
+    client = Client(home.path, timeout=3)  # a cap shorter than the stop: the client stops waiting, not the daemon
+    began = time.monotonic()
+    with pytest.raises(ClientError) as overdue:
+        client.stop("stubborn")
+    assert 3 <= time.monotonic() - began < 6
+    assert overdue.value.code_name == "TIMEOUT"
+    assert str(overdue.value) == (f"the prun daemon (pid {home.daemon_pid()}) is still working on stop after 3 s; "
+                                  f"stopped waiting (prun ls shows how it ends)")
+    wait_until(lambda: home.app("stubborn")["status"] == "stopped", what="the stop to end in the daemon")
+    home.prun("restart", "stubborn")
+    started_up(home, 3)
+    began = time.monotonic()
+    assert "stopped" in home.prun("stop", "stubborn").stdout  # the CLI, whose silence limit is 5 s
+    assert time.monotonic() - began > 6
+
+
+def started_up(home: Home, times: int) -> None:
+    """Wait until the stubborn app has started `times` times (it has then set SIGTERM aside)."""
+    log = os.path.join(home.path, "logs", "stubborn-out.log")
+    wait_until(lambda: os.path.exists(log) and open(log).read().count("up\n") >= times,
+               what=f"stubborn to start {times} times")

@@ -2,7 +2,9 @@
 
 Its own accept loop (not asyncio's start_unix_server) so that every peer is checked before anything is read
 from it: only the daemon's own uid and root are served (SO_PEERCRED); anyone else gets one FORBIDDEN line and
-is closed. The wire format is rpc.py's (and PROTOCOL.md's).
+is closed. While a request runs, its connection gets a progress line every second (Progress), so that a
+client can bound its wait for a line without cutting a long reload short. The wire format is rpc.py's (and
+PROTOCOL.md's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prun.cluster.daemon import rpc
 BACKLOG = 128
 ACCEPT_BATCH = 16  # connections accepted per wakeup: the backlog drains without starving the loop
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+PROGRESS_INTERVAL = 1.0  # seconds between progress lines of a running request (clients wait 5 s for a line)
 
 
 class RpcServer:
@@ -158,7 +161,11 @@ async def answer(line: bytes, handle: rpc.Handler, writer: asyncio.StreamWriter)
     request_id: Any = None
     try:
         request_id, command, args = rpc.parse_request(line)
-        result = await handle(command, args, writer)
+        progress = Progress(writer, request_id)
+        try:
+            result = await handle(command, args, writer)
+        finally:
+            progress.stop()
         if result is rpc.STREAM:
             return request_id, rpc.STREAM
         return request_id, rpc.encode({"id": request_id, "result": result})
@@ -168,6 +175,24 @@ async def answer(line: bytes, handle: rpc.Handler, writer: asyncio.StreamWriter)
     except Exception as exc:  # a bug must not take the daemon down
         traceback.print_exc()
         return request_id, error_line(request_id, rpc.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class Progress:
+    """While a request runs, a progress line for its id every PROGRESS_INTERVAL: how a client tells a daemon
+    at work (a reload may take minutes) from one that is stopped or wedged."""
+
+    def __init__(self, writer: asyncio.StreamWriter, request_id: Any) -> None:
+        self.writer = writer
+        self.line = rpc.encode({"id": request_id, "progress": "working"})
+        self.timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL, self.tick)
+
+    def tick(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(self.line)  # not drained: a client that reads nothing holds a line a second
+        self.timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL, self.tick)
+
+    def stop(self) -> None:
+        self.timer.cancel()
 
 
 def error_line(request_id: Any, code: str, message: str) -> bytes:
