@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prun.cluster.daemon.home import Home
@@ -40,6 +40,7 @@ Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
 QUICK_TIMEOUT = 30.0  # seconds: the cap of a command that only reads or writes the daemon's table
 LONG_TIMEOUT = 900.0  # seconds: the cap of one that waits on apps, beyond the daemon's own limits (reload: 600 s)
 LONG_COMMANDS = frozenset({"start", "stop", "reload", "restart", "delete", "scale", "kill", "resurrect"})
+BUSY_RETRY = 0.1  # seconds before asking again a daemon that had no descriptor free
 
 
 class Client:
@@ -73,31 +74,46 @@ class Client:
         self.start_daemon()
         return self._connect()
 
-    def _request(self, conn: Connection, command: str, args: dict[str, Any]) -> Any:
-        self._next_id += 1
+    def _ask(self, command: str, args: dict[str, Any], open_connection: Callable[[], Connection]
+             ) -> tuple[Connection, Any]:
+        """Send one request on a new connection: the connection (still open) and the result. A daemon out of
+        descriptors turns a newcomer away (BUSY) before reading it: asked again until the idle timeout."""
+        deadline = time.monotonic() + self.idle_timeout
         cap = self.timeout if self.timeout is not None else (
             LONG_TIMEOUT if command in LONG_COMMANDS else QUICK_TIMEOUT)
-        return conn.request(self._next_id, command, args, cap)
+        while True:
+            conn = open_connection()
+            self._next_id += 1
+            try:
+                return conn, conn.request(self._next_id, command, args, cap)
+            except ClientError as exc:
+                conn.close()
+                if exc.code_name != "BUSY" or time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            time.sleep(BUSY_RETRY)
 
     def call(self, command: str, **args: Any) -> Any:
         """Send one request (starting the daemon first if none listens); its result."""
-        with self._open() as conn:
-            return self._request(conn, command, args)
+        conn, result = self._ask(command, args, self._open)
+        conn.close()
+        return result
 
     def running(self) -> bool:
         """Whether a daemon answers a ping on this home (never starts one); ClientError("TIMEOUT") when one
         listens but does not answer."""
         try:
-            conn = self._connect()
+            conn, result = self._ask("ping", {}, self._connect)
         except OSError:
             return False
-        with conn:
-            try:
-                return bool(self._request(conn, "ping", {}))
-            except ClientError as exc:
-                if exc.code_name == "TIMEOUT":
-                    raise
-                return False
+        except ClientError as exc:
+            if exc.code_name == "TIMEOUT":
+                raise
+            return False
+        conn.close()
+        return bool(result)
 
     def start_daemon(self) -> None:
         """Start a daemon detached (its own session, not our child) and wait until it answers."""
@@ -213,12 +229,7 @@ class Client:
 
     def subscribe(self) -> Iterator[dict[str, Any]]:
         """Every event from now on (subscribed before this returns), as the daemon publishes them."""
-        conn = self._open()
-        try:
-            result = self._request(conn, "subscribe", {})
-        except BaseException:
-            conn.close()
-            raise
+        conn, result = self._ask("subscribe", {}, self._open)
         if result != "subscribed":
             conn.close()
             raise ClientError("INTERNAL", f"the daemon did not subscribe us: {result!r}")

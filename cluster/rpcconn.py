@@ -110,8 +110,7 @@ class Connection:
         result; ClientError with the daemon's code, or TIMEOUT when silent or still working at `cap` seconds."""
         deadline = time.monotonic() + cap
         try:
-            self.sock.settimeout(self.idle_timeout)
-            self.sock.sendall(json.dumps({"id": request_id, "command": command, "args": args}).encode() + b"\n")
+            self.send({"id": request_id, "command": command, "args": args})
             while True:
                 reply = json.loads(self.line(self.idle_timeout, deadline))
                 if "error" in reply:  # ours, or one with id null (FORBIDDEN, BAD_MESSAGE) sent before reading it
@@ -126,6 +125,15 @@ class Connection:
                                          f"{cap:g} s; stopped waiting (prun ls shows how it ends)") from None
         except (ConnectionError, ValueError) as exc:
             raise ClientError("INTERNAL", f"the daemon closed the connection ({exc})") from None
+
+    def send(self, request: dict[str, Any]) -> None:
+        """Send a request; a daemon that closed the connection at once may have said why (FORBIDDEN, BUSY): that
+        line is read next."""
+        self.sock.settimeout(self.idle_timeout)
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def line(self, idle: float | None, deadline: float | None = None) -> bytes:
         """The next line, waited for `idle` seconds at most (None: for ever) and not past `deadline`;

@@ -3,15 +3,22 @@ does with connections that idle or that would exhaust its file descriptors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import resource
+import shlex
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from prun.cluster.client import Client
 from tests.daemon_support import Home
+from tests.support import wait_until
 
 NOBODY = 65534
 
@@ -98,3 +105,96 @@ def test_a_peer_of_another_uid_is_refused_and_the_daemon_keeps_serving(home: Hom
     assert home.prun("ping").stdout.startswith(f"pong: daemon {home.daemon_pid()} ")
     log = open(os.path.join(home.path, "daemon.log")).read()
     assert "refused an RPC connection from pid " in log and "(uid 65534)" in log
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end has closed `sock` (without waiting; what it said first is read and dropped)."""
+    try:
+        while sock.recv(65536, socket.MSG_DONTWAIT):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_closed_and_cannot_wedge_a_daemon_out_of_descriptors(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "napper")
+    pid = home.daemon_pid()
+    assert pid
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    assert in_use < 40, in_use
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, 64))
+    subscriber = Client(home.path).subscribe()  # the oldest connection, but not an idle one
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(80):  # more than the daemon can hold; the last one half a request
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(rpc_path(home))
+            opened.append(sock)
+        opened[-1].sendall(b'{"id": 1, "command": "pi')
+        began = time.monotonic()
+        assert [row["name"] for row in home.ls()] == ["napper"]
+        assert time.monotonic() - began < 5
+        wait_until(lambda: all(closed_by_peer(sock) for sock in opened), timeout=30,
+                   what="the daemon to close every idle connection")
+        log = open(os.path.join(home.path, "daemon.log")).read()
+        assert "out of file descriptors" in log, log
+        home.prun("stop", "napper")
+        assert [event["event"] for event in itertools.islice(subscriber, 2)] == ["stopping", "exited"]
+    finally:
+        for sock in opened:
+            sock.close()
+        subscriber.close()  # type: ignore[attr-defined]
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(999)"
+
+
+def send(home: Home, payload: bytes) -> tuple[socket.socket, Iterator[bytes]]:
+    """A connection that has sent `payload`, and its lines as they come."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(20)
+    sock.connect(rpc_path(home))
+    try:
+        sock.sendall(payload)
+    except BrokenPipeError:
+        pass  # turned away before we wrote: what it said is still there to read
+    return sock, iter(sock.makefile("rb"))
+
+
+def test_out_of_descriptors_with_every_connection_busy_a_newcomer_is_told_busy(home: Home) -> None:
+    """Connections whose requests run are never closed to make room: past the limit, a newcomer gets one BUSY
+    line, and every request that was running still gets its result."""
+    home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn", "--graceful-timeout", "6")
+    log = os.path.join(home.path, "logs", "stubborn-out.log")
+    wait_until(lambda: os.path.exists(log) and "up" in open(log).read(), what="stubborn to ignore SIGTERM")
+    pid = home.daemon_pid()
+    assert pid
+    stop = b'{"id": 1, "command": "stop", "args": {"target": "stubborn"}}\n'
+    running = [send(home, stop)]  # stopping takes 6 s; the next stops wait for it
+    assert json.loads(next(running[0][1])) == {"id": 1, "progress": "working"}
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 3, hard))
+        for _ in range(10):  # until the daemon has no descriptor left for a newcomer
+            sock, lines = send(home, stop)
+            reply = json.loads(next(lines))
+            if reply != {"id": 1, "progress": "working"}:
+                break
+            running.append((sock, lines))
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(running) >= 2, running
+    assert reply["id"] is None and reply["error"]["code"] == "BUSY", reply
+    assert closed_by_peer(sock)
+    sock.close()
+    for sock, lines in running:
+        with sock:
+            reply = json.loads(next(lines))
+            while reply == {"id": 1, "progress": "working"}:
+                reply = json.loads(next(lines))
+            assert reply["result"][0]["status"] == "stopped", reply
+    assert [row["status"] for row in home.ls()] == ["stopped"]

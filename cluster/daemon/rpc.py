@@ -29,10 +29,11 @@ START_FAILED = "START_FAILED"  # the listeners could not be bound, or the app co
 NOT_RUNNING = "NOT_RUNNING"  # scale of an app that is not online
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the daemon is stopping (prun kill)
 FORBIDDEN = "FORBIDDEN"  # the peer is neither the daemon's uid nor root: sent once, then the connection closes
+BUSY = "BUSY"  # out of file descriptors with no idle connection to close: sent once, then the connection closes
 INTERNAL = "INTERNAL"  # a bug in the daemon: the message says where
 
 CODES = (BAD_MESSAGE, UNKNOWN_COMMAND, BAD_ARGUMENTS, NO_SUCH_APP, ALREADY_RUNNING, START_FAILED, NOT_RUNNING,
-         SHUTTING_DOWN, FORBIDDEN, INTERNAL)
+         SHUTTING_DOWN, FORBIDDEN, BUSY, INTERNAL)
 
 
 class RpcError(Exception):
