@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from prun.cluster.client import Client, ClientError
-from tests.daemon_support import Home
+from tests.daemon_support import Home, start_stubborn, stubborn_started
 from tests.support import APPS, prun_command, wait_until
 
 NOBODY = 65534
@@ -193,15 +191,10 @@ def test_a_stopped_daemon_makes_every_command_give_up_with_one_line(home: Home) 
     assert [row["name"] for row in home.ls()] == ["napper"]
 
 
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(999)"
-
-
 def test_a_long_command_is_not_cut_while_the_daemon_works_and_has_a_cap(home: Home) -> None:
     """Stopping an app that ignores SIGTERM takes its graceful timeout (7 s): longer than the client waits for a
     silent daemon (5 s), shorter than the command's cap."""
-    home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn",
-              "--graceful-timeout", "7")
-    started_up(home, 1)
+    start_stubborn(home, graceful=7)
     with socket.socket(socket.AF_UNIX) as sock:  # the protocol: progress lines for the request, then its result
         sock.settimeout(30)
         sock.connect(os.path.join(home.path, "rpc.sock"))
@@ -214,7 +207,7 @@ def test_a_long_command_is_not_cut_while_the_daemon_works_and_has_a_cap(home: Ho
     *progress, result = replies
     assert len(progress) >= 5 and all(p == {"id": 7, "progress": "working"} for p in progress), replies
     assert result["id"] == 7 and result["result"][0]["status"] == "online", result
-    started_up(home, 2)
+    stubborn_started(home, 2)
     client = Client(home.path, timeout=3)  # a cap shorter than the stop: the client stops waiting, not the daemon
     began = time.monotonic()
     with pytest.raises(ClientError) as overdue:
@@ -225,14 +218,7 @@ def test_a_long_command_is_not_cut_while_the_daemon_works_and_has_a_cap(home: Ho
                                   f"stopped waiting (prun ls shows how it ends)")
     wait_until(lambda: home.app("stubborn")["status"] == "stopped", what="the stop to end in the daemon")
     home.prun("restart", "stubborn")
-    started_up(home, 3)
+    stubborn_started(home, 3)
     began = time.monotonic()
     assert "stopped" in home.prun("stop", "stubborn").stdout  # the CLI, whose silence limit is 5 s
     assert time.monotonic() - began > 6
-
-
-def started_up(home: Home, times: int) -> None:
-    """Wait until the stubborn app has started `times` times (it has then set SIGTERM aside)."""
-    log = os.path.join(home.path, "logs", "stubborn-out.log")
-    wait_until(lambda: os.path.exists(log) and open(log).read().count("up\n") >= times,
-               what=f"stubborn to start {times} times")

@@ -7,9 +7,7 @@ import itertools
 import json
 import os
 import resource
-import shlex
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from prun.cluster.client import Client
-from tests.daemon_support import Home
+from tests.daemon_support import Home, start_stubborn
 from tests.support import wait_until
 
 NOBODY = 65534
@@ -150,9 +148,6 @@ def test_idle_connections_are_closed_and_cannot_wedge_a_daemon_out_of_descriptor
         subscriber.close()  # type: ignore[attr-defined]
 
 
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(999)"
-
-
 def send(home: Home, payload: bytes) -> tuple[socket.socket, Iterator[bytes]]:
     """A connection that has sent `payload`, and its lines as they come."""
     sock = socket.socket(socket.AF_UNIX)
@@ -168,9 +163,7 @@ def send(home: Home, payload: bytes) -> tuple[socket.socket, Iterator[bytes]]:
 def test_out_of_descriptors_with_every_connection_busy_a_newcomer_is_told_busy(home: Home) -> None:
     """Connections whose requests run are never closed to make room: past the limit, a newcomer gets one BUSY
     line, and every request that was running still gets its result."""
-    home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn", "--graceful-timeout", "6")
-    log = os.path.join(home.path, "logs", "stubborn-out.log")
-    wait_until(lambda: os.path.exists(log) and "up" in open(log).read(), what="stubborn to ignore SIGTERM")
+    start_stubborn(home, graceful=6)
     pid = home.daemon_pid()
     assert pid
     stop = b'{"id": 1, "command": "stop", "args": {"target": "stubborn"}}\n'
