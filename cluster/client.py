@@ -11,23 +11,24 @@
         print(event)
 
 Every method that acts returns the app table afterwards (the rows `prun ls --json` prints). A refusal
-raises ClientError with the daemon's code (rpc.py: NO_SUCH_APP, ALREADY_RUNNING, ...) and its sentence.
+raises ClientError with the daemon's code (rpc.py: NO_SUCH_APP, ALREADY_RUNNING, ...) and its sentence; a
+daemon that does not answer in time, ClientError("TIMEOUT") (Client's docstring says how long it waits).
 This module is on the path of every command: it imports only the standard library at module level.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prun.cluster.daemon.home import Home
 from prun.cluster.errors import PrunError
+from prun.cluster.rpcconn import IDLE_TIMEOUT, Connection, connect
+from prun.cluster.rpcconn import ClientError as ClientError  # where callers have always imported it from
 
 DAEMON_START_TIMEOUT = 15.0
 APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -36,65 +37,83 @@ APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
 
 
-class ClientError(PrunError):
-    """The daemon refused a command: `code` names why (rpc.CODES), the message says it to a person."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code_name = code
+QUICK_TIMEOUT = 30.0  # seconds: the cap of a command that only reads or writes the daemon's table
+LONG_TIMEOUT = 900.0  # seconds: the cap of one that waits on apps, beyond the daemon's own limits (reload: 600 s)
+LONG_COMMANDS = frozenset({"start", "stop", "reload", "restart", "delete", "scale", "kill", "resurrect"})
+BUSY_RETRY = 0.1  # seconds before asking again a daemon that had no descriptor free
 
 
 class Client:
-    def __init__(self, home: str | None = None, autostart: bool = True, timeout: float | None = 600.0) -> None:
+    """The daemon of one $PRUN_HOME, driven command by command (a connection each).
+
+    No call waits for ever: the daemon may stay silent `idle_timeout` seconds at most (at work, it sends a
+    progress line every second), and a command may take `timeout` seconds in all (None: its own cap,
+    QUICK_TIMEOUT, or LONG_TIMEOUT for LONG_COMMANDS); past either, ClientError("TIMEOUT")."""
+
+    def __init__(self, home: str | None = None, autostart: bool = True, timeout: float | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.home = Home(os.path.abspath(home)) if home else Home.from_environ()
         self.autostart = autostart
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self._next_id = 0
 
     # ---- the connection ------------------------------------------------------------------------
 
-    def _connect(self, timeout: float | None) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(self.home.rpc)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+    def _connect(self) -> Connection:
+        """A checked connection to the daemon (rpcconn.connect); OSError when none listens."""
+        return connect(self.home, self.idle_timeout)
 
-    def _exchange(self, sock: socket.socket, command: str, args: dict[str, Any]) -> Any:
-        self._next_id += 1
-        request = {"id": self._next_id, "command": command, "args": args}
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_read_line(sock))
-        if "error" in reply:
-            error = reply["error"]
-            raise ClientError(str(error.get("code")), str(error.get("message")))
-        return reply.get("result")
-
-    def call(self, command: str, **args: Any) -> Any:
-        """Send one request (starting the daemon first if none answers); its result."""
+    def _open(self) -> Connection:
+        """A checked connection to the daemon, started first if none listens (and autostart is on)."""
         try:
-            sock = self._connect(self.timeout)
+            return self._connect()
         except OSError:
             if not self.autostart:
                 raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
-            self.start_daemon()
-            sock = self._connect(self.timeout)
-        with sock:
+        self.start_daemon()
+        return self._connect()
+
+    def _ask(self, command: str, args: dict[str, Any], open_connection: Callable[[], Connection]
+             ) -> tuple[Connection, Any]:
+        """Send one request on a new connection: the connection (still open) and the result. A daemon out of
+        descriptors turns a newcomer away (BUSY) before reading it: asked again until the idle timeout."""
+        deadline = time.monotonic() + self.idle_timeout
+        cap = self.timeout if self.timeout is not None else (
+            LONG_TIMEOUT if command in LONG_COMMANDS else QUICK_TIMEOUT)
+        while True:
+            conn = open_connection()
+            self._next_id += 1
             try:
-                return self._exchange(sock, command, args)
-            except (ConnectionError, ValueError) as exc:
-                raise ClientError("INTERNAL", f"the daemon closed the connection ({exc})") from None
+                return conn, conn.request(self._next_id, command, args, cap)
+            except ClientError as exc:
+                conn.close()
+                if exc.code_name != "BUSY" or time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            time.sleep(BUSY_RETRY)
+
+    def call(self, command: str, **args: Any) -> Any:
+        """Send one request (starting the daemon first if none listens); its result."""
+        conn, result = self._ask(command, args, self._open)
+        conn.close()
+        return result
 
     def running(self) -> bool:
-        """Whether a daemon answers a ping on this home (never starts one)."""
+        """Whether a daemon answers a ping on this home (never starts one); ClientError("TIMEOUT") when one
+        listens but does not answer."""
         try:
-            with self._connect(2.0) as sock:
-                return bool(self._exchange(sock, "ping", {}))
-        except (OSError, ValueError, ClientError):
+            conn, result = self._ask("ping", {}, self._connect)
+        except OSError:
             return False
+        except ClientError as exc:
+            if exc.code_name == "TIMEOUT":
+                raise
+            return False
+        conn.close()
+        return bool(result)
 
     def start_daemon(self) -> None:
         """Start a daemon detached (its own session, not our child) and wait until it answers."""
@@ -210,41 +229,11 @@ class Client:
 
     def subscribe(self) -> Iterator[dict[str, Any]]:
         """Every event from now on (subscribed before this returns), as the daemon publishes them."""
-        try:
-            sock = self._connect(None)
-        except OSError:
-            if not self.autostart:
-                raise ClientError("NOT_RUNNING", f"no prun daemon runs on {self.home.path}") from None
-            self.start_daemon()
-            sock = self._connect(None)
-        reader = sock.makefile("rb")  # buffered: events may follow the reply in the same read
-        try:
-            sock.sendall(b'{"id": 0, "command": "subscribe"}\n')
-            reply = json.loads(reader.readline() or b"{}")
-        except BaseException:
-            sock.close()
-            raise
-        if reply.get("result") != "subscribed":
-            sock.close()
-            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {reply}")
-        return _events(sock, reader)
-
-
-def _events(sock: socket.socket, reader: Any) -> Iterator[dict[str, Any]]:
-    with sock, reader:
-        for line in reader:
-            yield json.loads(line)
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("no reply")
-        chunks.append(chunk)
-        if chunk.endswith(b"\n"):
-            return b"".join(chunks)
+        conn, result = self._ask("subscribe", {}, self._open)
+        if result != "subscribed":
+            conn.close()
+            raise ClientError("INTERNAL", f"the daemon did not subscribe us: {result!r}")
+        return conn.events()
 
 
 def _wait_gone(pid: int | None, timeout: float = 120.0) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -131,3 +133,21 @@ class HttpLoad(ClientThreads):
                     self.bodies.append(body)
             except (OSError, AssertionError, http.client.HTTPException) as exc:
                 self.failed_with(exc)
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(999)"
+
+
+def start_stubborn(home: Home, graceful: int) -> None:
+    """Start `stubborn`, a fork-mode app that ignores SIGTERM (stopping it takes its whole graceful timeout),
+    and wait until it has set SIGTERM aside."""
+    home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn",
+              "--graceful-timeout", str(graceful))
+    stubborn_started(home, 1)
+
+
+def stubborn_started(home: Home, times: int) -> None:
+    """Wait until `stubborn` has started `times` times (each has then set SIGTERM aside)."""
+    log = os.path.join(home.path, "logs", "stubborn-out.log")
+    wait_until(lambda: os.path.exists(log) and open(log).read().count("up\n") >= times,
+               what=f"stubborn to start {times} times")

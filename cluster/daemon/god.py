@@ -277,6 +277,8 @@ def take_lock(home: Home) -> int:
 
 
 async def serve(home: Home) -> None:
+    from prun.cluster.daemon.rpcserver import RpcServer
+
     god = God(home)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGCHLD, god.reap)
@@ -286,9 +288,8 @@ async def serve(home: Home) -> None:
     god.adopt_all()
     if os.path.exists(home.rpc):
         os.unlink(home.rpc)  # stale: we hold the lock, so no daemon answers there
-    server = await asyncio.start_unix_server(
-        lambda r, w: rpc.serve_connection(r, w, god.handle), home.rpc, limit=rpc.MAX_MESSAGE)
-    os.chmod(home.rpc, 0o600)
+    server = RpcServer(home.rpc, god.handle, god.say)
+    server.start()
     with open(home.pid_file, "w") as fh:
         fh.write(f"{os.getpid()}\n")
     god.say(f"daemon {os.getpid()} serving {home.rpc} ({len(god.apps)} apps)")

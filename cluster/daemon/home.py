@@ -88,17 +88,29 @@ class Home:
             os.umask(old)
 
     def check(self) -> None:
+        """Refuse a home that is not a directory of ours closed to others' writes (a missing one passes)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
             raise PrunError(f"PRUN_HOME {self.path} is not a directory")
-        if st.st_uid != os.getuid():
-            raise PrunError(f"refusing PRUN_HOME {self.path}: it belongs to uid {st.st_uid}, not to you")
-        if st.st_mode & 0o022:
-            raise PrunError(f"refusing PRUN_HOME {self.path}: others can write it "
-                            f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it)")
+        refuse_unless_private(f"PRUN_HOME {self.path}", st, 0o022, "others can write it", "chmod 700 it")
+
+    def check_socket(self) -> None:
+        """Refuse an rpc.sock that our daemon did not make: a socket (not a symlink), ours, closed to others.
+
+        The client runs this (after check()) before it connects: nothing is sent to a socket that fails it.
+        No rpc.sock at all passes: no daemon runs yet."""
+        try:
+            st = os.lstat(self.rpc)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise PrunError(f"refusing {self.rpc}: it is a symlink, not a socket")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise PrunError(f"refusing {self.rpc}: it is not a socket")
+        refuse_unless_private(self.rpc, st, 0o077, "others may connect to it", "the daemon makes it 0600")
 
     def daemon_pid(self) -> int | None:
         try:
@@ -106,6 +118,14 @@ class Home:
                 return int(fh.read().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+
+
+def refuse_unless_private(label: str, st: os.stat_result, loose: int, complaint: str, fix: str) -> None:
+    """Refuse (PrunError) a file of another user, or one with any of the `loose` mode bits."""
+    if st.st_uid != os.getuid():
+        raise PrunError(f"refusing {label}: it belongs to uid {st.st_uid}, not to you")
+    if st.st_mode & loose:
+        raise PrunError(f"refusing {label}: {complaint} (mode {stat.S_IMODE(st.st_mode):04o}; {fix})")
 
 
 def write_private(path: str, data: Any) -> None:

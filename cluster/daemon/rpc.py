@@ -4,7 +4,8 @@
     <- {"id": 7, "result": [...]}
     <- {"id": 7, "error": {"code": "NO_SUCH_APP", "message": "no app named or numbered 'api'"}}
 
-This module is imported by the client too: nothing here imports asyncio at module level.
+This module is the protocol, shared by both ends: the client imports it too, so nothing here imports asyncio
+at module level. The daemon's side of the socket (who may connect, each connection's life) is rpcserver.py.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ ALREADY_RUNNING = "ALREADY_RUNNING"  # start of a name that exists and is not st
 START_FAILED = "START_FAILED"  # the listeners could not be bound, or the app could not boot
 NOT_RUNNING = "NOT_RUNNING"  # scale of an app that is not online
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the daemon is stopping (prun kill)
+FORBIDDEN = "FORBIDDEN"  # the peer is neither the daemon's uid nor root: sent once, then the connection closes
+BUSY = "BUSY"  # out of file descriptors with no idle connection to close: sent once, then the connection closes
 INTERNAL = "INTERNAL"  # a bug in the daemon: the message says where
 
 CODES = (BAD_MESSAGE, UNKNOWN_COMMAND, BAD_ARGUMENTS, NO_SUCH_APP, ALREADY_RUNNING, START_FAILED, NOT_RUNNING,
-         SHUTTING_DOWN, INTERNAL)
+         SHUTTING_DOWN, FORBIDDEN, BUSY, INTERNAL)
 
 
 class RpcError(Exception):
@@ -67,51 +70,3 @@ def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
 # A handler returns the result, or STREAM to keep the connection as an event subscription.
 Handler = Callable[[str, dict[str, Any], "asyncio.StreamWriter"], Awaitable[Any]]
 STREAM = object()
-
-
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler) -> None:
-    """Answer requests on one connection until the client closes it (or it becomes a subscription)."""
-    import asyncio
-
-    subscribed = False
-    try:
-        while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError:
-                writer.write(encode({"id": None, "error": {"code": BAD_MESSAGE,
-                                                           "message": f"message over {MAX_MESSAGE} bytes"}}))
-                await writer.drain()
-                return  # cannot find the next message's start: close
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    writer.write(encode({"id": None, "error": {"code": BAD_MESSAGE,
-                                                               "message": "message not ended by a newline"}}))
-                    await writer.drain()
-                return
-            if not line.strip():
-                continue
-            request_id: Any = None
-            try:
-                request_id, command, args = parse_request(line)
-                result = await handle(command, args, writer)
-                if result is STREAM:
-                    subscribed = True
-                    writer.write(encode({"id": request_id, "result": "subscribed"}))
-                    return  # the bus writes to this connection from now on
-                reply = {"id": request_id, "result": result}
-            except RpcError as exc:
-                request_id = request_id if request_id is not None else exc.request_id
-                reply = {"id": request_id, "error": {"code": exc.code, "message": exc.message}}
-            except Exception as exc:  # a bug must not take the daemon down
-                import traceback
-
-                traceback.print_exc()
-                reply = {"id": request_id, "error": {"code": INTERNAL, "message": f"{type(exc).__name__}: {exc}"}}
-            writer.write(encode(reply))
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        if not subscribed and not writer.is_closing():
-            writer.close()
