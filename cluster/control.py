@@ -3,7 +3,7 @@
     daemon ──Status / Reload / Scale / Stop (with an id)──▶ master
            ◀──Reply (the same id, when done, with the outcome)──┘
            ◀──events: Online, BootFailed, WorkerStarted, WorkerExited, ReloadStarted, ReloadFinished,
-                      Scaled, MemoryLimit, Stopping, ReopenLogs
+                      Scaled, MemoryLimit, Problem, Ended, Stopping, ReopenLogs
 
 The daemon binds a SOCK_SEQPACKET listener at $PRUN_HOME/apps/<id>.ctl and hands it to the master it starts
 (`--control-fd N`); the master accepts the daemon's connection on it (and a later daemon's, after the first
@@ -162,6 +162,16 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Ended:
+    """The restart policy stops the app (the master exits next): `errored` past --max-restarts, or not
+    (a --stop-exit-codes code, an exit without --autorestart). The daemon does not start it again."""
+
+    KIND: ClassVar[str] = "ended"
+    reason: str
+    errored: bool
+
+
+@dataclass(frozen=True)
 class Stopping:
     KIND: ClassVar[str] = "stopping"
     graceful: bool = True
@@ -176,10 +186,10 @@ class ReopenLogs:
 
 Request = Status | Reload | Scale | Stop
 Event = Online | BootFailed | WorkerStarted | WorkerExited | ReloadStarted | ReloadFinished | Scaled | MemoryLimit \
-    | Problem | Stopping | ReopenLogs
+    | Problem | Ended | Stopping | ReopenLogs
 
 CODEC = Codec(Status, Reload, Scale, Stop, Reply, Online, BootFailed, WorkerStarted, WorkerExited, ReloadStarted,
-              ReloadFinished, Scaled, MemoryLimit, Problem, Stopping, ReopenLogs)
+              ReloadFinished, Scaled, MemoryLimit, Problem, Ended, Stopping, ReopenLogs)
 REQUESTS = (Status, Reload, Scale, Stop)
 
 

@@ -32,6 +32,7 @@ from prun.runtime import channel
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
            signal.SIGUSR1, signal.SIGCHLD)
+EXIT_GAVE_UP = 3  # as for a first generation that cannot boot: the app cannot run as it is
 STOP_GRACE = 1.0  # a fast stop: after SIGQUIT, before SIGKILL
 WATCHDOG_INTERVAL = 0.5
 
@@ -62,7 +63,7 @@ class Master:
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[int] = self.loop.create_future()
         self.rollout: Rollout[WorkerProcess] = Rollout(self, config, log, self.notifier, config.instances, held=True)
-        self.supervision = Supervision(self.loop, log, self.rollout, self.workers)
+        self.supervision = Supervision(self.loop, log, self.rollout, self.workers, lambda: self.config)
         self.balancer = LeastConn(listeners, self.loop, log) if config.balance == "leastconn" else None
         # under the daemon: its control channel (cluster/control.py), the only way it learns what happens here
         self.control = control.ControlServer(control_fd, self.loop, self.answer) if control_fd is not None else None
@@ -340,7 +341,9 @@ class Master:
             return
         if crashed and slot is not None:
             self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
-            self.supervision.died(slot, worker, code, was_ready)
+            ending = self.supervision.died(slot, worker, code, was_ready)
+            if ending is not None:  # the restart policy says the app stops here
+                self.end(ending, errored=code not in self.config.stop_exit_codes)
         # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
 
     # ---- stopping --------------------------------------------------------------------------------
@@ -372,6 +375,15 @@ class Master:
                 worker.kill_timer = self.loop.call_later(STOP_GRACE, self.kill, worker)
         if not any(w.alive for w in self.workers.values()):
             self.finish()
+
+    def end(self, reason: str, errored: bool) -> None:
+        """Stop the app on the restart policy's word: errored (exit 3) or finished (exit 0), and say why."""
+        if errored:
+            self.log.error(f"{reason}: stopping")
+        else:
+            self.log.info(f"{reason}: stopping")
+        self.emit(control.Ended(reason, errored))
+        self.stop(graceful=True, code=EXIT_GAVE_UP if errored else 0)
 
     async def answer(self, request: control.Request) -> control.Reply:
         """A request of the daemon's control channel, answered once done."""

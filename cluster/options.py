@@ -144,6 +144,31 @@ parse_int = _non_negative(int)
 parse_float = _non_negative(float)
 
 
+def parse_ms(value: Any) -> float:
+    """Seconds from milliseconds, as PM2 takes them (1000), or with a unit (1.5s, 200ms)."""
+    text = str(value).strip().lower()
+    scale = 1.0 if text.endswith("s") and not text.endswith("ms") else 0.001
+    try:
+        number = float(text.removesuffix("ms").removesuffix("s"))
+    except ValueError:
+        raise ValueError(f"expected milliseconds (1000) or a duration (1.5s), got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected a duration of 0 or more, got {value!r}")
+    return number * scale
+
+
+def parse_codes(value: Any) -> list[int]:
+    """Exit codes: repeated, or comma- or space-separated (0 2 or 0,2)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    codes = []
+    for item in items:
+        for word in str(item).replace(",", " ").split():
+            if not word.isdigit() or int(word) > 255:
+                raise ValueError(f"expected exit codes from 0 to 255, got {word!r}")
+            codes.append(int(word))
+    return codes
+
+
 def parse_access_log(value: Any) -> str:
     if str(value).strip().lower() in ("", "off", "false", "0"):
         return ""
@@ -219,7 +244,7 @@ class Option:
             items = sorted(value.items())
             return ", ".join(f"{k}={v}" if self.show_values else k for k, v in items) or "(none)"
         if isinstance(value, list):
-            return ",".join(value)
+            return ",".join(map(str, value))
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
         return str(value) if value != "" else "(none)"
@@ -267,6 +292,18 @@ class Config:
     timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
         reload=True)
     reload_batch: int = option(parse_int, 1, "Workers replaced at a time during a reload.", reload=True)
+    max_restarts: int = option(parse_int, 15, "Give up after this many unstable restarts in a row (a worker, a "
+        "fork-mode instance or, under the daemon, the master exiting sooner than --min-uptime after it "
+        "started): the app is errored and stops, nothing keeps restarting (0: never give up).", reload=True)
+    min_uptime: float = option(parse_ms, 1.0, "A run shorter than this is unstable (milliseconds, as PM2, or "
+        "1.5s).", metavar="MS", reload=True, shown_default="1000")
+    restart_delay: float = option(parse_ms, 0.0, "Wait this long before each restart (milliseconds; 0: the "
+        "exponential backoff below).", metavar="MS", reload=True, shown_default="0")
+    exp_backoff_restart_delay: float = option(parse_ms, 0.1, "The first delay of the restart backoff (x1.5 each "
+        "time, at most 15 s; back to this after 30 s up).", metavar="MS", reload=True, shown_default="100")
+    stop_exit_codes: list[int] = option(parse_codes, [], "Exit codes after which a worker (or fork-mode "
+        "instance) is not restarted and the app stops; repeatable.", metavar="CODE", multiple=True,
+        reload=True)
     max_requests: int = option(parse_int, 0, "Replace a worker after this many requests (0: never).", worker=True,
         reload=True)
     max_requests_jitter: int = option(parse_int, 0, "Add up to this many to --max-requests, per worker.",

@@ -103,13 +103,14 @@ class Slot(Generic[W]):
     # The supervisor's record (cluster/supervision.py): restarts, consecutive early deaths, the pending restart.
     restarts: int = 0
     failures: int = 0
+    unstable: int = 0  # restarts in a row of workers that lived less than --min-uptime
     last_error: str = ""
     restart_timer: asyncio.TimerHandle | None = None
 
     def take(self, worker: W, generation: int) -> W | None:
         """A rolled-out worker becomes the slot's own (with a fresh record); the worker it replaces."""
         old, self.worker, self.generation = self.worker, worker, generation
-        self.failures = 0
+        self.failures = self.unstable = 0
         self.last_error = ""
         self.close()
         return old

@@ -19,13 +19,17 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import psutil
 
 from prun.cluster.log import Log
 from prun.cluster.rollout import Rollout, Slot
 from prun.cluster.worker import TOKEN_VARIABLE, State, WorkerProcess, describe_exit
+
+if TYPE_CHECKING:
+    from prun.cluster.config import Config
 
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 1.5
@@ -34,6 +38,13 @@ BACKOFF_RESET_AFTER = 30.0  # a worker up this long earns its slot a fresh backo
 ABORT_GRACE = 2.0  # after SIGABRT (time to print the stack), before SIGKILL
 ORPHAN_GRACE = 2.0  # after SIGTERM to a process a worker left behind, before SIGKILL
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def restart_delay(fixed: float, first: float, failures: int) -> float:
+    """Seconds before a restart: `fixed` if set (--restart-delay), else the backoff from `first` (x1.5, capped)."""
+    if fixed:
+        return fixed
+    return min(BACKOFF_CAP, (first or BACKOFF_FIRST) * BACKOFF_FACTOR**failures)
 
 
 def become_subreaper() -> bool:
@@ -48,8 +59,9 @@ class Supervision:
     """Restarts what died, aborts what hangs, stops what a worker left behind."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, rollout: Rollout[WorkerProcess],
-                 workers: dict[int, WorkerProcess]) -> None:
+                 workers: dict[int, WorkerProcess], config: Callable[[], Config]) -> None:
         self.loop = loop
+        self.config = config  # the restart policy is the config's of the moment (a reload may change it)
         self.log = log
         self.rollout = rollout
         self.workers = workers  # the master's table, by pid
@@ -69,23 +81,39 @@ class Supervision:
             self.log.error(f"cannot start worker {slot.index}: {exc}")
             self.schedule_restart(slot)
 
-    def died(self, slot: Slot[WorkerProcess], worker: WorkerProcess, code: int, was_ready: bool) -> None:
-        """A slot's own worker exited unasked: say why (a boot error once, not at every retry), restart it."""
+    def died(self, slot: Slot[WorkerProcess], worker: WorkerProcess, code: int, was_ready: bool) -> str | None:
+        """A slot's own worker exited unasked: say why (a boot error once, not at every retry), restart it.
+
+        The restart policy first: None, or why the app must stop instead (a --stop-exit-codes code, or more
+        than --max-restarts unstable restarts in a row).
+        """
+        policy = self.config()
         if worker.boot_error:
             if worker.boot_error != slot.last_error:
                 self.log.error(f"{worker.describe()} could not boot: {worker.boot_error}",
                                traceback=worker.boot_traceback)
             slot.last_error = worker.boot_error
-        else:
+        elif code not in policy.stop_exit_codes:
             self.log.warning(f"{worker.describe()} {describe_exit(code)}; restarting it")
-        if was_ready and time.monotonic() - worker.started >= BACKOFF_RESET_AFTER:
-            slot.failures = 0
         slot.worker = None
+        if code in policy.stop_exit_codes:
+            return f"{worker.describe()} exited with code {code}, one of --stop-exit-codes"
+        up = time.monotonic() - worker.started
+        if was_ready and up >= BACKOFF_RESET_AFTER:
+            slot.failures = 0
+        slot.unstable = slot.unstable + 1 if up < policy.min_uptime or not was_ready else 0
+        if policy.max_restarts and slot.unstable > policy.max_restarts:
+            why = worker.boot_error or describe_exit(code)
+            return (f"worker {slot.index} ended {slot.unstable} times in a row within --min-uptime "
+                    f"({policy.min_uptime:g}s) of starting, the last time: {why}; giving up (--max-restarts "
+                    f"{policy.max_restarts})")
         slot.restarts += 1
         self.schedule_restart(slot)
+        return None
 
     def schedule_restart(self, slot: Slot[WorkerProcess]) -> None:
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**slot.failures)
+        policy = self.config()
+        delay = restart_delay(policy.restart_delay, policy.exp_backoff_restart_delay, slot.failures)
         slot.failures += 1
         slot.restart_timer = self.loop.call_later(delay, self.start, slot)
 

@@ -153,7 +153,7 @@ def test_a_master_that_cannot_be_started_again_is_retried_until_it_can(home: Hom
     os.kill(master, signal.SIGKILL)
     wait_until(lambda: "cannot restart" in home.app("api")["error"], what="a failed restart")
     failed = home.app("api")
-    assert failed["status"] == "errored" and failed["pid"] is None
+    assert failed["status"] == "launching" and failed["pid"] is None  # again and again, with backoff
     wait_until(lambda: home.app("api")["restarts"] > failed["restarts"], what="another try, with backoff")
     moved.rename(app_dir)
     row = wait_until(lambda: (lambda r: r["status"] == "online" and r)(home.app("api")), timeout=60,

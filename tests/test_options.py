@@ -80,7 +80,10 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "cron_restart": "0 3 * * *", "merge_logs": False,
                "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
                "cert_reqs": "required", "ciphers": "ECDHE+AESGCM",
-               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3}
+               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
+               "max_restarts": 4, "min_uptime": "500ms", "restart_delay": "2s", "exp_backoff_restart_delay": 250,
+               "stop_exit_codes": [3, 4]}
+    parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25}  # PM2's milliseconds
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"
@@ -97,12 +100,12 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
             lines.append(f"{key} = {value!r}".replace("'", '"'))
     toml.write_text("\n".join(lines) + "\n")
     from_file = config_mod.build({"config": str(toml)}, {})
-    environ = {BY_NAME[name].env: ",".join(v) if isinstance(v, list) else
+    environ = {BY_NAME[name].env: ",".join(map(str, v)) if isinstance(v, list) else
                "K=v" if isinstance(v, dict) else str(v) for name, v in samples.items()}
     from_env = config_mod.build({}, environ)
     for name, value in samples.items():
-        assert getattr(from_file, name) == value, name
-        assert getattr(from_env, name) == value, name
+        assert getattr(from_file, name) == parsed.get(name, value), name
+        assert getattr(from_env, name) == parsed.get(name, value), name
 
 
 def test_precedence_command_line_environment_file_default(tmp_path):

@@ -61,7 +61,8 @@ class App:
     holder_pid: int = 0
     holder_started: int | None = None
     restarts: int = 0
-    failures: int = 0
+    failures: int = 0  # restarts since it was last up long enough: the backoff's exponent
+    unstable: int = 0  # restarts in a row of masters that exited before --min-uptime or before online
     workers: int = 0
     online_since: float = 0.0
     created: float = field(default_factory=time.time)
@@ -88,6 +89,7 @@ class App:
         return {"id": self.id, "spec": asdict(self.spec), "base_env": self.base_env, "status": self.status,
                 "pid": self.pid, "pid_started": self.pid_started, "holder_pid": self.holder_pid,
                 "holder_started": self.holder_started, "restarts": self.restarts, "workers": self.workers,
+                "unstable": self.unstable, "failures": self.failures,
                 "online_since": self.online_since, "created": self.created, "listen": self.listen,
                 "last_error": self.last_error, "master_fds": self.master_fds, "log_pid": self.log_pid,
                 "log_started": self.log_started, "log_read_fds": self.log_read_fds, "token": self.token,
@@ -97,6 +99,7 @@ class App:
     def from_record(cls, data: dict[str, Any]) -> App:
         app = cls(int(data["id"]), Spec.from_dict(data["spec"]), dict(data.get("base_env", {})))
         for key in ("status", "pid", "pid_started", "holder_pid", "holder_started", "restarts", "workers",
+                    "unstable", "failures",
                     "online_since", "created", "listen", "last_error", "master_fds", "log_pid", "log_started", "log_read_fds", "token", "cgroup"):
             if key in data:
                 setattr(app, key, data[key])

@@ -91,7 +91,7 @@ class God:
         """A new app, or a stopped one of that name started again; its master online, or START_FAILED."""
         existing = self.by_name(spec.name)
         if existing is not None:
-            if existing.status != STOPPED:
+            if existing.status not in (STOPPED, ERRORED):
                 raise rpc.RpcError(rpc.ALREADY_RUNNING, f"an app named {spec.name!r} already exists "
                                    f"(id {existing.id}, {existing.status}): prun restart {spec.name}")
             await self.restart(existing)
@@ -146,7 +146,7 @@ class God:
                 app.base_env = env
             if update:
                 app.spec.env.update(update)
-            app.failures = 0
+            app.failures = app.unstable = 0
             if app.status != STOPPED:
                 app.restarts += 1
             await self._launch(app)
@@ -215,8 +215,8 @@ class God:
             runner = self.runner(app)
             if runner.adopt():
                 self.say(f"{app.name}: adopted master {app.pid}")
-            elif app.status in (ONLINE, LAUNCHING, ERRORED) and app.spec.autorestart:
-                app.status = ERRORED
+            elif app.status in (ONLINE, LAUNCHING) and app.spec.autorestart:
+                app.status = LAUNCHING
                 runner.schedule_restart("its master was gone when the daemon started")
             elif app.status != STOPPED:
                 app.status, app.pid = STOPPED, 0

@@ -25,11 +25,12 @@ from typing import Any, Protocol
 
 from prun.cluster import control
 from prun.cluster.daemon import cgroup, tree
-from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPING, App
+from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, STOPPING, App
 from prun.cluster.daemon.cgroup import Cgroup
 from prun.cluster.daemon.home import Home, alive, start_time
 from prun.cluster.daemon.link import Link, LinkLost
 from prun.cluster.daemon.logfiles import Rotation
+from prun.cluster.daemon.policy import Policy
 from prun.cluster.errors import PrunError
 from prun.cluster.logopen import open_log
 
@@ -48,10 +49,7 @@ class God(Protocol):
     def persist(self, app: App) -> None: ...
 
 
-BACKOFF_FIRST = 0.1  # the workers' backoff, for masters
-BACKOFF_FACTOR = 1.5
-BACKOFF_CAP = 15.0
-BACKOFF_RESET_AFTER = 30.0
+BACKOFF_RESET_AFTER = 30.0  # a master up this long earns its app a fresh backoff (policy.py: the delays)
 STOP_TIMEOUT_MARGIN = 5.0  # beyond the app's graceful timeout, before SIGKILL
 KILL_WAIT = 5.0  # after SIGKILL, for the exit to be seen
 LEFTOVER_GRACE = 5.0  # after a stop, for what outlived the master to end on SIGTERM
@@ -71,12 +69,15 @@ class MasterRun:
     cgroup: Cgroup | None = None  # its cgroup, where prun may make one
     pidfd: int = -1
     expected: bool = False  # a stop was asked: its exit is no crash
+    ended: control.Ended | None = None  # the restart policy stopped it: do not start it again
     exited: asyncio.Future[int | None] = field(init=False)  # its exit code (None: not our child)
     online: asyncio.Future[bool] = field(init=False)  # True once Online, False if it exited first
+    began: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.exited = self.loop.create_future()
         self.online = self.loop.create_future()
+        self.began = time.monotonic()
 
     @property
     def running(self) -> bool:
@@ -426,16 +427,33 @@ class Runner:
         if was_online and time.time() - app.online_since >= BACKOFF_RESET_AFTER:
             app.failures = 0
         reason = app.last_error if not was_online and app.last_error else f"the master {describe_exit(code)}"
-        app.status, app.workers, app.last_error = ERRORED, 0, reason
-        if app.spec.autorestart and not self.god.stopping:
-            self.schedule_restart(reason)
+        app.workers, app.last_error = 0, reason
+        policy = Policy.from_run_args(app.spec.run_args)
+        stable = run.online.result() and time.monotonic() - run.began >= policy.min_uptime
+        app.unstable = 0 if stable else app.unstable + 1
+        if run.ended is not None:  # the master's own policy ended it: errored, or finished
+            self.settle(ERRORED if run.ended.errored else STOPPED, run.ended.reason)
+        elif not app.spec.autorestart or self.god.stopping:
+            self.settle(ERRORED, reason)
+        elif policy.gives_up(app.unstable):
+            self.settle(ERRORED, f"{reason}; gave up after {app.unstable} unstable restarts in a row "
+                                 f"(--max-restarts {policy.max_restarts})")
         else:
-            self.god.publish("errored", app, reason=reason)
+            app.status = LAUNCHING  # again, after the backoff
+            self.schedule_restart(reason)
         self.god.persist(app)
+
+    def settle(self, status: str, reason: str) -> None:
+        """The app ends here, as it is: nothing restarts it, and its sockets close (clients are refused at
+        once, and the port is free for another start)."""
+        app = self.app
+        app.status, app.last_error = status, reason
+        self.release_listeners()
+        self.god.publish("errored" if status == ERRORED else "stopped", app, reason=reason)
 
     def schedule_restart(self, reason: str) -> None:
         app = self.app
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**app.failures)
+        delay = Policy.from_run_args(app.spec.run_args).delay(app.failures)
         app.failures += 1
         app.restarts += 1
         self.god.publish("restarting", app, delay=round(delay, 3), reason=reason)
@@ -446,14 +464,20 @@ class Runner:
         moment), try again after the next backoff: an app meant to run is never given up on here."""
         app = self.app
         app.restart_timer = None
-        if app.status != ERRORED or self.god.stopping:
+        if self.god.stopping or (self.run is not None and self.run.running):
             return
         try:
             self.spawn()
         except Exception as exc:
             app.last_error = f"cannot restart: {exc}"
             self.god.say(f"{app.name}: {app.last_error}")
-            self.schedule_restart(app.last_error)
+            app.unstable += 1
+            policy = Policy.from_run_args(app.spec.run_args)
+            if policy.gives_up(app.unstable):
+                self.settle(ERRORED, f"{app.last_error}; gave up after {app.unstable} unstable restarts in a "
+                                     f"row (--max-restarts {policy.max_restarts})")
+            else:
+                self.schedule_restart(app.last_error)
             self.god.persist(app)
 
     def kill_leftovers(self, run: MasterRun) -> None:
@@ -512,6 +536,9 @@ class Runner:
                              memory=event.memory, limit=event.limit)
         elif isinstance(event, control.Problem):
             app.last_error = event.message
+        elif isinstance(event, control.Ended):
+            run.ended = event
+            app.last_error = event.reason
         elif isinstance(event, control.Stopping):
             if not run.expected:
                 app.status = STOPPING

@@ -4,7 +4,7 @@
     SLOW_BOOT=SECONDS     sleep while importing
 
 GET /say?TEXT prints `said TEXT` on stdout; GET /child starts a `sleep` that inherits the worker's stdout
-and stderr (the log pipes) and answers its pid.
+and stderr (the log pipes) and answers its pid; GET /exit?CODE ends the worker with exit code CODE.
 """
 
 import os
@@ -31,6 +31,8 @@ async def app(scope, receive, send):
                 return
     if scope["path"] == "/say":
         print(f"said {scope['query_string'].decode()}", flush=True)
+    if scope["path"] == "/exit":
+        os._exit(int(scope["query_string"] or b"0"))
     if scope["path"] == "/child":
         import subprocess
 

@@ -1,0 +1,45 @@
+"""The restart policy of a master under the daemon, from the options `prun start` was given (PM2's names).
+
+    --max-restarts N        give up after N unstable restarts in a row (0: never); the app is errored
+    --min-uptime MS         a master that exits sooner than this after it started, or that never came
+                            online, is unstable
+    --restart-delay MS      a fixed delay before each restart (0: the backoff below)
+    --exp-backoff-restart-delay MS   the backoff's first delay (x1.5, at most 15 s, reset after 30 s up)
+
+The same options set the master's own policy for its workers (cluster/supervision.py): one table of
+options (cluster/options.py), read here from the spec's run_args.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAMES = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay")
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_restarts: int
+    min_uptime: float
+    restart_delay: float
+    exp_backoff_restart_delay: float
+
+    @classmethod
+    def from_run_args(cls, run_args: list[str]) -> Policy:
+        """The policy in `prun run` arguments (each option's default where it is not given)."""
+        from prun.cluster.options import BY_NAME, parse
+
+        values = {name: BY_NAME[name].default_value() for name in NAMES}
+        flags = {BY_NAME[name].long: name for name in NAMES}
+        for flag, value in zip(run_args, run_args[1:]):
+            if flag in flags:
+                values[flags[flag]] = parse(flags[flag], value, flag)
+        return cls(**values)
+
+    def delay(self, failures: int) -> float:
+        from prun.cluster.supervision import restart_delay
+
+        return restart_delay(self.restart_delay, self.exp_backoff_restart_delay, failures)
+
+    def gives_up(self, unstable: int) -> bool:
+        return bool(self.max_restarts) and unstable > self.max_restarts

@@ -1,0 +1,118 @@
+"""The restart policy (PM2's max_restarts, min_uptime, stop_exit_codes), with a real daemon, masters and workers:
+an app that cannot run ends errored with the reason, stops restarting and frees its port."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_support import Home, get
+from tests.support import Prun, wait_until
+
+APP = ("greeter:app", "--lifespan", "off")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def status(home: Home, name: str, wanted: str) -> dict[str, object]:
+    return wait_until(lambda: (lambda r: r["status"] == wanted and r)(home.app(name)), timeout=60,
+                      what=f"{name} {wanted}")
+
+
+def end_worker(port: int, code: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", f"/exit?{code}")
+        conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        pass  # the worker ended before it answered: that is the point
+    finally:
+        conn.close()
+
+
+def test_workers_that_crash_at_every_boot_end_the_app_errored_and_free_its_port(home: Home, tmp_path: Path) -> None:
+    port = free_port()
+    broken = tmp_path / "broken"
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "--max-restarts", "3",
+              "--env", f"BOOT_FAIL_FILE={broken}")
+    broken.touch()  # from now on a new worker cannot import the app
+    end_worker(port, 1)
+    row = status(home, "api", "errored")
+    assert "3 times in a row" in str(row["error"]) or "4 times in a row" in str(row["error"]), row["error"]
+    assert "the boot-fail file exists" in str(row["error"]) and "giving up (--max-restarts 3)" in str(row["error"])
+    assert row["pid"] is None and refused(port)
+    restarts = row["restarts"]
+    broken.unlink()
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "other")  # the port is free
+    assert get(port).startswith("hello ")
+    assert home.app("api")["restarts"] == restarts  # nothing kept spinning
+
+
+def test_a_master_that_cannot_boot_is_errored_after_max_restarts(home: Home, tmp_path: Path) -> None:
+    port = free_port()
+    broken = tmp_path / "broken"
+    broken.touch()
+    began = time.monotonic()
+    result = home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "--max-restarts", "2",
+                       "--env", f"BOOT_FAIL_FILE={broken}", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "could not start" in result.stderr and "the boot-fail file exists" in result.stderr
+    row = status(home, "api", "errored")
+    assert "gave up after 3 unstable restarts in a row (--max-restarts 2)" in str(row["error"]), row["error"]
+    assert row["restarts"] == 2 and refused(port) and time.monotonic() - began < 60
+    broken.unlink()
+    home.prun("start", "api")  # a start of an errored app starts it again
+    assert status(home, "api", "online") and get(port).startswith("hello ")
+
+
+def test_a_stop_exit_code_stops_the_app(home: Home) -> None:
+    port = free_port()
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "--stop-exit-codes", "7")
+    end_worker(port, 7)
+    row = status(home, "api", "stopped")
+    assert "exited with code 7, one of --stop-exit-codes" in str(row["error"]) and refused(port)
+    end = home.prun("ls").stdout
+    assert "stopped" in end
+
+
+def test_another_exit_code_is_restarted(home: Home) -> None:
+    port = free_port()
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "--stop-exit-codes", "7")
+    end_worker(port, 8)
+    wait_until(lambda: home.app("api")["restarts"] == 1, what="the worker restarted")
+    assert home.app("api")["status"] == "online" and get(port).startswith("hello ")
+
+
+def test_the_foreground_master_gives_up_too(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    master = Prun(*APP, "-b", "127.0.0.1:0", "--max-restarts", "2", env={"BOOT_FAIL_FILE": str(broken)})
+    try:
+        port = master.wait_ready()
+        broken.touch()
+        end_worker(port, 1)
+        assert master.proc.wait(timeout=60) == 3
+        master.wait_for(r"giving up \(--max-restarts 2\): stopping")
+    finally:
+        master.cleanup()
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_policy_value_is_one_line(home: Home, value: str) -> None:
+    result = home.prun("start", *APP, "-b", "127.0.0.1:0", "--max-restarts", value, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--max-restarts" in result.stderr
