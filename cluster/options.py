@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
+from prun.cluster import names
 from prun.cluster.errors import UsageError
 from prun.runtime.options import INTERFACES, WorkerOptions
 
@@ -89,6 +90,12 @@ def parse_str(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         raise ValueError(f"expected a string, got {value!r}")
     return str(value)
+
+
+def parse_name(value: Any) -> str:
+    """An app's name (cluster/names.py's rule); '' for none given (the app's module names it)."""
+    text = parse_str(value)
+    return names.check(text) if text else ""
 
 
 def parse_size(value: Any) -> int:
@@ -251,7 +258,7 @@ class Config:
         reload=True)
     interface: str = option(Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).",
         worker=True, reload=True)
-    name: str = option(parse_str, "", "The app's name in process titles and logs.", worker=True)
+    name: str = option(parse_name, "", f"The app's name in process titles and logs: {names.RULE}.", worker=True)
     env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
     config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "

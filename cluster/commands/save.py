@@ -10,7 +10,6 @@ the shell's environment.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,11 +23,11 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    from prun.cluster.daemon.home import DUMP_VERSION, write_private
+    from prun.cluster.daemon import dump
+    from prun.cluster.daemon.app import STOPPED
 
-    apps = [dict(asdict(app.spec), stopped=app.status == "stopped") for app in sorted(god.apps.values(),
-                                                                                       key=lambda a: a.id)]
-    write_private(god.home.dump, {"version": DUMP_VERSION, "apps": apps})
+    apps = [dump.Saved(app.spec, app.status == STOPPED) for app in sorted(god.apps.values(), key=lambda a: a.id)]
+    dump.write(god.home.dump, apps)
     return {"path": god.home.dump, "apps": len(apps)}
 
 

@@ -198,17 +198,18 @@ class God:
 
     def adopt_all(self) -> None:
         """Read every app record; adopt running masters, start again those meant to run that died meanwhile."""
-        import json
+        from prun.cluster.daemon.app import checked_record
+        from prun.cluster.daemon.jsonload import loads
 
         for name in sorted(os.listdir(self.home.apps)):
             if not name.endswith(".json"):
                 continue
             path = os.path.join(self.home.apps, name)
             try:
-                with open(path) as fh:
-                    app = self.add(App.from_record(json.load(fh)))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.say(f"ignoring the app record {path}: {exc}")
+                with open(path, "rb") as fh:
+                    app = self.add(App.from_record(checked_record(loads(fh.read()), f"the app record {path}", self.say)))
+            except (OSError, ValueError, KeyError, TypeError, PrunError) as exc:
+                self.say(f"ignoring {exc}" if isinstance(exc, PrunError) else f"ignoring the app record {path}: {exc}")
                 continue
             runner = self.runner(app)
             if runner.adopt():

@@ -9,7 +9,7 @@
         apps/<id>.sock     0600, the app's listener holder (holder.py)
         apps/<id>.status.json  the master's /status, rewritten every half second (for prun monit)
         logs/<name>-out.log, logs/<name>-err.log   and their rotated files (.1, .2[.gz] ...): logfiles.py
-        dump.json          0600, `prun save`: only what each `start` was given
+        dump.json          0600, `prun save`: only what each `start` was given (dump.py)
 """
 
 from __future__ import annotations
@@ -133,25 +133,3 @@ def start_time(pid: int) -> int | None:
 def alive(pid: int | None, started: int | None) -> bool:
     """The process `pid` runs and is the one that started at `started` (not a later reuse of the pid)."""
     return bool(pid) and start_time(pid or 0) == started
-
-
-DUMP_VERSION = 1
-
-
-def read_dump(path: str) -> list[dict[str, Any]]:
-    """The apps of a `prun save` dump; a PrunError with the reason if it cannot be used (the file is kept)."""
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise PrunError(f"no dump to resurrect: {path} does not exist (run prun save first)") from None
-    except ValueError as exc:
-        raise PrunError(f"refusing the dump {path}: it is not valid JSON ({exc}); it is kept as it is") from None
-    except OSError as exc:
-        raise PrunError(f"cannot read the dump {path}: {exc.strerror}") from None
-    if not isinstance(data, dict) or data.get("version") != DUMP_VERSION or not isinstance(data.get("apps"), list):
-        raise PrunError(f"refusing the dump {path}: not a prun dump of version {DUMP_VERSION}; it is kept as it is")
-    for i, app in enumerate(data["apps"]):
-        if not isinstance(app, dict) or not isinstance(app.get("target"), str) or not isinstance(app.get("name"), str):
-            raise PrunError(f"refusing the dump {path}: app {i} has no target or name; it is kept as it is")
-    return list(data["apps"])

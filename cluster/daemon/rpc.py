@@ -13,6 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from prun.cluster.daemon.jsonload import TooDeep, loads
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -50,7 +52,9 @@ def encode(message: dict[str, Any]) -> bytes:
 def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """(id, command, args) of one request line, or RpcError(BAD_MESSAGE)."""
     try:
-        message = json.loads(line)
+        message = loads(line)
+    except TooDeep as exc:
+        raise RpcError(BAD_MESSAGE, f"refusing a message {exc}") from None
     except ValueError as exc:
         raise RpcError(BAD_MESSAGE, f"not JSON: {exc}") from None
     if not isinstance(message, dict):
