@@ -2,8 +2,9 @@
 
     {"version": 1, "apps": [{...a spec (the fields of schema.py)..., "stopped": false}, ...]}
 
-It is 0600 and holds only what `start` was given, never the caller's environment. A dump that cannot be
-used is refused with the reason, and kept.
+It is 0600 and holds only what `start` was given, never the caller's environment. A save writes it
+whole or not at all (a full disk leaves the last dump as it was, and no temporary file behind) and keeps
+the dump it replaces as dump.json.bak. A dump that cannot be used is refused with the reason, and kept.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ class Saved:
 
 
 def write(path: str, apps: list[Saved]) -> None:
-    """Save these apps to `path`."""
+    """Save these apps to `path`; PrunError ("cannot write the dump PATH: No space left on device") if not."""
     data = {"version": VERSION, "apps": [dict(asdict(app.spec), **{STOPPED: app.stopped}) for app in apps]}
-    write_private(path, data)
+    try:
+        write_private(path, data, durable=True, backup=f"{path}.bak")
+    except OSError as exc:
+        raise PrunError(f"cannot write the dump {path}: {exc.strerror or exc}") from None
 
 
 def read(path: str) -> list[Saved]:

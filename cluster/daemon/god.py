@@ -51,8 +51,12 @@ class God:
         self.say(f"{app.name}: {event} {' '.join(f'{k}={v}' for k, v in fields.items() if v is not None)}")
 
     def persist(self, app: App) -> None:
+        """Write the app's record; a disk that refuses it (full, failing) costs a line here, not the operation."""
         if app.id in self.apps:
-            write_private(self.home.record(app.id), app.record())
+            try:
+                write_private(self.home.record(app.id), app.record())
+            except OSError as exc:
+                self.say(f"{app.name}: cannot write its record {self.home.record(app.id)}: {exc.strerror or exc}")
 
     def runner(self, app: App) -> Runner:
         return self.runners[app.id]

@@ -10,10 +10,12 @@
         apps/<id>.status.json  the master's /status, rewritten every half second (for prun monit)
         logs/<name>-out.log, logs/<name>-err.log   and their rotated files (.1, .2[.gz] ...): logfiles.py
         dump.json          0600, `prun save`: only what each `start` was given (dump.py)
+        dump.json.bak      0600, the dump before the last `prun save`
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -107,14 +109,51 @@ class Home:
             return None
 
 
-def write_private(path: str, data: Any) -> None:
-    """Write JSON atomically, readable by the owner only."""
+def write_private(path: str, data: Any, durable: bool = False, backup: str = "") -> None:
+    """Write `data` as JSON to `path`, readable by the owner only: all of it, or nothing changes.
+
+    The text goes to a temporary file beside `path` (`path.PID.tmp`), which then replaces it. On any
+    failure (a full disk, an I/O error) the temporary file is removed, `path` is left as it was, and the
+    OSError is raised. `durable`: on disk (fsync) before it replaces `path`. `backup`: the file `path`
+    was, if any, is kept under that name (hard-linked first, so that `path` never goes missing).
+    """
+    payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a stale file of that name may have had another mode
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if backup:
+            _keep(path, backup)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _keep(path: str, backup: str) -> None:
+    """Make `backup` the file `path` is now (nothing if there is none), without ever removing `path`."""
+    link = f"{backup}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    try:
+        os.link(path, link)
+    except FileNotFoundError:
+        return
+    try:
+        os.replace(link, backup)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+        raise
 
 
 def start_time(pid: int) -> int | None:

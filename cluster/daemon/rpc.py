@@ -28,11 +28,12 @@ NO_SUCH_APP = "NO_SUCH_APP"  # no app has that name, id or namespace
 ALREADY_RUNNING = "ALREADY_RUNNING"  # start of a name that exists and is not stopped
 START_FAILED = "START_FAILED"  # the listeners could not be bound, or the app could not boot
 NOT_RUNNING = "NOT_RUNNING"  # scale of an app that is not online
+WRITE_FAILED = "WRITE_FAILED"  # a file the command exists to write (the dump) could not be written: a full disk
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the daemon is stopping (prun kill)
 INTERNAL = "INTERNAL"  # a bug in the daemon: the message says where
 
 CODES = (BAD_MESSAGE, UNKNOWN_COMMAND, BAD_ARGUMENTS, NO_SUCH_APP, ALREADY_RUNNING, START_FAILED, NOT_RUNNING,
-         SHUTTING_DOWN, INTERNAL)
+         WRITE_FAILED, SHUTTING_DOWN, INTERNAL)
 
 
 class RpcError(Exception):
