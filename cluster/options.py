@@ -98,6 +98,31 @@ def parse_name(value: Any) -> str:
     return names.check(text) if text else ""
 
 
+def parse_mode(value: Any) -> str:
+    """Permission bits in octal digits ("660", "0660"), as text: a TOML 660 or 0o660 is refused as ambiguous."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected octal digits in quotes, such as '660', got {value!r}")
+    text = value.strip().lower().removeprefix("0o")
+    if not text:
+        return ""
+    if not re.fullmatch(r"[0-7]{1,4}", text) or int(text, 8) > 0o777:
+        raise ValueError(f"expected permissions in octal from 000 to 777, such as 660, got {value!r}")
+    return f"{int(text, 8):04o}"
+
+
+def parse_group(value: Any) -> str:
+    """A group's name or number, checked to exist (a number needs no name)."""
+    text = parse_str(value).strip()
+    if text and not text.isdigit():
+        import grp
+
+        try:
+            grp.getgrnam(text)
+        except KeyError:
+            raise ValueError(f"no group named {text!r} on this machine") from None
+    return text
+
+
 def parse_size(value: Any) -> int:
     """Bytes from 123, "512K", "300M" or "1G" (powers of 1024); 0 is allowed (none, never)."""
     text = str(value).strip().upper().removesuffix("B")
@@ -264,6 +289,11 @@ class Config:
     config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
         "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
+    unix_mode: str = option(parse_mode, "", "Permissions of each unix: socket --bind makes, in octal: 660 lets "
+        "--unix-group connect too, e.g. a proxy's user (connecting takes write permission). Without it, as the "
+        "umask leaves them (0700 under prun start).", metavar="MODE")
+    unix_group: str = option(parse_group, "", "The group (a name or a number) of each unix: socket --bind makes "
+        "(default: prun's own).", metavar="GROUP")
     balance: str = option(Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
         "to the least busy worker (a lone worker, or workers taking over 1,000 new connections/s, accept "
         "themselves); shared: the kernel balances.", worker=True)

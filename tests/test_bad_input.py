@@ -29,6 +29,8 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--no-such-flag"], 2, "No such option '--no-such-flag'"),
         (["tcp:handle", "--interface", "grpc"], 2, "invalid --interface 'grpc'"),
         (["runtime:app"], 3, "cannot import 'runtime': no module named 'runtime'"),
+        (["tcp:handle", "--unix-mode", "999"], 2, "invalid --unix-mode '999': expected permissions in octal from 000"),
+        (["tcp:handle", "--unix-group", "no-such-group"], 2, "invalid --unix-group 'no-such-group': no group named"),
         (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
     ],
 )
@@ -90,6 +92,7 @@ def test_app_beside_modules_named_like_prun_packages_is_served(prun, tmp_path, o
 
 
 @pytest.mark.parametrize(("content", "message"), [
+    ("unix-mode = 660\n", "invalid unix_mode in {path}: expected octal digits in quotes, such as '660', got 660"),
     ("env = " + "[" * 100_000 + "]" * 100_000 + "\n", "cannot read config file {path}: its arrays or tables are "
                                                       "nested too deeply"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import subprocess
 import typing
@@ -80,7 +81,8 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "cron_restart": "0 3 * * *", "merge_logs": False,
                "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
                "cert_reqs": "required", "ciphers": "ECDHE+AESGCM",
-               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3}
+               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
+               "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"
