@@ -61,7 +61,8 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
         listeners_mod.parse(spec)  # every address is checked before any is bound
     listeners = listeners_mod.systemd_listeners(os.environ)
     if not listeners or cli_values.get("bind"):
-        listeners += listeners_mod.bind_all(config.bind, config.backlog)
+        access = listeners_mod.UnixAccess.from_options(config.unix_mode, config.unix_group)
+        listeners += listeners_mod.bind_all(config.bind, config.backlog, access)
     try:
         import setproctitle
 

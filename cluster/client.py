@@ -19,19 +19,19 @@ This module is on the path of every command: it imports only the standard librar
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from prun.cluster import names
 from prun.cluster.daemon.home import Home
-from prun.cluster.errors import PrunError
+from prun.cluster.errors import PrunError, UsageError
 from prun.cluster.rpcconn import IDLE_TIMEOUT, Connection, connect
 from prun.cluster.rpcconn import ClientError as ClientError  # where callers have always imported it from
 
 DAEMON_START_TIMEOUT = 15.0
-APP_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+APP_PATTERN = names.TARGET  # MODULE:ATTR: cluster mode
 
 
 Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
@@ -257,11 +257,23 @@ def _last_line(path: str, offset: int, raw: bool = False) -> str:
 
 
 def default_name(target: str, mode: str, command: list[str]) -> str:
+    """The name of an app started without --name: its module's, or its script's or command's file name."""
     if mode == "cluster":
-        return target.split(":", 1)[0].rsplit(".", 1)[-1]
+        return names.derived(target.split(":", 1)[0].rsplit(".", 1)[-1])
     word = os.path.basename(command[1] if os.path.basename(command[0]).startswith("python") and len(command) > 1
                             else command[0])
-    return word[:-3] if word.endswith(".py") else word
+    return names.derived(word[:-3] if word.endswith(".py") else word)
+
+
+def check_names(name: str | None, namespace: str) -> None:
+    """UsageError unless the --name given (if any) and the namespace follow the rule of names (names.py)."""
+    for flag, value in (("--name", name), ("--namespace", namespace)):
+        if value is None or (flag == "--name" and not value):
+            continue
+        try:
+            names.check(value)
+        except ValueError as exc:
+            raise UsageError(f"invalid {flag} {names.shown(value)}: {exc}") from None
 
 
 def build_spec(target: str, name: str | None, namespace: str, instances: str | int | None, env: dict[str, str],
@@ -269,9 +281,13 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     """The start spec the daemon stores: checked here, where the user's directory and environment are."""
     import shlex
 
+    from prun.cluster.daemon.spec import daemon_options
+
+    check_names(name, namespace)
     cwd = os.path.abspath(cwd)
     options = {k: v for k, v in run_options.items() if v is not None and v != ()}
-    logs = {k: options.pop(k) for k in LOG_OPTIONS if k in options}  # the daemon's log writer's, not the master's
+    # the daemon's log writer's options, not the master's: they become fields of the spec
+    logs = {k: options.pop(k) for k in daemon_options() if k in options}
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 
@@ -307,20 +323,19 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         count = str(parse_instances(count))
     else:
         raise PrunError(f"invalid instances {count!r}: expected a number, 'max', 0 or -N")
-    graceful = float(options.get("graceful_timeout") or 5)
     from prun.cluster.options import BY_NAME, parse
 
     def given(name: str) -> Any:
         return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
 
-    return {**log_spec(given, cwd),
+    spec = {**log_spec(given, cwd),
             "name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
             "namespace": namespace, "instances": count, "command": words, "env": dict(env),
-            "graceful_timeout": graceful, "autorestart": autorestart}
-
-
-LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
-               "log_date_format")
+            "autorestart": autorestart}
+    if "graceful_timeout" in options:  # else the schema's default for fork mode (PM2's kill_timeout)
+        value = options["graceful_timeout"]
+        spec["graceful_timeout"] = parse("graceful_timeout", value, f"--graceful-timeout {value!r}")
+    return spec
 
 
 def log_spec(value: Any, cwd: str) -> dict[str, Any]:
@@ -336,6 +351,7 @@ def log_spec(value: Any, cwd: str) -> dict[str, Any]:
 
 def run_arguments(options: dict[str, Any]) -> list[str]:
     """`prun run`'s arguments for these option values, from the option table `prun run` is built from."""
+    from prun.cluster.daemon.schema import CARRIED
     from prun.cluster.options import BY_NAME, OPTIONS
 
     unknown = sorted(set(options) - set(BY_NAME))
@@ -344,7 +360,7 @@ def run_arguments(options: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for option in OPTIONS:
         name = option.name
-        if option.argument or name in ("bind", "instances", "name", "env") or name not in options:
+        if option.argument or name in CARRIED or name not in options:
             continue
         value = options[name]
         if option.flag:

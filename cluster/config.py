@@ -41,6 +41,8 @@ def read_file(path: str) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: it is a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"cannot read config file {path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"cannot read config file {path}: its arrays or tables are nested too deeply") from None
     if os.path.basename(path) == "pyproject.toml":
         data = data.get("tool", {}).get("prun", {})
     settings: dict[str, Any] = {}

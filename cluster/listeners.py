@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -41,6 +42,59 @@ class Listener:
 
 
 BIND_HELP = "expected HOST:PORT, [::]:PORT, unix:PATH or fd://N"
+
+
+@dataclass(frozen=True)
+class UnixAccess:
+    """Who may connect to the unix: sockets of an app (--unix-mode, --unix-group): a proxy's user, say.
+
+    Applied to each unix socket file bound here, and to one received as fd://N (a socket the daemon bound
+    for this master): a unix socket's file takes the mode, not the socket.
+    """
+
+    mode: int | None = None  # permission bits; None: as the umask left them
+    gid: int | None = None  # None: the binding process's group
+
+    @classmethod
+    def from_options(cls, mode: str, group: str) -> UnixAccess:
+        """From the options' checked text ('0660', 'www-data' or '33'; '' for unset)."""
+        gid = None
+        if group.isdigit():
+            gid = int(group)
+        elif group:
+            import grp
+
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise UsageError(f"invalid --unix-group {group!r}: no group of that name on this machine") from None
+        return cls(int(mode, 8) if mode else None, gid)
+
+    def apply(self, path: str, spec: str) -> None:
+        """Give the socket file at `path` this mode and group, never through a link put in its place."""
+        if self.mode is None and self.gid is None:
+            return
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PrunError(f"cannot set who may connect to {spec}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise PrunError(f"cannot set who may connect to {spec}: {path} is not a socket")
+            inode = f"/proc/self/fd/{fd}"  # the file opened above, whatever its path points to now
+            if self.gid is not None:
+                try:
+                    os.chown(inode, -1, self.gid)
+                except OSError as exc:
+                    hint = " (only root or a member of the group may)" if exc.errno == errno.EPERM else ""
+                    raise PrunError(f"cannot give {spec} to group {self.gid}: {exc.strerror}{hint}") from None
+            if self.mode is not None:
+                try:
+                    os.chmod(inode, self.mode)
+                except OSError as exc:
+                    raise PrunError(f"cannot give {spec} mode {self.mode:04o}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def parse(spec: str) -> tuple[str, object]:
@@ -89,7 +143,7 @@ def _listen(sock: socket.socket, addr: Any, backlog: int, spec: str,
     return sock
 
 
-def _bind_unix(path: str, backlog: int, spec: str) -> socket.socket:
+def _bind_unix(path: str, backlog: int, spec: str, access: UnixAccess) -> socket.socket:
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             probe = socket.socket(socket.AF_UNIX)
@@ -103,7 +157,21 @@ def _bind_unix(path: str, backlog: int, spec: str) -> socket.socket:
                 probe.close()
     except FileNotFoundError:
         pass
-    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog, spec)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(spec, exc) from None
+    try:
+        access.apply(path, spec)  # before listen: no client connects while the mode is not yet the one asked
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return sock
 
 
 def _bind_error(spec: str, exc: OSError) -> PrunError:
@@ -149,16 +217,19 @@ def systemd_listeners(environ: dict[str, str] | os._Environ[str]) -> list[Listen
     return listeners
 
 
-def bind_all(specs: list[str], backlog: int) -> list[Listener]:
+def bind_all(specs: list[str], backlog: int, access: UnixAccess = UnixAccess()) -> list[Listener]:
     """Bind every address; on any failure, close what was bound and raise."""
     parsed = [(spec, parse(spec)) for spec in specs]
     listeners: list[Listener] = []
     try:
         for spec, (kind, target) in parsed:
             if kind == "unix":
-                sock = _bind_unix(str(target), backlog, spec)
+                sock = _bind_unix(str(target), backlog, spec, access)
             elif kind == "fd":
                 sock = _adopt(int(cast(int, target)), spec)
+                name = sock.getsockname() if sock.family == socket.AF_UNIX else ""
+                if isinstance(name, str) and name:  # a file, not an abstract or unnamed socket
+                    access.apply(name, spec)
             else:
                 host, port = cast("tuple[str, int]", target)
                 family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
+from prun.cluster import names
 from prun.cluster.errors import UsageError
 from prun.runtime.options import INTERFACES, WorkerOptions
 
@@ -89,6 +90,37 @@ def parse_str(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         raise ValueError(f"expected a string, got {value!r}")
     return str(value)
+
+
+def parse_name(value: Any) -> str:
+    """An app's name (cluster/names.py's rule); '' for none given (the app's module names it)."""
+    text = parse_str(value)
+    return names.check(text) if text else ""
+
+
+def parse_mode(value: Any) -> str:
+    """Permission bits in octal digits ("660", "0660"), as text: a TOML 660 or 0o660 is refused as ambiguous."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected octal digits in quotes, such as '660', got {value!r}")
+    text = value.strip().lower().removeprefix("0o")
+    if not text:
+        return ""
+    if not re.fullmatch(r"[0-7]{1,4}", text) or int(text, 8) > 0o777:
+        raise ValueError(f"expected permissions in octal from 000 to 777, such as 660, got {value!r}")
+    return f"{int(text, 8):04o}"
+
+
+def parse_group(value: Any) -> str:
+    """A group's name or number, checked to exist (a number needs no name)."""
+    text = parse_str(value).strip()
+    if text and not text.isdigit():
+        import grp
+
+        try:
+            grp.getgrnam(text)
+        except KeyError:
+            raise ValueError(f"no group named {text!r} on this machine") from None
+    return text
 
 
 def parse_size(value: Any) -> int:
@@ -276,12 +308,17 @@ class Config:
         reload=True)
     interface: str = option(Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).",
         worker=True, reload=True)
-    name: str = option(parse_str, "", "The app's name in process titles and logs.", worker=True)
+    name: str = option(parse_name, "", f"The app's name in process titles and logs: {names.RULE}.", worker=True)
     env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
     config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
         "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
+    unix_mode: str = option(parse_mode, "", "Permissions of each unix: socket --bind makes, in octal: 660 lets "
+        "--unix-group connect too, e.g. a proxy's user (connecting takes write permission). Without it, as the "
+        "umask leaves them (0700 under prun start).", metavar="MODE")
+    unix_group: str = option(parse_group, "", "The group (a name or a number) of each unix: socket --bind makes "
+        "(default: prun's own).", metavar="GROUP")
     balance: str = option(Choice("leastconn", "shared"), "leastconn", "leastconn: the master hands each connection "
         "to the least busy worker (a lone worker, or workers taking over 1,000 new connections/s, accept "
         "themselves); shared: the kernel balances.", worker=True)

@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,24 @@ class Home:
                 pass
         wait_until(lambda: not left(), timeout=10, what="every process of the test's PRUN_HOME to exit")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def request(home: Home, payload: bytes) -> dict[str, Any]:
+    """One raw line to the daemon's RPC socket, as another program would send it; the reply."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(os.path.join(home.path, "rpc.sock"))
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered and closed before reading it all (an oversized message)
+        reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+        return reply
+
+
+def call(home: Home, command: str, **args: Any) -> dict[str, Any]:
+    """One request to the daemon, built from `command` and `args`; the whole reply (result or error)."""
+    return request(home, json.dumps({"id": 1, "command": command, "args": args}).encode() + b"\n")
 
 
 def get(port: int, path: str = "/", timeout: float = 10.0) -> str:

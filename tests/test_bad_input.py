@@ -29,6 +29,9 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--no-such-flag"], 2, "No such option '--no-such-flag'"),
         (["tcp:handle", "--interface", "grpc"], 2, "invalid --interface 'grpc'"),
         (["runtime:app"], 3, "cannot import 'runtime': no module named 'runtime'"),
+        (["tcp:handle", "--unix-mode", "999"], 2, "invalid --unix-mode '999': expected permissions in octal from 000"),
+        (["tcp:handle", "--unix-group", "no-such-group"], 2, "invalid --unix-group 'no-such-group': no group named"),
+        (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
@@ -86,3 +89,16 @@ def test_app_beside_modules_named_like_prun_packages_is_served(prun, tmp_path, o
     master = prun("web:handle", "-b", "127.0.0.1:0", cwd=tmp_path)
     port = master.wait_ready()
     assert echo(port) == b"ping\n"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("unix-mode = 660\n", "invalid unix_mode in {path}: expected octal digits in quotes, such as '660', got 660"),
+    ("env = " + "[" * 100_000 + "]" * 100_000 + "\n", "cannot read config file {path}: its arrays or tables are "
+                                                      "nested too deeply"),
+])
+def test_a_config_file_value_that_cannot_be_used_is_one_line(prun, tmp_path, content, message):
+    path = tmp_path / "prun.toml"
+    path.write_text(content)
+    master = prun("tcp:handle", "--config", str(path), "-b", "127.0.0.1:0")
+    assert master.wait_exit(10) == 2
+    assert _error_lines(master.output) == [f"prun: error: {message.format(path=path)}"], master.output

@@ -40,7 +40,7 @@ def test_a_corrupt_dump_is_refused_with_the_reason_and_kept(home: Home) -> None:
     path = os.path.join(home.path, "dump.json")
     for content, reason in (('{"version": 1, "apps": [', "not valid JSON"),
                             ('{"version": 9, "apps": []}', "not a prun dump of version 1"),
-                            ('{"version": 1, "apps": [{"name": "x"}]}', "app 0 has no target or name")):
+                            ('{"version": 1, "apps": [{"name": "x"}]}', "app 'x': target is missing")):
         with open(path, "w") as fh:
             fh.write(content)
         result = home.prun("resurrect", check=False)

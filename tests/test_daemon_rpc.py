@@ -10,24 +10,12 @@ import subprocess
 import sys
 
 from prun.cluster.daemon.home import start_time
-from tests.daemon_support import Home
+from tests.daemon_support import Home, request
 from tests.support import wait_until
 
 
 def mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def request(home: Home, payload: bytes) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(os.path.join(home.path, "rpc.sock"))
-        try:
-            sock.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon answered and closed before reading it all (an oversized message)
-        reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
-        return reply
 
 
 def test_started_on_demand_private_home_and_modes(home: Home) -> None:
@@ -101,6 +89,24 @@ def test_malformed_oversized_and_unknown_messages_get_an_error_reply(home: Home)
     assert home.prun("ping").stdout.startswith("pong")  # still up
 
 
+def test_deeply_nested_requests_are_refused_in_one_line_and_the_daemon_stays_up(home: Home) -> None:
+    home.prun("ping")
+    daemon = home.daemon_pid()
+    for depth in (100_000, 40):
+        nested = b"[" * depth + b"]" * depth
+        reply = request(home, b'{"id": 1, "command": "ping", "args": {"x": ' + nested + b"}}\n")
+        assert reply == {"id": None, "error": {"code": "BAD_MESSAGE",
+                                               "message": "refusing a message nested deeper than 32 levels"}}
+        spec = {"name": "web", "target": "app:server", "mode": "cluster", "cwd": "/", "bind": "NESTED"}
+        start = json.dumps({"id": 2, "command": "start", "args": {"spec": spec, "env": {}}}).encode()
+        reply = request(home, start.replace(b'"NESTED"', nested) + b"\n")
+        assert reply["error"] == {"code": "BAD_MESSAGE", "message": "refusing a message nested deeper than 32 levels"}
+    shallow = b"[" * 20 + b"]" * 20
+    reply = request(home, b'{"id": 3, "command": "ping", "args": {"x": ' + shallow + b"}}\n")
+    assert reply["result"]["pong"] is True  # type: ignore[index]
+    assert home.daemon_pid() == daemon and home.ls() == []
+
+
 def test_the_protocol_document_lists_every_code_and_command() -> None:
     from prun.cluster.commands import RPC_COMMANDS
     from prun.cluster.daemon import rpc
@@ -111,6 +117,17 @@ def test_the_protocol_document_lists_every_code_and_command() -> None:
         assert f"`{code}`" in text, code
     for command in RPC_COMMANDS:
         assert f"`{command}`" in text, command
+
+
+def test_the_protocol_documents_the_spec_schema_as_generated() -> None:
+    from prun.cluster.daemon import rpc, schema
+    from prun.cluster.daemon.spec import Spec
+
+    text = open(os.path.join(os.path.dirname(rpc.__file__), "PROTOCOL.md")).read()
+    start = text.index(schema.PROTOCOL_BEGIN) + len(schema.PROTOCOL_BEGIN)
+    assert text[start:text.index(schema.PROTOCOL_END)].strip() == schema.protocol_table(Spec), \
+        "run python -m prun.cluster.daemon.spec"
+    assert "max_memory` (bytes, 0: none)" not in text
 
 
 def test_prun_ls_imports_neither_click_nor_asyncio_nor_psutil(home: Home) -> None:

@@ -40,6 +40,20 @@ def show(rows: list[dict[str, Any]], as_json: bool = False) -> None:
     print(json.dumps(rows, indent=1) if as_json else render(rows), flush=True)
 
 
+def caller_environment(env: Any) -> dict[str, str]:
+    """The environment a client sent (the daemon's side of start, resurrect, restart), checked; PrunError if not."""
+    from prun.cluster.daemon import schema
+
+    if not isinstance(env, dict):
+        raise schema.SpecError("the environment sent is not an object")
+    environ = {str(k): str(v) for k, v in env.items()}
+    try:
+        schema.variables(environ)
+    except ValueError as exc:
+        raise schema.SpecError(f"invalid environment: {exc}") from None
+    return environ
+
+
 def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | None:
     """The app names of an ecosystem file (prun.toml) given as a target, else None."""
     if not target.endswith(".toml"):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import client, ecosystem_names, show
+from prun.cluster.commands import caller_environment, client, ecosystem_names, show
 
 if TYPE_CHECKING:
     from prun.cluster.daemon.god import God
@@ -25,12 +25,18 @@ if TYPE_CHECKING:
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
     from prun.cluster.daemon import rpc
+    from prun.cluster.errors import PrunError
 
     env, environ = args.get("env") or {}, args.get("environ")
     if not isinstance(env, dict) or not (environ is None or isinstance(environ, dict)):
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, "env and environ are objects of strings")
+    try:
+        declared = caller_environment(env)
+        environ = None if environ is None else caller_environment(environ)
+    except PrunError as exc:
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
     apps = god.resolve(args.get("target", ""))
-    await asyncio.gather(*(god.restart(app, environ, {str(k): str(v) for k, v in env.items()}) for app in apps))
+    await asyncio.gather(*(god.restart(app, environ, declared) for app in apps))
     return god.views()
 
 

@@ -5,7 +5,8 @@
     <- {"id": 1, "result": [...the app table...]}
     <- {"id": 1, "error": {"code": "BAD_ARGUMENTS", "message": "refusing the dump ...: not valid JSON ...; it is kept"}}
 
-Apps already in the table are left alone; apps saved as stopped come back stopped.
+Every app of the dump is checked (schema.py) before any is started. Apps already in the table are left
+alone; apps saved as stopped come back stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import client, show
+from prun.cluster.commands import caller_environment, client, show
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,21 +24,17 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    from prun.cluster.daemon import rpc
-    from prun.cluster.daemon.app import STOPPED, App, Spec
-    from prun.cluster.daemon.home import read_dump
+    from prun.cluster.daemon import dump, rpc
+    from prun.cluster.daemon.app import STOPPED, App
     from prun.cluster.errors import PrunError
 
-    env = {str(k): str(v) for k, v in (args.get("env") or {}).items()}
     try:
-        saved = read_dump(god.home.dump)
-        specs = [(Spec.from_dict(app), bool(app.get("stopped"))) for app in saved]
+        env = caller_environment(args.get("env") or {})
+        saved = dump.read(god.home.dump)
     except PrunError as exc:
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
-    except TypeError as exc:
-        raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"refusing the dump {god.home.dump}: {exc}; it is kept") from None
     failures = []
-    for spec, stopped in specs:
+    for spec, stopped in ((app.spec, app.stopped) for app in saved):
         if god.by_name(spec.name) is not None:
             continue
         if stopped:

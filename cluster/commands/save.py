@@ -3,14 +3,14 @@
     prun save
     -> {"id": 1, "command": "save"}
     <- {"id": 1, "result": {"path": "/home/me/.prun/dump.json", "apps": 3}}
+    <- {"id": 1, "error": {"code": "WRITE_FAILED", "message": "cannot write the dump ...: No space left on device"}}
 
 The dump holds only what `start` was given (each app's spec: target, options, declared --env), never
-the shell's environment.
+the shell's environment. It is written whole or not at all; the previous one is kept as dump.json.bak.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    from prun.cluster.daemon.home import DUMP_VERSION, write_private
+    from prun.cluster.daemon import dump, rpc
+    from prun.cluster.daemon.app import STOPPED
+    from prun.cluster.errors import PrunError
 
-    apps = [dict(asdict(app.spec), stopped=app.status == "stopped") for app in sorted(god.apps.values(),
-                                                                                       key=lambda a: a.id)]
-    write_private(god.home.dump, {"version": DUMP_VERSION, "apps": apps})
+    apps = [dump.Saved(app.spec, app.status == STOPPED) for app in sorted(god.apps.values(), key=lambda a: a.id)]
+    try:
+        dump.write(god.home.dump, apps)
+    except PrunError as exc:
+        raise rpc.RpcError(rpc.WRITE_FAILED, str(exc)) from None
     return {"path": god.home.dump, "apps": len(apps)}
 
 

@@ -11,8 +11,10 @@
 
 SPEC is what the client checked and the daemon stores (and `prun save` dumps): name, target, mode, cwd,
 namespace, instances, run_args (prun run's options as arguments), bind, backlog, graceful_timeout,
-command (fork mode), env (--env only), autorestart and the log writer's settings. Starting a name that exists restarts it if it is
-stopped and is refused otherwise. Every option of `prun run` is an option of `prun start`.
+command (fork mode), env (--env only), autorestart and the log writer's settings, each field declared
+once in cluster/daemon/schema.py and checked there again by the daemon (BAD_ARGUMENTS, one sentence).
+Starting a name that exists restarts it if it is stopped and is refused otherwise. Every option of
+`prun run` is an option of `prun start`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import client, show
+from prun.cluster.commands import caller_environment, client, show
 
 if TYPE_CHECKING:
     import asyncio
@@ -32,19 +34,17 @@ if TYPE_CHECKING:
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
     from prun.cluster.daemon import rpc
     from prun.cluster.daemon.app import Spec
+    from prun.cluster.errors import PrunError
 
     spec, env = args.get("spec"), args.get("env")
     if not isinstance(spec, dict) or not isinstance(env, dict):
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, "start needs a spec object and an env object")
     try:
-        parsed = Spec.from_dict(spec)
-    except TypeError as exc:
-        raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"invalid spec: {exc}") from None
-    if parsed.mode not in ("cluster", "fork") or not parsed.name or not parsed.cwd:
-        raise rpc.RpcError(rpc.BAD_ARGUMENTS, "a spec needs a name, a cwd and a mode (cluster or fork)")
-    if parsed.mode == "cluster" and not parsed.bind:
-        raise rpc.RpcError(rpc.BAD_ARGUMENTS, "a cluster-mode spec needs a bind list")
-    await god.start(parsed, {str(k): str(v) for k, v in env.items()})
+        parsed = Spec.parse(spec, "the start request")
+        environ = caller_environment(env)
+    except PrunError as exc:
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
+    await god.start(parsed, environ)
     return god.views()
 
 
@@ -64,12 +64,19 @@ def _start(target: str, name: str | None, namespace: str, env: tuple[str, ...], 
 
     c = client()
     if target.endswith(".toml"):
+        from prun.cluster.client import ClientError
         from prun.cluster.daemon.ecosystem import read
+        from prun.cluster.errors import PrunError
 
         sections = [e for e in env if "=" not in e]
         rows: list[dict[str, Any]] = []
         for app in read(target, sections[-1] if sections else None):
-            rows = c.start(**app)
+            try:
+                rows = c.start(**app)
+            except ClientError:
+                raise  # the daemon's refusal names the app already
+            except PrunError as exc:  # an option the client refused: say which file and app
+                raise PrunError(f"{target}: app {app['name']!r}: {exc}", exc.code) from None
         show(rows)
         return
     try:

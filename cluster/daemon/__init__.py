@@ -2,6 +2,9 @@
 
     god.py       the app table, the RPC commands' state, adoption of masters left by an earlier daemon
     app.py       one app: what it was started with, its state, its record in $PRUN_HOME/apps/
+    spec.py      what `prun start` gave an app, each field a row of schema.py (its type, default, check)
+    schema.py    the declared schema every spec is read through: a start request, the dump, an app record
+    dump.py      `prun save`'s dump.json (and its .bak), read back by `prun resurrect`
     runner.py    one app's processes: its listener holder, its master (or fork-mode supervisor), its lines
     holder.py    the tiny process that keeps an app's listening sockets open across masters and daemons
     forkmode.py  the supervisor of a fork-mode app (commands and scripts, no listener)

@@ -1,4 +1,4 @@
-"""One app as the daemon keeps it: what `start` was given (Spec), its state and pids (App), its record.
+"""One app as the daemon keeps it: what `start` was given (Spec, spec.py), its state and pids (App), its record.
 
 The record ($PRUN_HOME/apps/<id>.json) is what lets a later daemon adopt the app's running master;
 runner.py starts and watches the processes.
@@ -10,44 +10,34 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from prun.cluster.daemon import schema
+from prun.cluster.daemon.schema import INTEGER, VARIABLES
+from prun.cluster.daemon.spec import Spec
+
+__all__ = ["App", "Spec", "checked_record"]
 
 ONLINE, LAUNCHING, STOPPING, STOPPED, ERRORED = "online", "launching", "stopping", "stopped", "errored"
 
 
-@dataclass
-class Spec:
-    """What `prun start` was given: all a restart, a dump and a resurrect need (no shell environment)."""
-
-    name: str
-    target: str
-    mode: str  # cluster | fork
-    cwd: str
-    namespace: str = "default"
-    instances: str = "1"
-    run_args: list[str] = field(default_factory=list)  # options of `prun run`, as arguments
-    bind: list[str] = field(default_factory=list)
-    backlog: int = 2048
-    graceful_timeout: float = 25.0
-    command: list[str] = field(default_factory=list)  # fork mode
-    env: dict[str, str] = field(default_factory=dict)  # --env KEY=VALUE
-    autorestart: bool = True
-    log_file: str = ""  # the out log ('' : $PRUN_HOME/logs/<name>-out.log)
-    error_file: str = ""  # the err log ('' : $PRUN_HOME/logs/<name>-err.log)
-    log_max_size: int = 10 << 20
-    log_retain: int = 5
-    log_compress: bool = False
-    log_rotate_daily: bool = False
-    log_time: str = ""  # strftime format each line is prefixed with ('': none)
-    merge_logs: bool = True  # False: the master tags its workers' lines, the writer keeps a pair per worker
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Spec:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if data.get("max_memory") and "--max-memory-restart" not in data.get("run_args", []):  # an older record
-            known["run_args"] = [*data.get("run_args", []), "--max-memory-restart", str(data["max_memory"])]
-        return cls(**known)
+def checked_record(data: Any, where: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """An app record as read from `where`, its id, base_env and spec checked (unknown spec fields: said, ignored)."""
+    if not isinstance(data, dict):
+        raise schema.SpecError(f"{where}: an app record is an object")
+    if not INTEGER.test(data.get("id")) or data["id"] < 0:
+        raise schema.SpecError(f"{where}: id must be a whole number")
+    base_env = data.get("base_env", {})
+    if not VARIABLES.test(base_env):
+        raise schema.SpecError(f"{where}: base_env must be {VARIABLES.what}")
+    try:
+        schema.variables(base_env)
+    except ValueError as exc:
+        raise schema.SpecError(f"{where}: invalid base_env: {exc}") from None
+    spec = Spec.parse(data.get("spec"), where, say)
+    return dict(data, id=int(data["id"]), spec=asdict(spec))
 
 
 @dataclass(eq=False)

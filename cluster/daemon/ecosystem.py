@@ -11,6 +11,8 @@
     MODE = "prod"
 
 `cwd` (default: the file's directory) is relative to the file. The file is data, never executed.
+`name` and `namespace` follow the rule of names (cluster/names.py); every other key is checked by the
+client as the same option on the command line would be, then by the daemon's schema (schema.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from prun.cluster import names
 from prun.cluster.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -27,6 +30,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd"}
+# The type of each key of `prun start`'s own that is not an option of `prun run` (those: their parsers).
+START_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "namespace": (str,), "instances": (int, str),
+                                            "autorestart": (bool,), "cwd": (str,)}
+
+
+KIND_NAMES = {str: "a string", int: "a whole number", bool: "true or false"}
 
 
 def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
@@ -38,6 +47,8 @@ def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"cannot read {path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"cannot read {path}: its arrays or tables are nested too deeply") from None
     apps = data.get("apps")
     if not isinstance(apps, list) or not apps:
         raise UsageError(f"{path} has no [[apps]] table")
@@ -66,6 +77,14 @@ def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
             elif name == "max_memory":  # the name it had before --max-memory-restart
                 args["max_memory_restart"] = value
             elif name in START_KEYS or name in run_names:
+                kinds = START_TYPES.get(name, ())
+                if kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+                    raise UsageError(f"{where}: {key} must be {' or '.join(KIND_NAMES[k] for k in kinds)}")
+                if name in ("name", "namespace"):
+                    try:
+                        names.check(value)
+                    except ValueError as exc:
+                        raise UsageError(f"{where}: invalid {key} {names.shown(value)}: {exc}") from None
                 args[name] = value
             else:
                 raise UsageError(f"{where}: unknown key {key!r}")

@@ -57,8 +57,12 @@ class God:
         self.say(f"{app.name}: {event} {' '.join(f'{k}={v}' for k, v in fields.items() if v is not None)}")
 
     def persist(self, app: App) -> None:
+        """Write the app's record; a disk that refuses it (full, failing) costs a line here, not the operation."""
         if app.id in self.apps:
-            write_private(self.home.record(app.id), app.record())
+            try:
+                write_private(self.home.record(app.id), app.record())
+            except OSError as exc:
+                self.say(f"{app.name}: cannot write its record {self.home.record(app.id)}: {exc.strerror or exc}")
 
     def runner(self, app: App) -> Runner:
         return self.runners[app.id]
@@ -200,17 +204,18 @@ class God:
 
     def adopt_all(self) -> None:
         """Read every app record; adopt running masters, start again those meant to run that died meanwhile."""
-        import json
+        from prun.cluster.daemon.app import checked_record
+        from prun.cluster.daemon.jsonload import loads
 
         for name in sorted(os.listdir(self.home.apps)):
             if not name.endswith(".json"):
                 continue
             path = os.path.join(self.home.apps, name)
             try:
-                with open(path) as fh:
-                    app = self.add(App.from_record(json.load(fh)))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.say(f"ignoring the app record {path}: {exc}")
+                with open(path, "rb") as fh:
+                    app = self.add(App.from_record(checked_record(loads(fh.read()), f"the app record {path}", self.say)))
+            except (OSError, ValueError, KeyError, TypeError, PrunError) as exc:
+                self.say(f"ignoring {exc}" if isinstance(exc, PrunError) else f"ignoring the app record {path}: {exc}")
                 continue
             runner = self.runner(app)
             if runner.adopt():

@@ -10,11 +10,13 @@
         apps/<id>.ctl      0600, the control channel of the app's master (cluster/control.py): the
                            master listens, the daemon connects (again, after a daemon restart)
         logs/<name>-out.log, logs/<name>-err.log   and their rotated files (.1, .2[.gz] ...): logfiles.py
-        dump.json          0600, `prun save`: only what each `start` was given
+        dump.json          0600, `prun save`: only what each `start` was given (dump.py)
+        dump.json.bak      0600, the dump before the last `prun save`
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -128,14 +130,51 @@ def refuse_unless_private(label: str, st: os.stat_result, loose: int, complaint:
         raise PrunError(f"refusing {label}: {complaint} (mode {stat.S_IMODE(st.st_mode):04o}; {fix})")
 
 
-def write_private(path: str, data: Any) -> None:
-    """Write JSON atomically, readable by the owner only."""
+def write_private(path: str, data: Any, durable: bool = False, backup: str = "") -> None:
+    """Write `data` as JSON to `path`, readable by the owner only: all of it, or nothing changes.
+
+    The text goes to a temporary file beside `path` (`path.PID.tmp`), which then replaces it. On any
+    failure (a full disk, an I/O error) the temporary file is removed, `path` is left as it was, and the
+    OSError is raised. `durable`: on disk (fsync) before it replaces `path`. `backup`: the file `path`
+    was, if any, is kept under that name (hard-linked first, so that `path` never goes missing).
+    """
+    payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a stale file of that name may have had another mode
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if backup:
+            _keep(path, backup)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _keep(path: str, backup: str) -> None:
+    """Make `backup` the file `path` is now (nothing if there is none), without ever removing `path`."""
+    link = f"{backup}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    try:
+        os.link(path, link)
+    except FileNotFoundError:
+        return
+    try:
+        os.replace(link, backup)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+        raise
 
 
 def start_time(pid: int) -> int | None:
@@ -154,25 +193,3 @@ def start_time(pid: int) -> int | None:
 def alive(pid: int | None, started: int | None) -> bool:
     """The process `pid` runs and is the one that started at `started` (not a later reuse of the pid)."""
     return bool(pid) and start_time(pid or 0) == started
-
-
-DUMP_VERSION = 1
-
-
-def read_dump(path: str) -> list[dict[str, Any]]:
-    """The apps of a `prun save` dump; a PrunError with the reason if it cannot be used (the file is kept)."""
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise PrunError(f"no dump to resurrect: {path} does not exist (run prun save first)") from None
-    except ValueError as exc:
-        raise PrunError(f"refusing the dump {path}: it is not valid JSON ({exc}); it is kept as it is") from None
-    except OSError as exc:
-        raise PrunError(f"cannot read the dump {path}: {exc.strerror}") from None
-    if not isinstance(data, dict) or data.get("version") != DUMP_VERSION or not isinstance(data.get("apps"), list):
-        raise PrunError(f"refusing the dump {path}: not a prun dump of version {DUMP_VERSION}; it is kept as it is")
-    for i, app in enumerate(data["apps"]):
-        if not isinstance(app, dict) or not isinstance(app.get("target"), str) or not isinstance(app.get("name"), str):
-            raise PrunError(f"refusing the dump {path}: app {i} has no target or name; it is kept as it is")
-    return list(data["apps"])

@@ -14,6 +14,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from prun.cluster.daemon.jsonload import TooDeep, loads
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -27,13 +29,14 @@ NO_SUCH_APP = "NO_SUCH_APP"  # no app has that name, id or namespace
 ALREADY_RUNNING = "ALREADY_RUNNING"  # start of a name that exists and is not stopped
 START_FAILED = "START_FAILED"  # the listeners could not be bound, or the app could not boot
 NOT_RUNNING = "NOT_RUNNING"  # scale of an app that is not online
+WRITE_FAILED = "WRITE_FAILED"  # a file the command exists to write (the dump) could not be written: a full disk
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the daemon is stopping (prun kill)
 FORBIDDEN = "FORBIDDEN"  # the peer is neither the daemon's uid nor root: sent once, then the connection closes
 BUSY = "BUSY"  # out of file descriptors with no idle connection to close: sent once, then the connection closes
 INTERNAL = "INTERNAL"  # a bug in the daemon: the message says where
 
 CODES = (BAD_MESSAGE, UNKNOWN_COMMAND, BAD_ARGUMENTS, NO_SUCH_APP, ALREADY_RUNNING, START_FAILED, NOT_RUNNING,
-         SHUTTING_DOWN, FORBIDDEN, BUSY, INTERNAL)
+         WRITE_FAILED, SHUTTING_DOWN, FORBIDDEN, BUSY, INTERNAL)
 
 
 class RpcError(Exception):
@@ -53,7 +56,9 @@ def encode(message: dict[str, Any]) -> bytes:
 def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """(id, command, args) of one request line, or RpcError(BAD_MESSAGE)."""
     try:
-        message = json.loads(line)
+        message = loads(line)
+    except TooDeep as exc:
+        raise RpcError(BAD_MESSAGE, f"refusing a message {exc}") from None
     except ValueError as exc:
         raise RpcError(BAD_MESSAGE, f"not JSON: {exc}") from None
     if not isinstance(message, dict):
