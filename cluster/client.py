@@ -19,6 +19,7 @@ This module is on the path of every command: it imports only the standard librar
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -311,11 +312,17 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         raise PrunError(f"invalid command {target!r}: {exc}") from None
     if not words:
         raise PrunError("no app given: prun start MODULE:ATTR, a script or a command")
-    if words[0].endswith(".py") or (len(words) == 1 and os.path.isfile(os.path.join(cwd, words[0]))):
+    interpreter = options.pop("interpreter", "")
+    if SHELL_SYNTAX.search(target):  # `echo ok; sleep 30`: what a shell means by it, as PM2 runs it
+        words = ["/bin/sh", "-c", target]
+    elif words[0].endswith(".py") or (len(words) == 1 and os.path.isfile(os.path.join(cwd, words[0]))):
         path = os.path.join(cwd, words[0])
         if not os.path.isfile(path):
             raise PrunError(f"cannot start {words[0]}: no such file in {cwd}")
-        words = [sys.executable, path, *words[1:]] if words[0].endswith(".py") else [path, *words[1:]]
+        if interpreter:
+            words = [*shlex.split(interpreter), path, *words[1:]]
+        else:
+            words = [sys.executable, path, *words[1:]] if words[0].endswith(".py") else [path, *words[1:]]
     count = str(instances if instances is not None else 1)
     if count in ("max", "0") or count.lstrip("-").isdigit():
         from prun.cluster.config import parse_instances
@@ -328,14 +335,26 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     def given(name: str) -> Any:
         return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
 
+    for option_name in FORK_OPTIONS:  # checked here: a bad value is a usage error, before anything starts
+        if option_name in options:
+            parse(option_name, options[option_name], BY_NAME[option_name].long)
     spec = {**log_spec(given, cwd),
-            "name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
-            "namespace": namespace, "instances": count, "command": words, "env": dict(env),
-            "autorestart": autorestart}
-    if "graceful_timeout" in options:  # else the schema's default for fork mode (PM2's kill_timeout)
+            "name": name or default_name(target, "fork", shlex.split(target) if words[0] == "/bin/sh" else words),
+            "target": target, "mode": "fork", "cwd": cwd, "namespace": namespace, "instances": count,
+            "command": words, "env": dict(env), "autorestart": autorestart,
+            "run_args": run_arguments({k: v for k, v in options.items() if k in FORK_OPTIONS})}
+    if options.get("kill_timeout"):  # PM2's name for it, in milliseconds
+        spec["graceful_timeout"] = parse("kill_timeout", options["kill_timeout"], "--kill-timeout")
+    elif "graceful_timeout" in options:  # else the schema's default for fork mode (PM2's kill_timeout)
         value = options["graceful_timeout"]
         spec["graceful_timeout"] = parse("graceful_timeout", value, f"--graceful-timeout {value!r}")
     return spec
+
+
+# The options of `prun run` a fork-mode supervisor follows (the rest are about serving).
+FORK_OPTIONS = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
+                "instance_var", "kill_signal")
+SHELL_SYNTAX = re.compile(r"[;&|<>$`]")
 
 
 def log_spec(value: Any, cwd: str) -> dict[str, Any]:

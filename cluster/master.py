@@ -207,7 +207,9 @@ class Master:
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
         # under leastconn too: a worker accepts on them itself while it is the only one (cluster/balance.py)
         listening = [listener.sock for listener in self.listeners]
-        worker = spawn(options, listening, self.loop, self.on_message, capture=self.output is not None)
+        environ = dict(os.environ, **{self.config.instance_var: str(slot)})  # PM2's NODE_APP_INSTANCE
+        worker = spawn(options, listening, self.loop, self.on_message, environ=environ,
+                       capture=self.output is not None)
         self.workers[worker.pid] = worker
         self.emit(control.WorkerStarted(slot, worker.pid, generation))
         if self.output:

@@ -201,6 +201,25 @@ def parse_codes(value: Any) -> list[int]:
     return codes
 
 
+def parse_signal(value: Any) -> str:
+    """A signal's name (SIGINT, INT, 2 all give SIGINT)."""
+    import signal
+
+    text = str(value).strip().upper()
+    try:
+        number = int(text) if text.isdigit() else signal.Signals["SIG" + text.removeprefix("SIG")].value
+        return signal.Signals(number).name
+    except (KeyError, ValueError):
+        raise ValueError(f"expected a signal such as SIGINT, SIGTERM or 15, got {value!r}") from None
+
+
+def parse_variable_name(value: Any) -> str:
+    text = str(value).strip()
+    if not text or not (text[0].isalpha() or text[0] == "_") or not all(c.isalnum() or c == "_" for c in text):
+        raise ValueError(f"expected a variable name (letters, digits, _), got {value!r}")
+    return text
+
+
 def parse_access_log(value: Any) -> str:
     if str(value).strip().lower() in ("", "off", "false", "0"):
         return ""
@@ -341,6 +360,17 @@ class Config:
     stop_exit_codes: list[int] = option(parse_codes, [], "Exit codes after which a worker (or fork-mode "
         "instance) is not restarted and the app stops; repeatable.", metavar="CODE", multiple=True,
         reload=True)
+    instance_var: str = option(parse_variable_name, "PRUN_INSTANCE", "The variable that gives each worker (and "
+        "fork-mode instance) its number, 0 to N-1, the same for its slot across reloads and restarts (PM2's "
+        "NODE_APP_INSTANCE).", metavar="NAME")
+    kill_signal: str = option(parse_signal, "SIGINT", "prun start, fork mode: the signal that asks an instance "
+        "(and its process group) to stop, as PM2's kill_signal: a Python script's KeyboardInterrupt and "
+        "finally blocks run. Cluster workers drain instead.", metavar="SIGNAL")
+    kill_timeout: float = option(parse_ms, 0.0, "prun start, fork mode: then SIGKILL after this long "
+        "(milliseconds, as PM2; 0: --graceful-timeout, 5 s by default in fork mode).", metavar="MS",
+        shown_default="5000")
+    interpreter: str = option(parse_str, "", "prun start, fork mode: the program that runs a script (PM2's "
+        "interpreter); a .py script runs with prun's own Python unless this says otherwise.", metavar="PROGRAM")
     max_requests: int = option(parse_int, 0, "Replace a worker after this many requests (0: never).", worker=True,
         reload=True)
     max_requests_jitter: int = option(parse_int, 0, "Add up to this many to --max-requests, per worker.",
@@ -446,6 +476,28 @@ OPTIONS: tuple[Option, ...] = tuple(
     dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(Config))
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def values_in(args: list[str], names: tuple[str, ...]) -> dict[str, Any]:
+    """The values of options `names` in `prun run` arguments (as run_arguments makes them: `--flag value`,
+    a switch alone or as --no-switch, a repeated flag), each option's default where it is not given."""
+    values = {name: BY_NAME[name].default_value() for name in names}
+    given: dict[str, list[Any]] = {}
+    flags = {BY_NAME[name].long: name for name in names}
+    for index, arg in enumerate(args):
+        if arg in flags and BY_NAME[flags[arg]].flag:
+            values[flags[arg]] = True
+        elif arg.startswith("--no-") and "--" + arg[5:] in flags:
+            values[flags["--" + arg[5:]]] = False
+        elif arg in flags and index + 1 < len(args):
+            name = flags[arg]
+            if BY_NAME[name].multiple:
+                given.setdefault(name, []).append(args[index + 1])
+            else:
+                values[name] = parse(name, args[index + 1], arg)
+    for name, items in given.items():
+        values[name] = parse(name, items, BY_NAME[name].long)
+    return values
 WORKER: tuple[Option, ...] = tuple(option for option in OPTIONS if option.worker)
 
 

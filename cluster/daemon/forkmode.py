@@ -1,13 +1,17 @@
 """Fork mode: the supervisor of an app that is a command or a script (no listener), one per app.
 
-    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] [--control-fd FD] -- COMMAND [ARG]...
+    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] [--control-fd FD] [--no-autorestart]
+        [OPTIONS OF prun run] -- COMMAND [ARG]...
 
 It plays the master's part for processes prun does not serve: it keeps N copies of COMMAND running
-(each with PRUN_INSTANCE=0..N-1), restarts one that exits with the workers' backoff (100 ms x 1.5, capped
-at 15 s, reset after 30 s up), and answers the master's signals: HUP restarts the instances one by one,
-TTIN/TTOU add or remove one, TERM/INT stop them all (TERM, then KILL after --kill-timeout). Under the
-daemon it speaks the master's control channel (cluster/control.py): the same requests and events, an
-instance being a worker. Instances share the supervisor's stdout and stderr (the app's log files).
+(each with its number 0..N-1 in --instance-var), each in a process group of its own, and follows the
+master's restart policy (--max-restarts, --min-uptime, --restart-delay, --exp-backoff-restart-delay,
+--stop-exit-codes, --no-autorestart). It answers the master's signals: HUP restarts the instances one by
+one, TTIN/TTOU add or remove one, TERM/INT stop them all: --kill-signal (SIGINT, as PM2) to each
+instance's process group, then SIGKILL after --kill-timeout. It is online once every instance has run for
+--min-uptime. Under the daemon it speaks the master's control channel (cluster/control.py): the same
+requests and events, an instance being a worker. Instances share the supervisor's stdout and stderr (the
+app's log files).
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prun.cluster import control
 from prun.cluster.daemon.tree import die_with_parent, reap_adopted
-from prun.cluster.supervision import become_subreaper
+from prun.cluster.supervision import become_subreaper, restart_delay
 from prun.cluster.worker import describe_exit as describe
 
-BACKOFF_FIRST = 0.1
-BACKOFF_FACTOR = 1.5
-BACKOFF_CAP = 15.0
 BACKOFF_RESET_AFTER = 30.0
+EXIT_GAVE_UP = 3  # as a master whose workers cannot run
+POLICY = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
+          "instance_var", "kill_signal")
 
 
 def log(message: str) -> None:
@@ -42,22 +47,32 @@ class Instance:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
+    unstable: int = 0  # exits in a row sooner than --min-uptime after it started
     restarts: int = 0
     timer: asyncio.TimerHandle | None = None
-    retiring: bool = False
+    finished: bool = False  # exited, and the policy says it stays so
 
 
 class ForkSupervisor:
-    def __init__(self, command: list[str], instances: int, kill_timeout: float) -> None:
+    def __init__(self, command: list[str], instances: int, kill_timeout: float,
+                 policy: dict[str, Any] | None = None, autorestart: bool = True) -> None:
+        from prun.cluster.options import values_in
+
         self.command = command
         self.kill_timeout = kill_timeout
+        self.policy = dict(values_in([], POLICY), **(policy or {}))
+        self.autorestart = autorestart
+        self.kill_signal = signal.Signals[self.policy["kill_signal"]]
+        self.exit_code = 0
+        self.boot_told = False  # a first run that ended too soon was reported (the start fails)
         self.instances = [Instance(i) for i in range(instances)]
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[int] = self.loop.create_future()
         self.busy = asyncio.Lock()
         self.watched: dict[int, Instance] = {}
-        self.booted = False
+        self.booted = False  # every instance was spawned once
+        self.online = False
         self.generation = 1
         self.control: control.ControlServer | None = None
 
@@ -69,13 +84,20 @@ class ForkSupervisor:
         instance.timer = None
         if self.stopping or instance not in self.instances:
             return None
-        env = dict(os.environ, PRUN_INSTANCE=str(instance.index))
+        env = dict(os.environ, **{self.policy["instance_var"]: str(instance.index)})
         try:
-            # an instance dies with its supervisor (a SIGKILLed one leaves none running unmanaged)
-            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+            # an instance dies with its supervisor (a SIGKILLed one leaves none running unmanaged); it leads a
+            # process group, which the kill signal goes to (a shell and what it runs, together)
+            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, process_group=0,
+                                    preexec_fn=die_with_parent())
         except OSError as exc:
-            log(f"cannot start instance {instance.index} ({self.command[0]}): {exc.strerror}")
-            self.schedule(instance)
+            why = f"cannot start instance {instance.index} ({self.command[0]}): {exc.strerror}"
+            log(why)
+            if not self.booted:  # it cannot run at all: a command that does not exist, a script not executable
+                self.emit(control.BootFailed(why))
+                self.end(why, errored=True)
+            else:
+                self.schedule(instance)
             return None
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
@@ -84,7 +106,8 @@ class ForkSupervisor:
         return proc
 
     def schedule(self, instance: Instance) -> float:
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**instance.failures)
+        delay = restart_delay(self.policy["restart_delay"], self.policy["exp_backoff_restart_delay"],
+                              instance.failures)
         instance.failures += 1
         instance.timer = self.loop.call_later(delay, self.spawn, instance)
         return delay
@@ -110,15 +133,59 @@ class ForkSupervisor:
             if retired or self.stopping or instance not in self.instances:
                 continue
             instance.proc = None
-            if time.monotonic() - instance.started >= BACKOFF_RESET_AFTER:
-                instance.failures = 0
-            instance.restarts += 1
-            delay = self.schedule(instance)
-            log(f"instance {instance.index} (pid {pid}) {describe(code)}; restarting it in {delay:.2f}s")
-            self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code), True, delay))
+            self.exited(instance, pid, code)
         reap_adopted(self.watched)  # what an instance left: the supervisor is their subreaper
         if self.stopping and not self.watched and not self.done.done():
-            self.done.set_result(0)
+            self.done.set_result(self.exit_code)
+
+    def exited(self, instance: Instance, pid: int, code: int) -> None:
+        """An instance exited unasked: the restart policy says whether it runs again, or the app ends."""
+        up = time.monotonic() - instance.started
+        what = f"instance {instance.index} (pid {pid}) {describe(code)}"
+        if code in self.policy["stop_exit_codes"] or not self.autorestart:
+            instance.finished = True
+            why = "one of --stop-exit-codes" if code in self.policy["stop_exit_codes"] else "--no-autorestart"
+            log(f"{what}; not restarting it ({why})")
+            self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code)))
+            if all(i.finished for i in self.instances):
+                self.end(f"{what} ({why})", errored=code != 0 and code not in self.policy["stop_exit_codes"])
+            return
+        if up >= BACKOFF_RESET_AFTER:
+            instance.failures = 0
+        instance.unstable = instance.unstable + 1 if up < self.policy["min_uptime"] else 0
+        if instance.unstable and not self.boot_told and not self.online:
+            self.boot_told = True  # `prun start` says so now; the policy keeps trying meanwhile
+            self.emit(control.BootFailed(f"{what} {up:.2f}s after it started"))
+        max_restarts = self.policy["max_restarts"]
+        if max_restarts and instance.unstable > max_restarts:
+            self.end(f"{what}; it ended {instance.unstable} times in a row within --min-uptime "
+                     f"({self.policy['min_uptime']:g}s) of starting: giving up (--max-restarts {max_restarts})",
+                     errored=True)
+            return
+        instance.restarts += 1
+        delay = self.schedule(instance)
+        log(f"{what}; restarting it in {delay:.2f}s")
+        self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code), True, delay))
+
+    def end(self, reason: str, errored: bool) -> None:
+        """The policy ends the app: errored (exit 3) or finished (exit 0); the daemon does not restart it."""
+        log(f"{'error: ' if errored else ''}{reason}: stopping")
+        self.emit(control.Ended(reason, errored))
+        self.exit_code = EXIT_GAVE_UP if errored else 0
+        self.stop(force=False)
+
+    def check_online(self) -> None:
+        """Online once every instance has run for --min-uptime (a command that exits at once never is)."""
+        if self.stopping or self.online:
+            return
+        now = time.monotonic()
+        waiting = [i for i in self.instances if i.proc is None or now - i.started < self.policy["min_uptime"]]
+        if waiting:
+            self.loop.call_later(0.05, self.check_online)
+            return
+        self.online = True
+        log(f"ready: {len(self.instances)} workers of {' '.join(self.command)} (gen 1)")
+        self.emit(control.Online(len(self.instances), self.generation))
 
     async def run(self, control_fd: int | None = None) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
@@ -131,8 +198,7 @@ class ForkSupervisor:
         for instance in self.instances:
             self.spawn(instance)
         self.booted = True
-        log(f"ready: {len(self.instances)} workers of {' '.join(self.command)} (gen 1)")
-        self.emit(control.Online(len(self.instances), self.generation))
+        self.check_online()
         try:
             return await self.done
         finally:
@@ -160,7 +226,7 @@ class ForkSupervisor:
     def status(self) -> dict[str, object]:
         now = time.monotonic()
         return {
-            "pid": os.getpid(), "booted": self.booted, "stopping": self.stopping, "slots": len(self.instances),
+            "pid": os.getpid(), "booted": self.online, "stopping": self.stopping, "slots": len(self.instances),
             "generation": self.generation, "reloading": self.busy.locked(),
             "workers": [{"slot": i.index, "pid": i.proc.pid, "generation": self.generation, "state": "ready",
                          "uptime": round(now - i.started, 3), "connections": 0, "requests": 0, "rss": 0,
@@ -178,15 +244,15 @@ class ForkSupervisor:
             self.stop(force=signum == signal.SIGQUIT or self.stopping)
 
     def retire(self, proc: subprocess.Popen[bytes]) -> None:
-        """TERM a process we no longer want, KILL it after --kill-timeout."""
+        """--kill-signal to an instance we no longer want (its process group), SIGKILL after --kill-timeout."""
         if proc.poll() is None:
-            proc.terminate()
+            _killpg(proc.pid, self.kill_signal)
             self.loop.call_later(self.kill_timeout, self.kill_if_alive, proc)
 
     @staticmethod
     def kill_if_alive(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
-            proc.kill()
+            _killpg(proc.pid, signal.SIGKILL)
 
     async def restart_all(self) -> None:
         async with self.busy:
@@ -244,7 +310,7 @@ class ForkSupervisor:
             proc = instance.proc if instance.proc and instance.proc.pid == pid else None
             if proc is not None:
                 if force:
-                    proc.kill()
+                    _killpg(proc.pid, signal.SIGKILL)
                 else:
                     self.retire(proc)
             else:
@@ -255,15 +321,24 @@ class ForkSupervisor:
         self.reap()
 
 
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prun-fork")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--kill-timeout", type=float, default=5.0)
     parser.add_argument("--name", default="")
     parser.add_argument("--control-fd", type=int, default=None)
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    parser.add_argument("--no-autorestart", action="store_true")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, policy_args = parser.parse_known_args(argv[:split])  # the rest: options of prun run (POLICY)
+    command = argv[split + 1:]
     if not command:
         parser.error("no command given")
     try:
@@ -274,7 +349,11 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
     async def run() -> int:
-        return await ForkSupervisor(command, max(1, args.instances), args.kill_timeout).run(args.control_fd)
+        from prun.cluster.options import values_in
+
+        supervisor = ForkSupervisor(command, max(1, args.instances), args.kill_timeout,
+                                    values_in(policy_args, POLICY), not args.no_autorestart)
+        return await supervisor.run(args.control_fd)
 
     sys.exit(asyncio.run(run()))
 

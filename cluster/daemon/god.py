@@ -120,9 +120,11 @@ class God:
         except asyncio.TimeoutError:
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} is not online after {START_TIMEOUT:g}s "
                                f"(prun logs {app.name})") from None
-        if not online:
-            retry = " (retrying with backoff)" if app.spec.autorestart else ""
-            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {app.last_error}"
+        if not online:  # it exited, or says it cannot come online: is it tried again?
+            reason = app.last_error
+            await asyncio.wait([run.exited], timeout=1.0)
+            retry = " (retrying with backoff)" if app.status in (LAUNCHING, ONLINE) else ""
+            raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {reason}"
                                f"{retry}; see prun logs {app.name}")
 
     async def stop(self, app: App, release: bool = True) -> None:

@@ -27,14 +27,9 @@ class Policy:
     @classmethod
     def from_run_args(cls, run_args: list[str]) -> Policy:
         """The policy in `prun run` arguments (each option's default where it is not given)."""
-        from prun.cluster.options import BY_NAME, parse
+        from prun.cluster.options import values_in
 
-        values = {name: BY_NAME[name].default_value() for name in NAMES}
-        flags = {BY_NAME[name].long: name for name in NAMES}
-        for flag, value in zip(run_args, run_args[1:]):
-            if flag in flags:
-                values[flags[flag]] = parse(flags[flag], value, flag)
-        return cls(**values)
+        return cls(**values_in(run_args, NAMES))
 
     def delay(self, failures: int) -> float:
         from prun.cluster.supervision import restart_delay

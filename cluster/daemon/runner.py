@@ -429,7 +429,7 @@ class Runner:
         reason = app.last_error if not was_online and app.last_error else f"the master {describe_exit(code)}"
         app.workers, app.last_error = 0, reason
         policy = Policy.from_run_args(app.spec.run_args)
-        stable = run.online.result() and time.monotonic() - run.began >= policy.min_uptime
+        stable = was_online and time.monotonic() - run.began >= policy.min_uptime
         app.unstable = 0 if stable else app.unstable + 1
         if run.ended is not None:  # the master's own policy ended it: errored, or finished
             self.settle(ERRORED if run.ended.errored else STOPPED, run.ended.reason)
@@ -507,8 +507,10 @@ class Runner:
             return
         if isinstance(event, control.Online):
             self.came_online(run, event.workers)
-        elif isinstance(event, control.BootFailed):
+        elif isinstance(event, control.BootFailed):  # a start that waits on it fails now
             app.last_error = event.reason
+            if not run.online.done():
+                run.online.set_result(False)
         elif isinstance(event, control.WorkerStarted):
             self.god.publish("worker_started", app, slot=event.slot, pid=event.pid, generation=event.generation)
         elif isinstance(event, control.WorkerExited):

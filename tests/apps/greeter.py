@@ -31,6 +31,12 @@ async def app(scope, receive, send):
                 return
     if scope["path"] == "/say":
         print(f"said {scope['query_string'].decode()}", flush=True)
+    if scope["path"] == "/instance":  # this worker's number, in the variable the query names
+        name = scope["query_string"].decode() or "PRUN_INSTANCE"
+        body = f"{os.environ.get(name)}\n".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+        return
     if scope["path"] == "/exit":
         os._exit(int(scope["query_string"] or b"0"))
     if scope["path"] == "/child":
