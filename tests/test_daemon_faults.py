@@ -244,12 +244,13 @@ def test_a_reload_is_answered_by_its_own_outcome_not_by_another_one(home: Home) 
     err_log = Path(home.path, "logs", "api-err.log")
     os.kill(master, signal.SIGHUP)
     wait_until(lambda: "reloading: gen 1 -> gen 2" in err_log.read_text(), what="the HUP's reload to begin")
+    wait_until(lambda: home.app("api")["status"] == "reloading", what="the app shown reloading")
     home.prun("reload", "api", timeout=120)
     from prun.cluster.client import Client
 
     generations = {w["generation"] for w in Client(home.path, autostart=False).describe("api")[0]["worker_list"]}
     assert generations == {3}, generations
-    assert home.app("api")["restarts"] == 2
+    assert home.app("api")["restarts"] == 2 and home.app("api")["status"] == "online"
 
 
 def ask_child(port: int, command: str) -> int:

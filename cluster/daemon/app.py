@@ -21,6 +21,7 @@ from prun.cluster.daemon.spec import Spec
 __all__ = ["App", "Spec", "checked_record"]
 
 ONLINE, LAUNCHING, STOPPING, STOPPED, ERRORED = "online", "launching", "stopping", "stopped", "errored"
+RELOADING = "reloading"  # online, and rolling its workers onto a new generation
 
 
 def checked_record(data: Any, where: str, say: Callable[[str], None]) -> dict[str, Any]:

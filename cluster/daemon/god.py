@@ -19,7 +19,7 @@ from typing import Any
 
 from prun.cluster import control
 from prun.cluster.daemon import rpc
-from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, App, Spec
+from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, RELOADING, STOPPED, App, Spec
 from prun.cluster.daemon.bus import Bus
 from prun.cluster.daemon.home import Home, write_private
 from prun.cluster.daemon.runner import Runner
@@ -162,7 +162,7 @@ class God:
         """The master's rolling reload, answered with its outcome; a stopped or errored app is started instead."""
         async with app.lock:
             runner = self.runner(app)
-            if app.status != ONLINE:
+            if app.status not in (ONLINE, RELOADING):
                 await self._stop_master(app)
                 await self._launch(app)
                 return "started"
@@ -177,7 +177,7 @@ class God:
 
     async def scale(self, app: App, count: str) -> int:
         async with app.lock:
-            if app.status != ONLINE:
+            if app.status not in (ONLINE, RELOADING):
                 raise rpc.RpcError(rpc.NOT_RUNNING, f"{app.name} is {app.status}: only an online app can scale")
             wanted = app.workers + int(count) if count.startswith(("+", "-")) else int(count)
             try:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from prun.cluster import control
 from prun.cluster.daemon import cgroup, tree
-from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, STOPPED, STOPPING, App
+from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, RELOADING, STOPPED, STOPPING, App
 from prun.cluster.daemon.cgroup import Cgroup
 from prun.cluster.daemon.home import Home, alive, start_time
 from prun.cluster.daemon.link import Link, LinkLost
@@ -417,7 +417,7 @@ class Runner:
         self.link.close()
         app = self.app
         pid, app.pid, app.pid_started = app.pid, 0, None
-        was_online = app.status == ONLINE
+        was_online = app.status in (ONLINE, RELOADING)
         self.god.publish("exited", app, pid=pid, code=code if code is None or code >= 0 else None,
                          signal=signal.Signals(-code).name if code is not None and code < 0 else None,
                          expected=run.expected)
@@ -521,9 +521,13 @@ class Runner:
                 app.last_error = event.reason
                 self.god.publish("restarting", app, worker=f"worker {event.slot}", reason=event.reason)
         elif isinstance(event, control.ReloadStarted):
+            if app.status == ONLINE:
+                app.status = RELOADING
             self.god.publish("reload_started", app, generation=event.generation)
         elif isinstance(event, control.ReloadFinished):
             app.workers = event.workers
+            if app.status == RELOADING:
+                app.status = ONLINE
             if event.ok:
                 app.restarts += 1
                 self.god.publish("reload_finished", app, workers=event.workers, generation=event.generation)
@@ -553,7 +557,7 @@ class Runner:
     def came_online(self, run: MasterRun, workers: int) -> None:
         app = self.app
         app.workers = workers
-        if app.status != ONLINE:
+        if app.status not in (ONLINE, RELOADING):
             app.status, app.online_since, app.last_error = ONLINE, time.time(), ""
             self.god.publish("online", app, pid=run.pid, workers=workers)
         if not run.online.done():

@@ -7,7 +7,7 @@ from typing import Any
 
 import psutil
 
-from prun.cluster.daemon.app import ONLINE, App
+from prun.cluster.daemon.app import ONLINE, RELOADING, App
 from prun.cluster.daemon.home import alive
 
 
@@ -47,7 +47,7 @@ class Stats:
         return {
             "id": app.id, "name": app.name, "namespace": app.spec.namespace, "mode": app.spec.mode,
             "pid": app.pid if running else None, "status": app.status, "restarts": app.restarts,
-            "uptime": round(time.time() - app.online_since, 1) if app.status == ONLINE else 0,
+            "uptime": round(time.time() - app.online_since, 1) if app.status in (ONLINE, RELOADING) else 0,
             "cpu": cpu, "memory": mem, "workers": app.workers, "listen": app.listen,
             "target": app.spec.target, "error": app.last_error,
         }
