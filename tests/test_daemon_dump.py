@@ -13,18 +13,21 @@ from tests.support import APPS
 def test_save_kill_resurrect_brings_the_same_apps_back(home: Home) -> None:
     home.prun("start", "greeter:app", "--lifespan", "off", "-b", "127.0.0.1:0", "-i", "2", "--name", "api",
               "--namespace", "web", "--env", "GREETING=saved", "--balance", "shared",
-              env={"SECRET_OF_THE_SHELL": "do-not-dump"})
+              env={"SECRET_OF_THE_SHELL": "do-not-dump", "FROM_THE_SHELL": "kept"})
     home.prun("start", "sleep 1000", "--name", "sleeper")
     home.prun("start", "sleep 1000", "--name", "resting")
     home.prun("stop", "resting")
-    assert "saved 3 apps" in home.prun("save").stdout
+    assert "saved 3 apps" in home.prun("save", "--filter-env", "SECRET_").stdout
     dump = open(os.path.join(home.path, "dump.json")).read()
-    assert "do-not-dump" not in dump and "SECRET_OF_THE_SHELL" not in dump  # only what start was given
-    assert json.loads(dump)["apps"][0]["env"] == {"GREETING": "saved"}
+    assert "do-not-dump" not in dump and "SECRET_OF_THE_SHELL" not in dump  # left out, as asked
+    saved = json.loads(dump)["apps"][0]
+    assert saved["env"] == {"GREETING": "saved"} and saved["environ"]["FROM_THE_SHELL"] == "kept"
+    assert oct(os.stat(os.path.join(home.path, "dump.json")).st_mode & 0o777) == "0o600"
     daemon = home.daemon_pid()
     home.prun("kill")
     assert daemon and start_time(daemon) is None and not home.ours()
-    home.prun("resurrect")
+    home.prun("resurrect")  # from a shell without FROM_THE_SHELL: the app gets the environment it was saved with
+    assert "FROM_THE_SHELL=kept" in home.prun("env", "api").stdout
     rows = {row["name"]: row for row in home.ls()}
     assert set(rows) == {"api", "sleeper", "resting"}
     api = rows["api"]
@@ -50,6 +53,21 @@ def test_a_corrupt_dump_is_refused_with_the_reason_and_kept(home: Home) -> None:
     os.unlink(path)
     result = home.prun("resurrect", check=False)
     assert result.returncode == 1 and "prun save first" in result.stderr
+
+
+def test_a_broken_dump_falls_back_to_its_backup(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "first")
+    home.prun("save")
+    home.prun("start", "sleep 1000", "--name", "second")
+    home.prun("save")  # the first dump is dump.json.bak now
+    path = os.path.join(home.path, "dump.json")
+    with open(path, "w") as fh:
+        fh.write('{"version": 1, "apps": [')  # edited by hand, and broken
+    home.prun("kill")
+    home.prun("resurrect")
+    assert [row["name"] for row in home.ls()] == ["first"]
+    log = open(os.path.join(home.path, "daemon.log")).read()
+    assert "not valid JSON" in log and "resurrecting the backup" in log
 
 
 def test_ecosystem_file_start_reload_delete(home: Home) -> None:

@@ -5,8 +5,10 @@
     <- {"id": 1, "result": [...the app table...]}
     <- {"id": 1, "error": {"code": "BAD_ARGUMENTS", "message": "refusing the dump ...: not valid JSON ...; it is kept"}}
 
-Every app of the dump is checked (schema.py) before any is started. Apps already in the table are left
-alone; apps saved as stopped come back stopped.
+Every app of the dump is checked (schema.py) before any is started. Each app starts in the environment
+it was saved with (the caller's, for an older dump without it). A dump that cannot be used falls back to
+dump.json.bak, with a line in daemon.log. Apps already in the table are left alone; apps saved as stopped
+come back stopped.
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 
     try:
         env = caller_environment(args.get("env") or {})
-        saved = dump.read(god.home.dump)
+        saved, fallback = dump.read_or_backup(god.home.dump)
     except PrunError as exc:
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
+    if fallback:
+        god.say(fallback)
     failures = []
-    for spec, stopped in ((app.spec, app.stopped) for app in saved):
+    for each in saved:
+        spec, environ = each.spec, each.environ if each.environ is not None else env  # as it was started
         if god.by_name(spec.name) is not None:
             continue
-        if stopped:
-            app = god.add(App(max(god.apps, default=-1) + 1, spec, env, status=STOPPED))
+        if each.stopped:
+            app = god.add(App(max(god.apps, default=-1) + 1, spec, environ, status=STOPPED))
             god.persist(app)
             continue
         try:
-            await god.start(spec, env)
+            await god.start(spec, environ)
         except rpc.RpcError as exc:
             failures.append(exc.message)
     if failures:

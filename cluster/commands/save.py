@@ -5,8 +5,8 @@
     <- {"id": 1, "result": {"path": "/home/me/.prun/dump.json", "apps": 3}}
     <- {"id": 1, "error": {"code": "WRITE_FAILED", "message": "cannot write the dump ...: No space left on device"}}
 
-The dump holds only what `start` was given (each app's spec: target, options, declared --env), never
-the shell's environment. It is written whole or not at all; the previous one is kept as dump.json.bak.
+The dump holds what `start` was given (each app's spec: target, options, declared --env) and, as PM2's,
+the environment each app was started in, without the variables `--filter-env PREFIX` names. It is written whole or not at all; the previous one is kept as dump.json.bak.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     from prun.cluster.daemon.app import STOPPED
     from prun.cluster.errors import PrunError
 
-    apps = [dump.Saved(app.spec, app.status == STOPPED) for app in sorted(god.apps.values(), key=lambda a: a.id)]
+    prefixes = args.get("filter_env") or []
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        raise rpc.RpcError(rpc.BAD_ARGUMENTS, "filter_env is a list of strings")
+    apps = [dump.Saved(app.spec, app.status == STOPPED, dump.filtered(app.base_env, prefixes))
+            for app in sorted(god.apps.values(), key=lambda a: a.id)]
     try:
         dump.write(god.home.dump, apps)
     except PrunError as exc:
@@ -37,7 +41,9 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 
 
 @click.command("save")
-def command() -> None:
-    """Save the app list for prun resurrect."""
-    result = client().save()
+@click.option("--filter-env", "filter_env", multiple=True, metavar="PREFIX",
+              help="Leave out of the dump the variables whose names start with PREFIX; repeatable.")
+def command(filter_env: tuple[str, ...]) -> None:
+    """Save the app list (and each app's environment) for prun resurrect."""
+    result = client().call("save", filter_env=list(filter_env))
     click.echo(f"saved {result['apps']} apps to {result['path']}")
