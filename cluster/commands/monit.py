@@ -110,9 +110,14 @@ class Monitor:
             return []
         lines: list[str] = []
         for path in dict.fromkeys(self.rows[self.selected]["logs"]):
-            shown, _ = tail(path, count)
-            lines += shown
+            shown, _ = tail(path, count * 4)
+            lines += [line for line in shown if not _prun_line(line)]  # the app's own output, not prun's
         return [line[:width] for line in lines[-count:]]
+
+
+def _prun_line(line: str) -> bool:
+    """A line prun itself wrote into the app's err log (`prun: ...`, after a --time stamp if any)."""
+    return "prun: " in line[:48] and not line.startswith(" ")
 
 
 def read_key(timeout: float) -> str:
