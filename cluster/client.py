@@ -19,7 +19,6 @@ This module is on the path of every command: it imports only the standard librar
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -313,7 +312,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     if not words:
         raise PrunError("no app given: prun start MODULE:ATTR, a script or a command")
     interpreter = options.pop("interpreter", "")
-    if SHELL_SYNTAX.search(target):  # `echo ok; sleep 30`: what a shell means by it, as PM2 runs it
+    if needs_shell(target):  # `echo ok; sleep 30`: what a shell means by it, as PM2 runs it
         words = ["/bin/sh", "-c", target]
     elif words[0].endswith(".py") or (len(words) == 1 and os.path.isfile(os.path.join(cwd, words[0]))):
         path = os.path.join(cwd, words[0])
@@ -354,7 +353,28 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
 # The options of `prun run` a fork-mode supervisor follows (the rest are about serving).
 FORK_OPTIONS = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
                 "instance_var", "kill_signal")
-SHELL_SYNTAX = re.compile(r"[;&|<>$`]")
+
+
+def needs_shell(command: str) -> bool:
+    """Whether a command line means something only a shell does: `;`, `&`, `|`, `<`, `>`, `(`, `)` outside
+    quotes, or `$` and a backquote outside single quotes (`python -c "a; b"` does not)."""
+    quote = ""
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif quote == '"' and char in "$`":
+                return True
+        elif char in "'\"":
+            quote = char
+        elif char in ";&|<>()$`":
+            return True
+    return False
 
 
 def log_spec(value: Any, cwd: str) -> dict[str, Any]:

@@ -228,11 +228,22 @@ class AsyncChannel:
 
     def pump(self) -> None:
         """Handle every message already waiting (also called before a peer's exit is handled)."""
+        reset = False
         while not self.closed:
             try:
                 msg, fds = recv(self.sock, self.codec)
+            except ConnectionResetError:
+                # the peer closed before reading what we sent: the kernel says so once, and what the peer
+                # sent before it closed is still queued behind that error (its last words: read them)
+                if reset:
+                    msg, fds = None, []
+                else:
+                    reset = True
+                    continue
             except (BlockingIOError, InterruptedError):
-                return
+                if not reset:
+                    return
+                msg, fds = None, []  # it is gone: nothing more will come
             except ProtocolError:
                 continue  # not ours to act on; the next datagram is still a message
             except OSError:

@@ -161,7 +161,7 @@ def start_stubborn(home: Home, graceful: int) -> None:
     """Start `stubborn`, a fork-mode app that ignores SIGTERM (stopping it takes its whole graceful timeout),
     and wait until it has set SIGTERM aside."""
     home.prun("start", f"{sys.executable} -c {shlex.quote(STUBBORN)}", "--name", "stubborn",
-              "--graceful-timeout", str(graceful))
+              "--graceful-timeout", str(graceful), "--kill-signal", "SIGTERM")
     stubborn_started(home, 1)
 
 

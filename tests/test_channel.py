@@ -56,3 +56,24 @@ def test_a_message_and_its_fd_cross_a_real_channel() -> None:
             os.close(fd)
         master.close()
         worker.close()
+
+
+def test_the_last_messages_of_a_peer_that_closed_without_reading_are_still_read() -> None:
+    """Closing with unread data makes the kernel report ECONNRESET once; what the peer sent before is kept."""
+    import asyncio
+
+    master, worker = channel.pair()
+    received: list[object] = []
+    ended: list[bool] = []
+
+    async def main() -> None:
+        chan = channel.AsyncChannel(master, asyncio.get_running_loop(), lambda msg, fds: received.append(msg),
+                                    lambda: ended.append(True))
+        channel.send(master, channel.Accept(on=True))  # the worker never reads it
+        channel.send(worker, channel.Ready(pid=7))
+        channel.send(worker, channel.Heartbeat(conns=1, requests=2))
+        worker.close()
+        chan.pump()
+
+    asyncio.run(main())
+    assert received == [channel.Ready(pid=7), channel.Heartbeat(conns=1, requests=2)] and ended == [True]

@@ -83,8 +83,11 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "cert_reqs": "required", "ciphers": "ECDHE+AESGCM",
                "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
                "max_restarts": 4, "min_uptime": "500ms", "restart_delay": "2s", "exp_backoff_restart_delay": 250,
-               "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name}
-    parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25}  # PM2's milliseconds
+               "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
+               "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",
+               "interpreter": "python3"}
+    parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25,  # PM2's milliseconds
+              "kill_timeout": 3.0}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"

@@ -121,7 +121,7 @@ class God:
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} is not online after {START_TIMEOUT:g}s "
                                f"(prun logs {app.name})") from None
         if not online:  # it exited, or says it cannot come online: is it tried again?
-            reason = app.last_error
+            reason = run.failure or app.last_error
             await asyncio.wait([run.exited], timeout=1.0)
             retry = " (retrying with backoff)" if app.status in (LAUNCHING, ONLINE) else ""
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {reason}"

@@ -70,6 +70,7 @@ class MasterRun:
     pidfd: int = -1
     expected: bool = False  # a stop was asked: its exit is no crash
     ended: control.Ended | None = None  # the restart policy stopped it: do not start it again
+    failure: str = ""  # why it could not come online, as it said (BootFailed)
     exited: asyncio.Future[int | None] = field(init=False)  # its exit code (None: not our child)
     online: asyncio.Future[bool] = field(init=False)  # True once Online, False if it exited first
     began: float = field(init=False)
@@ -507,8 +508,8 @@ class Runner:
             return
         if isinstance(event, control.Online):
             self.came_online(run, event.workers)
-        elif isinstance(event, control.BootFailed):  # a start that waits on it fails now
-            app.last_error = event.reason
+        elif isinstance(event, control.BootFailed):  # a start that waits on it fails now, with this reason
+            app.last_error = run.failure = event.reason
             if not run.online.done():
                 run.online.set_result(False)
         elif isinstance(event, control.WorkerStarted):
