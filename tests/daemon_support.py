@@ -104,7 +104,8 @@ class Home:
 
 
 def request(home: Home, payload: bytes) -> dict[str, Any]:
-    """One raw line to the daemon's RPC socket, as another program would send it; the reply."""
+    """One raw line to the daemon's RPC socket, as another program would send it; the reply (after the progress
+    lines the daemon sends while it works on it)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(os.path.join(home.path, "rpc.sock"))
@@ -112,7 +113,10 @@ def request(home: Home, payload: bytes) -> dict[str, Any]:
             sock.sendall(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon answered and closed before reading it all (an oversized message)
-        reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+        lines = sock.makefile("rb")
+        reply: dict[str, Any] = json.loads(lines.readline())
+        while "progress" in reply:
+            reply = json.loads(lines.readline())
         return reply
 
 
