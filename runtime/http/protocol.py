@@ -204,7 +204,7 @@ class HttpProtocol(asyncio.Protocol):
             self.current.run()  # type: ignore[union-attr]
 
     def upgrade(self, data: bytes | memoryview, upgrade: httptools.HttpParserUpgrade) -> bool:
-        """A WebSocket upgrade on an ASGI connection: handed to websocket.py (whether it accepts or refuses it)."""
+        """A WebSocket upgrade on an ASGI connection: handed to wshandshake.py (whether it accepts or refuses it)."""
         ex = self.current
         if not self.start_pending or ex is None or self.shared.make_host is None or self.queue:
             return False  # WSGI, or an upgrade pipelined behind another request: plain HTTP, then close
@@ -212,7 +212,7 @@ class HttpProtocol(asyncio.Protocol):
             return False
         self.start_pending = False
         self.current = self.parsing = None
-        if not self.settings.ws:  # (websocket.py needs the websockets library, which may not be installed)
+        if not self.settings.ws:  # (wshandshake.py needs the websockets library, which may not be installed)
             self.closing = True
             why = f"refused a WebSocket upgrade: {self.settings.ws_refusal}"
             if why not in self.shared.ws_refused:
@@ -221,7 +221,7 @@ class HttpProtocol(asyncio.Protocol):
             self.write_error(400)
             return True
         offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
-        from prun.runtime.http.websocket import upgrade as take_over
+        from prun.runtime.http.wshandshake import upgrade as take_over
 
         take_over(self, ex.scope, bytes(data[offset:]))
         return True
