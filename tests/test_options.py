@@ -79,7 +79,8 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "log_date_format": "%H", "max_memory_restart": 2048, "watch": "src", "ignore_watch": "*.log",
                "cron_restart": "0 3 * * *", "merge_logs": False,
                "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
-               "cert_reqs": "required", "ciphers": "ECDHE+AESGCM",
+               "cert_reqs": "required", "ciphers": "ECDHE+AESGCM", "tls_groups": "X25519",
+               "tls_profile": "intermediate", "limit_tls_handshakes": 16,
                "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
