@@ -169,3 +169,19 @@ def test_a_close_between_two_fragments_is_echoed_1000(server: tuple[ServerThread
         assert client.closed_by_server()
     assert srv.wait_no_connections(5)
     assert app.disconnects[before:] == [1000]
+
+
+def test_an_app_may_send_any_bytes_like_object() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "bytes": bytearray(b"bytearray")})
+        await send({"type": "websocket.send", "bytes": memoryview(b"memoryview " * 20)})
+        await send({"type": "websocket.close", "code": 4000})
+
+    with serving(app) as srv, RawWebSocket(srv.port) as client:
+        assert client.read_frame() == (BINARY, b"bytearray")
+        assert client.read_frame() == (BINARY, b"memoryview " * 20)
+        assert client.read_frame() == (CLOSE, b"\x0f\xa0")

@@ -210,10 +210,12 @@ def frame(opcode: int, payload: bytes) -> bytes:
     """One unmasked frame with FIN set, as a server sends it (without extensions)."""
     length = len(payload)
     if length < 126:
-        return bytes((0x80 | opcode, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+        head = bytes((0x80 | opcode, length))
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    return b"".join((head, payload))  # (any bytes-like payload: an app may send a bytearray or a memoryview)
 
 
 def data_frame(opcode: int, payload: bytes, extensions: list[Extension]) -> bytes:
