@@ -106,6 +106,9 @@ def test_a_compressed_message_inflating_past_ws_max_size_closes_with_1009(served
     under --ws-max-size each (64 KiB) but not together: inflated only up to what the message may still hold."""
     master, port = served
     (pid,) = master.workers()
+    with connect(url(port, "/echo"), open_timeout=5) as ws:  # (the worker imports the WebSocket modules once)
+        ws.send("warm")
+        assert ws.recv(timeout=5) == "warm"
     before = psutil.Process(pid).memory_info().rss
     for message in (b"\0" * (16 << 20), [b"\0" * 40000, b"\0" * 40000]):
         with connect(url(port, "/echo"), max_size=None, open_timeout=5) as ws:
