@@ -82,7 +82,7 @@ MODES = {
 def peers_for(app: servers.App, chosen: list[str]) -> list[str]:
     """The servers (from `chosen`) that run an app of this interface, prun first."""
     allowed = servers.WSGI_SERVERS if app.interface == "wsgi" else servers.ASGI_SERVERS
-    extra = ["prun-shared", "prun-leastconn"]  # prun with an explicit policy, on request
+    extra = ["prun-shared", "prun-leastconn", "prun-base"]  # prun with an explicit policy, or another install
     names = [n for n in chosen if n in allowed or n in extra]
     return sorted(names, key=lambda n: (not n.startswith("prun"), n != "prun"))
 
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names, shapes, conns, chosen = listed("scenarios"), listed("shapes"), listed("connections"), listed("servers")
     name = TLS_NAME if args.tls else NAME
-    known = set(servers.ASGI_SERVERS) | set(servers.WSGI_SERVERS) | {"prun-shared", "prun-leastconn"}
+    known = set(servers.ASGI_SERVERS) | set(servers.WSGI_SERVERS) | {"prun-shared", "prun-leastconn", "prun-base"}
     unknown = ([n for n in names if n not in (*MODES, "reload")] + [s for s in shapes if s not in SHAPES]
                + [c for c in conns if c not in CONNECTION_MODES] + [s for s in chosen if s not in known])
     if unknown:

@@ -52,7 +52,7 @@ DEFAULT_SERVERS = servers.WS_SERVERS
 # the targets: prun / peer at least this (prun / uvicorn 1.3x, prun / granian 1x)
 TARGETS = {"uvicorn-websockets": 1.3, "uvicorn-wsproto": 1.3, "uvicorn-websockets-sansio": 1.3, "uvicorn": 1.3,
            "granian": 1.0}
-KNOWN = ["prun", "prun-shared", "prun-leastconn", "uvicorn", "uvicorn-websockets", "uvicorn-wsproto",
+KNOWN = ["prun", "prun-shared", "prun-leastconn", "prun-base", "uvicorn", "uvicorn-websockets", "uvicorn-wsproto",
          "uvicorn-websockets-sansio", "granian"]
 BUSY_CPU = 30.0
 

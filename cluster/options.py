@@ -220,6 +220,12 @@ def parse_variable_name(value: Any) -> str:
     return text
 
 
+def parse_tls_profile(value: Any) -> str:
+    if str(value).strip().lower() in ("", "none", "default"):
+        return ""
+    return Choice("modern", "intermediate")(value)
+
+
 def parse_access_log(value: Any) -> str:
     if str(value).strip().lower() in ("", "off", "false", "0"):
         return ""
@@ -444,13 +450,23 @@ class Config:
         metavar="FILE", worker=True, reload=True)
     cert_reqs: str = option(Choice("none", "optional", "required"), "none", "Client certificates: none, "
         "optional (verified if sent) or required (the handshake fails without one).", worker=True, reload=True)
-    ciphers: str = option(parse_str, "", "TLS 1.2 ciphers, in OpenSSL's syntax (default: OpenSSL's).",
-        metavar="TEXT", worker=True, reload=True)
+    ciphers: str = option(parse_str, "", "TLS 1.2 ciphers, in OpenSSL's syntax (default: Python's, or the "
+        "--tls-profile's).", metavar="TEXT", worker=True, reload=True)
+    tls_groups: str = option(parse_str, "", "Key-exchange groups (curves) offered, in OpenSSL's names separated "
+        "by colons, e.g. X25519:prime256v1:secp384r1 (Python before 3.15 takes one; default: OpenSSL's, or the "
+        "--tls-profile's).", metavar="GROUPS", worker=True, reload=True)
+    tls_profile: str = option(parse_tls_profile, "", "Mozilla's server-side TLS profile: modern "
+        "(TLS 1.3 only) or intermediate (TLS 1.2 and 1.3, its ciphers); either with its groups, client's cipher "
+        "order. Default: Python's and OpenSSL's settings.", metavar="[modern|intermediate]", worker=True,
+        reload=True)
+    limit_tls_handshakes: int = option(parse_int, 256, "TLS handshakes in progress per worker (0: no limit); "
+        "beyond, new connections wait in the kernel's queue, and one running 0.25 s or more is cut for them.",
+        metavar="N", worker=True, reload=True)
     # WebSocket (ASGI apps)
     ws: str = option(Choice("auto", "none"), "auto", "WebSocket upgrades for ASGI apps (auto: on if the websockets "
         "library is installed, pip install 'prun[ws]'; none: refused with 400).", worker=True, reload=True)
     ws_max_size: int = option(parse_int, 16 * 1024 * 1024, "Largest WebSocket message, bytes (closed with 1009 "
-        "beyond; 0: no limit).", metavar="BYTES", shown_default="16777216 (16 MiB)", worker=True, reload=True)
+        "beyond, as beyond 4,096 fragments; 0: no limit).", metavar="BYTES", shown_default="16777216 (16 MiB)", worker=True, reload=True)
     ws_ping_interval: float = option(parse_float, 20.0, "Seconds between pings on a quiet WebSocket (0: none).",
         metavar="SECONDS", worker=True, reload=True)
     ws_ping_timeout: float = option(parse_float, 20.0, "Seconds a ping may wait for its pong before the WebSocket "

@@ -55,6 +55,9 @@ class WorkerOptions:
     ca_certs: str = ""
     cert_reqs: str = "none"  # none | optional | required: client certificates
     ciphers: str = ""
+    tls_groups: str = ""  # the key-exchange groups (curves) offered, e.g. X25519:prime256v1; "": OpenSSL's
+    tls_profile: str = ""  # "" (Python's and OpenSSL's defaults) | modern | intermediate (Mozilla's)
+    limit_tls_handshakes: int = 256  # TLS handshakes in progress per worker; 0: no limit
     server_header: bool = True
     # WebSocket (ASGI apps): auto (on if the websockets library imports) | none
     ws: str = "auto"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from prun.runtime import tls
+from prun.runtime.handshakes import Handshakes
 from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 
 
@@ -83,6 +84,7 @@ class Server(abc.ABC):
         except tls.TlsError as exc:
             raise BootError(str(exc)) from None
         self.ssl_handshake_timeout = tls.handshake_timeout(options) if self.ssl is not None else None
+        self.handshakes = Handshakes(loop, options.limit_tls_handshakes)  # in progress (TLS), capped
 
     async def start_accepting(self, listeners: list[socket.socket]) -> None:
         """Accept on every listener (shared mode from boot on; leastconn while this worker is alone).
@@ -176,6 +178,8 @@ class Server(abc.ABC):
         task = self.loop.create_task(self._serve_handed_over(conn))
         self._handing_over.add(task)
         task.add_done_callback(self._handing_over.discard)
+        if self.ssl is not None:
+            self.handshakes.start(task)  # (at --limit-tls-handshakes, the oldest in progress is cut)
 
     async def _serve_handed_over(self, conn: socket.socket) -> None:
         try:
@@ -261,7 +265,14 @@ class TlsAcceptor:
         server.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
+        handshakes = self.server.handshakes
         for _ in range(ACCEPT_BATCH):
+            if handshakes.full() and not handshakes.may_cut():
+                # At --limit-tls-handshakes: new connections wait in the kernel's queue (or for another
+                # worker) until a handshake ends, or the oldest has run long enough to be cut.
+                self.server.loop.remove_reader(self.fd)
+                handshakes.wait(self._resume)
+                return
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -3,11 +3,20 @@
 Each worker builds its own at boot, from the files as they are then: a reload (HUP) after the certificate
 was renewed in place serves the new one, and a broken new one fails the new worker's boot, which rolls
 back like broken code. The master builds one at start only to check the files, and drops it.
+
+--tls-profile takes one of Mozilla's server-side TLS configurations (guidelines 5.7,
+https://ssl-config.mozilla.org/): the versions, the TLS 1.2 ciphers, the key-exchange groups, and the
+client's cipher order. What a scanner checks beyond them is the certificate's (an ECDSA P-256 or an RSA
+2048-bit key, its lifetime, its chain). --ciphers and --tls-groups, given too, replace the profile's.
+Python sets a list of groups from 3.15 on (ssl.SSLContext.set_groups); before, one group only
+(set_ecdh_curve): there the profiles offer the one every client of theirs has (modern: X25519,
+intermediate: prime256v1), and --tls-groups takes one name.
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 
 from prun.runtime.options import WorkerOptions
 
@@ -15,6 +24,32 @@ CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": s
 ALPN = ["http/1.1"]
 # The TLS handshake of a new connection may take this long when --timeout-request-header is 0.
 HANDSHAKE_TIMEOUT = 60.0
+
+
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One of Mozilla's server-side TLS configurations."""
+
+    minimum: ssl.TLSVersion
+    ciphers: str  # TLS 1.2 (OpenSSL's names); "" for none (TLS 1.3 only). TLS 1.3's suites: OpenSSL's, as Mozilla's
+    groups: str  # the key-exchange groups, in order
+    group: str  # the one group offered where Python sets only one
+
+
+_GROUPS = "X25519:prime256v1:secp384r1"
+PROFILES = {
+    "modern": Profile(ssl.TLSVersion.TLSv1_3, "", _GROUPS, "X25519"),
+    "intermediate": Profile(
+        ssl.TLSVersion.TLSv1_2,
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305",
+        _GROUPS,
+        "prime256v1",  # (X25519 is missing from the profile's oldest clients: IE 11 on Windows 7, Java 8)
+    ),
+}
 
 
 class TlsError(Exception):
@@ -69,13 +104,49 @@ def server_context(options: WorkerOptions) -> ssl.SSLContext | None:
         raise TlsError(f"--cert-reqs {options.cert_reqs} needs --ca-certs (the CAs client certificates must "
                        "come from)")
     context.verify_mode = CERT_REQS[options.cert_reqs]
+    _protocols(context, options)
+    context.set_alpn_protocols(ALPN)
+    return context
+
+
+def _protocols(context: ssl.SSLContext, options: WorkerOptions) -> None:
+    """The versions, ciphers and groups: the --tls-profile's, then --ciphers and --tls-groups over them."""
+    profile = PROFILES.get(options.tls_profile)
+    if options.tls_profile and profile is None:
+        raise TlsError(f"--tls-profile {options.tls_profile!r}: expected modern or intermediate")
+    if profile is not None:
+        context.minimum_version = profile.minimum
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # Mozilla's profiles leave the order to the client
+        if profile.ciphers:
+            context.set_ciphers(profile.ciphers)
     if options.ciphers:
         try:
             context.set_ciphers(options.ciphers)
         except ssl.SSLError:
             raise TlsError(f"--ciphers {options.ciphers!r}: no cipher matches") from None
-    context.set_alpn_protocols(ALPN)
-    return context
+    if options.tls_groups:
+        set_groups(context, options.tls_groups)
+    elif profile is not None:
+        set_groups(context, profile.groups if hasattr(context, "set_groups") else profile.group)
+
+
+def set_groups(context: ssl.SSLContext, groups: str) -> None:
+    """Offer these key-exchange groups (colon-separated OpenSSL names), or say why not. Raises TlsError."""
+    names = [name.strip() for name in groups.split(":") if name.strip()]
+    if not names:
+        raise TlsError(f"--tls-groups {groups!r}: no group named")
+    setter = getattr(context, "set_groups", None)  # Python 3.15+
+    try:
+        if setter is not None:
+            setter(":".join(names))
+        elif len(names) == 1:
+            context.set_ecdh_curve(names[0])
+        else:
+            raise TlsError(f"--tls-groups {groups!r}: this Python sets one group, not a list (ssl.SSLContext."
+                           "set_groups comes with Python 3.15): name one, e.g. X25519 or prime256v1")
+    except (ValueError, ssl.SSLError):
+        raise TlsError(f"--tls-groups {groups!r}: not a group OpenSSL knows (e.g. X25519, prime256v1, "
+                       "secp384r1)") from None
 
 
 def handshake_timeout(options: WorkerOptions) -> float:

@@ -315,3 +315,29 @@ class KeepAliveLoad(ClientThreads):
                 conn.close()
                 self.failed_with(exc)
         conn.close()
+
+
+class LoneWorker:
+    """The one worker of a master, as a flood test checks it: its pid, RSS and fd count before the flood,
+    and after it (the same pid, RSS grown less than a bound, the fds back to where they were)."""
+
+    def __init__(self, master: Prun) -> None:
+        (pid,) = master.workers()
+        self.master = master
+        self.pid = pid
+        self.proc = psutil.Process(pid)
+        self.rss = self.proc.memory_info().rss
+        self.fds = self.proc.num_fds()
+
+    def grown(self) -> int:
+        """Bytes of RSS gained since the baseline."""
+        return self.proc.memory_info().rss - self.rss
+
+    def check(self, max_growth: int, what: str) -> int:
+        """The worker lived through `what` within `max_growth` bytes of RSS and gave its fds back; its growth."""
+        grown = self.grown()
+        assert set(self.master.workers()) == {self.pid}, f"the worker was replaced after {what}"
+        assert grown < max_growth, f"{what}: the worker grew {grown / 2**20:.1f} MiB (bound {max_growth / 2**20:.0f} MiB)"
+        wait_until(lambda: self.proc.num_fds() <= self.fds, timeout=15,
+                   what=f"the worker's fds back to {self.fds} after {what}")
+        return grown

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import Prun, running, wait_until
+from tests.support import LoneWorker, Prun, running, wait_until
 from tests.test_http_support import Client
 
 APP = '''
@@ -168,6 +168,60 @@ def test_a_request_after_a_refused_one_gets_answers_then_the_close_and_its_fd_ba
         assert closed
     settle_fds(master, baseline)
     still_serves(port)
+
+
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prun, int]]:
+    """A worker that would wait a minute for a head to end: only a refusal can close a connection sooner."""
+    folder = tmp_path_factory.mktemp("patient")
+    (folder / "hostile.py").write_text(APP)
+    with running("hostile:app", "-i", "1", "-b", "127.0.0.1:0", "--chdir", str(folder),
+                 "--timeout-request-header", "60", "--keepalive-timeout", "60",
+                 "--limit-request-header-size", str(HEADER_LIMIT)) as master:
+        port = master.wait_ready()
+        yield master, port
+
+
+HEADER_LIMIT = 16384  # the default
+
+
+@pytest.mark.parametrize("size", [30000, HEADER_LIMIT + 4096 + 64])
+def test_an_oversize_head_pipelined_behind_a_request_gets_431_at_once(patient_server: tuple[Prun, int],
+                                                                      size: int) -> None:
+    """The issue's case (a 30,000-byte header that never ends, behind a complete GET), and a head just past
+    what the bound allows (the header limit, the request line, and less than 4 KiB counted with the
+    first read): 200, then 431 and the close, long before the 60 s head timeout."""
+    master, port = patient_server
+    still_serves(port)
+    worker = LoneWorker(master)
+    head = b"GET /a HTTP/1.1\r\nHost: t\r\nX: " + b"a" * (size - 32)
+    for split in (False, True):  # in one write, and the oversize head in a write of its own
+        with Client(port, timeout=20) as client:
+            if split:
+                client.send(G)
+                assert client.read().status == 200
+                client.send(head)
+            else:
+                client.send(G + head)
+                assert client.read().status == 200
+            refused = client.read()
+            assert refused.status == 431 and refused.headers["connection"] == "close"
+            assert client.closed_by_server()
+    worker.check(8 << 20, "oversize pipelined heads")
+    still_serves(port)
+
+
+def test_a_head_just_under_the_header_limit_is_never_refused_however_it_is_split(
+        patient_server: tuple[Prun, int]) -> None:
+    _, port = patient_server
+    head = b"GET /b HTTP/1.1\r\nHost: t\r\nX: " + b"b" * (HEADER_LIMIT - 64)
+    for cut in (1, 4095, 4096, 4097, len(head) - 1):
+        with Client(port, timeout=20) as client:
+            client.send(G + head[:cut])
+            assert client.read().status == 200
+            client.send(head[cut:])
+            client.send(b"\r\n\r\n")
+            assert client.read().body == b"/b? 0"
 
 
 def test_10000_pipelined_gets_in_one_write_are_answered_in_order_quickly(server: tuple[Prun, int]) -> None:

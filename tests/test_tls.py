@@ -1,5 +1,7 @@
 """TLS in real prun masters: https under both balancing policies, client certificates, certificate rotation
-by HUP under load, a broken new certificate rolling back, bad files at start, and the handshake bound.
+by HUP under load, a broken new certificate rolling back, bad files at start, the handshake bound, the
+cap on handshakes in progress under a flood of silent connections, and the profiles (--tls-profile,
+--tls-groups) as `openssl s_client` probes see them.
 
 Certificates come from a local CA made with the `openssl` command in each test's tmp_path.
 """
@@ -8,17 +10,19 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import shutil
 import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import KeepAliveLoad
+from tests.support import KeepAliveLoad, LoneWorker, wait_until
 
 APP = '''
 async def app(scope, receive, send):
@@ -282,6 +286,13 @@ def test_what_the_tls_files_are_checked_for(tmp_path: Path, pki: Pki) -> None:
         == f"--ca-certs {tmp_path / 'nope.pem'}: no such file"
     assert error(certfile=str(cert), keyfile=str(key), ca_certs=str(key)).startswith(f"cannot load --ca-certs {key}")
     assert "expected one of none, optional, required" in error(certfile=str(cert), cert_reqs="sometimes")
+    assert "not a group OpenSSL knows" in error(certfile=str(cert), keyfile=str(key), tls_groups="P-255")
+    assert "expected modern or intermediate" in error(certfile=str(cert), keyfile=str(key), tls_profile="old")
+    if not GROUP_LISTS:
+        assert "this Python sets one group" in error(certfile=str(cert), keyfile=str(key), tls_groups="X25519:X448")
+    context = server_context(WorkerOptions(certfile=str(cert), keyfile=str(key), tls_profile="modern"))
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert not context.options & ssl.OP_CIPHER_SERVER_PREFERENCE  # Mozilla's profiles: the client's order
 
 
 @pytest.mark.parametrize("balance", ["shared", "leastconn"])
@@ -294,3 +305,136 @@ def test_a_stream_handler_is_served_over_tls_too(prun, pki: Pki, balance: str) -
         with pki.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             tls.sendall(b"ping\n")
             assert tls.recv(100) == b"ping\n"
+
+
+GROUP_LISTS = hasattr(ssl.SSLContext, "set_groups")  # Python 3.15+: a list of groups, else one
+
+
+def probe(port: int, *args: str) -> bool:
+    """Whether `openssl s_client` with these options completes a handshake with the server on `port`."""
+    done = subprocess.run([str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{port}", "-brief", *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    return done.returncode == 0
+
+
+def test_the_modern_profile_is_tls_1_3_only_with_mozillas_groups(prun, tmp_path: Path, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    master = serve(prun, tmp_path, pki.issue("server", 21), "--tls-profile", "modern")
+    port = master.wait_ready()
+    assert probe(port, "-tls1_3")
+    assert not probe(port, "-tls1_2")
+    assert probe(port, "-tls1_3", "-groups", "X25519")
+    assert not probe(port, "-tls1_3", "-groups", "X448")  # OpenSSL offers it by default; Mozilla's list does not
+    assert not probe(port, "-tls1_3", "-groups", "secp521r1")
+    assert probe(port, "-tls1_3", "-groups", "P-256") == GROUP_LISTS  # (a Python that sets one group: X25519)
+    assert httpx.get(f"https://127.0.0.1:{port}/", verify=pki.client_context(), timeout=10).text == "https"
+
+
+def test_the_intermediate_profile_has_mozillas_ciphers_and_groups(prun, tmp_path: Path, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    master = serve(prun, tmp_path, pki.issue("server", 22), "--tls-profile", "intermediate")
+    port = master.wait_ready()
+    assert probe(port, "-tls1_3")
+    assert probe(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert probe(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305")
+    # CBC suites: in Python's default list, not in Mozilla's
+    assert not probe(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256")
+    assert not probe(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384")
+    assert probe(port, "-tls1_2", "-groups", "P-256")
+    assert not probe(port, "-tls1_2", "-groups", "X448")
+    assert not probe(port, "-tls1_3", "-groups", "secp521r1")
+    assert probe(port, "-tls1_3", "-groups", "X25519") == GROUP_LISTS  # (one group: prime256v1, for old clients)
+
+
+def test_tls_groups_names_the_key_exchange_groups_offered(prun, tmp_path: Path, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    master = serve(prun, tmp_path, pki.issue("server", 23), "--tls-groups", "secp384r1")
+    port = master.wait_ready()
+    assert probe(port, "-groups", "P-384")
+    assert not probe(port, "-groups", "X25519")
+    assert not probe(port, "-groups", "P-256")
+
+
+@pytest.fixture
+def many_fds() -> Iterator[None]:
+    """This process may hold a few thousand sockets meanwhile."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+SILENT = 2000
+CAP = 256  # --limit-tls-handshakes' default
+
+
+def test_a_flood_of_silent_connections_holds_no_more_than_the_handshake_cap(  # type: ignore[no-untyped-def]
+        prun, tmp_path: Path, pki: Pki, many_fds: None) -> None:
+    """The issue's case: 2,000 connections to a TLS port that never send a byte held 104 MiB of the worker
+    (about 53 KiB each) until the head timeout. At most 256 handshakes are in progress: beyond, new
+    connections wait in the kernel's queue and cut the oldest handshake once it has run 0.25 s, so the
+    silent ones are closed long before the (here 60 s) timeout and a real client still gets through."""
+    master = serve(prun, tmp_path, pki.issue("server", 24), "-i", "1", "--timeout-request-header", "60")
+    port = master.wait_ready()
+    context = pki.client_context()
+    url = f"https://127.0.0.1:{port}/"
+    assert httpx.get(url, verify=context, timeout=10).text == "https"
+    worker = LoneWorker(master)
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(SILENT):
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            silent[-1].setblocking(False)
+        assert httpx.get(url, verify=context, timeout=20).text == "https"  # served during the flood
+
+        def cut() -> int:
+            """How many of the silent connections the worker has closed."""
+            closed = 0
+            for sock in silent:
+                try:
+                    closed += sock.recv(1, socket.MSG_PEEK) == b""
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    closed += 1
+            return closed
+
+        wait_until(lambda: cut() >= SILENT - CAP, timeout=30, interval=0.2,
+                   what=f"the worker to cut all but {CAP} silent connections")
+        held = worker.proc.num_fds() - worker.fds
+        grown = worker.grown()
+        assert held <= CAP, f"the worker holds {held} connections in their handshake"
+    finally:
+        for sock in silent:
+            sock.close()
+    worker.check(CAP * 100 * 1024, "a flood of silent TLS connections")
+    print(f"worker grew {grown / 2**20:.1f} MiB with {SILENT} silent connections; held {held} at the end")
+    assert httpx.get(url, verify=context, timeout=10).text == "https"
+
+
+def test_handed_over_connections_past_the_cap_cut_the_oldest_handshake(pki: Pki) -> None:
+    """leastconn: a connection the master hands over cannot wait in the kernel's queue; at the cap it cuts
+    the oldest handshake in progress, whatever its age (in-process server, cap 2)."""
+    from tests.test_http_support import ok, serving
+
+    cert, key = pki.issue("server", 25)
+    with serving(ok(b"handed over"), certfile=str(cert), keyfile=str(key), limit_tls_handshakes=2) as srv, \
+            socket.socket() as front:
+        front.bind(("127.0.0.1", 0))
+        front.listen(8)
+        clients = []
+        try:
+            for _ in range(5):  # silent clients, handed over one by one
+                clients.append(socket.create_connection(front.getsockname(), timeout=10))
+                srv.call(srv.server.accept, front.accept()[0])
+            for client in clients[:3]:  # cut for the two after each
+                assert client.recv(1) == b""
+            with socket.create_connection(front.getsockname(), timeout=10) as raw:
+                srv.call(srv.server.accept, front.accept()[0])
+                with pki.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    assert tls.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            assert clients[3].recv(1) == b""  # the oldest of the two left, cut for that one
+        finally:
+            for client in clients:
+                client.close()

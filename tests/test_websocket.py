@@ -101,6 +101,27 @@ def test_a_message_over_ws_max_size_closes_with_1009(served):
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
+def test_a_compressed_message_inflating_past_ws_max_size_closes_with_1009(served):
+    """permessage-deflate bombs: 16 MiB of zeros (about 16 KiB on the wire) in one frame, and two fragments
+    under --ws-max-size each (64 KiB) but not together: inflated only up to what the message may still hold."""
+    master, port = served
+    (pid,) = master.workers()
+    with connect(url(port, "/echo"), open_timeout=5) as ws:  # (the worker imports the WebSocket modules once)
+        ws.send("warm")
+        assert ws.recv(timeout=5) == "warm"
+    before = psutil.Process(pid).memory_info().rss
+    for message in (b"\0" * (16 << 20), [b"\0" * 40000, b"\0" * 40000]):
+        with connect(url(port, "/echo"), max_size=None, open_timeout=5) as ws:
+            assert ws.response.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+            ws.send(message)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    grown = psutil.Process(pid).memory_info().rss - before
+    print(f"deflate bombs: the worker grew {grown / 2**20:.1f} MiB")
+    assert grown < 8 << 20, f"the worker grew {grown >> 20} MiB"
+
+
 def handshake(port: int, version: str = "13") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()

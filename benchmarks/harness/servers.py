@@ -3,6 +3,9 @@
     prun             prun run APP --balance B (the default balance unless a name says otherwise)
     prun-shared      prun run APP --balance shared
     prun-leastconn   prun run APP --balance leastconn
+    prun-base        another install of prun (PRUN_BENCH_BASE: its `prun` executable, e.g. a checkout of the
+                     commit before a change, in a venv of its own; PRUN_BENCH_BASE_LABEL: what to call it),
+                     beside this one in the same rounds
     uvicorn          uvicorn --http httptools --loop uvloop [--workers N]
     uvicorn-websockets, uvicorn-wsproto, uvicorn-websockets-sansio   uvicorn with that --ws
     gunicorn         gunicorn -k uvicorn.workers.UvicornWorker -w N
@@ -231,8 +234,11 @@ class Prun(Server):
         self.name = name or f"prun-{self.balance}"
         self.label = f"prun --balance {self.balance}"
 
+    def executable(self) -> list[str]:
+        return _prun_exe()
+
     def command(self) -> list[str]:
-        return _prun_exe() + ["run", self.app.target, "-i", str(self.instances), "-b", f"127.0.0.1:{self.port}",
+        return self.executable() + ["run", self.app.target, "-i", str(self.instances), "-b", f"127.0.0.1:{self.port}",
                               "--interface", self.app.interface, "--balance", self.balance,
                               "--graceful-timeout", "10", "--chdir", str(self.app.directory), *self.extra_options()]
 
@@ -265,6 +271,36 @@ class Prun(Server):
             raise RuntimeError(f"{self.label}: {match.group(0)}")
         self._wait_old_gone(old, began, timeout)
         return {"seconds": stamp - began, "reported": float(match.group(2))}
+
+
+class PrunBase(Prun):
+    """prun from another install, named by PRUN_BENCH_BASE (its `prun` executable): a change measured
+    against the commit before it, round by round, on the same machine in the same run."""
+
+    def __init__(self, instances: int, port: int | None = None, app: App = TINY, cpus: str | None = None) -> None:
+        super().__init__(instances, port, app, cpus, None, "prun-base")
+        exe = os.environ.get("PRUN_BENCH_BASE", "")
+        if not exe or not os.access(exe, os.X_OK):
+            raise Unavailable("prun-base: set PRUN_BENCH_BASE to the prun executable of the install to compare with")
+        self.exe = exe
+        self.label = f"prun {_install_commit(exe)} --balance {self.balance}"
+
+    def executable(self) -> list[str]:
+        return [self.exe]
+
+
+def _install_commit(exe: str) -> str:
+    """What a prun executable runs: PRUN_BENCH_BASE_LABEL if set, the git commit of its checkout if it has
+    one, else the checkout's path."""
+    if os.environ.get("PRUN_BENCH_BASE_LABEL"):
+        return os.environ["PRUN_BENCH_BASE_LABEL"]
+    root = Path(exe).resolve().parents[2]  # <checkout>/.venv/bin/prun
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return exe
+    return f"at {done.stdout.strip()}" if done.returncode == 0 else f"from {root}"
 
 
 class KillRestart(Prun):
@@ -550,6 +586,8 @@ def make(name: str, instances: int, port: int | None = None, app: App = TINY, cp
     server: Server
     if name in ("prun", "prun-shared", "prun-leastconn"):
         server = Prun(instances, port, app, cpus, None if name == "prun" else name.removeprefix("prun-"), name)
+    elif name == "prun-base":
+        server = PrunBase(instances, port, app, cpus)
     elif name == "control-kill-restart":
         server = KillRestart(instances, port, app, cpus)
     else:

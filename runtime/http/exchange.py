@@ -88,15 +88,21 @@ def write_error(proto: Connection, status: int, head_only: bool = False) -> None
 class Sending(Protocol):
     """A connection whose unsent bytes the once-a-second sweep watches (HTTP and WebSocket alike)."""
 
-    write_left: int  # bytes waiting in the transport at the last sweep that saw them change
-    write_since: float  # when that was
+    write_left: int  # bytes waiting in the transport at the last sweep (0: none)
+    write_since: float  # since when they have not gone down
 
 
 def write_stalled(conn: Sending, left: int, now: float, timeout: float) -> bool:
-    """Note `left` unsent bytes; True once the client has taken none of them for `timeout` s (0: never)."""
-    if left != conn.write_left:
+    """Note `left` unsent bytes; True once the client has taken none of them for `timeout` s (0: never).
+
+    The clock starts again only when the bytes waiting went down since the last sweep (the client took
+    some): bytes that only pile up (the pongs to a client that sends pings and reads nothing) are as
+    stalled as bytes that stay.
+    """
+    if left < conn.write_left or not conn.write_left:
         conn.write_left, conn.write_since = left, now
         return False
+    conn.write_left = left
     return bool(timeout) and now - conn.write_since >= timeout
 
 

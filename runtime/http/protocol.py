@@ -90,7 +90,7 @@ class HttpProtocol(asyncio.Protocol):
         self.unparsed: bytearray | None = None
         self.feed_limit = FEED_SLICE  # a read larger than this is parsed in slices (-1: held back)
         self.next_on_resume = False  # the next pipelined request waits for the client to read (resume_writing)
-        self.write_left = 0  # the write buffer at the last sweep, and since when it has not changed
+        self.write_left = 0  # the write buffer at the last sweep, and since when it has not shrunk
         self.write_since = 0.0
 
     # -- connection events --------------------------------------------------------------------------
@@ -168,9 +168,7 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self.parse_slices(data)
             return
-        if self.url:
-            self.head_bytes += len(data)  # the same head goes on (reset if it ends in this read)
-        elif self.parsing is None and not self.head_since:
+        if not self.url and self.parsing is None and not self.head_since:
             self.head_since = self.shared.clock  # a new head begins: --timeout-request-header runs
         try:
             self.parser.feed_data(data)
@@ -190,10 +188,13 @@ class HttpProtocol(asyncio.Protocol):
             self.reject(400)
         else:
             if self.url:
-                # A head that has not ended yet: bound what httptools accumulates for us.
+                # A head that has not ended yet: bound what httptools accumulates for us (a header's
+                # value, until it ends). Every read it spans is counted whole, from the one it began in:
+                # less than FEED_SLICE bytes of that one (what came before the head) are counted with it.
+                self.head_bytes += len(data)
                 if not self.head_since:
                     self.head_since = self.shared.clock
-                if self.head_bytes > self.settings.limit_head:
+                if self.head_bytes - len(self.url) > self.settings.limit_head:
                     self.reject(431)  # a URL too long is caught by on_url, as it arrives
                 elif self.parser.get_http_version() == "0.0" and self.line_ended(data):
                     self.reject(400)  # an HTTP/0.9 request line: no version, and no head will follow
@@ -203,7 +204,7 @@ class HttpProtocol(asyncio.Protocol):
             self.current.run()  # type: ignore[union-attr]
 
     def upgrade(self, data: bytes | memoryview, upgrade: httptools.HttpParserUpgrade) -> bool:
-        """A WebSocket upgrade on an ASGI connection: handed to websocket.py (whether it accepts or refuses it)."""
+        """A WebSocket upgrade on an ASGI connection: handed to wshandshake.py (whether it accepts or refuses it)."""
         ex = self.current
         if not self.start_pending or ex is None or self.shared.make_host is None or self.queue:
             return False  # WSGI, or an upgrade pipelined behind another request: plain HTTP, then close
@@ -211,7 +212,7 @@ class HttpProtocol(asyncio.Protocol):
             return False
         self.start_pending = False
         self.current = self.parsing = None
-        if not self.settings.ws:  # (websocket.py needs the websockets library, which may not be installed)
+        if not self.settings.ws:  # (wshandshake.py needs the websockets library, which may not be installed)
             self.closing = True
             why = f"refused a WebSocket upgrade: {self.settings.ws_refusal}"
             if why not in self.shared.ws_refused:
@@ -220,7 +221,7 @@ class HttpProtocol(asyncio.Protocol):
             self.write_error(400)
             return True
         offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
-        from prun.runtime.http.websocket import upgrade as take_over
+        from prun.runtime.http.wshandshake import upgrade as take_over
 
         take_over(self, ex.scope, bytes(data[offset:]))
         return True

@@ -48,8 +48,10 @@ class Settings:
             raise BootError(f"unknown access log format {options.access_log!r} (choose from common, json)")
         self.limit_line = options.limit_request_line
         self.limit_header = options.limit_request_header_size
-        # What httptools may accumulate for one head before it ends: the line, the headers and slack.
-        self.limit_head = options.limit_request_line + options.limit_request_header_size + 4096
+        # The bytes of a head that has not ended, its URL apart (bound by limit_line as it comes), beyond
+        # which it is refused with 431 (protocol.py): the header section, the rest of the request line,
+        # and the bytes before the head in the read it began in (less than FEED_SLICE), counted with it.
+        self.limit_head = options.limit_request_header_size + 32 + FEED_SLICE
         self.limit_body = options.limit_request_body or 1 << 62  # 0: no limit
         self.limit_concurrency = options.limit_concurrency
         self.keepalive = options.keepalive_timeout

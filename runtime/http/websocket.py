@@ -1,40 +1,48 @@
-"""ASGI WebSocket connections (RFC 6455) on the websockets library's sans-I/O ServerProtocol.
+"""An ASGI WebSocket connection (RFC 6455), once wshandshake.py has accepted its handshake.
 
-An HTTP connection whose request asks for `Upgrade: websocket` is handed here by protocol.py (only on
-that path: plain requests never touch this module). The handshake is checked by ServerProtocol before
-the app sees anything; a handshake it refuses (a bad key, an unsupported version: 400/426) is answered
-with its response and logged once per reason. Then the transport is switched to a WebSocket object,
-which takes the HttpProtocol's place among the server's connections: under --balance leastconn it
-still counts as open, and the server's sweep (pings, closing timeout) and drain reach it the same way.
+The WebSocket object takes the HttpProtocol's place among the server's connections: under --balance
+leastconn it still counts as open, and the server's sweep (pings, closing timeout) and drain reach it the
+same way. Frames are read and written by wsframes.py (and why not by the websockets library: there).
 
-Bounds: a message larger than --ws-max-size closes with 1009 (checked by ServerProtocol as the frames
-arrive); reading stops while --ws-max-queue messages wait for the app; the app's send waits while the
-client does not read (pause_writing). A drain (reload) closes each WebSocket with 1012 after the drain
-window, a stop with 1001; the connection leaves the server's set once both the socket closed and the
-app's call returned, so the lifespan shutdown runs after both.
+Bounds: a message is at most --ws-max-size bytes and MAX_FRAGMENTS frames (1009 beyond either), its
+UTF-8 checked as it comes (1007); reading pauses while --ws-max-queue messages wait for the app, and while
+the client reads nothing of what is written to it (pause_writing: the app's send waits then too, and so
+do the pongs to its pings); --timeout-write drops a client that takes nothing for that long, even while
+what waits for it grows. A failed connection is half-closed after its close frame, and dropped
+CLOSE_TIMEOUT later if the client has not hung up. A drain (reload) closes each WebSocket with 1012 after
+the drain window, a stop with 1001; the connection leaves the server's set once both the socket closed
+and the app's call returned, so the lifespan shutdown runs after both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from http import HTTPStatus
 from typing import Any
 
-from websockets.datastructures import Headers
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.protocol import State
-from websockets.server import ServerProtocol
+from websockets.extensions import Extension
+from websockets.frames import Close
+from websockets.http11 import Response
 
-from prun.runtime.http.exchange import status_line, write_error, write_stalled
+from prun.runtime.http.exchange import status_line, write_stalled
 from prun.runtime.http.logs import log_app_error, log_line
 from prun.runtime.http.settings import Settings, Shared
+from prun.runtime.http.wsframes import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Failure,
+    FrameReader,
+    close_frame,
+    data_frame,
+    frame,
+)
 
 CLOSE_TIMEOUT = 3.0  # seconds a client may take to answer our close frame before the socket is dropped
-_ENCODING = "latin-1"
+ENCODING = "latin-1"
 
 CONNECTING, OPEN, DENYING, CLOSED = range(4)  # the app's side: before accept, accepted, denial sent, done
 
@@ -43,114 +51,44 @@ class ClientDisconnected(OSError):
     """Raised by send() once the connection is gone (Starlette turns an OSError into WebSocketDisconnect)."""
 
 
-def upgrade(proto: Any, scope: dict[str, Any], rest: bytes) -> None:
-    """Take over `proto`'s connection for the WebSocket its request (`scope`, an http scope) asks for."""
-    settings: Settings = proto.settings
-    shared: Shared = proto.shared
-    proto.closing = True
-    if shared.draining:
-        write_error(proto, 503)
-        proto.close_gracefully()
-        return
-    extensions = [ServerPerMessageDeflateFactory()]
-    server = ServerProtocol(extensions=extensions, max_size=settings.ws_max_size,
-                            select_subprotocol=lambda _protocol, _offered: None)
-    headers = Headers([(name.decode(_ENCODING), value.decode(_ENCODING)) for name, value in scope["headers"]])
-    target = scope["raw_path"].decode(_ENCODING)
-    if scope["query_string"]:
-        target += "?" + scope["query_string"].decode(_ENCODING)
-    if headers.get("Sec-WebSocket-Version", "13").strip() != "13":
-        why = "unsupported Sec-WebSocket-Version (13 is)"
-        response = Response(426, "Upgrade Required", Headers([("Sec-WebSocket-Version", "13")]), b"")
-        response._exception = ValueError(why)
-    else:
-        response = server.accept(Request(target, headers))
-    if response.status_code != 101:
-        why = str(response._exception) if response._exception is not None else response.reason_phrase
-        if why not in shared.ws_refused:
-            shared.ws_refused.add(why)
-            log_line(f"refused a WebSocket upgrade from {proto.peer()}: {why} "
-                     f"(answered {response.status_code}; logged once)")
-        head = [status_line(response.status_code), shared.date_server]
-        for name, value in response.headers.raw_items():
-            if name.lower() not in ("content-length", "connection", "date"):
-                head.append(f"{name}: {value}\r\n".encode(_ENCODING))
-        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(response.body))
-        proto.transport.write(b"".join(head) + response.body)
-        shared.counted()
-        proto.close_gracefully()
-        return
-    offered = [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
-    ws_scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": scope["http_version"],
-        "scheme": "wss" if scope["scheme"] == "https" else "ws",
-        "server": scope["server"],
-        "client": scope["client"],
-        "root_path": scope["root_path"],
-        "path": scope["path"],
-        "raw_path": scope["raw_path"],
-        "query_string": scope["query_string"],
-        "headers": scope["headers"],
-        "subprotocols": [p for p in offered if p],
-        "extensions": {"websocket.http.response": {}},
-        "state": scope["state"],
-    }
-    ws = WebSocket(proto, server, response, ws_scope)
-    # The HttpProtocol leaves the connection: its host task ends, the WebSocket takes its place in the count.
-    proto.closed = True
-    if proto.host is not None:
-        proto.host.cancel()
-        proto.host = None
-    shared.protocols.discard(proto)
-    shared.protocols.add(ws)
-    proto.transport.set_protocol(ws)
-    if proto.read_paused:
-        proto.read_paused = False
-        proto.transport.resume_reading()
-    ws.early = rest
-    ws.start()
-
-
 class WebSocket(asyncio.Protocol):
     """One WebSocket connection and the app's call serving it."""
 
-    def __init__(self, proto: Any, server: ServerProtocol, response: Response, scope: dict[str, Any]) -> None:
+    def __init__(self, proto: Any, response: Response, extensions: list[Extension], scope: dict[str, Any]) -> None:
         self.settings: Settings = proto.settings
         self.shared: Shared = proto.shared
         self.loop: asyncio.AbstractEventLoop = proto.loop
         self.transport: Any = proto.transport
         self.client = proto.client
         self.host: asyncio.Task[None] | None = None  # the app's task (the server's drain cancels it at the deadline)
-        self.server = server
         self.response = response
+        self.extensions = extensions
+        self.reader = FrameReader(self.settings.ws_max_size, extensions)
         self.scope = scope
         self.state = CONNECTING
         self.connected_sent = False
         self.messages: deque[dict[str, Any]] = deque()
-        self.fragments: list[bytes] = []
-        self.fragment_text = False
         self.waiter: asyncio.Future[None] | None = None
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.read_paused = False
         self.write_paused = False
         self.closed = False  # the socket is gone
+        self.close_sent = False  # our close frame went out: nothing but control frames may follow
+        self.done = False  # the client's close arrived, or the connection failed: no frame is read any more
         self.app_running = False
         self.counted_out = False
         self.close_code = 1006
         self.close_reason = ""
-        self.closing_since = 0.0  # our close frame went out (the client should answer it)
+        self.closing_since = 0.0  # since when the client should answer our close frame, or hang up after its own
         self.pending_close = 0  # a drain asked to close before the app accepted
         self.last_seen = self.shared.clock
         self.ping_sent = 0.0
-        self.write_left = 0  # the write buffer at the last sweep, and since when it has not changed
+        self.write_left = 0  # the write buffer at the last sweep, and since when it has not shrunk
         self.write_since = 0.0
         self.deny_status = 0
         self.deny_headers: Any = ()
         self.deny_body: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
-        self.early = b""  # bytes that arrived before the app accepted (fed once it has)
 
     # -- the app ----------------------------------------------------------------------------------
 
@@ -168,7 +106,8 @@ class WebSocket(asyncio.Protocol):
             exc = error
         self.app_running = False
         self.shared.active -= 1
-        if exc is not None and not (self.closed and isinstance(exc, (OSError, asyncio.CancelledError))):
+        over = self.closed or self.done  # an app that sends after the end gets ClientDisconnected: not its error
+        if exc is not None and not (over and isinstance(exc, (OSError, asyncio.CancelledError))):
             log_app_error(self.scope, exc)
         if self.state == CONNECTING:
             if not self.closed:
@@ -189,12 +128,10 @@ class WebSocket(asyncio.Protocol):
         while True:
             if self.messages:
                 message = self.messages.popleft()
-                if self.read_paused and len(self.messages) < self.settings.ws_max_queue // 2 + 1:
-                    self.read_paused = False
-                    if not self.closed:
-                        self.transport.resume_reading()
+                if self.read_paused and len(self.messages) <= self.settings.ws_max_queue // 2:
+                    self.read_on()
                 return message
-            if self.closed or self.server.state is State.CLOSED or self.state in (DENYING, CLOSED):
+            if self.closed or self.done or self.state in (DENYING, CLOSED):
                 return {"type": "websocket.disconnect", "code": self.close_code, "reason": self.close_reason}
             self.waiter = waiter = self.loop.create_future()
             try:
@@ -205,14 +142,13 @@ class WebSocket(asyncio.Protocol):
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "websocket.send":
-            if self.state != OPEN or self.closed or self.server.state is not State.OPEN:
+            if self.state != OPEN or self.closed or self.close_sent or self.done:
                 raise ClientDisconnected("the WebSocket is closed")
             text = message.get("text")
             if text is not None:
-                self.server.send_text(text.encode())
+                self.transport.write(data_frame(TEXT, text.encode(), self.extensions))
             else:
-                self.server.send_binary(message.get("bytes") or b"")
-            self.flush()
+                self.transport.write(data_frame(BINARY, message.get("bytes") or b"", self.extensions))
             if self.write_paused and not self.closed:
                 waiter = self.loop.create_future()
                 self.drain_waiters.append(waiter)
@@ -252,17 +188,9 @@ class WebSocket(asyncio.Protocol):
         if subprotocol:
             headers["Sec-WebSocket-Protocol"] = subprotocol
         for name, value in message.get("headers") or ():
-            headers[name.decode(_ENCODING)] = value.decode(_ENCODING)
-        server = self.server
-        server.send_response(self.response)
-        # The handshake was parsed by httptools, never fed to ServerProtocol: its parser, still waiting
-        # for a request, restarts in the OPEN state, where it reads frames.
-        server.parser = server.parse()
-        next(server.parser)
-        self.flush()
-        if self.early:
-            early, self.early = self.early, b""
-            self.data_received(early)
+            headers[name.decode(ENCODING)] = value.decode(ENCODING)
+        self.transport.write(self.response.serialize())
+        self.read_on()  # frames that came before the accept, then what follows
         if self.pending_close:
             self.close(self.pending_close, "")
 
@@ -285,101 +213,159 @@ class WebSocket(asyncio.Protocol):
             self.close_transport()
         self.shared.counted()
 
-    # -- the connection ---------------------------------------------------------------------------
-
-    def peer(self) -> str:
-        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
-
-    def flush(self) -> None:
-        for data in self.server.data_to_send():
-            if self.closed:
-                return
-            if data:
-                self.transport.write(data)
-            else:  # the closing handshake is over: the server closes the TCP connection
-                self.close_transport()
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake with `code` (the app, a drain, or the end of the app's call)."""
-        if self.closed or self.server.state is not State.OPEN:
-            return
-        self.server.send_close(code, reason)
-        self.closing_since = self.shared.clock or 1.0
-        self.flush()
-
-    def close_transport(self) -> None:
-        if not self.closed:
-            self.transport.close()
+    # -- reading frames ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
-        if server.state is State.CONNECTING:  # a client that did not wait for the 101
-            self.early += data
-            if not self.read_paused:
-                self.read_paused = True
-                self.transport.pause_reading()
-            return
-        server.receive_data(data)
+        if self.done:
+            return  # after the close (or a failure): what the client still sends is discarded
         self.last_seen = self.shared.clock
         self.ping_sent = 0.0  # any traffic shows the peer is alive
-        for frame in server.events_received():
-            if not isinstance(frame, Frame):
-                continue  # (a Request: only in the CONNECTING state, which ended at accept)
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                self.fragment_text = opcode is Opcode.TEXT
-                if frame.fin:
-                    self.deliver(bytes(frame.data))
-                else:
-                    self.fragments = [bytes(frame.data)]
-            elif opcode is Opcode.CONT:
-                self.fragments.append(bytes(frame.data))
-                if frame.fin:
-                    data, self.fragments = b"".join(self.fragments), []
-                    self.deliver(data)
-            elif opcode is Opcode.CLOSE:
-                rcvd = server.close_rcvd
-                if rcvd is not None:
-                    self.close_code, self.close_reason = rcvd.code, rcvd.reason
-        self.flush()
-        if server.state is State.CLOSED:
+        self.reader.buffer += data
+        if self.read_paused:
+            return  # (bytes in flight when reading paused: read when it resumes)
+        self.read_frames()
+
+    def read_frames(self) -> None:
+        """Act on each complete frame buffered, until none is left or reading must pause.
+
+        Hot path: a message is queued for the app and the app woken once per read. Reading pauses
+        while the app has --ws-max-queue messages waiting, while the client reads nothing of what is
+        written to it (pongs included: pause_writing), and until the app has accepted.
+        """
+        reader = self.reader
+        messages = self.messages
+        queued = False
+        while True:
+            if self.held():
+                self.read_off()
+                break
+            try:
+                event = reader.next()
+            except Failure as failure:
+                self.fail(failure.code, failure.reason)
+                break
+            if event is None:
+                break
+            kind, data = event
+            if kind == TEXT:
+                messages.append({"type": "websocket.receive", "text": data})
+                queued = True
+            elif kind == BINARY:
+                messages.append({"type": "websocket.receive", "bytes": data})
+                queued = True
+            elif kind == PING:
+                self.transport.write(frame(PONG, data))
+            elif kind == CLOSE:
+                self.close_received(data)
+                break
+            # (PONG: any traffic counts as a sign of life; see data_received)
+        if queued or self.done:
             self.wake()
 
-    def deliver(self, data: bytes) -> None:
-        if self.fragment_text:
-            try:
-                message: dict[str, Any] = {"type": "websocket.receive", "text": data.decode()}
-            except UnicodeDecodeError:
-                self.server.fail(1007, "invalid UTF-8")
-                return
-        else:
-            message = {"type": "websocket.receive", "bytes": data}
-        self.messages.append(message)
-        if len(self.messages) >= self.settings.ws_max_queue and not self.read_paused:
+    def held(self) -> bool:
+        """Whether reading must wait: for the accept, for the app to take messages, for the client to read."""
+        return self.state == CONNECTING or self.write_paused or len(self.messages) >= self.settings.ws_max_queue
+
+    def read_off(self) -> None:
+        if not self.read_paused and not self.closed:
             self.read_paused = True
             self.transport.pause_reading()
-        self.wake()
+
+    def read_on(self) -> None:
+        """Resume reading (frames already buffered first), unless it must stay paused."""
+        if self.closed or self.done or self.held():
+            return
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.read_frames()
+
+    def close_received(self, close: Close) -> None:
+        """The client's close frame: echo it (unless ours went first), then close the TCP connection."""
+        self.close_code, self.close_reason = close.code, close.reason
+        if not self.close_sent:
+            self.close_sent = True
+            self.transport.write(frame(CLOSE, b"" if close.code == 1005 else close.serialize()))
+        self.hang_up()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): a close frame with `code`, then the TCP close."""
+        if not self.close_sent:
+            self.close_sent = True
+            self.transport.write(close_frame(code, reason))
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """End the connection once the close frames are out: the server closes TCP first (RFC 6455 7.1.1).
+
+        Half-closed, so that bytes the client sends meanwhile (the rest of a message too large) are read
+        and dropped rather than turn the close into a reset that could destroy the close frame; the
+        transport closes at the client's end of file, or after CLOSE_TIMEOUT.
+        """
+        self.done = True
+        self.reader.abandon()
+        self.wake()  # the app gets the messages queued, then the disconnect
+        self.closing_since = self.shared.clock or 1.0
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            try:
+                self.transport.write_eof()
+                return
+            except (OSError, RuntimeError):
+                pass
+        self.close_transport()
 
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # -- writing ------------------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with `code` (the app, a drain, or the end of the app's call)."""
+        if self.closed or self.close_sent or self.done:
+            return
+        data = close_frame(code, reason)  # (a code that may not be sent raises, to the app)
+        self.close_sent = True
+        self.transport.write(data)
+        self.closing_since = self.shared.clock or 1.0
+
+    def close_transport(self) -> None:
+        if not self.closed:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.read_paused and not self.closed:
+            self.loop.call_soon(self.read_on)  # (not from inside the transport's write)
+
+    # -- the connection ---------------------------------------------------------------------------
+
+    def peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
+
     def eof_received(self) -> bool | None:
-        self.server.receive_eof()
-        self.flush()
-        return None
+        # The client hung up: after the closing handshake, as expected; before it, abnormally (1006).
+        self.done = True
+        self.wake()
+        return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
-        if self.server.state is not State.CLOSED:
-            with contextlib.suppress(Exception):
-                self.server.receive_eof()
-        rcvd = self.server.close_rcvd
-        if rcvd is None:
-            self.close_code, self.close_reason = 1006, ""
+        self.done = True
+        self.reader.abandon()
         self.wake()
         self.resume_writing()
         if self.state == CONNECTING:
@@ -392,16 +378,6 @@ class WebSocket(asyncio.Protocol):
             self.counted_out = True
             self.shared.closed(self)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
     # -- what the server calls: the once-a-second sweep and the drain -------------------------------
 
     def sweep(self, now: float) -> None:
@@ -411,13 +387,14 @@ class WebSocket(asyncio.Protocol):
             if now - self.closing_since >= CLOSE_TIMEOUT:
                 self.transport.abort()
             return
-        if self.server.state is not State.OPEN:
+        if self.state != OPEN or self.done:
             return
         settings = self.settings
         left = self.transport.get_write_buffer_size()
         if left:
             # The client is still taking what was sent: a ping would wait behind it, so no ping clock
-            # runs; a client that takes nothing for --timeout-write is dropped.
+            # runs; a client that takes nothing for --timeout-write is dropped, even while what waits
+            # for it grows (pongs to a ping flood).
             if self.ping_sent:
                 self.ping_sent = now
             if write_stalled(self, left, now, settings.timeout_write):
@@ -429,13 +406,11 @@ class WebSocket(asyncio.Protocol):
         if self.ping_sent:
             if settings.ws_ping_timeout and now - self.ping_sent >= settings.ws_ping_timeout:
                 log_line(f"closed a WebSocket from {self.peer()}: no pong for {settings.ws_ping_timeout:g} s")
-                self.server.fail(1011, "keepalive ping timeout")
-                self.flush()
+                self.fail(1011, "keepalive ping timeout")
                 self.transport.abort()
         elif settings.ws_ping_interval and now - self.last_seen >= settings.ws_ping_interval:
             self.ping_sent = now
-            self.server.send_ping(b"prun")
-            self.flush()
+            self.transport.write(frame(PING, b"prun"))
 
     def drain(self) -> None:
         """The server drains: the WebSocket gets the drain window, then close_if_idle closes it."""
