@@ -125,6 +125,13 @@ def call(home: Home, command: str, **args: Any) -> dict[str, Any]:
     return request(home, json.dumps({"id": 1, "command": command, "args": args}).encode() + b"\n")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (for an app that must get the same port again)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def get(port: int, path: str = "/", timeout: float = 10.0) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon_support import Home, HttpLoad, get
+from tests.daemon_support import Home, HttpLoad, free_port, get
 from tests.support import APPS, wait_until
 
 HTTP_APP = ("greeter:app", "--lifespan", "off", "-b", "127.0.0.1:0")
@@ -260,14 +260,6 @@ def ask_child(port: int, command: str) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(f"{command}\n".encode())
         return int(sock.makefile().readline().split()[0])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_what_a_killed_master_left_is_stopped_with_the_app_and_its_port_is_free(home: Home) -> None:

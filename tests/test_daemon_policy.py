@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import Home, get
+from tests.daemon_support import Home, free_port, get
 from tests.support import Prun, wait_until
 
 APP = ("greeter:app", "--lifespan", "off")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def refused(port: int) -> bool:
