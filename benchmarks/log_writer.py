@@ -37,7 +37,7 @@ def main() -> None:
     err = os.path.join(directory, "app-err.log")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    writer = subprocess.Popen([sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out,
+    writer = subprocess.Popen([sys.executable, "-m", "prun.cluster.daemon.logwriter", str(out_r), str(err_r), out,
                                err, "--max-size", args.max_size, "--retain", "100000"], pass_fds=(out_r, err_r))
     os.close(out_r)
     os.close(err_r)

@@ -316,9 +316,11 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     return {**log_spec(given, cwd),
             "name": name or default_name(target, "fork", words), "target": target, "mode": "fork", "cwd": cwd,
             "namespace": namespace, "instances": count, "command": words, "env": dict(env),
-            "graceful_timeout": graceful, "autorestart": autorestart}
+            "graceful_timeout": graceful, "autorestart": autorestart,
+            "run_args": run_arguments({k: options[k] for k in FORK_LOG_OPTIONS if k in options})}
 
 
+FORK_LOG_OPTIONS = ("log_format", "log_json_time", "log_max_line")  # what a fork-mode supervisor's relay takes
 LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
                "log_date_format")
 

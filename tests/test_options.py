@@ -19,7 +19,7 @@ from tests.support import prun_command
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # WorkerOptions fields the master sets itself; they are not options a user gives.
-MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header"}
+MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd"}
 
 
 def test_config_has_one_field_per_option_of_the_defaults_type():
@@ -80,7 +80,9 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "cron_restart": "0 3 * * *", "merge_logs": False,
                "certfile": "c.pem", "keyfile": "k.pem", "keyfile_password": "pw", "ca_certs": "ca.pem",
                "cert_reqs": "required", "ciphers": "ECDHE+AESGCM",
-               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3}
+               "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
+               "log_json_time": "epoch", "log_max_line": 4096, "access_log_format": "%(h)s %(s)s",
+               "access_log_file": "a.log"}
     assert set(samples) == {option.name for option in OPTIONS if option.file}
     assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
     toml = tmp_path / "prun.toml"

@@ -7,7 +7,8 @@ It plays the master's part for processes prun does not serve: it keeps N copies 
 at 15 s, reset after 30 s up), and answers the master's signals: HUP restarts the instances one by one,
 TTIN/TTOU add or remove one, TERM/INT stop them all (TERM, then KILL after --kill-timeout). Under the
 daemon it speaks the master's control channel (cluster/control.py): the same requests and events, an
-instance being a worker. Instances share the supervisor's stdout and stderr (the app's log files).
+instance being a worker. Each instance writes into pipes of its own, which the supervisor's output relay
+(cluster/output.py) reads, as a master does its workers': whole lines, --log-format json records.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from prun.cluster import control
+from prun.cluster import control, output
 from prun.cluster.daemon.tree import die_with_parent, reap_adopted
 from prun.cluster.supervision import become_subreaper
 from prun.cluster.worker import describe_exit as describe
@@ -48,7 +49,8 @@ class Instance:
 
 
 class ForkSupervisor:
-    def __init__(self, command: list[str], instances: int, kill_timeout: float) -> None:
+    def __init__(self, command: list[str], instances: int, kill_timeout: float,
+                 logs: argparse.Namespace | None = None) -> None:
         self.command = command
         self.kill_timeout = kill_timeout
         self.instances = [Instance(i) for i in range(instances)]
@@ -60,6 +62,8 @@ class ForkSupervisor:
         self.booted = False
         self.generation = 1
         self.control: control.ControlServer | None = None
+        self.logs = logs
+        self.output: output.OutputRelay | None = None
 
     def emit(self, event: control.Event) -> None:
         if self.control is not None:
@@ -72,16 +76,56 @@ class ForkSupervisor:
         env = dict(os.environ, PRUN_INSTANCE=str(instance.index))
         try:
             # an instance dies with its supervisor (a SIGKILLed one leaves none running unmanaged)
-            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+            pipes = self.output_pipes()
+            try:
+                proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
+                                        stdout=pipes["stdout"][1] if pipes else None,
+                                        stderr=pipes["stderr"][1] if pipes else None)
+            finally:
+                for _, write_end in pipes.values():
+                    os.close(write_end)
         except OSError as exc:
             log(f"cannot start instance {instance.index} ({self.command[0]}): {exc.strerror}")
             self.schedule(instance)
             return None
+        self.relay_output(instance, proc.pid, pipes)
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
         log(f"instance {instance.index} (pid {proc.pid}) started")
         self.emit(control.WorkerStarted(instance.index, proc.pid, self.generation))
         return proc
+
+    # ---- output: each instance's own pipes, read by the relay -----------------------------------------
+
+    def start_output(self, under_daemon: bool) -> None:
+        """Under the daemon, the instances' lines reach the log writer whole, through the relay."""
+        if under_daemon and self.logs is not None:
+            self.output = output.for_supervisor(self.loop, self.logs.name, self.logs.log_format,
+                                                self.logs.log_json_time, self.logs.log_max_line)
+
+    def output_pipes(self) -> dict[str, tuple[int, int]]:
+        """{'stdout' | 'stderr': (read end, write end)} for a new instance; none without a relay."""
+        if self.output is None:
+            return {}
+        pipes: dict[str, tuple[int, int]] = {}
+        try:
+            for stream in ("stdout", "stderr"):
+                pipes[stream] = os.pipe()
+        except OSError:
+            for ends in pipes.values():
+                for fd in ends:
+                    os.close(fd)
+            raise
+        return pipes
+
+    def relay_output(self, instance: Instance, pid: int, pipes: dict[str, tuple[int, int]]) -> None:
+        if self.output is not None and pipes:
+            self.output.attach({read_end: stream for stream, (read_end, _) in pipes.items()}, instance.index, pid)
+
+    def close_output(self) -> None:
+        if self.output is not None:
+            self.output.close()
+            self.output = None
 
     def schedule(self, instance: Instance) -> float:
         delay = min(BACKOFF_CAP, BACKOFF_FIRST * BACKOFF_FACTOR**instance.failures)
@@ -125,6 +169,7 @@ class ForkSupervisor:
                        signal.SIGTTOU, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
         become_subreaper()
+        self.start_output(control_fd is not None)
         if control_fd is not None:
             self.control = control.ControlServer(control_fd, self.loop, self.answer)
             self.control.start()
@@ -138,6 +183,7 @@ class ForkSupervisor:
         finally:
             if self.control is not None:
                 self.control.close()
+            self.close_output()
 
     async def answer(self, request: control.Request) -> control.Reply:
         """A request of the daemon's control channel, answered once done."""
@@ -255,12 +301,22 @@ class ForkSupervisor:
         self.reap()
 
 
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `prun start` a fork-mode app's output takes (the daemon passes them from its spec)."""
+    from prun.cluster.options import BY_NAME
+
+    for name in ("log_format", "log_json_time", "log_max_line"):
+        option = BY_NAME[name]
+        parser.add_argument(option.long, type=option.parse, default=option.default)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prun-fork")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--kill-timeout", type=float, default=5.0)
     parser.add_argument("--name", default="")
     parser.add_argument("--control-fd", type=int, default=None)
+    add_log_arguments(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -274,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
     async def run() -> int:
-        return await ForkSupervisor(command, max(1, args.instances), args.kill_timeout).run(args.control_fd)
+        return await ForkSupervisor(command, max(1, args.instances), args.kill_timeout, args).run(args.control_fd)
 
     sys.exit(asyncio.run(run()))
 

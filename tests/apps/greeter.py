@@ -4,7 +4,8 @@
     SLOW_BOOT=SECONDS     sleep while importing
 
 GET /say?TEXT prints `said TEXT` on stdout; GET /child starts a `sleep` that inherits the worker's stdout
-and stderr (the log pipes) and answers its pid.
+and stderr (the log pipes) and answers its pid. GET /raise raises ValueError (an exception in a request);
+GET /json?TEXT prints a JSON object on stdout; GET /print-traceback prints a traceback on stderr itself.
 """
 
 import os
@@ -31,6 +32,19 @@ async def app(scope, receive, send):
                 return
     if scope["path"] == "/say":
         print(f"said {scope['query_string'].decode()}", flush=True)
+    if scope["path"] == "/raise":
+        raise ValueError(f"boom {scope['query_string'].decode()}")
+    if scope["path"] == "/json":
+        import json
+
+        print(json.dumps({"event": "greeted", "text": scope["query_string"].decode(), "level": "warning"}), flush=True)
+    if scope["path"] == "/print-traceback":
+        import traceback
+
+        try:
+            {}["missing"]
+        except KeyError:
+            traceback.print_exc()
     if scope["path"] == "/child":
         import subprocess
 
