@@ -8,8 +8,8 @@ Every record is one JSON object on one line:
 - `worker` is the worker's slot (a fork-mode instance's index), null for the master's own lines; `stream`
   is stdout, stderr or access.
 - `level`: the master's own level; for a printed line, from its first word when it is a level as Python's
-  logging writes it (`WARNING:root:...`, `ERROR: ...`) or prun's (`prun: warning: ...`), else info on stdout
-  and error on stderr.
+  logging writes it (`WARNING:root:...`, `ERROR: ...`) or prun's (`prun: warning: ...`: a line of prun's own,
+  `message` without that prefix), else info on stdout and error on stderr.
 - A line that is a JSON object is that object, with `time`, `level`, `app`, `worker`, `pid`, `stream`
   added where it has none (its own `app`, `worker`, `pid` and `stream` give way to prun's).
 - A Python traceback (`Traceback (most recent call last):` to its exception line, chained ones included)
@@ -65,7 +65,10 @@ class Records:
                 if fields:
                     record.update(fields)
                 return encode(record)
-        return self.event(level_of(text, stream), text, worker, pid, stream, now, fields)
+        level = level_of(text, stream)
+        if worker is None and text.startswith("prun: "):  # the master's (supervisor's) own: its words only
+            text = text[6:].removeprefix(f"{level}: ")
+        return self.event(level, text, worker, pid, stream, now, fields)
 
     def traceback(self, lines: list[str], worker: int | None, pid: int, stream: str, now: float) -> bytes:
         while lines and not lines[-1]:

@@ -17,10 +17,11 @@ import gzip
 import os
 from dataclasses import dataclass, field
 
-from prun.cluster.daemon.logfiles import IDX_ENTRY, IDX_HEADER, parse_index
+from prun.cluster.daemon.logfiles import IDX_ENTRY, IDX_HEADER, Index, parse_index
 
 Line = tuple[bytes, float | None]
 SCAN_MISSES = 3  # rotated files looked for past the last one found (a rotation may be under way)
+ROTATED_TRIES = 20  # scans for rotated files the writer renamed while they were read
 
 
 @dataclass(eq=False)
@@ -70,6 +71,7 @@ class Opened:
     inode: int
     generation: int
     timeline: Timeline
+    waited: bool = False  # read once without its index (its writer was writing it): not again
 
     def close(self) -> None:
         os.close(self.fd)
@@ -83,7 +85,7 @@ def open_log_file(path: str) -> Opened | None:
         return None
     inode = os.fstat(fd).st_ino
     timeline = index_of(path, inode)
-    generation = parse_index(os.pread(timeline.idx, IDX_HEADER.size, 0))[0] if timeline.idx >= 0 else 0
+    generation = parse_index(os.pread(timeline.idx, IDX_HEADER.size, 0)).generation if timeline.idx >= 0 else 0
     return Opened(fd, inode, generation, timeline)
 
 
@@ -106,11 +108,12 @@ class Follower:
             inode = os.stat(self.path).st_ino
         except OSError:
             inode = 0  # between a rename and the new file: read on in the one held
-        if self.file is not None and inode == self.file.inode and self.file.timeline.idx < 0:
-            self.file.timeline = index_of(self.path, inode)  # written just after the file appeared
-            if self.file.timeline.idx >= 0:
-                self.file.generation = parse_index(os.pread(self.file.timeline.idx, IDX_HEADER.size, 0))[0]
         current = open_log_file(self.path) if inode and (self.file is None or inode != self.file.inode) else None
+        if current is not None and self.file is not None and self.file.generation and not current.generation \
+                and not self.file.waited:
+            current.close()  # its index is being written (its inode may be an older file's): the next read
+            current = None
+            self.file.waited = True
         if current is not None:  # rotated (maybe several times), or created since
             if self.file is not None:
                 self._rotated(self.file, current, lines)
@@ -127,31 +130,42 @@ class Follower:
     def _rotated(self, held: Opened, current: Opened, lines: list[Line]) -> None:
         """The rest of the file held, then every file rotated after it and before `current`, in order.
 
-        Files are told apart by the inode in their index's header (a rotated file's index keeps the inode
-        of the file it was, compressed or not): no other file has the inode of one held open. An index of an
-        older, compressed file may name it too (the inode was free, and used again): the newest is the one."""
-        rotated = scan_indexes(self.path)
-        by_inode: dict[int, tuple[int, list[tuple[int, float]]]] = {}
-        for _, generation, inode, entries in sorted(rotated, key=lambda found: found[1]):
-            by_inode[inode] = (generation, entries)
-        after = held.generation or by_inode.get(held.inode, (0, []))[0]
+        Files are told apart by generation and inode, as their indexes note them: no other file has the inode
+        of one held open (an index of an older file, compressed since, may name that inode, free again then:
+        the newest is the one), and a rotated file read is the one its index names (plain or gzipped), or it
+        is looked for again: the writer may be renaming them meanwhile."""
+        indexes = scan_indexes(self.path)
+        by_inode: dict[int, Index] = {}
+        for _, index in sorted(indexes, key=lambda found: found[1].generation):
+            by_inode[index.inode] = index
+        after = held.generation or (by_inode[held.inode].generation if held.inode in by_inode else 0)
         if held.timeline.idx < 0 and held.inode in by_inode:
-            held.timeline = timeline_of(by_inode[held.inode][1])
+            held.timeline = timeline_of(by_inode[held.inode].entries)
+        held.waited = True  # its rest is read now, timed or not: it is being left
         self._read_rest(held, lines)
         if not after:
             return  # the file held had no index: which rotated files are newer cannot be told
-        before = current.generation  # (0: its index is not written yet; rotated since, if an index names it)
-        if not before:
-            before = by_inode[current.inode][0] if by_inode.get(current.inode, (0, []))[0] > after else 1 << 62
-        newer = sorted((generation, k, entries) for k, generation, _, entries in rotated if after < generation < before)
-        for _, k, entries in newer:
-            data = read_rotated(f"{self.path}.{k}")
-            if data is not None:
-                self._take(data, 0, timeline_of(entries), lines)
-        if before < 1 << 62:
-            self.missed += max(before - after - 1 - len(newer), 0)
+        before = current.generation or 1 << 62  # (0: a file without an index yet, after a read's wait)
+        wanted = set(range(after + 1, before)) if before < 1 << 62 else None
+        found: dict[int, tuple[bytes, Index]] = {}
+        for _ in range(ROTATED_TRIES):
+            for k, index in indexes:
+                if after < index.generation < before and index.generation not in found:
+                    data = read_rotated(f"{self.path}.{k}", index)
+                    if data is not None:
+                        found[index.generation] = (data, index)
+            if wanted is None or wanted <= set(found):
+                break
+            indexes = scan_indexes(self.path)  # renamed while read: look again
+        for generation in sorted(found):
+            data, index = found[generation]
+            self._take(data, 0, timeline_of(index.entries), lines)
+        if wanted is not None:
+            self.missed += len(wanted - set(found))
 
     def _read_rest(self, file: Opened, lines: list[Line]) -> None:
+        if file.timeline.idx < 0 and not file.timeline.offsets and not self._find_times(file):
+            return
         data = read_from(file.fd, self.offset)
         if data:
             file.timeline.update()
@@ -179,21 +193,36 @@ class Follower:
                 self.partial_time = timeline.at(offset + start)
             self.partial += data[start:]
 
+    def _find_times(self, file: Opened) -> bool:
+        """A file opened before its index was there: its index now (at the path, or rotated since, found by the
+        inode it names). False the first time none is found: its lines wait a read for their times."""
+        timeline = index_of(self.path, file.inode)
+        if timeline.idx >= 0:
+            file.timeline = timeline
+            file.generation = parse_index(os.pread(timeline.idx, IDX_HEADER.size, 0)).generation
+            return True
+        named = [index for _, index in scan_indexes(self.path) if index.inode == file.inode]
+        if named:
+            newest = max(named, key=lambda index: index.generation)
+            file.timeline, file.generation = timeline_of(newest.entries), newest.generation
+            return True
+        waited, file.waited = file.waited, True
+        return waited  # (a file with no index at all, one older prun wrote: read untimed)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
 
 
-def scan_indexes(path: str) -> list[tuple[int, int, int, list[tuple[int, float]]]]:
-    """(k, generation, inode, entries) of each rotated file's index, <path>.1.idx on (a few missing are passed:
-    a rotation may be moving them)."""
+def scan_indexes(path: str) -> list[tuple[int, Index]]:
+    """(k, index) of each rotated file, <path>.1.idx on (a few missing are passed: a rotation may be moving them)."""
     found = []
     k, misses = 1, 0
     while misses < SCAN_MISSES:
-        generation, inode, entries = parse_index(read_from_path(f"{path}.{k}.idx"))
-        if generation:
-            found.append((k, generation, inode, entries))
+        index = parse_index(read_from_path(f"{path}.{k}.idx"))
+        if index.generation:
+            found.append((k, index))
             misses = 0
         else:
             misses += 1
@@ -215,8 +244,8 @@ def index_of(path: str, inode: int) -> Timeline:
         timeline.idx = os.open(path + ".idx", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return timeline
-    found, indexed, _ = parse_index(os.pread(timeline.idx, IDX_HEADER.size, 0))
-    if not (found and indexed == inode):
+    found = parse_index(os.pread(timeline.idx, IDX_HEADER.size, 0))
+    if not (found.generation and found.inode == inode):
         timeline.close()
     return timeline
 
@@ -239,15 +268,19 @@ def read_from_path(path: str) -> bytes:
         return b""
 
 
-def read_rotated(path: str) -> bytes | None:
-    """A rotated file, plain or gzipped (the plain one is removed only once the gzip is whole)."""
-    for attempt in (path, path + ".gz", path):
+def read_rotated(path: str, index: Index) -> bytes | None:
+    """The rotated file `index` is the index of, plain or gzipped, if it is still at `path` (checked by inode)."""
+    for name in (path, path + ".gz"):
         try:
-            with open(attempt, "rb") as fh:
-                data = fh.read()
+            fh = open(name, "rb")
         except OSError:
             continue
-        return gzip.decompress(data) if attempt.endswith(".gz") else data
+        with fh:
+            inode = os.fstat(fh.fileno()).st_ino
+            if inode != (index.gz_inode if name.endswith(".gz") else index.inode):
+                continue
+            data = fh.read()
+        return gzip.decompress(data) if name.endswith(".gz") else data
     return None
 
 

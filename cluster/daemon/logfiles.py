@@ -8,10 +8,11 @@ older ones move up, the one past --log-retain goes) between two whole lines, nev
 that arrived in pieces is finished in the file it began in.
 
 The index (`.idx`) says when the writer received each part of the file: a header (magic, the file's
-generation, the file's inode), then 16 bytes per write (the offset the write began at, the time). The
-generation goes up by one at each rotation, so a reader that followed generation G finds, after any
-number of rotations, which rotated files came after it (`prun logs -f`, follower.py); the times stamp the
-lines `prun logs --json` prints.
+generation, the file's inode, and its gzip's once compressed), then 16 bytes per write (the offset the write
+began at, the time). The generation goes up by one at each rotation, so a reader that followed generation G
+finds, after any number of rotations, which rotated files came after it, and the inodes tell it which file is
+which while rotations rename them under it (`prun logs -f`, follower.py); the times stamp the lines `prun
+logs --json` prints.
 
 A full disk (ENOSPC, EDQUOT, EFBIG) never blocks the writer: lines are dropped and counted, a short write
 is truncated back (no half line stays), one warning goes to the writer's stderr (the daemon's log), and
@@ -33,13 +34,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prun.cluster.logopen import LogFileRefused, open_log
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 IDX_MAGIC = b"prunidx1"
-IDX_HEADER = struct.Struct("<8sQQ")  # magic, generation, the log file's inode
+IDX_HEADER = struct.Struct("<8sQQQ")  # magic, generation, the log file's inode, its gzip's (0: not compressed)
+GZ_INODE_AT = 24
 IDX_ENTRY = struct.Struct("<Qd")  # offset in the log file, time (seconds since the epoch)
 
 
@@ -72,23 +74,32 @@ def rotated_indexes(path: str, retain: int) -> list[str]:
     return [f"{path}.{k}.idx" for k in range(1, retain + 2) if os.path.exists(f"{path}.{k}.idx")]
 
 
-def read_index(path: str) -> tuple[int, int, list[tuple[int, float]]]:
-    """(generation, inode of its log file, [(offset, time), ...]) of an index; (0, 0, []) if none."""
+@dataclass
+class Index:
+    """A log file's time index: its generation, the inodes it was (plain, gzipped), (offset, time) per write."""
+
+    generation: int = 0  # 0: no index
+    inode: int = 0
+    gz_inode: int = 0
+    entries: list[tuple[int, float]] = field(default_factory=list)
+
+
+def read_index(path: str) -> Index:
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError:
-        return 0, 0, []
+        return Index()
     return parse_index(data)
 
 
-def parse_index(data: bytes) -> tuple[int, int, list[tuple[int, float]]]:
+def parse_index(data: bytes) -> Index:
     if len(data) < IDX_HEADER.size or not data.startswith(IDX_MAGIC):
-        return 0, 0, []
-    _, generation, inode = IDX_HEADER.unpack_from(data)
+        return Index()
+    _, generation, inode, gz_inode = IDX_HEADER.unpack_from(data)
     body = data[IDX_HEADER.size:]
     body = body[:len(body) - len(body) % IDX_ENTRY.size]
-    return generation, inode, list(IDX_ENTRY.iter_unpack(body))
+    return Index(generation, inode, gz_inode, list(IDX_ENTRY.iter_unpack(body)))
 
 
 class LogFile:
@@ -136,13 +147,13 @@ class LogFile:
             print(f"prun: warning: {self.path}.idx: {exc.strerror}; writing no time index", file=sys.stderr,
                   flush=True)
             return
-        found, indexed, _ = parse_index(os.pread(self.idx, IDX_HEADER.size, 0))
-        if found and indexed == inode and not generation:
-            self.generation = found
+        found = parse_index(os.pread(self.idx, IDX_HEADER.size, 0))
+        if found.generation and found.inode == inode and not generation:
+            self.generation = found.generation
             return
-        self.generation = generation or max(found, self.newest_rotated_generation(), self.generation) + 1
+        self.generation = generation or max(found.generation, self.newest_rotated_generation(), self.generation) + 1
         os.ftruncate(self.idx, 0)
-        os.write(self.idx, IDX_HEADER.pack(IDX_MAGIC, self.generation, inode))
+        os.write(self.idx, IDX_HEADER.pack(IDX_MAGIC, self.generation, inode, 0))
 
     def end_line(self) -> None:
         """The file ends inside a line nobody will finish (its writer is gone): end it, so the next one starts whole."""
@@ -150,7 +161,7 @@ class LogFile:
             self._append(b"\n", time.time(), os.fstat(self.fd).st_size)
 
     def newest_rotated_generation(self) -> int:
-        return read_index(f"{self.path}.1.idx")[0]
+        return read_index(f"{self.path}.1.idx").generation
 
     def sizes(self) -> list[tuple[int, int]]:
         """[(inode, size)] of the file and its index, as they are now (the writer's journal)."""
@@ -279,12 +290,24 @@ class LogFile:
 
 
 def compress(path: str) -> None:
-    """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one)."""
+    """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one); its
+    index notes the gzip's inode before the plain file goes."""
     with (open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src,
           open(open_log(path + ".gz.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as raw,
           gzip.GzipFile(filename=os.path.basename(path), mode="wb", fileobj=raw) as dst):
         shutil.copyfileobj(src, dst)
+        gz_inode = os.fstat(raw.fileno()).st_ino
     os.replace(path + ".gz.tmp", path + ".gz")
+    try:
+        idx = open_log(path + ".idx", os.O_RDWR)
+    except OSError:
+        pass
+    else:
+        try:
+            if parse_index(os.pread(idx, IDX_HEADER.size, 0)).generation:
+                os.pwrite(idx, gz_inode.to_bytes(8, "little"), GZ_INODE_AT)
+        finally:
+            os.close(idx)
     os.unlink(path)
 
 

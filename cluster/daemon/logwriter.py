@@ -101,7 +101,7 @@ class Pipe:
             except OSError as exc:
                 if exc.errno == errno.EAGAIN:
                     return b""
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EBADF):  # (EBADF: not a pipe)
                     raise
                 self.peek = None  # no tee here: read, as other programs do
         try:
@@ -223,7 +223,8 @@ class Writer:
             return
         self.journal.save({"pipes": [pipe.inode for pipe in self.pipes], "writer": os.getpid(),
                            "pos": [[pipe.seq, pipe.lines] for pipe in self.pipes], "access": self.access,
-                           "files": [size for file in list(self.files.values()) for size in file.sizes()]})
+                           "files": [size for file in list(self.files.values()) for size in file.sizes()],
+                           "notes": self.notes})
 
     def recover(self) -> None:
         """Take over from a writer killed on these pipes: cut each file back to what its journal noted."""
@@ -234,6 +235,7 @@ class Writer:
         for pipe, (seq, lines) in zip(self.pipes, state["pos"]):
             pipe.seq, pipe.lines = seq, lines
         self.access = state.get("access", "")
+        self.notes = [*state.get("notes", []), *self.notes]  # what a writer killed before it could say
         noted = {inode: size for inode, size in state.get("files", [])}
         paths = [self.out_path, self.err_path, *worker_files(self.out_path), *worker_files(self.err_path)]
         for path in dict.fromkeys(paths + ([self.access] if self.access else [])):
@@ -382,7 +384,9 @@ class Writer:
             each.open()
 
     def close(self) -> None:
+        """Every writer of the pipes is gone: a line left unfinished is ended (nobody will finish it)."""
         for each in self.files.values():
+            each.end_line()
             each.close()
         if self.journal is not None:
             self.journal.save({})  # done: no writer will take over these pipes

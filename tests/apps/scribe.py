@@ -14,7 +14,8 @@ SCRIBE_LINES lines per process (default 1000), SCRIBE_WAYS a comma-separated cho
 
 taken in turn, line after line. SCRIBE_STREAM=stderr writes on fd 2. The last line is
 `scribe <pid> done <count>` with no newline when SCRIBE_NO_NEWLINE is set (a process that exits mid-line).
-SCRIBE_ONCE=DIR: write only in the first run of each fork-mode instance (then sleep), so a restart by the
+SCRIBE_PACE=SECONDS: a pause after every 100 lines (a writing that lasts); SCRIBE_HOLD=PATH: before the last
+line, wait until PATH exists (the test says when). SCRIBE_ONCE=DIR: write only in the first run of each fork-mode instance (then sleep), so a restart by the
 supervisor adds no lines.
 """
 
@@ -47,7 +48,10 @@ def write_all() -> None:
     pid = os.getpid()
     rng = random.Random(pid)
     text = io.TextIOWrapper(open(FD, "wb", buffering=0, closefd=False), encoding="latin-1", write_through=True)
+    pace = float(os.environ.get("SCRIBE_PACE", "0"))
     for n in range(LINES):
+        if pace and n % 100 == 99:
+            time.sleep(pace)
         way = WAYS[n % len(WAYS)]
         data = line(pid, n, way, rng)
         if way == "print":
@@ -60,6 +64,9 @@ def write_all() -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(FD, view):]
+    hold = os.environ.get("SCRIBE_HOLD")
+    while hold and not os.path.exists(hold):
+        time.sleep(0.02)
     last = b"scribe %d done %d" % (pid, LINES)
     os.write(FD, last if os.environ.get("SCRIBE_NO_NEWLINE") else last + b"\n")
 
