@@ -40,13 +40,23 @@ class Records:
     def __init__(self, app: str, time_style: str = "rfc3339") -> None:
         self.app = app
         self.time = TimeFormat(time_style)
+        self.middles: dict[tuple[str, int | None, int, str], str] = {}  # the fields between time and message
 
     def event(self, level: str, message: str, worker: int | None, pid: int, stream: str, now: float,
               fields: dict[str, Any] | None = None) -> bytes:
+        if not fields:  # hot (one call per line a worker prints): only the time and the message are encoded
+            middle = self.middles.get((level, worker, pid, stream))
+            if middle is None:
+                if len(self.middles) > 1000:  # (workers come and go)
+                    self.middles.clear()
+                middle = self.middles[(level, worker, pid, stream)] = ", " + json.dumps(
+                    {"level": level, "app": self.app, "worker": worker, "pid": pid, "stream": stream},
+                    ensure_ascii=False)[1:-1] + ', "message": '
+            text = '{"time": ' + json.dumps(self.time(now)) + middle + json.dumps(message, ensure_ascii=False) + "}\n"
+            return text.encode("utf-8", "backslashreplace")
         record: dict[str, Any] = {"time": self.time(now), "level": level, "app": self.app, "worker": worker,
                                   "pid": pid, "stream": stream}
-        if fields:
-            record.update((k, v) for k, v in fields.items() if v is not None and k not in record)
+        record.update((k, v) for k, v in fields.items() if v is not None and k not in record)
         record["message"] = message
         return encode(record)
 
