@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from prun.cluster import commands, options
 from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
+
+if TYPE_CHECKING:
+    from prun.cluster.config import Config
+    from prun.cluster.log import Log
 
 COMMANDS = ("run", *commands.NAMES)
 
@@ -41,10 +45,8 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
 
     `control_fd`: under the daemon, the listener of the master's control channel (cluster/control.py)."""
     from prun.cluster import config as config_mod
-    from prun.cluster import listeners as listeners_mod
     from prun.cluster import master
     from prun.cluster.log import Log
-    from prun.cluster.notify import Notifier
 
     signal.pthread_sigmask(signal.SIG_BLOCK, master.SIGNALS)  # held until the master handles them
     environ = dict(os.environ)
@@ -54,7 +56,24 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
         from prun.cluster.health import parse_address
 
         parse_address(config.health)
-    log = Log(config.log_format, app=config.name or config.app)
+    log = Log(config.log_format, app=config.name or config.app, json_time=config.log_json_time)
+    try:
+        return serve_logged(cli_values, environ, config, log, control_fd)
+    except PrunError as exc:
+        if log.records is None:
+            raise
+        log.error(str(exc))  # --log-format json: one record, as every other event
+        raise SystemExit(exc.code) from None
+
+
+def serve_logged(cli_values: dict[str, Any], environ: dict[str, str], config: Config, log: Log,
+                 control_fd: int | None) -> int:
+    """serve() once its log is there: open --log-file, bind, run the master."""
+    from prun.cluster import config as config_mod
+    from prun.cluster import listeners as listeners_mod
+    from prun.cluster import master
+    from prun.cluster.notify import Notifier
+
     if config.log_file:
         os.close(log.open_file(config.log_file))
     for spec in config.bind:

@@ -341,7 +341,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
             "name": name or default_name(target, "fork", shlex.split(target) if words[0] == "/bin/sh" else words),
             "target": target, "mode": "fork", "cwd": cwd, "namespace": namespace, "instances": count,
             "command": words, "env": dict(env), "autorestart": autorestart,
-            "run_args": run_arguments({k: v for k, v in options.items() if k in FORK_OPTIONS})}
+            "run_args": run_arguments({k: v for k, v in options.items() if k in FORK_OPTIONS + FORK_LOG_OPTIONS})}
     if options.get("kill_timeout"):  # PM2's name for it, in milliseconds
         spec["graceful_timeout"] = parse("kill_timeout", options["kill_timeout"], "--kill-timeout")
     elif "graceful_timeout" in options:  # else the schema's default for fork mode (PM2's kill_timeout)
@@ -375,6 +375,10 @@ def needs_shell(command: str) -> bool:
         elif char in ";&|<>()$`":
             return True
     return False
+
+FORK_LOG_OPTIONS = ("log_format", "log_json_time", "log_max_line")  # what a fork-mode supervisor's relay takes
+LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
+               "log_date_format")
 
 
 def log_spec(value: Any, cwd: str) -> dict[str, Any]:

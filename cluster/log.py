@@ -1,69 +1,53 @@
-"""The master's log: one line per event on stderr, as text or as JSON lines."""
+"""The master's log: one line per event on stderr, as text or as JSON records (cluster/logformat.py).
+
+While an output relay runs (cluster/output.py: under the daemon, --log-format json, --access-log-file),
+the lines go through it, in order with the workers' lines; before it starts and after it ends, straight to
+stderr.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-WORKER_TAG = "\x1e"  # ASCII record separator: never in a line an app prints on purpose
+from prun.cluster.logformat import Records
+
+
+class OwnOutput(Protocol):
+    """Where the master's own lines go while a relay runs (cluster/output.py's OutputRelay)."""
+
+    def own(self, stream: str, line: bytes) -> None: ...
 
 
 class Log:
-    """Writes the master's own lines; `json` gives one object per line for log collectors."""
+    """Writes the master's own lines; `json` gives one record per line for log collectors."""
 
     def __init__(self, fmt: str = "text", app: str = "", stream: TextIO | None = None,
-                 out: TextIO | None = None) -> None:
+                 json_time: str = "rfc3339") -> None:
         self.fmt = fmt
-        self.tag_workers = False  # --no-merge-logs under the daemon: WORKER_TAG slot WORKER_TAG before each line
         self.app = app
         self.stream = stream or sys.stderr
-        self.out = out or sys.stdout
+        self.records = Records(app, json_time) if fmt == "json" else None
+        self.output: OwnOutput | None = None
 
     def _write(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        if self.fmt == "json":
-            record = {"time": round(time.time(), 3), "level": level, "app": self.app, "worker": None,
-                      "pid": os.getpid(), "stream": "stderr"}
-            record.update(fields)
-            record["msg"] = message
-            line = json.dumps(record, default=str)
+        if self.records is not None:
+            data = self.records.event(level, message, None, os.getpid(), "stderr", time.time(), fields)
         else:
             line = f"prun: {message}" if level == "info" else f"prun: {level}: {message}"
             if fields.get("traceback"):
                 line += "\n" + str(fields["traceback"]).rstrip()
-        self._emit(self.stream, line)
-
-    @staticmethod
-    def _emit(stream: TextIO, line: str) -> None:
+            data = line.encode("utf-8", "backslashreplace") + b"\n"
+        if self.output is not None:
+            self.output.own("stderr", data)
+            return
         try:
-            stream.write(line + "\n")
-            stream.flush()
+            self.stream.write(data.decode("utf-8", "replace"))
+            self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed terminal must not stop the master
-
-    def worker_line(self, slot: int, pid: int, stream: str, text: str) -> None:
-        """A line a worker printed, as a JSON object (a line that is a JSON object is merged in), or as it is
-        with its worker's tag (--no-merge-logs: the daemon's log writer files it by worker)."""
-        target = self.out if stream == "stdout" else self.stream
-        if self.fmt != "json":
-            self._emit(target, f"{WORKER_TAG}{slot}{WORKER_TAG}{text}" if self.tag_workers else text)
-            return
-        record: dict[str, Any] = {"time": round(time.time(), 3), "level": "info" if stream == "stdout" else "error",
-                                  "app": self.app, "worker": slot, "pid": pid, "stream": stream}
-        parsed = None
-        if text.startswith("{"):
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-        if isinstance(parsed, dict):
-            record.update({k: v for k, v in parsed.items() if k not in record})
-        else:
-            record["msg"] = text
-        line = json.dumps(record, default=str)
-        self._emit(target, f"{WORKER_TAG}{slot}{WORKER_TAG}{line}" if self.tag_workers else line)
 
     def open_file(self, path: str) -> int:
         """Send the master's stdout and stderr (and so its workers') to `path`; the new fd. Another user's
@@ -76,7 +60,7 @@ class Log:
             from prun.cluster.errors import PrunError
 
             raise PrunError(f"cannot open log file {path}: {exc.strerror}") from None
-        for stream in (self.out, self.stream):
+        for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os.dup2(fd, 1)
         os.dup2(fd, 2)

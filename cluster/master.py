@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from prun.cluster import control
+from prun.cluster import control, output
 from prun.cluster.balance import LeastConn
 from prun.cluster.config import Config
 from prun.cluster.errors import PrunError
@@ -23,7 +23,6 @@ from prun.cluster.listeners import Listener
 from prun.cluster.log import Log
 from prun.cluster.metrics import Tally
 from prun.cluster.notify import Notifier
-from prun.cluster.output import OutputRelay
 from prun.cluster.recycling import Recycler
 from prun.cluster.rollout import Rollout, Slot
 from prun.cluster.supervision import Supervision
@@ -73,8 +72,7 @@ class Master:
         self.rollout.on_reloaded = self.tally.reloaded
         self.recycler = Recycler(lambda: self.config, self.rollout, log, self.tally, self.emit)
         self.health = HealthServer(config.health, self.is_ready, self.status, self.metrics) if config.health else None
-        log.tag_workers = not config.merge_logs and self.control is not None  # the daemon's writer files them
-        self.output = OutputRelay(self.loop, log) if config.log_format == "json" or log.tag_workers else None
+        self.output = output.for_master(config, log, self.loop, under_daemon=self.control is not None)
 
     @property
     def slots(self) -> list[Slot[WorkerProcess]]:
@@ -117,6 +115,13 @@ class Master:
                 self.health.close()
             if self.control:
                 self.control.close()
+            self.close_output()
+
+    def close_output(self) -> None:
+        """The relay's last lines are written before the master exits; later lines go straight to stderr."""
+        if self.output:
+            self.output.close()
+            self.log.output = None
 
     async def first_generation_ready(self) -> bool:
         """Wait for every first worker; if any cannot boot, stop all and end with exit code 3."""
@@ -167,6 +172,7 @@ class Master:
 
     def handle_usr1(self) -> None:
         """Reopen --log-file (after logrotate moved it) in the master and in every worker."""
+        self.reopen_access_log()
         if not self.config.log_file:
             if self.control:  # under the daemon: its log writer has the files
                 self.emit(control.ReopenLogs())
@@ -186,6 +192,16 @@ class Master:
         finally:
             os.close(fd)
         self.log.info(f"reopened log file {self.config.log_file}")
+
+    def reopen_access_log(self) -> None:
+        """Foreground --access-log-file: the master writes it, and opens it anew on USR1."""
+        if self.output and self.config.access_log_file and self.control is None:
+            try:
+                output.reopen_access_log(self.output, os.path.abspath(self.config.access_log_file))
+            except PrunError as exc:
+                self.log.error(str(exc))
+            else:
+                self.log.info(f"reopened access log file {self.config.access_log_file}")
 
     def handle_chld(self) -> None:
         self.reap()
@@ -209,11 +225,12 @@ class Master:
         listening = [listener.sock for listener in self.listeners]
         environ = dict(os.environ, **{self.config.instance_var: str(slot)})  # PM2's NODE_APP_INSTANCE
         worker = spawn(options, listening, self.loop, self.on_message, environ=environ,
-                       capture=self.output is not None)
+                       capture=self.output is not None,
+                       access=self.output is not None and bool(self.config.access_log_file))
         self.workers[worker.pid] = worker
         self.emit(control.WorkerStarted(slot, worker.pid, generation))
         if self.output:
-            self.output.attach(worker)
+            self.output.attach(worker.outputs, worker.slot, worker.pid)
         if self.balancer:
             self.balancer.add(worker)
         return worker

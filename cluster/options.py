@@ -28,6 +28,7 @@ import click
 
 from prun.cluster import names
 from prun.cluster.errors import UsageError
+from prun.runtime.logrecord import TIME_STYLES
 from prun.runtime.options import INTERFACES, WorkerOptions
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -226,6 +227,24 @@ def parse_tls_profile(value: Any) -> str:
     return Choice("modern", "intermediate")(value)
 
 
+def parse_line_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < 256:
+        raise ValueError(f"expected at least 256 bytes, got {value!r}")
+    return size
+
+
+def parse_access_log_format(value: Any) -> str:
+    """A format string of gunicorn's access log atoms, checked when read."""
+    from prun.runtime.http.logs import check_format
+
+    text = parse_str(value)
+    why = check_format(text) if text else ""
+    if why:
+        raise ValueError(why.removeprefix("invalid --access-log-format "))
+    return text
+
+
 def parse_access_log(value: Any) -> str:
     if str(value).strip().lower() in ("", "off", "false", "0"):
         return ""
@@ -390,8 +409,11 @@ class Config:
     cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
         "(six fields: seconds first).", metavar="CRON", reload=False)
     pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
-    log_format: str = option(Choice("text", "json"), "text", "json: one object per line, the workers' output "
-        "too.")
+    log_format: str = option(Choice("text", "json"), "text", "json: one JSON object per event (a line a worker or "
+        "instance prints, an exception with its traceback), with time, level, app, worker, pid, stream, message.",
+        worker=True)
+    log_json_time: str = option(Choice(*TIME_STYLES), "rfc3339", "The time of --log-format json records: RFC 3339 "
+        "with milliseconds and zone, or epoch seconds.", worker=True)
     log_file: str = option(parse_str, "", "Append the master's and workers' output to this file; USR1 reopens it "
         "(prun start: the app's out log, default $PRUN_HOME/logs/NAME-out.log).", metavar="FILE")
     error_file: str = option(parse_str, "", "prun start: the app's err log (default: --log-file if given, else "
@@ -410,6 +432,9 @@ class Config:
         "(--log-date-format).", flag=True)
     log_date_format: str = option(parse_str, "%Y-%m-%dT%H:%M:%S%z", "The strftime format of --time's prefix.",
         metavar="FORMAT")
+    log_max_line: int = option(parse_line_size, 64 << 10, "A line longer than this (bytes) is written as pieces of "
+        "at most this size, each piece after the first marked 'prun: ... continued: ' (JSON: part, partial).",
+        metavar="SIZE", shown_default="64K")
     container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
         "every child, pass the app's exit status through.", flag=True)
     health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics on this port (loopback unless a host "
@@ -439,6 +464,11 @@ class Config:
         metavar="N", worker=True, reload=True)
     access_log: str = option(parse_access_log, "", "One line per request: off, common or json.",
         shown_default="off", metavar="[off|common|json]", worker=True, reload=True)
+    access_log_format: str = option(parse_access_log_format, "", "The access log line, from gunicorn's access_log_format atoms "
+        "(README, Logs), e.g. '%(h)s \"%(r)s\" %(s)s %(M)sms'; turns --access-log common on.", metavar="FORMAT",
+        shown_default="common", worker=True, reload=True)
+    access_log_file: str = option(parse_str, "", "Write the access log to this file, not to stdout (prun start: "
+        "rotated as the other logs).", metavar="FILE")
     # TLS: every worker loads the files at boot, so a reload after renewing them serves the new ones.
     certfile: str = option(parse_str, "", "Serve TLS with this certificate (PEM, the chain after it); a reload "
         "(HUP) loads it again.", metavar="FILE", worker=True, reload=True)

@@ -79,7 +79,7 @@ class WorkerProcess:
     rate: float = 0.0  # new connections per second
     rate_since: float = 0.0  # loop time of the heartbeat the rate was last measured from
     rate_opened: int = 0  # `opened` then
-    # --log-format json: the read ends of the worker's stdout and stderr pipes
+    # the read ends of its own stdout, stderr (and access log) pipes, when the master relays its output
     outputs: dict[int, str] = field(default_factory=dict)
     # $PRUN_WORKER in its environment, inherited by what the app starts: whose a process left behind is
     token: str = field(default_factory=lambda: os.urandom(8).hex())
@@ -114,8 +114,12 @@ def spawn(
     on_message: Callable[[WorkerProcess, channel.Message, list[int]], None],
     environ: dict[str, str] | None = None,
     capture: bool = False,
+    access: bool = False,
 ) -> WorkerProcess:
-    """Start a worker as a fresh interpreter (fork+exec) with only its channel end inherited."""
+    """Start a worker as a fresh interpreter (fork+exec) with only its channel end inherited.
+
+    `capture`: its stdout and stderr are pipes of its own, read by the master's output relay (output.py);
+    `access`: its access log too (--access-log-file), on a pipe whose fd it is told in its options."""
     worker = WorkerProcess(options.slot, options.generation, loop.create_future(), loop.create_future())
     master_end, worker_end = channel.pair()
     env = dict(os.environ if environ is None else environ)
@@ -132,6 +136,12 @@ def spawn(
             worker.outputs[read_end] = stream
             child_ends.append(write_end)
             actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
+        if access:
+            read_end, write_end = os.pipe()
+            worker.outputs[read_end] = "access"
+            child_ends.append(write_end)
+            os.set_inheritable(write_end, True)
+            options.access_log_fd = write_end
     try:
         worker.pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SHIM], env, file_actions=actions)
     except OSError:

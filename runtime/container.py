@@ -308,6 +308,8 @@ def main() -> None:
     if not isinstance(msg, channel.Boot):
         os._exit(1)
     options = WorkerOptions.from_dict(msg.options)
+    if options.log_format == "json":
+        output.use_json(options.log_json_time)  # an app's exception: one record, not a line per traceback line
     listeners = [socket.socket(fileno=f) for f in fds]
     forget_in_forked_children(fd)
     try:

@@ -16,7 +16,7 @@ class WorkerOptions:
 
     Most fields are the worker rows of prun's option table (cluster/options.py), with its defaults;
     tests/test_options.py checks that they agree. The others (slot, generation, heartbeat_interval,
-    drain_idle_window, server_header) are the master's to set, not options.
+    drain_idle_window, server_header, access_log_fd) are the master's to set, not options.
     """
 
     app: str = ""
@@ -48,6 +48,10 @@ class WorkerOptions:
     limit_request_body: int = 100 * 1024 * 1024
     limit_concurrency: int = 0  # 0: unlimited
     access_log: str = ""  # "" off | "common" | "json"
+    access_log_format: str = ""  # gunicorn's access_log_format atoms ('': the Common Log Format)
+    access_log_fd: int = -1  # --access-log-file: the master's pipe for this worker's access lines (-1: stdout)
+    log_format: str = "text"  # text | json: the worker's own multi-line reports become one JSON record
+    log_json_time: str = "rfc3339"  # rfc3339 | epoch: the time of those records
     # TLS (runtime/tls.py): each worker loads the files itself at boot; no certfile: plain TCP
     certfile: str = ""
     keyfile: str = ""

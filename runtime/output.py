@@ -9,6 +9,9 @@ and 2 themselves, so when the master sends a new log fd (channel.LogFile, dup2'd
 there again at once, and `reopened()` says there how many were dropped meanwhile.
 
 Only the Python streams are guarded: a C extension or `os.write(1, ...)` still sees the error.
+
+Under --log-format json the streams also say so (`Stream.records`): what prun's own code in the worker
+writes as one event (an app's exception with its traceback, runtime/http/logs.py) is then one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import io
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from prun.runtime.logrecord import TimeFormat
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -31,8 +36,8 @@ class GuardedOutput(io.FileIO):
     Hot path: one Python call per line (line buffering), the cost of an exception only when one occurs.
     """
 
-    def __init__(self, fd: int) -> None:
-        super().__init__(fd, "wb", closefd=False)
+    def __init__(self, fd: int, closefd: bool = False) -> None:
+        super().__init__(fd, "wb", closefd=closefd)
         self.dropped = 0  # writes dropped since the last reopened()
         self.reason = ""
 
@@ -45,6 +50,20 @@ class GuardedOutput(io.FileIO):
             self.dropped += 1
             self.reason = exc.strerror or str(exc)
             return memoryview(data).nbytes
+
+
+class Stream(io.TextIOWrapper):
+    """sys.stdout or sys.stderr of a worker: `records` is the time format of JSON records under --log-format json
+    (None: text), for what prun writes there as one event."""
+
+    records: TimeFormat | None = None
+
+
+def use_json(style: str) -> None:
+    """--log-format json: prun's own multi-line reports on these streams become one JSON record each."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, Stream):
+            stream.records = TimeFormat(style)
 
 
 def install() -> list[GuardedOutput]:
@@ -62,8 +81,8 @@ def install() -> list[GuardedOutput]:
         except (OSError, ValueError):
             continue
         guard = GuardedOutput(fd)
-        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(guard), encoding=stream.encoding, errors=stream.errors,
-                                            line_buffering=True, write_through=False))
+        setattr(sys, name, Stream(io.BufferedWriter(guard), encoding=stream.encoding, errors=stream.errors,
+                                  line_buffering=True, write_through=False))
         guards.append(guard)
     return guards
 

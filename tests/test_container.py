@@ -142,14 +142,14 @@ def test_socket_activation_uses_the_passed_socket(prun):
 
 def test_json_logs_from_master_and_workers(prun):
     master = prun("lifecycle:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-format", "json", "--name", "shop")
-    master.wait_for(r'"msg": "ready: 2 workers')
+    master.wait_for(r'"message": "ready: 2 workers')
     wait_until(lambda: master.output.count("a line on stderr") == 2, what="both workers' stderr")
     records = [json.loads(line) for line in master.output.splitlines()]  # every line parses
     assert all(r["app"] == "shop" and "time" in r and "pid" in r and "stream" in r for r in records)
     workers = [r for r in records if r["worker"] is not None]
     assert {r["worker"] for r in workers} == {0, 1}
     assert {r["stream"] for r in workers} == {"stdout", "stderr"}
-    assert any(r["msg"] == f"app imported in pid {r['pid']}" for r in workers)
+    assert any(r["message"] == f"app imported in pid {r['pid']}" for r in workers)
     master.signal(signal.SIGTERM)
     assert master.wait_exit() == 0
 

@@ -56,7 +56,7 @@ def run_writer(out_path: Path, err_path: Path) -> subprocess.CompletedProcess[st
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r),
+        proc = subprocess.Popen([sys.executable, "-m", "prun.cluster.daemon.logwriter", str(out_r), str(err_r),
                                  str(out_path), str(err_path), "--name", "t"],
                                 pass_fds=(out_r, err_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)

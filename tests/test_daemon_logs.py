@@ -194,7 +194,7 @@ def test_json_logs_under_the_daemon(home: Home) -> None:
     out = os.path.join(home.path, "logs", "api-out.log")
     wait_until(lambda: "said json" in open(out).read(), what="the request's line")
     records = [json.loads(line) for line in open(out).read().splitlines()]
-    said = next(r for r in records if r["msg"] == "said json")
+    said = next(r for r in records if r["message"] == "said json")
     assert said["app"] == "api" and said["stream"] == "stdout" and said["worker"] in (0, 1)
     home.prun("reload", "api")  # returns once the daemon read the JSON "reload complete" line
     assert home.app("api")["status"] == "online"
@@ -214,7 +214,7 @@ def test_no_merge_logs_gives_each_worker_its_files(home: Home) -> None:
     assert "said" not in open(os.path.join(logs, "api-out.log")).read()
     assert "greeter says hello on stderr" in open(os.path.join(logs, "api-err-0.log")).read()
     assert "prun: ready: 2 workers" in open(os.path.join(logs, "api-err.log")).read()  # the master's own lines
-    assert "\x1e" not in "".join(open(os.path.join(logs, f)).read() for f in os.listdir(logs))
+    assert "\x1e" not in "".join(open(os.path.join(logs, f)).read() for f in os.listdir(logs) if f.endswith(".log"))
     shown = home.prun("logs", "api", "--nostream", "--lines", "30").stdout
     assert shown.count("said n") == 20
     home.prun("flush", "api")

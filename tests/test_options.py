@@ -20,7 +20,7 @@ from tests.support import prun_command
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # WorkerOptions fields the master sets itself; they are not options a user gives.
-MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header"}
+MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd"}
 
 
 def test_config_has_one_field_per_option_of_the_defaults_type():
@@ -86,7 +86,8 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "max_restarts": 4, "min_uptime": "500ms", "restart_delay": "2s", "exp_backoff_restart_delay": 250,
                "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
                "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",
-               "interpreter": "python3"}
+               "interpreter": "python3", "log_json_time": "epoch", "log_max_line": 4096,
+               "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log"}
     parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25,  # PM2's milliseconds
               "kill_timeout": 3.0}
     assert set(samples) == {option.name for option in OPTIONS if option.file}

@@ -1,14 +1,14 @@
 """`prun logs [NAME|ID|all] [--lines N] [--nostream] [--json]`: the tail of apps' logs, then what they print next.
 
 Reads the apps' log files itself (the RPC only resolves NAME: `describe` gives the paths); each line is
-prefixed with the app's name, as PM2 does, or printed as one JSON object (--json). Follows across a
-rotation (the rest of the rotated file first, then the new one) and a truncation (`prun flush`).
+prefixed with the app's name, as PM2 does, or printed as one JSON object (--json) with the time the log
+writer received it (from the file's time index). Follows across any number of rotations, compressed ones
+too (cluster/daemon/follower.py), and a truncation (`prun flush`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -21,35 +21,34 @@ FOLLOW_INTERVAL = 0.1
 
 def tail(path: str, lines: int) -> tuple[list[str], int]:
     """The last `lines` lines of a file, and the offset its end is at."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            fh.seek(max(0, end - max(lines, 1) * 512))
-            data = fh.read(end - fh.tell())
-    except OSError:
-        return [], 0
-    text = data.decode("utf-8", "replace").splitlines()
-    return (text[-lines:] if lines else []), end
+    from prun.cluster.daemon.follower import tail as timed_tail
+
+    shown, end = timed_tail(path, lines)
+    return [line.decode("utf-8", "replace") for line, _ in shown], end
 
 
 @click.command("logs")
 @click.argument("target", required=False, default="all")
 @click.option("--lines", default=15, show_default=True, type=click.IntRange(min=0), help="Lines of tail to show.")
 @click.option("--nostream", is_flag=True, help="Print the tail and exit.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: app, stream, time, message.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: app, stream, time, message "
+              "(time: when the log writer received the line, seconds since the epoch).")
 def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
     """Show apps' logs: the last lines, then follow (across rotations)."""
-    from prun.cluster.daemon.logfiles import Follower, worker_files
+    from prun.cluster.daemon.follower import Follower
+    from prun.cluster.daemon.follower import tail as timed_tail
+    from prun.cluster.daemon.logfiles import worker_files
 
     rows: list[dict[str, Any]] = client().describe(target)
     if target != "all" and not rows:
         raise click.ClickException(f"no app {target!r}")
     width = max((len(r["name"]) for r in rows), default=0)
 
-    def echo(name: str, stream: str, line: str) -> None:
+    def echo(name: str, stream: str, raw: bytes, when: float | None) -> None:
+        line = raw.decode("utf-8", "replace")
         if as_json:
-            click.echo(json.dumps({"app": name, "stream": stream, "time": round(time.time(), 3), "message": line}))
+            click.echo(json.dumps({"app": name, "stream": stream, "time": None if when is None else round(when, 3),
+                                   "message": line}))
         else:
             click.echo(f"{name:<{width}} | {line}")
 
@@ -58,19 +57,23 @@ def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
         main = list(dict.fromkeys(row["logs"]))
         for stream, path in [*zip(("out", "err"), main), *((s, w) for s, p in zip(("out", "err"), main)
                                                           for w in worker_files(p))]:
-            shown, end = tail(path, lines)
+            shown, end = timed_tail(path, lines)
             if shown and not as_json:
                 click.echo(f"==> {path} <==")
-            for line in shown:
-                echo(row["name"], stream, line)
+            for line, when in shown:
+                echo(row["name"], stream, line, when)
             followed.append((row["name"], stream, Follower(path, end)))
     if nostream:
         return
     try:
         while True:
             for name, stream, follower in followed:
-                for raw in follower.read():
-                    echo(name, stream, raw.decode("utf-8", "replace"))
+                for line, when in follower.read():
+                    echo(name, stream, line, when)
+                if follower.missed:
+                    click.echo(f"prun: {follower.missed} rotated files of {follower.path} were removed before they "
+                               "could be read (--log-retain)", err=True)
+                    follower.missed = 0
             time.sleep(FOLLOW_INTERVAL)
     except KeyboardInterrupt:
         pass

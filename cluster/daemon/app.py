@@ -117,7 +117,7 @@ class App:
             timeout = f"{min(spec.graceful_timeout, 30.0):g}"
             return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
                     "--kill-timeout", timeout, "--name", spec.name, "--control-fd", str(control_fd),
-                    *([] if spec.autorestart else ["--no-autorestart"]), *spec.run_args, "--", *spec.command]
+                    *([] if spec.autorestart else ["--no-autorestart"]), *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
         binds = [arg for fd in self.fds for arg in ("-b", f"fd://{fd}")]
         return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, "-i", spec.instances,
                 "--name", spec.name, *binds, "--control-fd", str(control_fd)]

@@ -10,8 +10,9 @@ master's restart policy (--max-restarts, --min-uptime, --restart-delay, --exp-ba
 one, TTIN/TTOU add or remove one, TERM/INT stop them all: --kill-signal (SIGINT, as PM2) to each
 instance's process group, then SIGKILL after --kill-timeout. It is online once every instance has run for
 --min-uptime. Under the daemon it speaks the master's control channel (cluster/control.py): the same
-requests and events, an instance being a worker. Instances share the supervisor's stdout and stderr (the
-app's log files).
+requests and events, an instance being a worker. Each instance writes into pipes of its own,
+which the supervisor's output relay (cluster/output.py) reads, as a master does its workers': whole lines,
+--log-format json records.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prun.cluster import control
+from prun.cluster import control, output
 from prun.cluster.daemon.tree import die_with_parent, reap_adopted
 from prun.cluster.supervision import become_subreaper, restart_delay
 from prun.cluster.worker import describe_exit as describe
@@ -55,7 +56,8 @@ class Instance:
 
 class ForkSupervisor:
     def __init__(self, command: list[str], instances: int, kill_timeout: float,
-                 policy: dict[str, Any] | None = None, autorestart: bool = True) -> None:
+                 policy: dict[str, Any] | None = None, autorestart: bool = True,
+                 logs: argparse.Namespace | None = None) -> None:
         from prun.cluster.options import values_in
 
         self.command = command
@@ -75,6 +77,8 @@ class ForkSupervisor:
         self.online = False
         self.generation = 1
         self.control: control.ControlServer | None = None
+        self.logs = logs
+        self.output: output.OutputRelay | None = None
 
     def emit(self, event: control.Event) -> None:
         if self.control is not None:
@@ -88,8 +92,15 @@ class ForkSupervisor:
         try:
             # an instance dies with its supervisor (a SIGKILLed one leaves none running unmanaged); it leads a
             # process group, which the kill signal goes to (a shell and what it runs, together)
-            proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, process_group=0,
-                                    preexec_fn=die_with_parent())
+            pipes = self.output_pipes()
+            try:
+                proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, process_group=0,
+                                        preexec_fn=die_with_parent(),
+                                        stdout=pipes["stdout"][1] if pipes else None,
+                                        stderr=pipes["stderr"][1] if pipes else None)
+            finally:
+                for _, write_end in pipes.values():
+                    os.close(write_end)
         except OSError as exc:
             why = f"cannot start instance {instance.index} ({self.command[0]}): {exc.strerror}"
             log(why)
@@ -99,11 +110,44 @@ class ForkSupervisor:
             else:
                 self.schedule(instance)
             return None
+        self.relay_output(instance, proc.pid, pipes)
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
         log(f"instance {instance.index} (pid {proc.pid}) started")
         self.emit(control.WorkerStarted(instance.index, proc.pid, self.generation))
         return proc
+
+    # ---- output: each instance's own pipes, read by the relay -----------------------------------------
+
+    def start_output(self, under_daemon: bool) -> None:
+        """Under the daemon, the instances' lines reach the log writer whole, through the relay."""
+        if under_daemon and self.logs is not None:
+            self.output = output.for_supervisor(self.loop, self.logs.name, self.logs.log_format,
+                                                self.logs.log_json_time, self.logs.log_max_line)
+
+    def output_pipes(self) -> dict[str, tuple[int, int]]:
+        """{'stdout' | 'stderr': (read end, write end)} for a new instance; none without a relay."""
+        if self.output is None:
+            return {}
+        pipes: dict[str, tuple[int, int]] = {}
+        try:
+            for stream in ("stdout", "stderr"):
+                pipes[stream] = os.pipe()
+        except OSError:
+            for ends in pipes.values():
+                for fd in ends:
+                    os.close(fd)
+            raise
+        return pipes
+
+    def relay_output(self, instance: Instance, pid: int, pipes: dict[str, tuple[int, int]]) -> None:
+        if self.output is not None and pipes:
+            self.output.attach({read_end: stream for stream, (read_end, _) in pipes.items()}, instance.index, pid)
+
+    def close_output(self) -> None:
+        if self.output is not None:
+            self.output.close()
+            self.output = None
 
     def schedule(self, instance: Instance) -> float:
         delay = restart_delay(self.policy["restart_delay"], self.policy["exp_backoff_restart_delay"],
@@ -192,6 +236,7 @@ class ForkSupervisor:
                        signal.SIGTTOU, signal.SIGCHLD):
             self.loop.add_signal_handler(signum, self.dispatch, signum)
         become_subreaper()
+        self.start_output(control_fd is not None)
         if control_fd is not None:
             self.control = control.ControlServer(control_fd, self.loop, self.answer)
             self.control.start()
@@ -204,6 +249,7 @@ class ForkSupervisor:
         finally:
             if self.control is not None:
                 self.control.close()
+            self.close_output()
 
     async def answer(self, request: control.Request) -> control.Reply:
         """A request of the daemon's control channel, answered once done."""
@@ -328,6 +374,15 @@ def _killpg(pgid: int, signum: int) -> None:
         pass
 
 
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `prun start` a fork-mode app's output takes (the daemon passes them from its spec)."""
+    from prun.cluster.options import BY_NAME
+
+    for name in ("log_format", "log_json_time", "log_max_line"):
+        option = BY_NAME[name]
+        parser.add_argument(option.long, type=option.parse, default=option.default)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prun-fork")
     parser.add_argument("--instances", type=int, default=1)
@@ -335,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="")
     parser.add_argument("--control-fd", type=int, default=None)
     parser.add_argument("--no-autorestart", action="store_true")
+    add_log_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args, policy_args = parser.parse_known_args(argv[:split])  # the rest: options of prun run (POLICY)
@@ -352,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         from prun.cluster.options import values_in
 
         supervisor = ForkSupervisor(command, max(1, args.instances), args.kill_timeout,
-                                    values_in(policy_args, POLICY), not args.no_autorestart)
+                                    values_in(policy_args, POLICY), not args.no_autorestart, args)
         return await supervisor.run(args.control_fd)
 
     sys.exit(asyncio.run(run()))

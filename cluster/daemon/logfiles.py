@@ -1,50 +1,48 @@
-"""An app's log files under the daemon: one writer process per master, rotation, and reading them back.
+"""An app's log files under the daemon: written by whole lines, rotated between lines, each with its time index.
 
-    master + workers ──stdout pipe──▶ log writer ──▶ <name>-out.log  (.1 .2.gz ... on rotation)
-                     ──stderr pipe──▶  (this file) ──▶ <name>-err.log
+    <name>-out.log      the file         <name>-out.log.1  .2.gz ...  rotated (--log-retain, --log-compress)
+    <name>-out.log.idx  its time index   <name>-out.log.1.idx ...     rotated with it, never compressed
 
-The master and its workers write into two pipes; one writer process (started by the daemon, in its own
-session, so it outlives neither the master nor depends on the daemon) reads them and is the only process
-that writes the files. Because it is the only writer, a rotation (rename, open anew) happens between two
-whole lines: a line written in one write(2) of at most PIPE_BUF bytes (4096, atomic on a pipe) appears
-exactly once, whole, in exactly one file. When every writer has closed the pipes (the master and its
-workers are gone), it writes what is left and exits. A flock on the out file's `.lock` keeps a new writer
-(a restarted master's) from writing before the last one has finished.
+One process writes them: the app's log writer (logwriter.py). Rotation renames <path> to <path>.1 (the
+older ones move up, the one past --log-retain goes) between two whole lines, never inside one: a line
+that arrived in pieces is finished in the file it began in.
 
-A full disk (ENOSPC, EDQUOT, EFBIG) never blocks the pipes: lines are dropped and counted, a short write
+The index (`.idx`) says when the writer received each part of the file: a header (magic, the file's
+generation, the file's inode, and its gzip's once compressed), then 16 bytes per write (the offset the write
+began at, the time). The generation goes up by one at each rotation, so a reader that followed generation G
+finds, after any number of rotations, which rotated files came after it, and the inodes tell it which file is
+which while rotations rename them under it (`prun logs -f`, follower.py); the times stamp the lines `prun
+logs --json` prints.
+
+A full disk (ENOSPC, EDQUOT, EFBIG) never blocks the writer: lines are dropped and counted, a short write
 is truncated back (no half line stays), one warning goes to the writer's stderr (the daemon's log), and
-once a write succeeds again a line in the err log says how many were dropped. SIGUSR1 reopens the files
-(after an external logrotate moved them).
+once a write succeeds again a line in the file says how many were dropped.
 
-Log files are opened through `open_log` (cluster/logopen.py: by this writer, a foreground master's
---log-file, `prun flush`; the daemon should create them with it too): another user's symlink at a log path is not followed, another
-user's file is not written into (root is no other user). The writer refuses to start on one (one line on
-its stderr, exit 1); on a reopen it keeps its old file.
-
-Rotated files are <path>.1 (plain: the newest, still being read by followers), then <path>.2[.gz] ...
-up to --log-retain; `Follower` reads a file on across a rotation, from where it was.
+Log files are opened through `open_log` (cluster/logopen.py): another user's symlink at a log path is not
+followed, another user's file is not written into (root is no other user). A refused first open raises
+LogFileRefused; a refused reopen keeps the old file.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import fcntl
 import gzip
 import os
-import selectors
 import shutil
-import signal
+import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prun.cluster.logopen import LogFileRefused, open_log
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-READ_SIZE = 65536
-LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
+IDX_MAGIC = b"prunidx1"
+IDX_HEADER = struct.Struct("<8sQQQ")  # magic, generation, the log file's inode, its gzip's (0: not compressed)
+GZ_INODE_AT = 24
+IDX_ENTRY = struct.Struct("<Qd")  # offset in the log file, time (seconds since the epoch)
 
 
 @dataclass
@@ -71,56 +69,148 @@ def rotated(path: str, retain: int) -> list[str]:
     return found
 
 
-class LogFile:
-    """One log file, written by whole lines only, rotated between lines."""
+def rotated_indexes(path: str, retain: int) -> list[str]:
+    """The time indexes of the rotated files of `path` that exist."""
+    return [f"{path}.{k}.idx" for k in range(1, retain + 2) if os.path.exists(f"{path}.{k}.idx")]
 
-    def __init__(self, path: str, rotation: Rotation) -> None:
+
+@dataclass
+class Index:
+    """A log file's time index: its generation, the inodes it was (plain, gzipped), (offset, time) per write."""
+
+    generation: int = 0  # 0: no index
+    inode: int = 0
+    gz_inode: int = 0
+    entries: list[tuple[int, float]] = field(default_factory=list)
+
+
+def read_index(path: str) -> Index:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return Index()
+    return parse_index(data)
+
+
+def parse_index(data: bytes) -> Index:
+    if len(data) < IDX_HEADER.size or not data.startswith(IDX_MAGIC):
+        return Index()
+    _, generation, inode, gz_inode = IDX_HEADER.unpack_from(data)
+    body = data[IDX_HEADER.size:]
+    body = body[:len(body) - len(body) % IDX_ENTRY.size]
+    return Index(generation, inode, gz_inode, list(IDX_ENTRY.iter_unpack(body)))
+
+
+class LogFile:
+    """One log file, written by whole lines only, rotated between lines, with its time index."""
+
+    def __init__(self, path: str, rotation: Rotation, on_open: Callable[[LogFile], None] | None = None) -> None:
         self.path = path
         self.rotation = rotation
+        self.on_open = on_open  # the writer's journal notes each file it may write into (logwriter.py)
         self.fd = -1
+        self.idx = -1
+        self.generation = 0
         self.day = ""
+        self.open_line = False  # the file ends inside a line: the next write finishes it first, here
+        self.owner: object = None  # what wrote that unfinished line (only it may write here until it ends)
         self.dropped = 0  # lines lost to a full disk, not yet reported
         self.reason = ""
         self.compressor: threading.Thread | None = None
         self.open()
 
-    def open(self) -> None:
+    def open(self, generation: int = 0) -> None:
         """Open the file (again); a refused reopen keeps the old file (a refused first open raises)."""
         try:
-            fd = open_log(self.path)
+            fd = open_log(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # (read: does it end inside a line?)
         except LogFileRefused as exc:
             if self.fd < 0:
                 raise
             print(f"prun: warning: {exc.strerror}; still writing to the file it was", file=sys.stderr, flush=True)
             return
-        if self.fd >= 0:
-            os.close(self.fd)
+        self.close_fds()
         self.fd = fd
         st = os.fstat(self.fd)
         self.day = time.strftime("%Y-%m-%d", time.localtime(st.st_mtime if st.st_size else time.time()))
+        self.open_line = bool(st.st_size) and os.pread(self.fd, 1, st.st_size - 1) != b"\n"
+        self.owner = None
+        self.open_index(st.st_ino, generation)
+        if self.on_open is not None:
+            self.on_open(self)
 
-    def write(self, data: bytes) -> bool:
-        """Append whole lines, rotating between two lines as needed; False (and counted) if the disk refused."""
+    def open_index(self, inode: int, generation: int) -> None:
+        """The file's time index: kept if it is this file's, else begun anew with a new generation."""
+        try:
+            self.idx = open_log(self.path + ".idx", os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except OSError as exc:  # (another user's link there): the lines are written all the same, untimed
+            print(f"prun: warning: {self.path}.idx: {exc.strerror}; writing no time index", file=sys.stderr,
+                  flush=True)
+            return
+        found = parse_index(os.pread(self.idx, IDX_HEADER.size, 0))
+        if found.generation and found.inode == inode and not generation:
+            self.generation = found.generation
+            return
+        self.generation = generation or max(found.generation, self.newest_rotated_generation(), self.generation) + 1
+        os.ftruncate(self.idx, 0)
+        os.write(self.idx, IDX_HEADER.pack(IDX_MAGIC, self.generation, inode, 0))
+
+    def end_line(self) -> None:
+        """The file ends inside a line nobody will finish (its writer is gone): end it, so the next one starts whole."""
+        if self.open_line:
+            self._append(b"\n", time.time(), os.fstat(self.fd).st_size)
+
+    def newest_rotated_generation(self) -> int:
+        return read_index(f"{self.path}.1.idx").generation
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """[(inode, size)] of the file and its index, as they are now (the writer's journal)."""
+        found = []
+        for fd in (self.fd, self.idx):
+            if fd >= 0:
+                st = os.fstat(fd)
+                found.append((st.st_ino, st.st_size))
+        return found
+
+    def write(self, data: bytes, when: float, progress: Callable[[int], None] | None = None) -> bool:
+        """Append `data` (whole lines; it may begin with the rest of a line the file ends in, and end inside one),
+        rotating between lines as needed; `progress(lines)` is told, before each rotation, how many of data's
+        lines are in the file. False if the disk refused some (they are counted)."""
         size = os.fstat(self.fd).st_size  # not kept: `prun flush` may truncate the file under us
-        if size and self.rotation.daily and time.strftime("%Y-%m-%d") != self.day:
-            self.rotate()
+        done = 0
+        if self.open_line:  # the rest of a line already begun here goes here, whatever the size
+            end = data.find(b"\n") + 1 or len(data)
+            if not self._append(data[:end], when, size):
+                self.dropped += data.count(b"\n", end)
+                return False
+            size += end
+            done = int(data[end - 1:end] == b"\n")
+            data = data[end:]
+        if size and self.rotation.daily and time.strftime("%Y-%m-%d") != self.day and data:
+            self._rotate_after(done, progress)
             size = 0
         limit = self.rotation.max_size
-        while limit and size + len(data) > limit:
+        while limit and data and size + len(data) > limit:
             cut = data.rfind(b"\n", 0, max(limit - size, 0)) + 1  # the lines that still fit
             if not cut and not size:
                 cut = data.find(b"\n") + 1 or len(data)  # one line longer than a whole file: alone in one
-            if cut and not self._append(data[:cut], data.count(b"\n", 0, cut), size):
+            if cut and not self._append(data[:cut], when, size):
                 self.dropped += data.count(b"\n", cut)
                 return False
+            done += data.count(b"\n", 0, cut)
             data = data[cut:]
-            if not data:
+            if not data or self.open_line:
                 return True
-            self.rotate()
+            self._rotate_after(done, progress)
             size = 0
-        return self._append(data, data.count(b"\n"), size) if data else True
+        return self._append(data, when, size) if data else True
 
-    def _append(self, data: bytes, lines: int, size: int) -> bool:
+    def _rotate_after(self, done: int, progress: Callable[[int], None] | None) -> None:
+        if progress is not None:
+            progress(done)
+        self.rotate()
+
+    def _append(self, data: bytes, when: float, size: int) -> bool:
         view = memoryview(data)
         try:
             while view:
@@ -132,9 +222,15 @@ class LogFile:
             if not self.dropped:
                 print(f"prun: warning: {self.path}: {exc.strerror}: dropping log lines until it can be written",
                       file=sys.stderr, flush=True)
-            self.dropped += lines
+            self.dropped += data.count(b"\n")
             self.reason = exc.strerror or str(exc)
             return False
+        self.open_line = not data.endswith(b"\n")
+        if self.idx >= 0:
+            try:
+                os.write(self.idx, IDX_ENTRY.pack(size, when))
+            except OSError:  # a full disk: the lines are there, their time is not
+                pass
         return True
 
     def rotate(self) -> None:
@@ -143,106 +239,76 @@ class LogFile:
         if self.compressor is not None:
             self.compressor.join()
             self.compressor = None
-        for k in range(retain, 0, -1):
-            for suffix in ("", ".gz"):
-                old = f"{self.path}.{k}{suffix}"
-                if os.path.exists(old):
-                    if k == retain:
-                        os.unlink(old)
-                    else:
-                        os.replace(old, f"{self.path}.{k + 1}{suffix}")
-        try:
-            if retain:
-                os.replace(self.path, f"{self.path}.1")
+        for k, suffix in self.rotated_now():
+            old = f"{self.path}.{k}{suffix}"
+            if k >= retain:
+                os.unlink(old)
             else:
-                os.unlink(self.path)
-        except FileNotFoundError:  # moved away already (an external logrotate without USR1)
-            pass
-        self.open()
+                os.replace(old, f"{self.path}.{k + 1}{suffix}")
+        for suffix in ("", ".idx"):
+            try:
+                if retain:
+                    os.replace(self.path + suffix, f"{self.path}.1{suffix}")
+                else:
+                    os.unlink(self.path + suffix)
+            except FileNotFoundError:  # moved away already (an external logrotate without USR1)
+                pass
+        self.open(self.generation + 1)
         second = f"{self.path}.2"
         if self.rotation.compress and os.path.exists(second):
             self.compressor = threading.Thread(target=compress, args=(second,), daemon=True)
             self.compressor.start()
 
+    def rotated_now(self) -> list[tuple[int, str]]:
+        """(k, suffix) of <path>.k, .k.gz, .k.idx as they are, the oldest first (one listing, whatever --log-retain)."""
+        directory, base = os.path.split(self.path)
+        found: set[tuple[int, str]] = set()
+        for name in os.listdir(directory or "."):
+            if name.startswith(base + "."):
+                number, _, suffix = name[len(base) + 1:].partition(".")
+                if number.isdigit() and suffix in ("", "gz", "idx"):
+                    found.add((int(number), "." + suffix if suffix else ""))
+                elif number.isdigit() and suffix == "gz.tmp":  # a compression cut short (a killed writer): the
+                    os.unlink(os.path.join(directory, name))  # plain file is whole still
+        for k, suffix in list(found):
+            if suffix == ".gz" and (k, "") in found:  # compressed, and killed before the plain one was removed
+                os.unlink(f"{self.path}.{k}")
+                found.discard((k, ""))
+        return sorted(found, reverse=True)
+
+    def close_fds(self) -> None:
+        for fd in (self.fd, self.idx):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.idx = -1
+
     def close(self) -> None:
         if self.compressor is not None:
             self.compressor.join()
             self.compressor = None
-        if self.fd >= 0:  # (once: a refused worker's file is the app's file under a second name)
-            os.close(self.fd)
-            self.fd = -1
+        self.close_fds()  # (once: a refused worker's file is the app's file under a second name)
 
 
 def compress(path: str) -> None:
-    """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one)."""
+    """path -> path.gz, atomically (a reader sees the plain file or the whole gzip, never half of one); its
+    index notes the gzip's inode before the plain file goes."""
     with (open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src,
           open(open_log(path + ".gz.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as raw,
           gzip.GzipFile(filename=os.path.basename(path), mode="wb", fileobj=raw) as dst):
         shutil.copyfileobj(src, dst)
+        gz_inode = os.fstat(raw.fileno()).st_ino
     os.replace(path + ".gz.tmp", path + ".gz")
+    try:
+        idx = open_log(path + ".idx", os.O_RDWR)
+    except OSError:
+        pass
+    else:
+        try:
+            if parse_index(os.pread(idx, IDX_HEADER.size, 0)).generation:
+                os.pwrite(idx, gz_inode.to_bytes(8, "little"), GZ_INODE_AT)
+        finally:
+            os.close(idx)
     os.unlink(path)
-
-
-class Stream:
-    """One pipe, read into whole lines for its file (or, --split, for its workers' files)."""
-
-    def __init__(self, fd: int, out: LogFile, stamp: str, files: Files | None = None) -> None:
-        self.fd = fd
-        self.out = out
-        self.stamp = stamp  # strftime format of a prefix (--time), or ''
-        self.files = files  # --split: lines tagged with a worker go to that worker's file
-        self.partial = b""
-
-    def read(self) -> bool:
-        """Write the whole lines that arrived; False at EOF (every writer closed the pipe)."""
-        data = os.read(self.fd, READ_SIZE)
-        if not data:
-            if self.partial:
-                self.dispatch(self.partial + b"\n")
-                self.partial = b""
-            return False
-        buffered = self.partial + data
-        cut = buffered.rfind(b"\n") + 1
-        self.partial = buffered[cut:]
-        if cut:
-            self.dispatch(buffered[:cut])
-        return True
-
-    def dispatch(self, chunk: bytes) -> None:
-        if self.files is None or TAG not in chunk:
-            self.emit(self.out, chunk)
-            return
-        batches: dict[str, list[bytes]] = {}
-        for line in chunk.splitlines(keepends=True):
-            if line.startswith(TAG) and line.count(TAG) >= 2:
-                _, slot, line = line.split(TAG, 2)
-                path = worker_file(self.out.path, int(slot)) if slot.isdigit() else self.out.path
-            else:
-                path = self.out.path
-            batches.setdefault(path, []).append(line)
-        for path, lines in batches.items():
-            try:
-                out = self.files.get(path)
-            except LogFileRefused as exc:  # a worker's own file: its lines go to the app's file instead
-                print(f"prun: warning: {exc.strerror}; its lines go to {self.out.path}", file=sys.stderr, flush=True)
-                out = self.files[path] = self.out
-            self.emit(out, b"".join(lines))
-
-    def emit(self, out: LogFile, chunk: bytes) -> None:
-        if self.stamp:
-            prefix = time.strftime(self.stamp).encode() + b" "
-            chunk = b"".join(prefix + line if not line.startswith(b"{") else line
-                             for line in chunk.splitlines(keepends=True))
-        dropped = out.dropped
-        if not dropped:
-            out.write(chunk)
-        elif out.write(f"prun: warning: {dropped} log lines were dropped ({out.reason})\n".encode() + chunk):
-            out.dropped -= dropped  # space is back: the file says first what was lost
-        else:
-            out.dropped -= 1  # that note was not one of the app's lines
-
-
-TAG = b"\x1e"  # cluster/log.py's WORKER_TAG
 
 
 def worker_file(path: str, slot: int) -> str:
@@ -267,162 +333,12 @@ def worker_files(path: str) -> list[str]:
 class Files(dict[str, LogFile]):
     """The open log files by path, opened on first use."""
 
-    def __init__(self, rotation: Rotation) -> None:
+    def __init__(self, rotation: Rotation, on_open: Callable[[LogFile], None] | None = None) -> None:
         super().__init__()
         self.rotation = rotation
+        self.on_open = on_open
 
     def get(self, path: str) -> LogFile:  # type: ignore[override]
         if path not in self:
-            self[path] = LogFile(path, self.rotation)
+            self[path] = LogFile(path, self.rotation, self.on_open)
         return self[path]
-
-
-def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
-          split: bool = False) -> None:
-    """Copy the two pipes into their files until both reach EOF."""
-    lock = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:  # the writer of the master before this one finishes when its last process closed the pipes
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:  # something the old master started keeps them open: go on anyway
-                print(f"prun: warning: {out_path}: the previous log writer is still running; writing too",
-                      file=sys.stderr, flush=True)
-                break
-            time.sleep(0.02)
-    files = Files(rotation)
-    streams = {fd: Stream(fd, files.get(path), stamp, files if split else None)
-               for fd, path in ((out_fd, out_path), (err_fd, err_path))}
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    reopen = [False]
-
-    def on_usr1(signum: int, frame: object) -> None:
-        reopen[0] = True
-
-    signal.signal(signal.SIGUSR1, on_usr1)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead, counted as a full disk
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    selector = selectors.DefaultSelector()
-    for fd in streams:
-        selector.register(fd, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
-    while streams:
-        for key, _ in selector.select():
-            if key.fd == wake_r:
-                try:
-                    os.read(wake_r, 512)
-                except BlockingIOError:
-                    pass
-                continue
-            if not streams[key.fd].read():
-                selector.unregister(key.fd)
-                os.close(key.fd)
-                del streams[key.fd]
-        if reopen[0]:
-            reopen[0] = False
-            for each in files.values():
-                each.open()
-    for each in files.values():
-        each.close()
-
-
-class Follower:
-    """Reads a log file on from an offset, across a rotation (the rest of <path>.1 first) or a truncation."""
-
-    def __init__(self, path: str, offset: int | None = None, inode: int = 0) -> None:
-        self.path = path
-        self.inode = inode or _inode(path)
-        self.offset = offset if offset is not None else _size(path)
-        self.partial = b""
-
-    def read(self, limit: int = 1 << 20) -> list[bytes]:
-        """The whole lines written since the last read (at most about `limit` bytes at a time)."""
-        data = b""
-        inode = _inode(self.path)
-        if inode != self.inode:
-            if self.inode:  # rotated (maybe more than once): the rest of the file it was, then the newer ones
-                data = self._rotated_since(limit)
-            self.inode, self.offset = inode, 0
-        elif _size(self.path) < self.offset:
-            self.offset = 0  # truncated (prun flush)
-        more = _read(self.path, self.offset, limit)
-        self.offset += len(more)
-        *lines, self.partial = (self.partial + data + more).split(b"\n")
-        return lines
-
-
-    def _rotated_since(self, limit: int) -> bytes:
-        newer: list[str] = []
-        k = 1
-        while True:
-            plain, packed = f"{self.path}.{k}", f"{self.path}.{k}.gz"
-            if _inode(plain) == self.inode:
-                chunks = [_read(plain, self.offset, limit)]
-                for path in reversed(newer):
-                    chunks.append(gzip.open(path).read() if path.endswith(".gz") else _read(path, 0, limit))
-                return b"".join(chunks)
-            if os.path.exists(plain):
-                newer.append(plain)
-            elif os.path.exists(packed):
-                newer.append(packed)
-            else:
-                return b""  # gone (compressed or removed) before it could be read
-            k += 1
-
-
-def _read(path: str, offset: int, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(limit)
-    except OSError:
-        return b""
-
-
-def _inode(path: str) -> int:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return 0
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="prun-logs", description="Write an app's output into rotated files.")
-    parser.add_argument("out_fd", type=int)
-    parser.add_argument("err_fd", type=int)
-    parser.add_argument("out_path")
-    parser.add_argument("err_path")
-    parser.add_argument("--name", default="")
-    parser.add_argument("--max-size", type=int, default=Rotation.max_size)
-    parser.add_argument("--retain", type=int, default=Rotation.retain)
-    parser.add_argument("--compress", action="store_true")
-    parser.add_argument("--daily", action="store_true")
-    parser.add_argument("--time", default="", help="strftime format of a prefix to each line")
-    parser.add_argument("--split", action="store_true", help="lines tagged with a worker go to its own file")
-    args = parser.parse_args()
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(f"prun log-writer {args.name}")
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
-              Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
-    except LogFileRefused as exc:
-        print(f"prun: error: {exc.strerror}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

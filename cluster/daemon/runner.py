@@ -210,15 +210,18 @@ class Runner:
             raise
         return out_w, err_w
 
-    def spawn_log_writer(self) -> None:
+    def spawn_log_writer(self, replacing: tuple[int, str] | None = None) -> None:
+        """The writer on the app's pipes; `replacing`: (pid, how it ended) of the one it takes over from (it
+        writes each line the dead one had not written, once, and says so in the err log)."""
         app, spec = self.app, self.app.spec
         out_path, err_path = app.log_paths(self.god.home.logs)
         out_r, err_r = app.log_fds
         rotation = Rotation(spec.log_max_size, spec.log_retain, spec.log_compress, spec.log_rotate_daily)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
+            [sys.executable, "-m", "prun.cluster.daemon.logwriter", str(out_r), str(err_r), out_path, err_path,
              "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
-             *([] if spec.merge_logs else ["--split"])],
+             *([] if spec.merge_logs else ["--split"]),
+             *(["--replacing", str(replacing[0]), "--how", replacing[1]] if replacing else [])],
             pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, env=self.helper_env())
         self.god.children[proc.pid] = proc
@@ -237,18 +240,15 @@ class Runner:
         if code == 0 or not app.log_fds:  # every writer of the pipes closed them: the writer's work is done
             self.close_log_pipes()
             return
+        how = f"with status {code}" if code is not None and code >= 0 else (
+            f"killed by {signal.Signals(-code).name}" if code is not None else "unseen")
         try:
-            self.spawn_log_writer()
+            self.spawn_log_writer(replacing=(pid, how))
         except OSError as exc:
             self.god.say(f"{app.name}: cannot start a new log writer: {exc}")
             self.close_log_pipes()  # the app's writes fail rather than block on a pipe nobody reads
             return
-        how = f"with status {code}" if code is not None and code >= 0 else (
-            f"killed by {signal.Signals(-code).name}" if code is not None else "")
-        note = (f"prun: the log writer (pid {pid}) died {how}; pid {app.log_pid} took over its pipes: nothing "
-                "still in them was lost (a line it had half written may be cut)").replace("  ", " ")
-        _append_line(app.log_paths(self.god.home.logs)[1], note)
-        self.god.say(f"{app.name}: {note[6:]}")
+        self.god.say(f"{app.name}: the log writer (pid {pid}) died {how}; pid {app.log_pid} took over its pipes")
         self.god.persist(app)
 
     def close_log_pipes(self) -> None:
@@ -681,16 +681,3 @@ def _unlink(path: str) -> None:
     except OSError:
         pass
 
-
-def _append_line(path: str, line: str) -> None:
-    """One line of prun's own at the end of a log file (never following a link: O_NOFOLLOW)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        os.write(fd, (line + "\n").encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -61,7 +61,7 @@ class Settings:
         self.root_path_bytes = self.root_path.encode()
         self.proxy_headers = options.proxy_headers
         self.trusted = TrustedProxies(options.forwarded_allow_ips)
-        self.access_log = AccessLog(options.access_log) if options.access_log else None
+        self.access_log = AccessLog.from_options(options)
         self.server_header = options.server_header
         self.drain_idle_window = options.drain_idle_window
         self.backlog = options.backlog

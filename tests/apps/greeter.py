@@ -4,7 +4,9 @@
     SLOW_BOOT=SECONDS     sleep while importing
 
 GET /say?TEXT prints `said TEXT` on stdout; GET /child starts a `sleep` that inherits the worker's stdout
-and stderr (the log pipes) and answers its pid; GET /exit?CODE ends the worker with exit code CODE.
+and stderr (the log pipes) and answers its pid; GET /exit?CODE ends the worker with exit code CODE; GET /instance?VAR
+answers the worker's instance number from $VAR (PRUN_INSTANCE by default). GET /raise raises ValueError (an exception in a request);
+GET /json?TEXT prints a JSON object on stdout; GET /print-traceback prints a traceback on stderr itself.
 """
 
 import os
@@ -39,6 +41,19 @@ async def app(scope, receive, send):
         return
     if scope["path"] == "/exit":
         os._exit(int(scope["query_string"] or b"0"))
+    if scope["path"] == "/raise":
+        raise ValueError(f"boom {scope['query_string'].decode()}")
+    if scope["path"] == "/json":
+        import json
+
+        print(json.dumps({"event": "greeted", "text": scope["query_string"].decode(), "level": "warning"}), flush=True)
+    if scope["path"] == "/print-traceback":
+        import traceback
+
+        try:
+            {}["missing"]
+        except KeyError:
+            traceback.print_exc()
     if scope["path"] == "/child":
         import subprocess
 
