@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -23,11 +24,11 @@ def rotated_files(path: str) -> list[str]:
 
 def all_lines(path: str) -> list[bytes]:
     """Every line of a log file and of its rotated files, oldest first (a last line without a newline too)."""
-    for _ in range(20):
+    for _ in range(200):
         try:
             return _all_lines(path)
-        except (FileNotFoundError, EOFError):  # rotated or compressed while read: read again
-            continue
+        except (FileNotFoundError, EOFError):  # rotated or compressed while read: read again, a moment later
+            time.sleep(0.02)  # while the writer rotates many times a second, a listing can go stale at once
     return _all_lines(path)
 
 
