@@ -22,6 +22,9 @@ on pipes its journal names cuts each file back to its noted length (a write afte
 half done) and skips the frames, and lines of a frame, the note says are written. Where tee(2) is missing
 it reads as other programs do; a frame lost with a killed writer is then counted, and said in the err log.
 
+A pipe that held little (a quiet app) is looked at again 5 ms later, not at once: a line waits that long at
+most, and a look (tee, write, journal note, take) serves several lines instead of one.
+
 SIGUSR1 reopens the files (after an external logrotate moved them). A file refused by open_log (another
 user's symlink or file) stops the writer at start (one line on its stderr, exit 1).
 """
@@ -49,6 +52,8 @@ from prun.cluster.logopen import LogFileRefused, open_log
 
 LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
 STALL_RETRY = 0.02  # a pipe holding only part of a frame is looked at again after this
+GATHER = 0.005  # a pipe that held less than QUIET bytes is looked at again after this (a line waits 5 ms at most)
+QUIET = 16 << 10
 RAW_MAX = 64 << 10  # bytes of a line without a newline, written by something else than a framing master
 SPLICE_F_NONBLOCK = 2
 
@@ -95,6 +100,8 @@ class Pipe:
 
     def look(self) -> bytes | None:
         """What the pipe holds now (b'' if nothing yet); None at EOF (empty, and every writer gone)."""
+        if self.peek is not None and not self.scratch_size:
+            self.fit()
         if self.peek is not None:
             try:
                 return self._tee()
@@ -115,10 +122,7 @@ class Pipe:
 
     def _tee(self) -> bytes | None:
         assert self.peek is not None
-        size = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
-        if size > self.scratch_size:  # the master may grow its pipes after the writer started
-            self.scratch_size = fcntl.fcntl(self.scratch[1], fcntl.F_SETPIPE_SZ, size)
-        n = self.peek(self.fd, self.scratch[1], size)
+        n = self.peek(self.fd, self.scratch[1], self.scratch_size)
         if n == 0:
             return None
         chunks = []
@@ -127,6 +131,19 @@ class Pipe:
             chunks.append(chunk)
             n -= len(chunk)
         return b"".join(chunks)
+
+    def fit(self) -> None:
+        """The scratch pipe as big as the pipe looked into: tee(2) copies the pipe's buffers, as many as the
+        scratch pipe has room for, so a frame spread over more buffers than that could never be seen whole
+        (the master grows its pipes after the writer started)."""
+        if self.peek is None:
+            return
+        try:
+            size = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
+            if size > self.scratch_size:
+                self.scratch_size = fcntl.fcntl(self.scratch[1], fcntl.F_SETPIPE_SZ, size)
+        except OSError:  # not a pipe, or this user's pipe pages are used up: read as other programs do
+            self.peek = None
 
     def take(self, count: int) -> None:
         """Take out of the pipe the `count` bytes written to the files."""
@@ -185,8 +202,8 @@ class Journal:
             return None
         return state if isinstance(state, dict) else None
 
-    def save(self, state: dict[str, Any]) -> None:
-        body = json.dumps(state, separators=(",", ":")).encode()
+    def save(self, state: dict[str, Any] | bytes) -> None:
+        body = state if isinstance(state, bytes) else json.dumps(state, separators=(",", ":")).encode()
         line = b"%08x %s\n" % (zlib.crc32(body), body)
         os.pwrite(self.fd, line.ljust(self.written), 0)  # one write; a torn one fails its CRC
         self.written = max(self.written, len(line))
@@ -221,10 +238,12 @@ class Writer:
     def commit(self) -> None:
         if self.journal is None:
             return
-        self.journal.save({"pipes": [pipe.inode for pipe in self.pipes], "writer": os.getpid(),
-                           "pos": [[pipe.seq, pipe.lines] for pipe in self.pipes], "access": self.access,
-                           "files": [size for file in list(self.files.values()) for size in file.sizes()],
-                           "notes": self.notes})
+        out, err = self.pipes  # (by hand: once a batch, the hot part of a quiet writer's work)
+        files = ",".join(f"[{inode},{length}]" for file in list(self.files.values()) for inode, length in file.sizes())
+        self.journal.save(b'{"pipes":[%d,%d],"writer":%d,"pos":[[%d,%d],[%d,%d]],"access":%s,"files":[%s],'
+                          b'"notes":%s}' % (out.inode, err.inode, os.getpid(), out.seq, out.lines, err.seq, err.lines,
+                                           json.dumps(self.access).encode(), files.encode(),
+                                           json.dumps(self.notes).encode() if self.notes else b"[]"))
 
     def recover(self) -> None:
         """Take over from a writer killed on these pipes: cut each file back to what its journal noted."""
@@ -270,7 +289,8 @@ class Writer:
         items, used = parse(data, pipe.kind, RAW_MAX)
         if not items and pipe.hung_up():  # the master exited in the middle of a frame: what came is written
             items, used = parse(data, pipe.kind, RAW_MAX, final=True)
-        if not items:
+        if not items:  # the rest of a frame is on its way (or did not fit in the scratch pipe: it will now)
+            pipe.fit()
             pipe.stalled_until = time.monotonic() + STALL_RETRY
             return
         used = self.write(pipe, items, used)
@@ -280,6 +300,8 @@ class Writer:
         self.commit()
         pipe.take(used)
         self.write_notes()
+        if used < QUIET:  # a quiet pipe: let lines gather a moment, a look (and a note) for several of them
+            pipe.stalled_until = time.monotonic() + GATHER
 
     def write(self, pipe: Pipe, items: list[Item], used: int) -> int:
         """File the items (a run of them for one file in one write); the bytes of the pipe done with."""
