@@ -53,8 +53,9 @@ for n in range(count):
     print(f"w {pid} {n:08d} {pad}")
     if rate:  # paced: a line every 1/rate s (a quiet app: each line wakes the reader alone)
         due += 1 / rate
-        if due > time.monotonic():
-            time.sleep(due - time.monotonic())
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 """
 
 
