@@ -17,8 +17,9 @@ print, one write), in these set-ups, taking turns round by round:
 A run ends when the log writer (or, for `file`, both printers) has exited: every line is on disk. Each run
 is checked: every line there once and whole. Reported per set-up: lines per second (wall time, median of
 the rounds and their spread) and the CPU time each process spent per line (from wait4's rusage, which a busy
-machine disturbs less than wall time), and per round the ratio to `file`. Writes
-benchmarks/results/log-writer.md and .json.
+machine disturbs less than wall time), and per round the ratio to `file`. Then the same set-ups paced
+(`--paced`, 1,000 lines/s per printer by default): a quiet app, whose every line wakes the relay and the
+writer alone, costs more CPU per line. Writes benchmarks/results/log-writer.md and .json.
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ from prun.cluster.options import parse_size
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("file", "relay", "relay-json")
 PRINTER = """
-import sys
+import sys, time
 sys.stdout.reconfigure(line_buffering=True, write_through=False)  # as prun's workers: one print, one write
-pid, count = sys.argv[1], int(sys.argv[2])
+pid, count, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 pad = "x" * 80
+due = time.monotonic()
 for n in range(count):
     print(f"w {pid} {n:08d} {pad}")
+    if rate:  # paced: a line every 1/rate s (a quiet app: each line wakes the reader alone)
+        due += 1 / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 """
 
 
@@ -63,18 +70,18 @@ def wait(proc: subprocess.Popen[bytes]) -> float:
     return cpu(usage)
 
 
-def printers(count: int, stdout: list[int]) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen([sys.executable, "-c", PRINTER, str(i), str(count)], stdout=fd) for i, fd in
-            enumerate(stdout)]
+def printers(count: int, stdout: list[int], rate: float = 0.0) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([sys.executable, "-c", PRINTER, str(i), str(count), str(rate)], stdout=fd)
+            for i, fd in enumerate(stdout)]
 
 
-def run(mode: str, count: int, directory: Path, max_size: str, before: str) -> dict[str, float]:
+def run(mode: str, count: int, directory: Path, max_size: str, before: str, rate: float = 0.0) -> dict[str, float]:
     """One run of a set-up: seconds, and the CPU seconds of the printers, the relay and the log writer."""
     out = directory / "app-out.log"
     began = time.perf_counter()
     if mode == "file":
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        procs = printers(count, [fd, fd])
+        procs = printers(count, [fd, fd], rate)
         os.close(fd)
         apps = sum(wait(p) for p in procs)
         return {"seconds": time.perf_counter() - began, "apps": apps, "relay": 0.0, "writer": 0.0}
@@ -89,10 +96,11 @@ def run(mode: str, count: int, directory: Path, max_size: str, before: str) -> d
     os.close(err_r)
     relay_cpu = directory / "relay-cpu.json"
     if mode == "before":
-        procs = printers(count, [out_w, out_w])
+        procs = printers(count, [out_w, out_w], rate)
     else:
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.log_writer", "--as-relay", mode,
-                                   "--lines", str(count), "--cpu-file", str(relay_cpu)], stdout=out_w, stderr=err_w)]
+                                   "--lines", str(count), "--rate", str(rate), "--cpu-file", str(relay_cpu)],
+                                  stdout=out_w, stderr=err_w)]
     os.close(out_w)
     os.close(err_w)
     spent = sum(wait(p) for p in procs)
@@ -123,7 +131,7 @@ def check(mode: str, count: int, directory: Path) -> str:
     return "" if not (lost or repeated or broken) else f"lost {lost}, repeated {repeated}, broken {broken}"
 
 
-def as_relay(mode: str, count: int, cpu_file: str) -> None:
+def as_relay(mode: str, count: int, rate: float, cpu_file: str) -> None:
     """The relay process of the `relay` set-ups: the master's output relay over two printers of its own."""
     from prun.cluster.logformat import Records
     from prun.cluster.logsink import Sink
@@ -135,7 +143,7 @@ def as_relay(mode: str, count: int, cpu_file: str) -> None:
         sink = Sink(loop, framed=True, pipe_size=pipe_size(64 << 10, json_format))
         relay = OutputRelay(loop, sink, 64 << 10, Records("bench") if json_format else None)
         ends = [os.pipe() for _ in range(2)]
-        procs = printers(count, [w for _, w in ends])
+        procs = printers(count, [w for _, w in ends], rate)
         for slot, ((read_end, write_end), proc) in enumerate(zip(ends, procs)):
             os.close(write_end)
             relay.attach({read_end: "stdout"}, slot, proc.pid)
@@ -187,6 +195,25 @@ def report(args: argparse.Namespace, runs: list[dict[str, object]], load: tuple[
     return "\n".join(lines) + "\n"
 
 
+def paced_report(args: argparse.Namespace, paced: list[dict[str, object]]) -> str:
+    """A quiet app: each line wakes the relay and the writer alone, and that costs more per line."""
+    if not paced:
+        return ""
+    total = 2 * args.paced_lines
+    lines = ["", f"Paced: each printer at {args.paced:,.0f} lines/s ({args.paced_lines:,} lines), so that each line "
+             "wakes the reader alone; CPU per line (median of the rounds; a run of no line, its processes' start-up and "
+             "exit, taken off):", "",
+             "| set-up | relay | log writer | both |", "|---|---:|---:|---:|"]
+    for mode in dict.fromkeys(str(r["mode"]) for r in paced):
+        done = [r for r in paced if r["mode"] == mode]
+        relay = statistics.median(float(r["relay"]) for r in done) * 1e6 / total  # type: ignore[arg-type]
+        writer = statistics.median(float(r["writer"]) for r in done) * 1e6 / total  # type: ignore[arg-type]
+        lines.append(f"| `{mode}` | {relay:.1f} µs | {writer:.1f} µs | {relay + writer:.1f} µs |")
+    wrong = [f"{r['mode']} round {r['round']}: {r['check']}" for r in paced if r["check"]]
+    lines += ["", "Every paced run was checked: " + ("every line once and whole." if not wrong else "; ".join(wrong))]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=100_000, help="per printer, per run")
@@ -194,11 +221,15 @@ def main() -> None:
     parser.add_argument("--max-size", default="1M", help="the log writer's --max-size (rotated files are all kept)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--before", default="", metavar="REV", help="also measure the log writer of git revision REV")
+    parser.add_argument("--paced", type=float, default=1000.0, metavar="RATE",
+                        help="also: each printer at RATE lines/s for --paced-lines lines, CPU per line (0: not)")
+    parser.add_argument("--paced-lines", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--as-relay", default="", help=argparse.SUPPRESS)
     parser.add_argument("--cpu-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.as_relay:
-        as_relay(args.as_relay, args.lines, args.cpu_file)
+        as_relay(args.as_relay, args.lines, args.rate, args.cpu_file)
         return
     args.modes = args.modes.split(",") + (["before"] if args.before else [])
     before = ""
@@ -218,13 +249,29 @@ def main() -> None:
         runs.append({"mode": mode, "round": index, **figures, "check": problem})
         print(f"  round {index}/{args.rounds} {mode:12} {2 * args.lines / figures['seconds']:12,.0f} lines/s"
               f"{'  ' + problem if problem else ''}", flush=True)
+    paced: list[dict[str, object]] = []
+    for index, mode in interleave([m for m in args.modes if m != "file"] if args.paced else [], args.rounds):
+        directory = Path(tempfile.mkdtemp(prefix="prun-logbench-"))
+        try:
+            idle = run(mode, 0, directory, args.max_size, before)  # starting and stopping, no line: taken off
+            shutil.rmtree(directory)
+            directory.mkdir()
+            figures = run(mode, args.paced_lines, directory, args.max_size, before, args.paced)
+            problem = check(mode, args.paced_lines, directory)
+        finally:
+            shutil.rmtree(directory)
+        figures.update(relay=figures["relay"] - idle["relay"], writer=figures["writer"] - idle["writer"])
+        paced.append({"mode": mode, "round": index, **figures, "check": problem})
+        print(f"  paced round {index}/{args.rounds} {mode:12} {figures['relay'] + figures['writer']:.3f} s CPU",
+              flush=True)
     if before:
         shutil.rmtree(os.path.dirname(before))
-    text = report(args, runs, (start_load, machine.loadavg()))
+    text = report(args, runs, (start_load, machine.loadavg())) + paced_report(args, paced)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "log-writer.md").write_text(text)
     (RESULTS / "log-writer.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
-                                                         "load": [start_load, machine.loadavg()], "runs": runs},
+                                                         "load": [start_load, machine.loadavg()], "runs": runs,
+                                                         "paced": paced},
                                                         indent=1))
     print(text)
 

@@ -31,7 +31,8 @@ LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "WARN": "warni
 TRACEBACK = "Traceback (most recent call last):"
 CHAINED = ("", "During handling of the above exception, another exception occurred:",
            "The above exception was the direct cause of the following exception:")
-TRACEBACK_MAX_LINES = 2000
+TRACEBACK_MAX_LINES = 2000  # a traceback held longer than this (lines, bytes) is given as it is so far
+TRACEBACK_MAX_BYTES = 256 << 10
 
 
 class Records:
@@ -111,11 +112,13 @@ class Tracebacks:
 
     def __init__(self) -> None:
         self.lines: list[str] | None = None
+        self.size = 0
         self.frames = False  # inside the frames: the exception line has not come yet
 
     def push(self, line: str) -> tuple[list[str] | None, bool]:
         """Take one line: (a traceback that is now complete, or None; whether `line` was taken into one)."""
         if self.lines is not None:
+            self.size += len(line)
             if self.frames:
                 self.lines.append(line)
                 if line and not line[0].isspace() and line != TRACEBACK:
@@ -127,16 +130,16 @@ class Tracebacks:
                 return self._bounded(), True
             done, self.lines = self.lines, None
             if line == TRACEBACK:
-                self.lines, self.frames = [line], True
+                self.lines, self.frames, self.size = [line], True, len(line)
                 return done, True
             return done, False
         if line == TRACEBACK:
-            self.lines, self.frames = [line], True
+            self.lines, self.frames, self.size = [line], True, len(line)
             return None, True
         return None, False
 
     def _bounded(self) -> list[str] | None:
-        if self.lines is not None and len(self.lines) >= TRACEBACK_MAX_LINES:
+        if self.lines is not None and (len(self.lines) >= TRACEBACK_MAX_LINES or self.size >= TRACEBACK_MAX_BYTES):
             done, self.lines, self.frames = self.lines, None, False
             return done
         return None

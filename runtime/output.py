@@ -1,7 +1,8 @@
 """A worker's stdout and stderr: whole lines, and never an exception into the app because the log is gone.
 
-A worker's fds 1 and 2 are pipes to the daemon's log writer (or the master's terminal, or a --log-file).
-If the reader dies (the log writer SIGKILLed), every write is EPIPE, and a plain `print()` raises
+A worker's fds 1 and 2 are pipes of its own that its master reads (cluster/output.py: under the daemon,
+with --log-format json or --access-log-file), or the master's terminal, or a --log-file. If the reader dies,
+every write is EPIPE, and a plain `print()` raises
 BrokenPipeError inside the app: each request of an app that prints fails, and a worker that prints at
 import cannot boot. `install()` replaces sys.stdout and sys.stderr with streams whose writes into a broken
 pipe (or a full disk: ENOSPC, EDQUOT, EFBIG) are dropped and counted instead. They still write to fds 1

@@ -22,14 +22,16 @@ def rotated_files(path: str) -> list[str]:
     return [os.path.join(directory, f) for f in found] + [path]
 
 
-def all_lines(path: str) -> list[bytes]:
+def all_lines(path: str, timeout: float = 60.0) -> list[bytes]:
     """Every line of a log file and of its rotated files, oldest first (a last line without a newline too)."""
-    for _ in range(200):
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             return _all_lines(path)
-        except (FileNotFoundError, EOFError):  # rotated or compressed while read: read again, a moment later
-            time.sleep(0.02)  # while the writer rotates many times a second, a listing can go stale at once
-    return _all_lines(path)
+        except (FileNotFoundError, EOFError):  # rotated or compressed while read: read again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _all_lines(path: str) -> list[bytes]:

@@ -52,7 +52,7 @@ def test_two_workers_writing_through_20_rotations_lose_repeat_and_split_no_line(
     wait_until(lambda: sum(line.endswith(" done") for line in all_lines(out)) == 2, timeout=60,
                what="both workers' last line")
     lines = all_lines(out)
-    rotations = len([f for f in os.listdir(os.path.dirname(out)) if f.startswith("chatty-out.log.")])
+    rotations = len([f for f in os.listdir(os.path.dirname(out)) if re.fullmatch(r"chatty-out\.log\.\d+(\.gz)?", f)])
     assert rotations >= 20, rotations
     assert any(f.endswith(".gz") for f in os.listdir(os.path.dirname(out)))
     chatty = [line for line in lines if line.startswith("chatty ")]

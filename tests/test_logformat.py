@@ -88,3 +88,11 @@ def test_a_traceback_is_held_until_its_exception_line_and_given_at_eof() -> None
         assert tracebacks.push(line) == (None, True)
     assert tracebacks.settle() is None  # still in its frames: more is coming
     assert tracebacks.settle(eof=True) == TRACE[:3]
+
+
+def test_a_traceback_that_never_ends_is_given_once_it_is_too_big() -> None:
+    tracebacks = Tracebacks()
+    tracebacks.push("Traceback (most recent call last):")
+    frame = "  " + "x" * 1000
+    given = [done for done, _ in (tracebacks.push(frame) for _ in range(400)) if done]
+    assert len(given) == 1 and 200 < len(given[0]) < 300  # at 256 KiB, not all 400 KiB held

@@ -111,6 +111,8 @@ class LogFile:
         self.on_open = on_open  # the writer's journal notes each file it may write into (logwriter.py)
         self.fd = -1
         self.idx = -1
+        self.inodes = (0, 0)  # of the file and of its index
+        self.lengths = [0, 0]  # how long they are, as this writer made them (for its journal: no fstat)
         self.generation = 0
         self.day = ""
         self.open_line = False  # the file ends inside a line: the next write finishes it first, here
@@ -136,6 +138,8 @@ class LogFile:
         self.open_line = bool(st.st_size) and os.pread(self.fd, 1, st.st_size - 1) != b"\n"
         self.owner = None
         self.open_index(st.st_ino, generation)
+        self.inodes = (st.st_ino, os.fstat(self.idx).st_ino if self.idx >= 0 else 0)
+        self.lengths = [st.st_size, os.fstat(self.idx).st_size if self.idx >= 0 else 0]
         if self.on_open is not None:
             self.on_open(self)
 
@@ -164,13 +168,9 @@ class LogFile:
         return read_index(f"{self.path}.1.idx").generation
 
     def sizes(self) -> list[tuple[int, int]]:
-        """[(inode, size)] of the file and its index, as they are now (the writer's journal)."""
-        found = []
-        for fd in (self.fd, self.idx):
-            if fd >= 0:
-                st = os.fstat(fd)
-                found.append((st.st_ino, st.st_size))
-        return found
+        """[(inode, length)] of the file and its index as this writer made them (the writer's journal; a file
+        `prun flush` emptied meanwhile is shorter: the journal never cuts a file longer)."""
+        return [(inode, length) for inode, length in zip(self.inodes, self.lengths) if inode]
 
     def write(self, data: bytes, when: float, progress: Callable[[int], None] | None = None) -> bool:
         """Append `data` (whole lines; it may begin with the rest of a line the file ends in, and end inside one),
@@ -219,6 +219,7 @@ class LogFile:
             if exc.errno not in FULL:
                 raise
             os.ftruncate(self.fd, size)  # a half-written line must not stay; truncating frees space too
+            self.lengths[0] = size
             if not self.dropped:
                 print(f"prun: warning: {self.path}: {exc.strerror}: dropping log lines until it can be written",
                       file=sys.stderr, flush=True)
@@ -226,11 +227,13 @@ class LogFile:
             self.reason = exc.strerror or str(exc)
             return False
         self.open_line = not data.endswith(b"\n")
+        self.lengths[0] = size + len(data)
         if self.idx >= 0:
             try:
                 os.write(self.idx, IDX_ENTRY.pack(size, when))
+                self.lengths[1] += IDX_ENTRY.size
             except OSError:  # a full disk: the lines are there, their time is not
-                pass
+                self.lengths[1] = os.fstat(self.idx).st_size
         return True
 
     def rotate(self) -> None:

@@ -1,7 +1,7 @@
 """An app's log writer: the one process that writes its log files, from the two pipes its master writes into.
 
     python -m prun.cluster.daemon.logwriter OUT_FD ERR_FD OUT_PATH ERR_PATH [--max-size N --retain N
-        --compress --daily --time FORMAT --split --max-line N --replacing PID --how TEXT]
+        --compress --daily --time FORMAT --split --replacing PID --how TEXT]
 
     master ──stdout pipe: frames of whole lines (its own, its workers', the access log's)──▶ writer ──▶ files
            ──stderr pipe: frames of whole lines──────────────────────────────────────────▶
@@ -16,11 +16,14 @@ OUT_PATH's `.lock` keeps a new writer (a restarted master's) from writing before
 Exactly once, across a killed writer. The daemon keeps the pipes' read ends and starts a new writer on
 them when one dies (runner.py). So that the new one neither loses nor repeats a line, a writer never takes
 bytes out of a pipe before they are in the files: it looks at what the pipe holds (tee(2) into a scratch
-pipe), writes the whole frames it finds, notes in its journal (the `.lock` file) up to which frame and
-line the files hold and how long each file is, and only then takes those bytes out. A writer that starts
+pipe, logpipe.py), writes the whole frames it finds, notes in its journal (the `.lock` file, journal.py) up
+to which frame and line the files hold and how long each file is, and only then takes those bytes out. A writer that starts
 on pipes its journal names cuts each file back to its noted length (a write after the note may have been
 half done) and skips the frames, and lines of a frame, the note says are written. Where tee(2) is missing
 it reads as other programs do; a frame lost with a killed writer is then counted, and said in the err log.
+
+A pipe that held little (a quiet app) is looked at again 5 ms later, not at once: a line waits that long at
+most, and a look (tee, write, journal note, take) serves several lines instead of one.
 
 SIGUSR1 reopens the files (after an external logrotate moved them). A file refused by open_log (another
 user's symlink or file) stops the writer at start (one line on its stderr, exit 1).
@@ -29,167 +32,23 @@ user's symlink or file) stops the writer at start (one line on its stderr, exit 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import errno
-import fcntl
 import json
 import os
-import select
 import selectors
 import signal
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
+from prun.cluster.daemon.journal import Journal, cut_back, lock
 from prun.cluster.daemon.logfiles import Files, LogFile, Rotation, worker_file, worker_files
+from prun.cluster.daemon.logpipe import STALL_RETRY, Peek, Pipe
 from prun.cluster.logframe import ACCESS, ACCESS_PATH, ERR, OUT, Item, parse
-from prun.cluster.logopen import LogFileRefused, open_log
+from prun.cluster.logopen import LogFileRefused
 
-LOCK_WAIT = 5.0  # seconds a new writer waits for the last one to finish
-STALL_RETRY = 0.02  # a pipe holding only part of a frame is looked at again after this
+GATHER = 0.005  # a pipe that held less than QUIET bytes is looked at again after this (a line waits 5 ms at most)
+QUIET = 16 << 10
 RAW_MAX = 64 << 10  # bytes of a line without a newline, written by something else than a framing master
-SPLICE_F_NONBLOCK = 2
-
-
-class Peek:
-    """tee(2): what a pipe holds, without taking it out."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.tee = libc.tee
-        self.tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
-        self.tee.restype = ctypes.c_ssize_t
-
-    def __call__(self, source: int, scratch: int, size: int) -> int:
-        n = self.tee(source, scratch, size, SPLICE_F_NONBLOCK)
-        if n < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        return int(n)
-
-
-@dataclass(eq=False)
-class Pipe:
-    """One of the two pipes: where the writer is in it (frames before `seq` written, and `lines` lines of it)."""
-
-    fd: int
-    kind: int  # OUT or ERR: what a line that is not in a frame is
-    peek: Peek | None
-    seq: int = 1
-    lines: int = 0
-    held: bytes = b""  # without tee: bytes taken out of the pipe and not yet written
-    scratch: tuple[int, int] = (-1, -1)
-    scratch_size: int = 0
-    stalled_until: float = 0.0
-    eof: bool = False
-    lost: int = 0  # frames that never arrived (without tee, a killed writer's)
-    inode: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.inode = os.fstat(self.fd).st_ino
-        os.set_blocking(self.fd, False)
-        if self.peek is not None:
-            self.scratch = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-
-    def look(self) -> bytes | None:
-        """What the pipe holds now (b'' if nothing yet); None at EOF (empty, and every writer gone)."""
-        if self.peek is not None:
-            try:
-                return self._tee()
-            except OSError as exc:
-                if exc.errno == errno.EAGAIN:
-                    return b""
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EBADF):  # (EBADF: not a pipe)
-                    raise
-                self.peek = None  # no tee here: read, as other programs do
-        try:
-            data = os.read(self.fd, 1 << 20)
-        except BlockingIOError:
-            return self.held
-        if not data:
-            return self.held or None
-        self.held += data
-        return self.held
-
-    def _tee(self) -> bytes | None:
-        assert self.peek is not None
-        size = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
-        if size > self.scratch_size:  # the master may grow its pipes after the writer started
-            self.scratch_size = fcntl.fcntl(self.scratch[1], fcntl.F_SETPIPE_SZ, size)
-        n = self.peek(self.fd, self.scratch[1], size)
-        if n == 0:
-            return None
-        chunks = []
-        while n > 0:
-            chunk = os.read(self.scratch[0], n)
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def take(self, count: int) -> None:
-        """Take out of the pipe the `count` bytes written to the files."""
-        if self.peek is None:
-            self.held = self.held[count:]
-            return
-        while count > 0:
-            try:
-                count -= os.splice(self.fd, DEVNULL.fd, count)
-            except OSError:
-                count -= len(os.read(self.fd, count))
-
-    def hung_up(self) -> bool:
-        """Every writer of the pipe is gone (what it holds will never be completed)."""
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        return any(event & select.POLLHUP for _, event in poller.poll(0))
-
-    def close(self) -> None:
-        for fd in (self.fd, *self.scratch):
-            if fd >= 0:
-                os.close(fd)
-
-
-class _DevNull:
-    """Where taken bytes go (splice(2) to /dev/null: not even copied)."""
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            self._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        return self._fd
-
-
-DEVNULL = _DevNull()
-
-
-class Journal:
-    """Up to where the files hold the pipes' frames, and how long each file is: the `.lock` file's text."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.written = 0
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            line = os.pread(self.fd, 1 << 20, 0).split(b"\n", 1)[0]
-            crc, _, body = line.partition(b" ")
-            if int(crc, 16) != zlib.crc32(body):
-                return None
-            state = json.loads(body)
-        except (OSError, ValueError):
-            return None
-        return state if isinstance(state, dict) else None
-
-    def save(self, state: dict[str, Any]) -> None:
-        body = json.dumps(state, separators=(",", ":")).encode()
-        line = b"%08x %s\n" % (zlib.crc32(body), body)
-        os.pwrite(self.fd, line.ljust(self.written), 0)  # one write; a torn one fails its CRC
-        self.written = max(self.written, len(line))
 
 
 class Writer:
@@ -221,10 +80,12 @@ class Writer:
     def commit(self) -> None:
         if self.journal is None:
             return
-        self.journal.save({"pipes": [pipe.inode for pipe in self.pipes], "writer": os.getpid(),
-                           "pos": [[pipe.seq, pipe.lines] for pipe in self.pipes], "access": self.access,
-                           "files": [size for file in list(self.files.values()) for size in file.sizes()],
-                           "notes": self.notes})
+        out, err = self.pipes  # (by hand: once a batch, the hot part of a quiet writer's work)
+        files = ",".join(f"[{inode},{length}]" for file in list(self.files.values()) for inode, length in file.sizes())
+        self.journal.save(b'{"pipes":[%d,%d],"writer":%d,"pos":[[%d,%d],[%d,%d]],"access":%s,"files":[%s],'
+                          b'"notes":%s}' % (out.inode, err.inode, os.getpid(), out.seq, out.lines, err.seq, err.lines,
+                                           json.dumps(self.access).encode(), files.encode(),
+                                           json.dumps(self.notes).encode() if self.notes else b"[]"))
 
     def recover(self) -> None:
         """Take over from a writer killed on these pipes: cut each file back to what its journal noted."""
@@ -270,7 +131,8 @@ class Writer:
         items, used = parse(data, pipe.kind, RAW_MAX)
         if not items and pipe.hung_up():  # the master exited in the middle of a frame: what came is written
             items, used = parse(data, pipe.kind, RAW_MAX, final=True)
-        if not items:
+        if not items:  # the rest of a frame is on its way (or did not fit in the scratch pipe: it will now)
+            pipe.fit()
             pipe.stalled_until = time.monotonic() + STALL_RETRY
             return
         used = self.write(pipe, items, used)
@@ -280,6 +142,8 @@ class Writer:
         self.commit()
         pipe.take(used)
         self.write_notes()
+        if used < QUIET:  # a quiet pipe: let lines gather a moment, a look (and a note) for several of them
+            pipe.stalled_until = time.monotonic() + GATHER
 
     def write(self, pipe: Pipe, items: list[Item], used: int) -> int:
         """File the items (a run of them for one file in one write); the bytes of the pipe done with."""
@@ -399,41 +263,6 @@ def skip_lines(payload: bytes, lines: int) -> bytes:
         if not start:
             return b""
     return payload[start:]
-
-
-def cut_back(path: str, noted: dict[int, int], count: bool) -> int:
-    """Cut a file back to the length the journal noted (what a killed writer wrote after its last note);
-    the lines cut, when `count`."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0
-    size = noted.get(st.st_ino)
-    if size is None or st.st_size <= size:
-        return 0
-    fd = open_log(path, os.O_RDWR)
-    try:
-        lines = os.pread(fd, st.st_size - size, size).count(b"\n") if count else 0
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-    return lines
-
-
-def lock(out_path: str) -> tuple[int, bool]:
-    """The `.lock` file, and whether this writer holds it (the writer of the master before waits on it)."""
-    fd = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:  # the writer of the master before this one finishes when its last process closed the pipes
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd, True
-        except BlockingIOError:
-            if time.monotonic() > deadline:  # something the old master started keeps them open: go on anyway
-                print(f"prun: warning: {out_path}: the previous log writer is still running; writing too",
-                      file=sys.stderr, flush=True)
-                return fd, False
-            time.sleep(0.02)
 
 
 def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
