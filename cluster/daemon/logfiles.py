@@ -186,9 +186,11 @@ def compress(path: str) -> None:
 class Stream:
     """One pipe, read into whole lines for its file (or, --split, for its workers' files)."""
 
-    def __init__(self, fd: int, out: LogFile, stamp: str, files: Files | None = None) -> None:
+    def __init__(self, fd: int, out: LogFile, stamp: str, files: Files | None = None,
+                 combined: LogFile | None = None) -> None:
         self.fd = fd
         self.out = out
+        self.combined = combined  # PM2's -l: every line of both streams in a third file too
         self.stamp = stamp  # strftime format of a prefix (--time), or ''
         self.files = files  # --split: lines tagged with a worker go to that worker's file
         self.partial = b""
@@ -233,6 +235,8 @@ class Stream:
             prefix = time.strftime(self.stamp).encode() + b" "
             chunk = b"".join(prefix + line if not line.startswith(b"{") else line
                              for line in chunk.splitlines(keepends=True))
+        if self.combined is not None:
+            self.combined.write(chunk)
         dropped = out.dropped
         if not dropped:
             out.write(chunk)
@@ -278,11 +282,14 @@ class Files(dict[str, LogFile]):
 
 
 def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
-          split: bool = False) -> None:
+          split: bool = False, combined_path: str = "") -> None:
     """Copy the two pipes into their files until both reach EOF."""
-    lock = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
+    if os.path.exists(out_path) and not os.path.isfile(out_path):
+        lock = -1  # /dev/null: no file to write in order, and no .lock beside it in /dev
+    else:
+        lock = open_log(out_path + ".lock", os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + LOCK_WAIT
-    while True:  # the writer of the master before this one finishes when its last process closed the pipes
+    while lock >= 0:  # the writer of the master before this one finishes when its last process closed the pipes
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
@@ -293,7 +300,8 @@ def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rota
                 break
             time.sleep(0.02)
     files = Files(rotation)
-    streams = {fd: Stream(fd, files.get(path), stamp, files if split else None)
+    combined = files.get(combined_path) if combined_path else None
+    streams = {fd: Stream(fd, files.get(path), stamp, files if split else None, combined)
                for fd, path in ((out_fd, out_path), (err_fd, err_path))}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -409,6 +417,7 @@ def main() -> None:
     parser.add_argument("--daily", action="store_true")
     parser.add_argument("--time", default="", help="strftime format of a prefix to each line")
     parser.add_argument("--split", action="store_true", help="lines tagged with a worker go to its own file")
+    parser.add_argument("--combined", default="", help="a third file with the lines of both")
     args = parser.parse_args()
     try:
         import setproctitle
@@ -418,7 +427,8 @@ def main() -> None:
         pass
     try:
         serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
-              Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split)
+              Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split,
+              args.combined)
     except LogFileRefused as exc:
         print(f"prun: error: {exc.strerror}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -217,7 +217,7 @@ class Runner:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prun.cluster.daemon.logfiles", str(out_r), str(err_r), out_path, err_path,
              "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
-             *([] if spec.merge_logs else ["--split"])],
+             *([] if spec.merge_logs else ["--split"]), *(["--combined", spec.combined_file] if spec.combined_file else [])],
             pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, env=self.helper_env())
         self.god.children[proc.pid] = proc
