@@ -91,7 +91,7 @@ def test_start_of_a_stopped_script_applies_the_options_given_now(home: Home) -> 
     home.prun("start", "job.py", "--env", "MODE=b", "-i", "2", cwd=where)
     row = home.app("job")
     assert (row["status"], row["workers"], row["id"]) == ("online", 2, 0)
-    wait_until(lambda: log_of(home, "job").count("MODE=b") == 2, what="both new instances' lines")
+    wait_until(lambda: log_of(home, "job").count("MODE=b") >= 2, what="both new instances' lines")
 
 
 def test_ecosystem_file_start_again_restart_reload_only_and_env_sections(home: Home) -> None:
@@ -147,7 +147,7 @@ def test_reset_pid_send_signal_and_reload_update_env(home: Home) -> None:
     home.prun("start", "job.py", "--env", "MODE=dev", cwd=where)
     wait_until(lambda: "MODE=dev" in log_of(home, "job"), what="job to set its handler")
     home.prun("restart", "job")
-    wait_until(lambda: log_of(home, "job").count("MODE=dev") == 2, what="job to set its handler again")
+    wait_until(lambda: log_of(home, "job").count("MODE=dev") >= 2, what="job to set its handler again")
     assert home.app("job")["restarts"] == 1
     home.prun("reset", "job")
     row = home.app("job")
@@ -169,9 +169,11 @@ def test_aliases_pm2_users_type_and_logs_err_out(home: Home) -> None:
     where = project(home)
     home.prun("start", "job.py", cwd=where)
     wait_until(lambda: "an err line" in log_of(home, "job", "err"), what="job's err line")
-    table = home.prun("ls").stdout
     for alias in ("list", "status", "ps"):
-        assert home.prun(alias).stdout.splitlines()[:3] == table.splitlines()[:3]
+        lines = home.prun(alias).stdout.splitlines()  # the table (its widths follow the cpu and memory shown)
+        assert lines[1].split() == ["│", "id", "│", "name", "│", "namespace", "│", "mode", "│", "pid", "│", "uptime",
+                                    "│", "↺", "│", "status", "│", "cpu", "│", "mem", "│", "workers", "│"]
+        assert lines[3].split()[1:4] == ["0", "│", "job"], lines
     assert [row["name"] for row in json.loads(home.prun("jlist").stdout)] == ["job"]
     described = home.prun("describe", "job").stdout.splitlines()[0]
     for alias in ("show", "info", "desc"):
