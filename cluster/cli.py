@@ -130,7 +130,7 @@ def run_command(control_fd: int | None, **values: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `prun MODULE:ATTR ...` is `prun run MODULE:ATTR ...`."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = commands.unalias(list(sys.argv[1:] if argv is None else argv))
     if not args or args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version"):
         args.insert(0, "run")
     try:

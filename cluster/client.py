@@ -35,6 +35,11 @@ APP_PATTERN = names.TARGET  # MODULE:ATTR: cluster mode
 
 
 Rows = list[dict[str, Any]]  # the app table: `prun ls --json`
+Target = str | int | list[str]  # a name, an id, all, a namespace, a /regex/, a script; or several of them
+
+
+def _target(target: Target) -> str | list[str]:
+    return [str(t) for t in target] if isinstance(target, (list, tuple)) else str(target)
 
 
 QUICK_TIMEOUT = 30.0  # seconds: the cap of a command that only reads or writes the daemon's table
@@ -156,12 +161,12 @@ class Client:
         result: Rows = self.call("list")
         return result
 
-    def describe(self, target: str | int) -> Rows:
-        result: Rows = self.call("describe", target=str(target))
+    def describe(self, target: Target) -> Rows:
+        result: Rows = self.call("describe", target=_target(target))
         return result
 
-    def env(self, target: str | int) -> dict[str, str]:
-        result: dict[str, str] = self.call("env", target=str(target))
+    def env(self, target: Target) -> dict[str, str]:
+        result: dict[str, str] = self.call("env", target=_target(target))
         return result
 
     def start(self, target: str, name: str | None = None, namespace: str = "default",
@@ -179,28 +184,38 @@ class Client:
                                                  env=dict(os.environ if environ is None else environ))
         return result
 
-    def stop(self, target: str | int) -> Rows:
-        result: Rows = self.call("stop", target=str(target))
+    def stop(self, target: Target) -> Rows:
+        result: Rows = self.call("stop", target=_target(target))
         return result
 
-    def reload(self, target: str | int) -> Rows:
-        result: Rows = self.call("reload", target=str(target))
+    def reload(self, target: Target) -> Rows:
+        result: Rows = self.call("reload", target=_target(target))
         return result
 
-    def restart(self, target: str | int, env: dict[str, str] | None = None, update_env: bool = False,
+    def restart(self, target: Target, env: dict[str, str] | None = None, update_env: bool = False,
                 environ: dict[str, str] | None = None) -> Rows:
         """Stop then start with the stored arguments; `env` changes declared variables, `update_env` takes
         this process's environment (or `environ`) as the new base."""
         caller = dict(os.environ if environ is None else environ) if update_env else None
-        result: Rows = self.call("restart", target=str(target), env=env or {}, environ=caller)
+        result: Rows = self.call("restart", target=_target(target), env=env or {}, environ=caller)
         return result
 
-    def delete(self, target: str | int) -> Rows:
-        result: Rows = self.call("delete", target=str(target))
+    def delete(self, target: Target) -> Rows:
+        result: Rows = self.call("delete", target=_target(target))
         return result
 
-    def scale(self, target: str | int, count: str | int) -> Rows:
-        result: Rows = self.call("scale", target=str(target), count=str(count))
+    def scale(self, target: Target, count: str | int) -> Rows:
+        result: Rows = self.call("scale", target=_target(target), count=str(count))
+        return result
+
+    def reset(self, target: Target) -> Rows:
+        """Set the apps' restart counts back to 0."""
+        result: Rows = self.call("reset", target=_target(target))
+        return result
+
+    def signal(self, signal: str | int, target: Target) -> Rows:
+        """Send a signal to the apps' processes: a cluster app's master, a fork app's instances."""
+        result: Rows = self.call("signal", signal=str(signal), target=_target(target))
         return result
 
     def save(self) -> dict[str, Any]:
@@ -288,6 +303,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     options = {k: v for k, v in run_options.items() if v is not None and v != ()}
     # the daemon's log writer's options, not the master's: they become fields of the spec
     logs = {k: options.pop(k) for k in daemon_options() if k in options}
+    combined = options.pop("combined_file", "")  # PM2's -l: no option of `prun run`
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 
@@ -300,7 +316,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
         finally:
             os.chdir(here)
         bind = [f"unix:{os.path.join(cwd, b[5:])}" if b.startswith("unix:") else b for b in config.bind]
-        return {**log_spec(lambda name: getattr(config, name), cwd),
+        return {**log_spec(lambda name: getattr(config, name), cwd), "combined_file": _path(cwd, combined),
                 "name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
                 "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
                 "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
@@ -337,7 +353,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     for option_name in FORK_OPTIONS:  # checked here: a bad value is a usage error, before anything starts
         if option_name in options:
             parse(option_name, options[option_name], BY_NAME[option_name].long)
-    spec = {**log_spec(given, cwd),
+    spec = {**log_spec(given, cwd), "combined_file": _path(cwd, combined),
             "name": name or default_name(target, "fork", shlex.split(target) if words[0] == "/bin/sh" else words),
             "target": target, "mode": "fork", "cwd": cwd, "namespace": namespace, "instances": count,
             "command": words, "env": dict(env), "autorestart": autorestart,
@@ -379,6 +395,10 @@ def needs_shell(command: str) -> bool:
 FORK_LOG_OPTIONS = ("log_format", "log_json_time", "log_max_line")  # what a fork-mode supervisor's relay takes
 LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
                "log_date_format")
+
+
+def _path(cwd: str, path: str) -> str:
+    return os.path.join(cwd, path) if path else ""
 
 
 def log_spec(value: Any, cwd: str) -> dict[str, Any]:

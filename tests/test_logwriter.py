@@ -136,6 +136,55 @@ def test_each_line_once_and_whole_whatever_moment_the_writer_is_killed_at(pipes:
     assert sum(f.endswith(".gz") for f in os.listdir(os.path.dirname(logs.out))) >= 50
 
 
+def test_the_combined_file_holds_every_line_once_across_killed_writers(pipes: type[Pipes], tmp_path: Path) -> None:
+    """PM2's -l: out and err lines in a third file too, each once, while writers are SIGKILLed and files rotate."""
+    combined = str(tmp_path / "app-all.log")
+    logs = pipes("--max-size", "16384", "--retain", "100000", "--combined", combined)
+    count = 12000
+    rng = random.Random(11)
+
+    def feed() -> None:
+        n = 0
+        while n < count:
+            batch = [numbered(m, rng) for m in range(n, min(count, n + rng.randint(1, 40)))]
+            n += len(batch)
+            kind = rng.choice((OUT, ERR))
+            logs.send(logs.frame(kind, 1, b"".join(batch)), logs.err_w if kind == ERR else logs.out_w)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    killed = 0
+    try:
+        while feeder.is_alive() and killed < 8:
+            wait_until(lambda: logs.journal_names(logs.writer.pid), what="the writer to note its files")
+            time.sleep(rng.uniform(0, 0.05))
+            logs.writer.kill()
+            logs.writer.wait()
+            killed += 1
+            logs.writer = logs.start(replacing=logs.writer)
+    finally:
+        feeder.join(120)
+    assert logs.close_writing() == 0
+    check_numbered(sorted(all_lines(combined), key=lambda line: int(line.split()[1])), count)
+    written = [line for path in (logs.out, logs.err) for line in all_lines(path) if line.startswith(b"line ")]
+    assert sorted(written) == sorted(all_lines(combined))
+
+
+def test_dev_null_takes_the_lines_and_nothing_is_made_beside_it(pipes: type[Pipes], tmp_path: Path) -> None:
+    logs = pipes()
+    logs.out = "/dev/null"
+    logs.writer.kill()
+    logs.writer.wait()
+    logs.writer = logs.start()
+    logs.send(logs.frame(OUT, 1, b"to nowhere\n"))
+    logs.send(logs.frame(ERR, 1, b"kept\n"), logs.err_w)
+    wait_until(lambda: os.path.exists(logs.err) and b"kept" in Path(logs.err).read_bytes(), what="the err line")
+    assert logs.close_writing() == 0
+    assert Path(logs.err).read_bytes() == b"kept\n"
+    assert os.path.exists(logs.err + ".lock")  # the journal sits beside the file that is one
+    assert not [name for name in os.listdir("/dev") if name.startswith("null.")]
+
+
 def test_plain_lines_beside_frames_and_a_frame_cut_short_by_the_masters_exit(pipes: type[Pipes]) -> None:
     logs = pipes()
     logs.send(b"prun: a line the master wrote before it framed\n")

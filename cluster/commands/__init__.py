@@ -7,23 +7,36 @@ imports only the client and the table (entry.py), not even click.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # command line name -> module
 CLI_COMMANDS = {
-    "start": "start", "ls": "ls", "list": "ls", "describe": "describe", "env": "env", "stop": "stop",
+    "start": "start", "ls": "ls", "describe": "describe", "env": "env", "stop": "stop",
     "reload": "reload", "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping",
     "kill": "kill", "save": "save", "resurrect": "resurrect", "startup": "startup", "logs": "logs",
     "events": "events", "update": "update", "flush": "flush", "reloadLogs": "reloadlogs",
-    "monit": "monit",
+    "monit": "monit", "reset": "reset", "pid": "pid", "sendSignal": "sendsignal",
+    "startOrRestart": "startorrestart", "startOrReload": "startorreload", "startOrGracefulReload": "startorreload",
 }
-# RPC command -> module (logs, flush, monit and startup have none: they run in the client alone)
+# what PM2 users type first -> prun's command line
+ALIASES = {
+    "list": ["ls"], "status": ["ls"], "ps": ["ls"], "jlist": ["ls", "--json"], "show": ["describe"],
+    "info": ["describe"], "desc": ["describe"], "log": ["logs"],
+}
+# RPC command -> module (logs, flush, monit, pid, startup and startOr* have none: they run in the client alone)
 RPC_COMMANDS = {
     "start": "start", "list": "ls", "describe": "describe", "env": "env", "stop": "stop", "reload": "reload",
     "restart": "restart", "delete": "delete", "scale": "scale", "ping": "ping", "kill": "kill", "save": "save",
     "resurrect": "resurrect", "subscribe": "events", "update": "update", "reloadLogs": "reloadlogs",
+    "reset": "reset", "signal": "sendsignal",
 }
-NAMES = tuple(CLI_COMMANDS)
+NAMES = (*CLI_COMMANDS, *ALIASES)
+
+
+def unalias(args: list[str]) -> list[str]:
+    """`prun jlist` -> `prun ls --json`, and the other aliases of ALIASES."""
+    return [*ALIASES[args[0]], *args[1:]] if args and args[0] in ALIASES else args
 
 
 def client() -> Any:
@@ -54,26 +67,48 @@ def caller_environment(env: Any) -> dict[str, str]:
     return environ
 
 
-def ecosystem_names(target: str, env_name: str | None = None) -> list[str] | None:
-    """The app names of an ecosystem file (prun.toml) given as a target, else None."""
-    if not target.endswith(".toml"):
-        return None
+def is_file(target: str) -> bool:
+    """Whether a target is an ecosystem file (prun.toml) rather than an app."""
+    return target.endswith(".toml")
+
+
+def app_targets(targets: tuple[str, ...] | list[str], only: str | None = None) -> list[str]:
+    """What the daemon resolves for targets typed on the command line: a prun.toml becomes its apps' names
+    (those of --only), a script file here its absolute path; names, ids, namespaces, all, /regex/ go as they are."""
+    import os
+
     from prun.cluster.daemon.ecosystem import read
 
-    return [app["name"] for app in read(target, env_name)]
+    found: list[str] = []
+    for target in targets:
+        if is_file(target):
+            found += [app["name"] for app in read(target, only=only)]
+        elif os.path.isfile(target):
+            found.append(os.path.abspath(target))
+        else:
+            found.append(target)
+    return found
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def only_option() -> Callable[[F], F]:
+    import click
+
+    return click.option("--only", metavar="NAME[,NAME]", help="With a prun.toml: only these of its apps.")
 
 
 def target_command(name: str, summary: str) -> Any:
-    """A command taking NAME|ID|all|NAMESPACE|FILE.toml that sends `name` once per target and prints the table."""
+    """A command taking TARGET... (names, ids, all, namespaces, /regex/, scripts, prun.toml files) that sends
+    `name` once for all of them and prints the table."""
     import click
 
-    @click.command(name, help=f"{summary} TARGET: a name, an id, all, a namespace or a prun.toml.")
-    @click.argument("target")
-    def run(target: str) -> None:
-        c = client()
-        rows: list[dict[str, Any]] = []
-        for each in ecosystem_names(target) or [target]:
-            rows = c.call(name, target=each)
-        show(rows)
+    @click.command(name, help=f"{summary} TARGET: a name, an id, all, a namespace, a /regex/, a script or a "
+                              "prun.toml; several at once.")
+    @click.argument("targets", nargs=-1, required=True)
+    @only_option()
+    def run(targets: tuple[str, ...], only: str | None) -> None:
+        show(client().call(name, target=app_targets(targets, only)))
 
     return run

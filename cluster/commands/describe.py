@@ -29,7 +29,7 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 
     from prun.cluster.daemon.home import alive
 
-    apps = god.resolve(args.get("target", ""))
+    apps = god.resolve(args.get("target", ""), empty_ok=True)
     rows = god.views(apps)
     statuses = await asyncio.gather(*(god.runner(app).status() for app in apps))  # over each control channel
     for app, row, status in zip(apps, rows, statuses):

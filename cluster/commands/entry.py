@@ -1,6 +1,6 @@
 """The `prun` executable: `prun ls` answered on a short path (no click, no option table), the rest by cli.py.
 
-`prun ls` is what people and monitoring scripts run most; with a running daemon it costs an interpreter
+`prun ls` (and its aliases: list, status, ps, jlist) is what people and monitoring scripts run most; with a running daemon it costs an interpreter
 start, a socket round trip and the table, well under 100 ms (benchmarks/results/daemon-ls.md).
 """
 
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
-FAST = (["ls"], ["ls", "--json"], ["list"], ["list", "--json"])
+FAST = (["ls"], ["ls", "--json"])
 
 
 def main() -> None:
-    args = sys.argv[1:]
+    from prun.cluster.commands import unalias
+
+    args = unalias(sys.argv[1:])  # list, status, ps, jlist: ls
     if args in FAST:
         from prun.cluster.client import Client
         from prun.cluster.commands import show

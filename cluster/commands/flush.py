@@ -26,8 +26,10 @@ def command(target: str) -> None:
     failed = False
     for row in rows:
         retain = int(row["spec"].get("log_retain", 5))
-        main = list(dict.fromkeys(row["logs"]))
+        main = list(dict.fromkeys([*row["logs"], *filter(None, [row["spec"].get("combined_file")])]))
         for path in main + [w for p in main for w in worker_files(p)]:
+            if os.path.exists(path) and not os.path.isfile(path):  # /dev/null: nothing to empty
+                continue
             for old in rotated(path, retain) + rotated_indexes(path, retain):
                 os.unlink(old)
             empty_index(path + ".idx", IDX_HEADER.size)

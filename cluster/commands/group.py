@@ -13,7 +13,7 @@ class Group(click.Group):
     """The `prun` group: `run` and the commands of cluster/commands/, each imported when it is run."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | (set(CLI_COMMANDS) - {"list"}))
+        return sorted(set(super().list_commands(ctx)) | set(CLI_COMMANDS))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in CLI_COMMANDS:

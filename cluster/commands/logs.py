@@ -1,4 +1,4 @@
-"""`prun logs [NAME|ID|all] [--lines N] [--nostream] [--json]`: the tail of apps' logs, then what they print next.
+"""`prun logs [NAME|ID|all] [--lines N] [--nostream] [--json] [--err|--out]`: the tail of apps' logs, then what they print next.
 
 Reads the apps' log files itself (the RPC only resolves NAME: `describe` gives the paths); each line is
 prefixed with the app's name, as PM2 does, or printed as one JSON object (--json) with the time the log
@@ -33,7 +33,9 @@ def tail(path: str, lines: int) -> tuple[list[str], int]:
 @click.option("--nostream", is_flag=True, help="Print the tail and exit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: app, stream, time, message "
               "(time: when the log writer received the line, seconds since the epoch).")
-def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
+@click.option("--err", "only_err", is_flag=True, help="Only the err logs.")
+@click.option("--out", "only_out", is_flag=True, help="Only the out logs.")
+def command(target: str, lines: int, nostream: bool, as_json: bool, only_err: bool, only_out: bool) -> None:
     """Show apps' logs: the last lines, then follow (across rotations)."""
     from prun.cluster.daemon.follower import Follower
     from prun.cluster.daemon.follower import tail as timed_tail
@@ -52,11 +54,16 @@ def command(target: str, lines: int, nostream: bool, as_json: bool) -> None:
         else:
             click.echo(f"{name:<{width}} | {line}")
 
+    if only_err and only_out:
+        raise click.UsageError("--err and --out: give one (neither shows both)")
+    streams = ("err",) if only_err else ("out",) if only_out else ("out", "err")
     followed: list[tuple[str, str, Follower]] = []
     for row in rows:
-        main = list(dict.fromkeys(row["logs"]))
-        for stream, path in [*zip(("out", "err"), main), *((s, w) for s, p in zip(("out", "err"), main)
-                                                          for w in worker_files(p))]:
+        out, err = row["logs"]
+        main = [(s, p) for s, p in (("out", out), ("err", err)) if s in streams]
+        if out == err and len(main) == 2:
+            main = main[:1]  # one file for both
+        for stream, path in [*main, *((s, w) for s, p in main for w in worker_files(p))]:
             shown, end = timed_tail(path, lines)
             if shown and not as_json:
                 click.echo(f"==> {path} <==")

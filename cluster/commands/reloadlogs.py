@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    apps = god.resolve(args.get("target", "all"))
+    apps = god.resolve(args.get("target", "all"), empty_ok=True)
     for app in apps:
         god.runner(app).reopen_logs()
     return god.views(apps)

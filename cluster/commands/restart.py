@@ -1,4 +1,4 @@
-"""`prun restart NAME|ID|all|NAMESPACE|prun.toml [--env KEY=VALUE] [--update-env]`: stop, then start again.
+"""`prun restart TARGET... [--env KEY=VALUE] [--update-env]`: stop, then start again.
 
     prun restart api --env MODE=debug
     -> {"id": 1, "command": "restart", "args": {"target": "api", "env": {"MODE": "debug"}, "environ": null}}
@@ -7,7 +7,9 @@
 Exactly `prun stop` then `prun start` with the stored arguments, whatever the app's state (online, stopped,
 errored, crash-looping): a fresh master in a fresh environment, the code imported anew. The listening
 sockets stay open in between, so clients wait in the backlog instead of being refused. `environ` (sent by
---update-env) replaces the stored caller's environment; `env` changes declared variables.
+--update-env) replaces the stored caller's environment; `env` changes declared variables. `target` is
+a string or a list of them (PROTOCOL.md). A prun.toml is re-read by the client (appfile.py): its env is
+applied and its apps the daemon does not have are started.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import caller_environment, client, ecosystem_names, show
+from prun.cluster.commands import app_targets, caller_environment, client, is_file, only_option, show
 
 if TYPE_CHECKING:
     from prun.cluster.daemon.god import God
@@ -41,19 +43,27 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 
 
 @click.command("restart")
-@click.argument("target")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set or change a variable; repeatable.")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Set or change a variable; repeatable. With a prun.toml: the [apps.env_NAME] section to apply.")
 @click.option("--update-env", is_flag=True, help="Take this shell's environment instead of the one stored at start.")
-def command(target: str, env: tuple[str, ...], update_env: bool) -> None:
-    """Stop then start apps with their stored arguments (sockets stay open: no connection refused)."""
+@only_option()
+def command(targets: tuple[str, ...], env: tuple[str, ...], update_env: bool, only: str | None) -> None:
+    """Stop then start apps with their stored arguments (sockets stay open: no connection refused).
+
+    TARGET: a name, an id, all, a namespace, a /regex/, a script or a prun.toml (re-read: its env applied,
+    its apps not in the table started); several at once."""
+    from prun.cluster.commands.appfile import act
     from prun.cluster.config import parse_env
 
+    files = [t for t in targets if is_file(t)]
+    for path in files:
+        act(path, env, only, reload=False, update_env=update_env)
+    apps = [t for t in targets if not is_file(t)]
+    if not apps:
+        return
     try:
         declared = parse_env(list(env))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--env") from None
-    c = client()
-    rows: list[dict[str, Any]] = []
-    for each in ecosystem_names(target) or [target]:
-        rows = c.restart(each, env=declared, update_env=update_env)
-    show(rows)
+    show(client().restart(app_targets(apps), env=declared, update_env=update_env))

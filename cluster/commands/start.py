@@ -1,9 +1,10 @@
-"""`prun start TARGET|prun.toml [options]`: start an app under the daemon, then print the table.
+"""`prun start TARGET... [options]`: start apps under the daemon, then print the table.
 
     prun start app:server -i 2 --name api --env MODE=prod       cluster mode: one master, shared listeners
     prun start "python worker.py --queue jobs" -i 3              fork mode: supervised processes, no listener
-    prun start job.py                                            fork mode, with this Python
-    prun start prun.toml [--env production]                      every [[apps]] of the file
+    prun start job.py other.py                                   fork mode, with this Python; several at once
+    prun start prun.toml [--env production] [--only api]         every [[apps]] of the file (appfile.py)
+    prun start api | prun start 0                                an app the daemon has: restarted (PM2's smart start)
 
     -> {"id": 1, "command": "start", "args": {"spec": SPEC, "env": {...the caller's environment...}}}
     <- {"id": 1, "result": [...the app table...]}
@@ -13,8 +14,13 @@ SPEC is what the client checked and the daemon stores (and `prun save` dumps): n
 namespace, instances, run_args (prun run's options as arguments), bind, backlog, graceful_timeout,
 command (fork mode), env (--env only), autorestart and the log writer's settings, each field declared
 once in cluster/daemon/schema.py and checked there again by the daemon (BAD_ARGUMENTS, one sentence).
-Starting a name that exists restarts it if it is stopped and is refused otherwise. Every option of
-`prun run` is an option of `prun start`.
+Every option of `prun run` is an option of `prun start`, plus PM2's -o/--output, -e/--error, -l/--log.
+
+A TARGET that names apps the daemon has (a name, an id, all, a namespace, a /regex/: neither MODULE:ATTR
+nor a file here, nor renamed by --name) restarts them whatever their state, with --env and --update-env
+applied; another option is refused in one line (nothing is done) saying how to change it. A spec whose
+name exists starts that app again if it is stopped or errored, with the spec given now (its options, its
+environment), and is refused (ALREADY_RUNNING) if it runs, as PM2's "already launched".
 """
 
 from __future__ import annotations
@@ -58,34 +64,87 @@ def _run_params() -> list[click.Parameter]:
     return [p for p in click.command()(options.click_options(run)).params if p.name not in ("app", "name", "env")]
 
 
-def _start(target: str, name: str | None, namespace: str, env: tuple[str, ...], no_autorestart: bool,
-           **run_options: Any) -> None:
-    from prun.cluster.config import parse_env
+def _given(namespace: str, no_autorestart: bool, run_options: dict[str, Any]) -> list[str]:
+    """The options given on the command line beside --env and --update-env, as flags."""
+    given = [f"--{k.replace('_', '-')}" for k, v in run_options.items() if v is not None and v != () and v is not False]
+    return given + (["--namespace"] if namespace != "default" else []) + (["--no-autorestart"] if no_autorestart else [])
 
-    c = client()
-    if target.endswith(".toml"):
-        from prun.cluster.client import ClientError
-        from prun.cluster.daemon.ecosystem import read
-        from prun.cluster.errors import PrunError
 
-        sections = [e for e in env if "=" not in e]
-        rows: list[dict[str, Any]] = []
-        for app in read(target, sections[-1] if sections else None):
-            try:
-                rows = c.start(**app)
-            except ClientError:
-                raise  # the daemon's refusal names the app already
-            except PrunError as exc:  # an option the client refused: say which file and app
-                raise PrunError(f"{target}: app {app['name']!r}: {exc}", exc.code) from None
-        show(rows)
-        return
+def _names_an_app(target: str, name: str | None) -> bool:
+    """Whether TARGET may name apps of the daemon (PM2's smart start): an id, `all`, or a name, which is not a
+    MODULE:ATTR nor a file here (and not renamed by --name)."""
+    import os
+
+    from prun.cluster import names
+    from prun.cluster.client import APP_PATTERN
+
+    if name not in (None, target) or APP_PATTERN.fullmatch(target) or os.path.exists(target):
+        return False
+    if len(target) > 2 and target[0] == target[-1] == "/":
+        return True  # a /regex/ of names
     try:
-        declared = parse_env(list(env))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--env") from None
-    instances = run_options.pop("instances", None)
-    show(c.start(target, name=name, namespace=namespace, instances=instances, env=declared,
-                 autorestart=not no_autorestart, **run_options))
+        names.check(target)
+    except ValueError:
+        return False
+    return True
+
+
+def _restart_existing(c: Any, target: str, declared: dict[str, str], update_env: bool, given: list[str]) -> bool:
+    """`prun start NAME|ID` of apps the daemon has: restarted (whatever their state), True; False if none."""
+    from prun.cluster.client import ClientError
+    from prun.cluster.errors import UsageError
+
+    try:
+        rows = c.describe(target)
+    except ClientError as exc:
+        if exc.code_name != "NO_SUCH_APP" or target.isdigit() or target == "all" or target.startswith("/"):
+            raise
+        return False  # a command of that name, to start
+    if given:
+        shown = ", ".join(dict.fromkeys(given))
+        named = rows[0]["name"] if len(rows) == 1 else target
+        raise UsageError(f"{named} is an app already: prun start {target} starts it again as it was started and "
+                         f"cannot apply {shown}; prun delete {named}, then prun start with them")
+    c.restart(target, env=declared, update_env=update_env)
+    return True
+
+
+def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tuple[str, ...], no_autorestart: bool,
+           update_env: bool, only: str | None, output: str | None, error: str | None, **run_options: Any) -> None:
+    from prun.cluster.commands import is_file
+    from prun.cluster.commands.appfile import act
+    from prun.cluster.config import parse_env
+    from prun.cluster.errors import UsageError
+
+    if name is not None and len(targets) > 1:
+        raise UsageError("--name names one app: give one target")
+    for flag, value, option in (("--output", output, "log_file"), ("--error", error, "error_file")):
+        if value is not None:
+            if run_options.get(option) is not None:
+                raise UsageError(f"{flag} and --{option.replace('_', '-')} are the same option: give one")
+            run_options[option] = value
+    if run_options.get("log_date_format") is not None and not run_options.get("time"):
+        run_options["time"] = True  # --log-date-format alone stamps lines, as PM2's does
+    c = client()
+    started = False
+    for target in targets:
+        if is_file(target):
+            act(target, env, only, reload=False, update_env=update_env)
+            continue
+        try:
+            declared = parse_env([e for e in env])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--env") from None
+        if _names_an_app(target, name) and _restart_existing(
+                c, target, declared, update_env, _given(namespace, no_autorestart, run_options)):
+            started = True
+            continue
+        instances = run_options.get("instances")
+        c.start(target, name=name, namespace=namespace, instances=instances, env=declared,
+                autorestart=not no_autorestart, **{k: v for k, v in run_options.items() if k != "instances"})
+        started = True
+    if started:
+        show(c.list())
 
 
 class StartCommand(click.Command):
@@ -93,9 +152,10 @@ class StartCommand(click.Command):
 
     def __init__(self) -> None:
         super().__init__(
-            "start", callback=_start, help="Start an app under the daemon (TARGET: MODULE:ATTR, a script, a command or a prun.toml).",
+            "start", callback=_start, help="Start apps under the daemon (TARGET: MODULE:ATTR, a script, a command or a "
+                                           "prun.toml; the name or id of an app it has restarts it).",
             params=[
-                click.Argument(["target"]),
+                click.Argument(["targets"], nargs=-1, required=True),
                 click.Option(["--name"], help="The app's name in the table (default: from TARGET)."),
                 click.Option(["--namespace"], default="default", show_default=True,
                              help="A group of apps that commands can name at once."),
@@ -103,6 +163,13 @@ class StartCommand(click.Command):
                              help="Set a variable for the app; repeatable. With a prun.toml: the [apps.env_NAME] "
                                   "sections to apply."),
                 click.Option(["--no-autorestart"], is_flag=True, help="Do not restart the app when it exits."),
+                click.Option(["--update-env"], is_flag=True, help="An app started again takes this shell's "
+                                                                   "environment instead of the one stored."),
+                click.Option(["--only"], metavar="NAME[,NAME]", help="With a prun.toml: only these of its apps."),
+                click.Option(["-o", "--output"], metavar="FILE", help="The app's out log (PM2's; = --log-file)."),
+                click.Option(["-e", "--error"], metavar="FILE", help="The app's err log (PM2's; = --error-file)."),
+                click.Option(["-l", "--log", "combined_file"], metavar="FILE",
+                             help="A third log with the lines of both, beside the out and err logs (PM2's -l)."),
                 *_run_params(),
             ])
 

@@ -29,17 +29,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd"}
+START_KEYS = {"name", "target", "namespace", "instances", "env", "autorestart", "cwd", "combined_file"}
 # The type of each key of `prun start`'s own that is not an option of `prun run` (those: their parsers).
 START_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "namespace": (str,), "instances": (int, str),
+                                            "combined_file": (str,),
                                             "autorestart": (bool,), "cwd": (str,)}
 
 
 KIND_NAMES = {str: "a string", int: "a whole number", bool: "true or false"}
 
 
-def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
-    """One dict of Client.start's arguments per [[apps]] table."""
+def read(path: str, env_name: str | None = None, only: str | None = None) -> list[dict[str, Any]]:
+    """One dict of Client.start's arguments per [[apps]] table (of those --only names, comma-separated).
+
+    UsageError if `env_name` names a section no app has (a misspelt --env is not the base env), or --only
+    an app the file does not hold."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -103,4 +107,16 @@ def read(path: str, env_name: str | None = None) -> list[dict[str, Any]]:
         if "instances" in args:
             args["instances"] = str(args["instances"])
         result.append(args)
+    if env_name is not None and not any(isinstance(t, dict) and f"env_{env_name}" in
+                                        {k.replace("-", "_") for k in t} for t in apps):
+        sections = sorted({k.replace("-", "_")[4:] for t in apps if isinstance(t, dict) for k in t
+                           if k.replace("-", "_").startswith("env_")})
+        known = f" (it has: {', '.join(sections)})" if sections else " (it has none)"
+        raise UsageError(f"{path} has no [apps.env_{env_name}] section for --env {env_name}{known}")
+    if only is not None:
+        wanted = [n for n in only.split(",") if n]
+        missing = [n for n in wanted if n not in {a["name"] for a in result}]
+        if missing or not wanted:
+            raise UsageError(f"--only {only}: no app {missing[0] if missing else ''!r} in {path}")
+        result = [a for a in result if a["name"] in wanted]
     return result

@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,19 +73,42 @@ class God:
         self.runners[app.id] = Runner(self, app)
         return app
 
-    def resolve(self, target: Any) -> list[App]:
-        """The apps a command names: `all`, an id, a name or a namespace; NO_SUCH_APP otherwise."""
-        text = str(target)
+    def resolve(self, target: Any, empty_ok: bool = False) -> list[App]:
+        """The apps a command names, each once: `target` is one or a list of `all`, a name, a namespace, an id,
+        a /regex/ (searched in names), or a script (as given to start, or its absolute path), tried in that
+        order as PM2 does. NO_SUCH_APP if one names no app (`all` too, unless `empty_ok`): nothing is done."""
+        targets = target if isinstance(target, list) else [target]
+        if not targets:
+            raise rpc.RpcError(rpc.NO_SUCH_APP, "no app named")
+        found: dict[int, App] = {}
+        for each in targets:
+            found.update((app.id, app) for app in self._match(str(each), empty_ok))
+        return sorted(found.values(), key=lambda a: a.id)
+
+    def _match(self, text: str, empty_ok: bool) -> list[App]:
+        apps = list(self.apps.values())
         if text == "all":
-            found = list(self.apps.values())
-        elif text.isdigit() and int(text) in self.apps:
+            if not apps and not empty_ok:
+                raise rpc.RpcError(rpc.NO_SUCH_APP, "no app to act on: prun ls is empty")
+            return apps
+        if len(text) > 2 and text[0] == text[-1] == "/":
+            try:
+                pattern = re.compile(text[1:-1])
+            except re.error as exc:
+                raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"invalid regular expression {text}: {exc}") from None
+            found = [a for a in apps if pattern.search(a.name)]
+            if not found:
+                raise rpc.RpcError(rpc.NO_SUCH_APP, f"no app name matches {text}")
+            return found
+        found = [a for a in apps if a.name == text] or [a for a in apps if a.spec.namespace == text]
+        if not found and text.isdigit() and int(text) in self.apps:
             found = [self.apps[int(text)]]
-        else:
-            found = [a for a in self.apps.values() if a.name == text] or [
-                a for a in self.apps.values() if a.spec.namespace == text]
-        if not found and text != "all":
+        if not found:
+            found = [a for a in apps if text in (a.spec.target, os.path.join(a.spec.cwd, a.spec.target))
+                     or (os.path.isabs(text) and text in a.spec.command[:2])]
+        if not found:
             raise rpc.RpcError(rpc.NO_SUCH_APP, f"no app named, numbered or in a namespace {text!r}")
-        return sorted(found, key=lambda a: a.id)
+        return found
 
     def by_name(self, name: str) -> App | None:
         return next((a for a in self.apps.values() if a.name == name), None)
@@ -92,12 +116,20 @@ class God:
     # ---- operations ------------------------------------------------------------------------------
 
     async def start(self, spec: Spec, env: dict[str, str]) -> App:
-        """A new app, or a stopped one of that name started again; its master online, or START_FAILED."""
+        """A new app, or a stopped or errored one of that name started again with this spec and environment
+        (what was typed now, not what was stored); its master online, or START_FAILED."""
         existing = self.by_name(spec.name)
         if existing is not None:
             if existing.status not in (STOPPED, ERRORED):
                 raise rpc.RpcError(rpc.ALREADY_RUNNING, f"an app named {spec.name!r} already exists "
                                    f"(id {existing.id}, {existing.status}): prun restart {spec.name}")
+            if spec != existing.spec:  # started again with what is given now, as a new start would be
+                async with existing.lock:
+                    await self._stop_master(existing)
+                    if (spec.mode, spec.bind, spec.backlog) != (existing.spec.mode, existing.spec.bind,
+                                                                existing.spec.backlog):
+                        self.runner(existing).release_listeners()
+                    existing.spec, existing.base_env = spec, env
             await self.restart(existing)
             return existing
         app = self.add(App(max(self.apps, default=-1) + 1, spec, env))

@@ -18,6 +18,9 @@ A full disk (ENOSPC, EDQUOT, EFBIG) never blocks the writer: lines are dropped a
 is truncated back (no half line stays), one warning goes to the writer's stderr (the daemon's log), and
 once a write succeeds again a line in the file says how many were dropped.
 
+A log path that is not a regular file (`/dev/null`, a terminal, a FIFO someone reads) is written as it is:
+no index, no rotation, nothing created beside it.
+
 Log files are opened through `open_log` (cluster/logopen.py): another user's symlink at a log path is not
 followed, another user's file is not written into (root is no other user). A refused first open raises
 LogFileRefused; a refused reopen keeps the old file.
@@ -29,6 +32,7 @@ import errno
 import gzip
 import os
 import shutil
+import stat
 import struct
 import sys
 import threading
@@ -120,6 +124,7 @@ class LogFile:
         self.dropped = 0  # lines lost to a full disk, not yet reported
         self.reason = ""
         self.compressor: threading.Thread | None = None
+        self.special = False  # not a regular file (/dev/null): written as it is, never rotated nor indexed
         self.open()
 
     def open(self, generation: int = 0) -> None:
@@ -134,9 +139,14 @@ class LogFile:
         self.close_fds()
         self.fd = fd
         st = os.fstat(self.fd)
+        self.owner = None
+        self.special = not stat.S_ISREG(st.st_mode)
+        if self.special:
+            self.open_line = False
+            self.inodes, self.lengths = (0, 0), [0, 0]  # nothing the journal could cut back
+            return
         self.day = time.strftime("%Y-%m-%d", time.localtime(st.st_mtime if st.st_size else time.time()))
         self.open_line = bool(st.st_size) and os.pread(self.fd, 1, st.st_size - 1) != b"\n"
-        self.owner = None
         self.open_index(st.st_ino, generation)
         self.inodes = (st.st_ino, os.fstat(self.idx).st_ino if self.idx >= 0 else 0)
         self.lengths = [st.st_size, os.fstat(self.idx).st_size if self.idx >= 0 else 0]
@@ -172,11 +182,17 @@ class LogFile:
         `prun flush` emptied meanwhile is shorter: the journal never cuts a file longer)."""
         return [(inode, length) for inode, length in zip(self.inodes, self.lengths) if inode]
 
-    def write(self, data: bytes, when: float, progress: Callable[[int], None] | None = None) -> bool:
+    def write(self, data: bytes, when: float, progress: Callable[[int], None] | None = None,
+              rotate: bool = True) -> bool:
         """Append `data` (whole lines; it may begin with the rest of a line the file ends in, and end inside one),
-        rotating between lines as needed; `progress(lines)` is told, before each rotation, how many of data's
-        lines are in the file. False if the disk refused some (they are counted)."""
+        rotating between lines as needed (not if `rotate` is false: see rotate_before); `progress(lines)` is
+        told, before each rotation, how many of data's lines are in the file. False if the disk refused some
+        (they are counted)."""
+        if self.special:
+            return self._append(data, when, 0)
         size = os.fstat(self.fd).st_size  # not kept: `prun flush` may truncate the file under us
+        if not rotate:
+            return self._append(data, when, size)
         done = 0
         if self.open_line:  # the rest of a line already begun here goes here, whatever the size
             end = data.find(b"\n") + 1 or len(data)
@@ -205,6 +221,18 @@ class LogFile:
             size = 0
         return self._append(data, when, size) if data else True
 
+    def rotate_before(self, incoming: int) -> None:
+        """Rotate now if `incoming` more bytes would take the file past --log-max-size (or the day changed):
+        for a file written without rotating inside a write (the combined file), which may pass the size by
+        one write's bytes."""
+        if self.special or self.open_line:
+            return
+        size = os.fstat(self.fd).st_size
+        limit = self.rotation.max_size
+        if size and ((limit and size + incoming > limit)
+                     or (self.rotation.daily and time.strftime("%Y-%m-%d") != self.day)):
+            self.rotate()
+
     def _rotate_after(self, done: int, progress: Callable[[int], None] | None) -> None:
         if progress is not None:
             progress(done)
@@ -218,7 +246,8 @@ class LogFile:
         except OSError as exc:
             if exc.errno not in FULL:
                 raise
-            os.ftruncate(self.fd, size)  # a half-written line must not stay; truncating frees space too
+            if not self.special:
+                os.ftruncate(self.fd, size)  # a half-written line must not stay; truncating frees space too
             self.lengths[0] = size
             if not self.dropped:
                 print(f"prun: warning: {self.path}: {exc.strerror}: dropping log lines until it can be written",

@@ -1,7 +1,7 @@
 """An app's log writer: the one process that writes its log files, from the two pipes its master writes into.
 
     python -m prun.cluster.daemon.logwriter OUT_FD ERR_FD OUT_PATH ERR_PATH [--max-size N --retain N
-        --compress --daily --time FORMAT --split --replacing PID --how TEXT]
+        --compress --daily --time FORMAT --split --combined PATH --replacing PID --how TEXT]
 
     master ──stdout pipe: frames of whole lines (its own, its workers', the access log's)──▶ writer ──▶ files
            ──stderr pipe: frames of whole lines──────────────────────────────────────────▶
@@ -9,9 +9,11 @@
 The master (or fork-mode supervisor) is the only writer of the pipes; it writes frames of whole lines
 tagged with their source (cluster/logframe.py). The writer files them: stdout's in OUT_PATH, stderr's in
 ERR_PATH (--split: a worker's in its own pair, logfiles.worker_file), the access log's where the master
-says; --time prefixes each line with the time it arrived. It rotates between lines (logfiles.py). When
+says; --combined (PM2's -l) also writes every out and err line into a third file; --time prefixes each line
+with the time it arrived. It rotates between lines (logfiles.py). When
 every writer has closed the pipes (the master is gone), it writes what is left and exits 0. A flock on
-OUT_PATH's `.lock` keeps a new writer (a restarted master's) from writing before the last one finished.
+OUT_PATH's `.lock` (ERR_PATH's when OUT_PATH is /dev/null or another non-file; none when both are) keeps a
+new writer (a restarted master's) from writing before the last one finished.
 
 Exactly once, across a killed writer. The daemon keeps the pipes' read ends and starts a new writer on
 them when one dies (runner.py). So that the new one neither loses nor repeats a line, a writer never takes
@@ -36,6 +38,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import sys
 import time
 from typing import Any
@@ -55,8 +58,9 @@ class Writer:
     """Files the frames of an app's two pipes."""
 
     def __init__(self, out: Pipe, err: Pipe, out_path: str, err_path: str, rotation: Rotation, stamp: str,
-                 split: bool, journal: Journal | None) -> None:
+                 split: bool, journal: Journal | None, combined_path: str = "") -> None:
         self.pipes = [out, err]
+        self.combined_path = combined_path
         self.out_path, self.err_path = out_path, err_path
         self.stamp = stamp.encode() if stamp else b""
         self.time_format = stamp
@@ -67,6 +71,7 @@ class Writer:
         self.recovered = 0  # lines a killed writer had written but not noted: written again
         self.notes: list[str] = []
         self.files = Files(rotation, self.opened)
+        self.combined: LogFile | None = None  # opened by serve, once recover() cut it back
 
     # ---- the journal -----------------------------------------------------------------------------
 
@@ -98,7 +103,8 @@ class Writer:
         self.access = state.get("access", "")
         self.notes = [*state.get("notes", []), *self.notes]  # what a writer killed before it could say
         noted = {inode: size for inode, size in state.get("files", [])}
-        paths = [self.out_path, self.err_path, *worker_files(self.out_path), *worker_files(self.err_path)]
+        paths = [self.out_path, self.err_path, *worker_files(self.out_path), *worker_files(self.err_path),
+                 *([self.combined_path] if self.combined_path else [])]
         for path in dict.fromkeys(paths + ([self.access] if self.access else [])):
             for each in (path, path + ".idx"):
                 self.recovered += cut_back(each, noted, count=each == path)
@@ -163,18 +169,19 @@ class Writer:
                 pipe.lost += seq - pipe.seq
                 pipe.seq, pipe.lines = seq, 0
             file = self.target(kind, source)
-            if file.open_line and file.owner not in (None, pipe):  # another pipe's line is unfinished there
-                return items[i - 1][4] if i else 0
+            mirror = self.combined if kind != ACCESS else None
+            if any(f is not None and f.open_line and f.owner not in (None, pipe) for f in (file, mirror)):
+                return items[i - 1][4] if i else 0  # another pipe's line is unfinished there
             run = [items[i]]
             j = i + 1
             while j < len(items) and items[j][0] == kind and items[j][1] == source and items[j][2] >= 0:
                 run.append(items[j])
                 j += 1
-            self.write_run(pipe, file, run, now)
+            self.write_run(pipe, file, run, now, mirror)
             i = j
         return used
 
-    def write_run(self, pipe: Pipe, file: LogFile, run: list[Item], now: float) -> None:
+    def write_run(self, pipe: Pipe, file: LogFile, run: list[Item], now: float, mirror: LogFile | None) -> None:
         counts: list[tuple[int, int, int]] = []  # (seq, lines skipped, lines written) of each frame of the run
         chunks = []
         open_line = file.open_line
@@ -189,7 +196,28 @@ class Writer:
             chunks.append(payload)
             counts.append((seq, skipped, payload.count(b"\n")))
 
+        data = b"".join(chunks)
+        mirrored = 0  # bytes of data in the combined file (--combined) too
+
+        # The combined file (--combined) gets what the file got, before the journal says the file has it. It
+        # rotates only here, where every file holds the lines the journal's position says (its rotation
+        # notes the journal), never inside the write, where the file and it hold different lines.
+        if mirror is not None:
+            mirror.rotate_before(len(data))
+
+        def copy(lines: int) -> None:
+            nonlocal mirrored
+            if mirror is None:
+                return
+            end = 0
+            for _ in range(lines):
+                end = data.find(b"\n", end) + 1
+            if end > mirrored:
+                self.emit(mirror, data[mirrored:end], now, rotate=False)
+                mirrored = end
+
         def progress(lines: int) -> None:  # before a rotation: what is in the file now
+            copy(lines)
             for seq, skipped, count in counts:
                 if seq < 0:
                     lines -= count
@@ -201,8 +229,11 @@ class Writer:
                 pipe.seq, pipe.lines = seq + 1, 0
             self.commit()
 
-        self.emit(file, b"".join(chunks), now, progress)
+        self.emit(file, data, now, progress)
         file.owner = pipe if file.open_line else None
+        if mirror is not None and len(data) > mirrored:
+            self.emit(mirror, data[mirrored:], now, rotate=False)
+            mirror.owner = pipe if mirror.open_line else None
         last = max((seq for seq, _, _ in counts), default=-1)
         if last >= 0:
             pipe.seq, pipe.lines = last + 1, 0
@@ -221,12 +252,12 @@ class Writer:
             return b"\n".join(stamped)
         return b"\n".join(stamped) + b"\n"
 
-    def emit(self, file: LogFile, data: bytes, now: float, progress: Any = None) -> None:
+    def emit(self, file: LogFile, data: bytes, now: float, progress: Any = None, rotate: bool = True) -> None:
         dropped = file.dropped
         if not dropped:
-            file.write(data, now, progress)
+            file.write(data, now, progress, rotate)
         elif file.write(f"prun: warning: {dropped} log lines were dropped ({file.reason})\n".encode() + data, now,
-                        progress):
+                        progress, rotate):
             file.dropped -= dropped  # space is back: the file says first what was lost
         else:
             file.dropped -= 1  # that note was not one of the app's lines
@@ -266,22 +297,34 @@ def skip_lines(payload: bytes, lines: int) -> bytes:
 
 
 def serve(out_fd: int, err_fd: int, out_path: str, err_path: str, rotation: Rotation, stamp: str,
-          split: bool = False, replacing: int = 0, how: str = "") -> None:
+          split: bool = False, replacing: int = 0, how: str = "", combined_path: str = "") -> None:
     """File the two pipes until both reach EOF."""
-    lock_fd, locked = lock(out_path)
+    if combined_path in (out_path, err_path):
+        combined_path = ""  # -l naming the out or err file: its lines once
+    beside = next((path for path in (out_path, err_path, combined_path) if path and is_file_or_missing(path)), "")
+    lock_fd, locked = lock(beside) if beside else (-1, False)  # (no .lock in /dev for -o/-e /dev/null)
     try:
         peek: Peek | None = Peek()
     except (OSError, AttributeError):
         peek = None
     writer = Writer(Pipe(out_fd, OUT, peek), Pipe(err_fd, ERR, peek), out_path, err_path, rotation, stamp,
-                    split, Journal(lock_fd) if locked else None)
+                    split, Journal(lock_fd) if locked else None, combined_path)
     writer.recover()
+    if combined_path:
+        writer.combined = writer._file(combined_path)
     writer._file(out_path)
     writer._file(err_path)
     if replacing:
         writer.note(took_over(replacing, how, writer))
     run(writer)
     writer.close()
+
+
+def is_file_or_missing(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 def took_over(pid: int, how: str, writer: Writer) -> str:
@@ -360,6 +403,7 @@ def main() -> None:
     parser.add_argument("--daily", action="store_true")
     parser.add_argument("--time", default="", help="strftime format of a prefix to each line")
     parser.add_argument("--split", action="store_true", help="a worker's lines go to its own files")
+    parser.add_argument("--combined", default="", help="a third file with every out and err line (PM2's -l)")
     parser.add_argument("--replacing", type=int, default=0, help="the pid of the writer this one replaces")
     parser.add_argument("--how", default="", help="how that writer ended, for the err log's note")
     args = parser.parse_args()
@@ -372,7 +416,7 @@ def main() -> None:
     try:
         serve(args.out_fd, args.err_fd, args.out_path, args.err_path,
               Rotation(args.max_size, args.retain, args.compress, args.daily), args.time, args.split,
-              args.replacing, args.how)
+              args.replacing, args.how, args.combined)
     except LogFileRefused as exc:
         print(f"prun: error: {exc.strerror}", file=sys.stderr, flush=True)
         sys.exit(1)

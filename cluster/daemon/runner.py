@@ -221,6 +221,7 @@ class Runner:
             [sys.executable, "-m", "prun.cluster.daemon.logwriter", str(out_r), str(err_r), out_path, err_path,
              "--name", app.name, "--time", spec.log_time, *rotation.arguments(),
              *([] if spec.merge_logs else ["--split"]),
+             *(["--combined", spec.combined_file] if spec.combined_file else []),
              *(["--replacing", str(replacing[0]), "--how", replacing[1]] if replacing else [])],
             pass_fds=(out_r, err_r), start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, env=self.helper_env())

@@ -65,6 +65,8 @@ class Spec:
     error_file: str = declare(STRING, "The err log, absolute; `\"\"`: log_file if given, else "
                               "$PRUN_HOME/logs/NAME-err.log.", option="error_file", daemon=True,
                               checks=(schema.absolute_or_empty,))
+    combined_file: str = declare(STRING, "A third log holding every line of both, absolute (PM2's -l/--log); "
+                                 "`\"\"`: none.", default="", daemon=True, checks=(schema.absolute_or_empty,))
     log_max_size: int = declare(INTEGER, "Bytes a log file may reach before it rotates (0: never).",
                                 option="log_max_size", daemon=True)
     log_retain: int = declare(INTEGER, "Rotated files kept per log file.", option="log_retain", daemon=True)
