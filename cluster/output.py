@@ -8,7 +8,7 @@ lines go the same way: Log writes through `own`, and whatever else the master pr
 sys.stderr is made into lines of its own. So no line is torn, or mixed with another process's, whatever a
 process does: print unbuffered, os.write a line in parts, write a megabyte without a newline, exit mid-line.
 
-The relay runs under the daemon (framed, for its log writer), with --log-format json and with
+The relay runs under the daemon (framed, for its log writer), with --log-format json, --log-file and
 --access-log-file. In the foreground without them, workers write to the master's stdout and stderr
 directly: a terminal shows what they write as they write it.
 """
@@ -235,9 +235,9 @@ class _Into(io.RawIOBase):
 
 
 def for_master(config: Config, log: Log, loop: asyncio.AbstractEventLoop, under_daemon: bool) -> OutputRelay | None:
-    """The relay a master needs (under the daemon, --log-format json, --access-log-file), or None."""
+    """The relay a master needs (under the daemon, --log-format json, --log-file, --access-log-file), or None."""
     json_format = config.log_format == "json"
-    if not (under_daemon or json_format or config.access_log_file):
+    if not (under_daemon or json_format or config.log_file or config.access_log_file):
         return None
     access = os.path.abspath(config.access_log_file) if config.access_log_file else ""
     access_fd = -1

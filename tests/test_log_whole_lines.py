@@ -126,3 +126,15 @@ def test_logs_follow_loses_nothing_across_several_rotations_a_poll_compressed(ho
     finally:
         follower.terminate()
         follower.wait()
+
+
+def test_foreground_log_file_gets_every_line_whole(prun, tmp_path: Path) -> None:
+    """`prun app --log-file FILE` in the foreground: the master relays its workers' lines, so lines written in
+    pieces, unbuffered or over PIPE_BUF by two workers at once reach the file whole."""
+    log = tmp_path / "app.log"
+    count = 6000
+    env = {"SCRIBE_LINES": str(count), "SCRIBE_WAYS": "print,pieces,print,pieces,big,junk"}
+    prun(*SCRIBE, "-i", "2", "--log-file", str(log), cwd=APPS, env=env)
+    wait_until(lambda: log.exists() and done_lines(str(log)) == 2, timeout=60, what="both workers' last line")
+    found = scribed(all_lines(str(log)))
+    found.assert_whole(processes=2, count=count)
