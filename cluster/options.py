@@ -177,6 +177,13 @@ parse_int = _non_negative(int)
 parse_float = _non_negative(float)
 
 
+def parse_backlog(value: Any) -> int:
+    number = parse_int(value)
+    if number > 65535:
+        raise ValueError(f"expected at most 65535 (the kernel caps it at net.core.somaxconn), got {value!r}")
+    return int(number)
+
+
 def parse_ms(value: Any) -> float:
     """Seconds from milliseconds, as PM2 takes them (1000), or with a unit (1.5s, 200ms)."""
     text = str(value).strip().lower()
@@ -357,7 +364,7 @@ class Config:
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
     config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
         "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
-    backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
+    backlog: int = option(parse_backlog, 2048, "Listen backlog.", worker=True)
     unix_mode: str = option(parse_mode, "", "Permissions of each unix: socket --bind makes, in octal: 660 lets "
         "--unix-group connect too, e.g. a proxy's user (connecting takes write permission). Without it, as the "
         "umask leaves them (0700 under prun start).", metavar="MODE")

@@ -120,12 +120,9 @@ class OutputRelay:
     # ---- reading ---------------------------------------------------------------------------------
 
     def _read(self, feed: Feed) -> None:
-        try:
-            data = os.read(feed.fd, READ_SIZE)
-        except BlockingIOError:
+        data = read_some(feed.fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             self._emit(feed, feed.lines.feed(data))
             return
@@ -192,12 +189,7 @@ class OutputRelay:
         for feed in list(self.feeds.values()):
             taken = 0
             while taken < CLOSE_DRAIN:
-                try:
-                    data = os.read(feed.fd, READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
+                data = read_some(feed.fd)
                 if not data:
                     break
                 taken += len(data)
@@ -232,6 +224,16 @@ class _Into(io.RawIOBase):
         chunk = bytes(data)  # type: ignore[call-overload]
         self.relay._own_raw(self.feed, chunk)
         return len(chunk)
+
+
+def read_some(fd: int) -> bytes | None:
+    """What a worker's pipe holds (b"": EOF, or an error that ends it the same way); None: nothing yet."""
+    try:
+        return os.read(fd, READ_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def for_master(config: Config, log: Log, loop: asyncio.AbstractEventLoop, under_daemon: bool) -> OutputRelay | None:

@@ -31,6 +31,7 @@ def _error_lines(output: str) -> list[str]:
         (["runtime:app"], 3, "cannot import 'runtime': no module named 'runtime'"),
         (["tcp:handle", "--unix-mode", "999"], 2, "invalid --unix-mode '999': expected permissions in octal from 000"),
         (["tcp:handle", "--unix-group", "no-such-group"], 2, "invalid --unix-group 'no-such-group': no group named"),
+        (["tcp:handle", "--backlog", "1000000000000"], 2, "invalid --backlog '1000000000000': expected at most 65535"),
         (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
     ],
 )
