@@ -5,12 +5,12 @@ option's, `option` declares the rest (flags, metavar, whether workers get it, wh
 change it; see `Option`). From the table come the click options of `prun run` and its `--help`
 (`click_options`), the `PRUN_<NAME>` environment variables and the TOML keys (cluster/config.py merges
 them), the options a worker is told at boot (`Config.worker_options`), what a reload applies or reports
-as needing a restart (`config.Reconfigure`), and the README's options table (`readme_table`).
+as needing a restart (`config.Reconfigure`), and the options table of the docs (docs/options.md) (`readme_table`).
 
 To add an option, add its row to `Config`. A worker option (`worker=True`) also needs a field of the same
 name and default in `WorkerOptions` (runtime/options.py: workers do not import cluster/). Then run
-`python -m prun.cluster.options README.md` to regenerate the README's table; tests/test_options.py fails
-until WorkerOptions and the README agree with the table.
+`python -m prun.cluster.options` to regenerate the options table of the docs (docs/options.md); tests/test_options.py fails
+until WorkerOptions and docs/options.md agree with the table.
 """
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ class Config:
     access_log: str = option(parse_access_log, "", "One line per request: off, common or json.",
         shown_default="off", metavar="[off|common|json]", worker=True, reload=True)
     access_log_format: str = option(parse_access_log_format, "", "The access log line, from gunicorn's access_log_format atoms "
-        "(README, Logs), e.g. '%(h)s \"%(r)s\" %(s)s %(M)sms'; turns --access-log common on.", metavar="FORMAT",
+        "(docs: Logs), e.g. '%(h)s \"%(r)s\" %(s)s %(M)sms'; turns --access-log common on.", metavar="FORMAT",
         shown_default="common", worker=True, reload=True)
     access_log_file: str = option(parse_str, "", "Write the access log to this file, not to stdout (prun start: "
         "rotated as the other logs).", metavar="FILE")
@@ -615,7 +615,7 @@ def click_options(command: F) -> F:
 
 # ---- the README's options table ----------------------------------------------------------------
 
-README_BEGIN = "<!-- options: generated from cluster/options.py by `python -m prun.cluster.options README.md` -->"
+README_BEGIN = "<!-- options: generated from cluster/options.py by `python -m prun.cluster.options` -->"
 README_END = "<!-- end of options -->"
 
 
@@ -657,4 +657,4 @@ def update_readme(path: str) -> bool:
 
 
 if __name__ == "__main__":
-    print("updated" if update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md") else "up to date")
+    print("updated" if update_readme(sys.argv[1] if len(sys.argv) > 1 else "docs/options.md") else "up to date")

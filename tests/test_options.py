@@ -18,7 +18,7 @@ from prun.cluster.options import BY_NAME, OPTIONS, WORKER, cpu_count, readme_sec
 from prun.runtime.options import WorkerOptions
 from tests.support import prun_command
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 # WorkerOptions fields the master sets itself; they are not options a user gives.
 MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd"}
 
@@ -50,7 +50,7 @@ def test_a_config_built_from_nothing_has_the_tables_defaults(tmp_path):
 def test_the_readme_options_table_is_the_generated_one():
     text = README.read_text()
     start, end = readme_section(text)
-    assert text[start:end].strip() == readme_table(), "run: python -m prun.cluster.options README.md"
+    assert text[start:end].strip() == readme_table(), "run: python -m prun.cluster.options"
 
 
 def test_help_lists_every_option_with_its_default():
