@@ -34,7 +34,7 @@ BAD_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"graceful_timeout": -1}, "app 'web': invalid graceful_timeout: expected a non-negative number, got -1.0"),
     ({"graceful_timeout": 10**400}, "app 'web': graceful_timeout must be a number"),
     ({"backlog": 1e300}, "app 'web': backlog must be a whole number"),
-    ({"backlog": 1 << 40}, "app 'web': invalid backlog: expected at most 2147483647"),
+    ({"backlog": 1 << 40}, "app 'web': invalid backlog: expected at most 65535"),
     ({"instances": "lots"}, "app 'web': invalid instances: expected a number, 'max', 0 or -N, got 'lots'"),
     ({"instances": [2]}, "app 'web': instances must be a string or a whole number"),
     ({"name": "../x"}, f"app '../x': invalid name: {NAME_RULE}"),

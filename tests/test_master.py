@@ -187,8 +187,8 @@ def test_usr1_reopens_the_log_file_in_master_and_workers(prun, tmp_path):
 
     said: set[int] = set()
     wait_until(say_from_each, what="a line from each worker")
-    text = log.read_text()
-    assert all(f"after the rotation from {pid}" in text for pid in workers)
+    wait_until(lambda: all(f"after the rotation from {pid}" in log.read_text() for pid in workers),
+               what="each worker's line in the new file (relayed by the master)")
     assert "after the rotation" not in rotated.read_text()
 
 

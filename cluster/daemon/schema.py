@@ -36,7 +36,7 @@ FORK_KILL_TIMEOUT = 5.0
 CARRIED = ("app", "bind", "instances", "name", "env")
 # The options the daemon's log writer reads, combined into the field log_time.
 LOG_TIME_OPTIONS = ("time", "log_date_format")
-MAX_BACKLOG = (1 << 31) - 1  # listen(2) takes a C int
+MAX_BACKLOG = 65535  # as --backlog (cluster/options.py): the kernel caps it at net.core.somaxconn
 
 
 class SpecError(UsageError):
