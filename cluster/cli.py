@@ -56,7 +56,8 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
         from prun.cluster.health import parse_address
 
         parse_address(config.health)
-    log = Log(config.log_format, app=config.name or config.app, json_time=config.log_json_time)
+    log = Log(config.log_format, app=config.name or config.app, json_time=config.log_json_time,
+              level=config.log_level)
     try:
         return serve_logged(cli_values, environ, config, log, control_fd)
     except PrunError as exc:

@@ -16,7 +16,21 @@ from typing import Any
 
 from prun.cluster.errors import UsageError
 from prun.cluster.log import Log
-from prun.cluster.options import BY_NAME, OPTIONS, Config, Option, cpu_count, parse, parse_env, parse_instances
+from prun.cluster.options import (
+    BY_NAME,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    FILE_KEYS,
+    OPTIONS,
+    Config,
+    Option,
+    cpu_count,
+    from_file_key,
+    nearest,
+    parse,
+    parse_env,
+    parse_instances,
+)
 
 # Config and the parsers live in the option table (cluster/options.py); they stay importable from here.
 __all__ = ["Config", "Reconfigure", "build", "cpu_count", "from_environ", "parse_env", "parse_instances",
@@ -47,9 +61,12 @@ def read_file(path: str) -> dict[str, Any]:
         data = data.get("tool", {}).get("prun", {})
     settings: dict[str, Any] = {}
     for key, value in data.items():
-        option = BY_NAME.get(key.replace("-", "_"))
-        if option is None or not option.file:
-            raise UsageError(f"unknown setting {key!r} in {path}")
+        option = from_file_key(key)
+        if option is None:
+            hint = nearest(key.replace("-", "_"), FILE_KEYS)
+            raise UsageError(f"unknown setting {key!r} in {path}{hint.replace('_', '-')}")
+        if option.name in settings:
+            raise UsageError(f"{key!r} in {path} sets {option.key} a second time")
         settings[option.name] = value
     return settings
 
@@ -74,6 +91,16 @@ def _source(option: Option, value: Any) -> str:
     return "app" if option.argument else f"{option.long} {value!r}"
 
 
+def fold_host_port(layer: dict[str, Any], source: str) -> None:
+    """uvicorn's --host and --port of one source (the command line, the environment, a file) as its bind."""
+    host, port = layer.pop("host", ""), layer.pop("port", "")
+    if not host and not port:
+        return
+    if "bind" in layer:
+        raise UsageError(f"--bind and --host/--port both given {source}: give one or the other")
+    layer["bind"] = [f"{host or DEFAULT_HOST}:{port or DEFAULT_PORT}"]
+
+
 def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """The Config for these command-line values (None: not given) and this environment."""
     environ = os.environ if environ is None else environ
@@ -88,13 +115,17 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
             config_path = candidate
     values: dict[str, Any] = {}
     if config_path:
-        for name, value in read_file(config_path).items():
-            values[name] = parse(name, value, f"{name} in {config_path}")
-    for name, (value, variable) in from_environ(environ).items():
-        if name != "config":  # already looked at, above
-            values[name] = parse(name, value, variable)
-    for name, value in given.items():
-        values[name] = parse(name, value, _source(BY_NAME[name], value))
+        layer = {name: parse(name, value, f"{name} in {config_path}")
+                 for name, value in read_file(config_path).items()}
+        fold_host_port(layer, f"in {config_path}")
+        values.update(layer)
+    layer = {name: parse(name, value, variable) for name, (value, variable) in from_environ(environ).items()
+             if name != "config"}  # the config file: already looked at, above
+    fold_host_port(layer, "in the environment")
+    values.update(layer)
+    layer = {name: parse(name, value, _source(BY_NAME[name], value)) for name, value in given.items()}
+    fold_host_port(layer, "on the command line")
+    values.update(layer)
     config = Config(**values, config=config_path)
     validate(config)
     return config

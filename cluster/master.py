@@ -20,7 +20,7 @@ from prun.cluster.config import Config
 from prun.cluster.errors import PrunError
 from prun.cluster.health import HealthServer
 from prun.cluster.listeners import Listener
-from prun.cluster.log import Log
+from prun.cluster.log import Log, plural
 from prun.cluster.metrics import Tally
 from prun.cluster.notify import Notifier
 from prun.cluster.recycling import Recycler
@@ -99,9 +99,9 @@ class Master:
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
-                self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
+                self.log.info(f"ready: {plural(len(self.slots), 'worker')} of {self.config.app} (gen 1) on {urls}")
                 self.emit(control.Online(len(self.slots), self.rollout.generation))
-                self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
+                self.notifier.ready(f"{plural(len(self.slots), 'worker')} ready, gen 1")
                 self.rollout.release()
                 self.recycler.start()
             code = await self.finished
@@ -381,7 +381,7 @@ class Master:
             self.rollout.stop()
             self.supervision.stop()
         if graceful and first:
-            self.log.info(f"stopping: draining {sum(w.alive for w in self.workers.values())} workers")
+            self.log.info(f"stopping: draining {plural(sum(w.alive for w in self.workers.values()), 'worker')}")
             for worker in list(self.workers.values()):
                 self.rollout.retire(worker)
         else:

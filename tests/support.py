@@ -96,7 +96,7 @@ class Prun:
     def wait_ready(self, timeout: float = 20.0) -> int:
         """Wait for the first generation; the first listener's port."""
         port = int(self.wait_for(r"listening on (?:\S+):(\d+)", timeout).group(1))
-        self.wait_for(r"ready: \d+ workers", timeout)
+        self.wait_for(r"ready: \d+ workers?", timeout)
         return port
 
     @property

@@ -32,6 +32,9 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--unix-mode", "999"], 2, "invalid --unix-mode '999': expected permissions in octal from 000"),
         (["tcp:handle", "--unix-group", "no-such-group"], 2, "invalid --unix-group 'no-such-group': no group named"),
         (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
+        (["tcp:handle", "--port", "9000"], 2, "--bind and --host/--port both given on the command line"),
+        (["tcp:handle", "--log-level", "loud"], 2, "invalid --log-level 'loud': expected one of trace, debug, info"),
+        (["tcp:handle", "--wrkers", "2"], 2, "No such option '--wrkers'. (Did you mean one of: '--workers'"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
