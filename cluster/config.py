@@ -127,6 +127,11 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
     fold_host_port(layer, "on the command line")
     values.update(layer)
     config = Config(**values, config=config_path)
+    if config.env_file:
+        from prun.cluster.dotenv import read_env_file
+
+        from_file = read_env_file(config.env_file, environ)
+        config.env = {**{k: v for k, v in from_file.items() if k not in environ}, **config.env}
     validate(config)
     return config
 

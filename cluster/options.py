@@ -392,6 +392,9 @@ class Config:
     name: str = option(parse_name, "", f"The app's name in process titles and logs: {names.RULE}.", worker=True)
     env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
+    env_file: str = option(parse_str, "", "A dotenv file (KEY=VALUE lines) read into the workers' environment, as "
+        "uvicorn's: a variable prun's environment has keeps its value, --env beats both; a reload re-reads it.",
+        metavar="FILE", reload=True)
     config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
         "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)

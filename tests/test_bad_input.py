@@ -34,6 +34,7 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
         (["tcp:handle", "--port", "9000"], 2, "--bind and --host/--port both given on the command line"),
         (["tcp:handle", "--log-level", "loud"], 2, "invalid --log-level 'loud': expected one of trace, debug, info"),
+        (["tcp:handle", "--env-file", "/no/such/.env"], 2, "cannot read --env-file /no/such/.env: no such file"),
         (["tcp:handle", "--wrkers", "2"], 2, "No such option '--wrkers'. (Did you mean one of: '--workers'"),
     ],
 )

@@ -87,7 +87,9 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
                "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",
                "interpreter": "python3", "log_json_time": "epoch", "log_max_line": 4096,
-               "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log", "log_level": "warning"}
+               "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log", "log_level": "warning",
+               "env_file": str(tmp_path / "empty.env")}
+    (tmp_path / "empty.env").write_text("# nothing: --env's K stays the only variable\n")
     parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25,  # PM2's milliseconds
               "kill_timeout": 3.0}
     # --host and --port become the bind (test_host_and_port_make_one_bind)
