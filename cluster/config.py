@@ -12,7 +12,8 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prun.cluster.errors import UsageError
 from prun.cluster.log import Log
@@ -32,6 +33,9 @@ from prun.cluster.options import (
     parse_instances,
 )
 
+if TYPE_CHECKING:
+    from prun.cluster.gunicorn import Hooks
+
 # Config and the parsers live in the option table (cluster/options.py); they stay importable from here.
 __all__ = ["Config", "Reconfigure", "build", "cpu_count", "from_environ", "parse_env", "parse_instances",
            "read_file", "validate"]
@@ -42,8 +46,24 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """The settings in a TOML config file: top-level keys, or [tool.prun] of a pyproject.toml."""
+@dataclass
+class FileExtras:
+    """What a gunicorn config file gives beside settings, for the start only (a reload re-reads the settings)."""
+
+    notes: list[str] = field(default_factory=list)  # one line per setting or hook prun ignores, and why
+    hooks: Hooks | None = None  # the server hooks it defines that prun runs
+
+
+def read_file(path: str, extras: FileExtras | None = None) -> dict[str, Any]:
+    """The settings in a config file: TOML's top-level keys, [tool.prun] of a pyproject.toml, or the settings
+    of a gunicorn config file (*.py, executed: cluster/gunicorn.py)."""
+    if path.endswith(".py"):
+        from prun.cluster import gunicorn
+
+        loaded = gunicorn.load(path)
+        if extras is not None:
+            extras.notes, extras.hooks = loaded.notes, loaded.hooks
+        return loaded.settings
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -101,8 +121,9 @@ def fold_host_port(layer: dict[str, Any], source: str) -> None:
     layer["bind"] = [f"{host or DEFAULT_HOST}:{port or DEFAULT_PORT}"]
 
 
-def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    """The Config for these command-line values (None: not given) and this environment."""
+def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, extras: FileExtras | None = None) -> Config:
+    """The Config for these command-line values (None: not given) and this environment; `extras` gets what a
+    gunicorn config file gives beside its settings."""
     environ = os.environ if environ is None else environ
     given = {k: v for k, v in cli.items() if v is not None and v != () and k != "config"}
     config_path = cli.get("config") or environ.get(BY_NAME["config"].env) or ""
@@ -116,7 +137,7 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
     values: dict[str, Any] = {}
     if config_path:
         layer = {name: parse(name, value, f"{name} in {config_path}")
-                 for name, value in read_file(config_path).items()}
+                 for name, value in read_file(config_path, extras).items()}
         fold_host_port(layer, f"in {config_path}")
         values.update(layer)
     layer = {name: parse(name, value, variable) for name, (value, variable) in from_environ(environ).items()

@@ -395,8 +395,9 @@ class Config:
     env_file: str = option(parse_str, "", "A dotenv file (KEY=VALUE lines) read into the workers' environment, as "
         "uvicorn's: a variable prun's environment has keeps its value, --env beats both; a reload re-reads it.",
         metavar="FILE", reload=True)
-    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
-        "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
+    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml), or a gunicorn "
+        "config file (*.py, executed as gunicorn does: docs/from-gunicorn.md); a reload re-reads it.", short="-c",
+        metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_int, 2048, "Listen backlog.", worker=True)
     unix_mode: str = option(parse_mode, "", "Permissions of each unix: socket --bind makes, in octal: 660 lets "
         "--unix-group connect too, e.g. a proxy's user (connecting takes write permission). Without it, as the "

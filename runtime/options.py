@@ -72,6 +72,7 @@ class WorkerOptions:
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)
+    hooks_file: str = ""  # a gunicorn config file whose post_worker_init / worker_exit this worker runs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

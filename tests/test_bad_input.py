@@ -36,6 +36,7 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--log-level", "loud"], 2, "invalid --log-level 'loud': expected one of trace, debug, info"),
         (["tcp:handle", "--env-file", "/no/such/.env"], 2, "cannot read --env-file /no/such/.env: no such file"),
         (["tcp:handle", "--wrkers", "2"], 2, "No such option '--wrkers'. (Did you mean one of: '--workers'"),
+        (["tcp:handle", "-c", "/no/such/gunicorn.conf.py"], 2, "cannot read config file /no/such/gunicorn.conf.py"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):

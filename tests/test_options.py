@@ -20,7 +20,8 @@ from tests.support import prun_command
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # WorkerOptions fields the master sets itself; they are not options a user gives.
-MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd"}
+MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd",
+              "hooks_file"}
 
 
 def test_config_has_one_field_per_option_of_the_defaults_type():
