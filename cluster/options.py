@@ -488,10 +488,12 @@ class Config:
         reload=True)
     root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
         metavar="PATH", worker=True, reload=True)
-    proxy_headers: bool = option(parse_bool, True, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (as "
-        "uvicorn and gunicorn do).", shown_default="on", flag=True, worker=True, reload=True)
-    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
-        "or *.", metavar="IPS", worker=True, reload=True)
+    proxy_headers: bool = option(parse_bool, True, "Take the client's address from X-Forwarded-For and the scheme "
+        "from X-Forwarded-Proto when the peer is one of --forwarded-allow-ips, as uvicorn does (gunicorn takes only "
+        "the scheme from them).", shown_default="on", flag=True, worker=True, reload=True)
+    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated addresses or networks of the "
+        "proxies trusted for proxy headers, or *.", metavar="IPS", worker=True, reload=True,
+        shown_default="127.0.0.1, or $FORWARDED_ALLOW_IPS", fallback_env="FORWARDED_ALLOW_IPS")
     threads: int = option(parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True)
     keepalive_timeout: float = option(parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
         metavar="SECONDS", worker=True, reload=True)

@@ -34,7 +34,7 @@ class WorkerOptions:
     # HTTP server (ASGI / WSGI)
     lifespan: str = "auto"  # auto | on | off
     root_path: str = ""
-    proxy_headers: bool = True  # as uvicorn and gunicorn: trusted from forwarded_allow_ips
+    proxy_headers: bool = True  # as uvicorn: client and scheme from X-Forwarded-* of forwarded_allow_ips peers
     forwarded_allow_ips: str = "127.0.0.1"
     threads: int = 8
     keepalive_timeout: float = 5.0

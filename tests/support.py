@@ -34,7 +34,7 @@ class Prun:
     def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None, **popen: object) -> None:
         full_env = dict(os.environ)
-        for variable in ("PORT", "WEB_CONCURRENCY"):
+        for variable in ("PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
             full_env.pop(variable, None)
         full_env.update(env or {})
         self.args = args

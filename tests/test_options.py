@@ -133,6 +133,8 @@ def test_precedence_command_line_environment_file_default(tmp_path):
     assert build({"instances": "5"}, {"WEB_CONCURRENCY": "3", "PRUN_INSTANCES": "4"}).instances == 5
     assert build({"timeout": "8"}, {"PRUN_TIMEOUT": "9"}).timeout == 8.0
     assert build({}, {"WEB_CONCURRENCY": "max"}).instances == cpu_count()
+    assert build({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}).forwarded_allow_ips == "10.0.0.0/8"  # uvicorn's, gunicorn's
+    assert build({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8", "PRUN_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == "*"
     other = tmp_path / "other.toml"
     other.write_text('app = "m:b"\ninstances = 6\n')
     from_variable = config_mod.build({}, {"PRUN_CONFIG": str(other)})
