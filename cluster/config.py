@@ -111,14 +111,16 @@ def _source(option: Option, value: Any) -> str:
     return "app" if option.argument else f"{option.long} {value!r}"
 
 
-def fold_host_port(layer: dict[str, Any], source: str) -> None:
-    """uvicorn's --host and --port of one source (the command line, the environment, a file) as its bind."""
+def fold_host_port(layer: dict[str, Any], source: str, environ: Mapping[str, str]) -> None:
+    """uvicorn's --host and --port of one source (the command line, the environment, a file) as its bind;
+    either alone takes the other from the default bind (127.0.0.1:8000, or 0.0.0.0:$PORT)."""
     host, port = layer.pop("host", ""), layer.pop("port", "")
     if not host and not port:
         return
     if "bind" in layer:
         raise UsageError(f"--bind and --host/--port both given {source}: give one or the other")
-    layer["bind"] = [f"{host or DEFAULT_HOST}:{port or DEFAULT_PORT}"]
+    platform = environ.get("PORT", "")
+    layer["bind"] = [f"{host or ('0.0.0.0' if platform else DEFAULT_HOST)}:{port or platform or DEFAULT_PORT}"]
 
 
 def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, extras: FileExtras | None = None) -> Config:
@@ -138,14 +140,14 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, extr
     if config_path:
         layer = {name: parse(name, value, f"{name} in {config_path}")
                  for name, value in read_file(config_path, extras).items()}
-        fold_host_port(layer, f"in {config_path}")
+        fold_host_port(layer, f"in {config_path}", environ)
         values.update(layer)
     layer = {name: parse(name, value, variable) for name, (value, variable) in from_environ(environ).items()
              if name != "config"}  # the config file: already looked at, above
-    fold_host_port(layer, "in the environment")
+    fold_host_port(layer, "in the environment", environ)
     values.update(layer)
     layer = {name: parse(name, value, _source(BY_NAME[name], value)) for name, value in given.items()}
-    fold_host_port(layer, "on the command line")
+    fold_host_port(layer, "on the command line", environ)
     values.update(layer)
     config = Config(**values, config=config_path)
     if config.env_file:

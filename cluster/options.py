@@ -379,10 +379,10 @@ class Config:
     bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
         "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
         shown_default=f"{DEFAULT_BIND}, or 0.0.0.0:$PORT", fallback_env="PORT", fallback_format="0.0.0.0:{}")
-    host: str = option(parse_host, "", f"uvicorn's --host: makes the bind HOST:PORT with --port, or with port "
-        f"{DEFAULT_PORT} alone (not with --bind).", metavar="HOST")
-    port: str = option(parse_port, "", f"uvicorn's --port: makes the bind HOST:PORT with --host, or with host "
-        f"{DEFAULT_HOST} alone (not with --bind).", metavar="PORT")
+    host: str = option(parse_host, "", f"uvicorn's --host: makes the bind HOST:PORT with --port; alone, with port "
+        f"{DEFAULT_PORT} (or $PORT). Not with --bind.", metavar="HOST")
+    port: str = option(parse_port, "", f"uvicorn's --port: makes the bind HOST:PORT with --host; alone, with host "
+        f"{DEFAULT_HOST} (0.0.0.0 if $PORT is set). Not with --bind.", metavar="PORT")
     chdir: str = option(parse_str, ".", "Directory to import the app from (first on sys.path).", metavar="DIR",
         worker=True, reload=True)
     factory: bool = option(parse_bool, False, "APP is a factory: call it to get the app.", flag=True, worker=True,
