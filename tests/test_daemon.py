@@ -91,7 +91,9 @@ def test_logs_show_the_apps_output(home: Home) -> None:
 
 
 def test_scale_up_and_down(home: Home) -> None:
-    home.prun("start", *HTTP_APP, "--name", "api", "-i", "1")
+    # uvicorn's spellings: --port becomes the bind the daemon binds (not an argument of the master), -w is -i
+    home.prun("start", "greeter:app", "--lifespan", "off", "--port", "0", "--name", "api", "-w", "1")
+    assert get(home.port("api")).startswith("hello ")
     home.prun("scale", "api", "3")
     assert home.app("api")["workers"] == 3
     home.prun("scale", "api", "-1")
