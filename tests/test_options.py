@@ -256,3 +256,15 @@ def test_log_levels_keep_what_they_say():
         log.warning("w")
         log.error("e")
         assert len(out.getvalue().splitlines()) == shown, (level, out.getvalue())
+
+
+def test_an_app_file_takes_the_same_aliases_and_suggests_too(tmp_path):
+    from prun.cluster.daemon import ecosystem
+
+    apps = tmp_path / "prun.toml"
+    apps.write_text('[[apps]]\ntarget = "m:a"\nworkers = 3\ntimeout-graceful-shutdown = 4\n')
+    (app,) = ecosystem.read(str(apps))
+    assert (app["instances"], app["graceful_timeout"]) == ("3", 4)
+    apps.write_text('[[apps]]\ntarget = "m:a"\nworker = 3\n')
+    with pytest.raises(UsageError, match=r"unknown key 'worker' \(did you mean workers\?\)"):
+        ecosystem.read(str(apps))
