@@ -275,7 +275,9 @@ class MasterHooks:
         try:
             hook(self.server)
         except Exception as exc:
-            self.write("error", f"the {name} hook failed: {type(exc).__name__}: {exc}\n"
-                                + "".join(traceback.format_tb(exc.__traceback__)[1:]).rstrip())
+            where = f" in {self.hooks.path}" if self.hooks else ""
+            told = (f"the {name} hook{where} failed: {type(exc).__name__}: {exc}\n"
+                    + "".join(traceback.format_tb(exc.__traceback__)[1:]).rstrip())
             if fatal:
-                raise PrunError(f"the {name} hook in {self.hooks.path if self.hooks else ''} failed") from None
+                raise PrunError(told) from None
+            self.write("error", told)

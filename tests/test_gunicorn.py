@@ -182,3 +182,14 @@ def test_on_starting_and_on_exit_run_when_the_bind_fails(prun, tmp_path: Path) -
     assert _marks(marks, "on_starting") == {master.pid: master.pid}
     assert _marks(marks, "on_exit") == {master.pid: master.pid}
     assert not list(marks.glob("when_ready-*"))
+
+
+def test_a_failing_on_starting_stops_prun_before_it_binds(prun, tmp_path: Path) -> None:
+    (tmp_path / "web.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text('def on_starting(server):\n    raise RuntimeError("vault locked")\n')
+    master = prun("-c", "gunicorn.conf.py", "web:app", "-b", "127.0.0.1:0", cwd=tmp_path)
+    assert master.wait_exit(20) == 1
+    assert master.output.count("prun: error:") == 1, master.output
+    assert "the on_starting hook in gunicorn.conf.py failed: RuntimeError: vault locked" in master.output
+    assert 'raise RuntimeError("vault locked")' in master.output  # the hook's own traceback, once
+    assert "listening on" not in master.output
