@@ -142,8 +142,11 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, extr
                  for name, value in read_file(config_path, extras).items()}
         fold_host_port(layer, f"in {config_path}", environ)
         values.update(layer)
-    layer = {name: parse(name, value, variable) for name, (value, variable) in from_environ(environ).items()
+    variables = from_environ(environ)
+    layer = {name: parse(name, value, variable) for name, (value, variable) in variables.items()
              if name != "config"}  # the config file: already looked at, above
+    if ("host" in layer or "port" in layer) and variables.get("bind", ("", ""))[1] == "PORT":
+        del layer["bind"]  # PRUN_HOST or PRUN_PORT say more than PORT's default bind: they take its other half
     fold_host_port(layer, "in the environment", environ)
     values.update(layer)
     layer = {name: parse(name, value, _source(BY_NAME[name], value)) for name, value in given.items()}

@@ -208,6 +208,7 @@ def test_host_and_port_make_one_bind(tmp_path):
     # the default bind is 0.0.0.0:$PORT where a platform sets PORT: --host or --port alone takes its other half
     assert bind("--host", "10.0.0.1", environ={"PORT": "5000"}) == ["10.0.0.1:5000"]
     assert bind("--port", "9000", environ={"PORT": "5000"}) == ["0.0.0.0:9000"]
+    assert bind(environ={"PORT": "5000", "PRUN_HOST": "10.0.0.1"}) == ["10.0.0.1:5000"]
     toml = tmp_path / "prun.toml"
     toml.write_text('host = "0.0.0.0"\nport = 8080\n')
     assert bind("--config", str(toml)) == ["0.0.0.0:8080"]
