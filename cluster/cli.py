@@ -6,6 +6,7 @@ Every failure a user can cause ends here as one line on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: `prun MODULE:ATTR ...` is `prun run MODULE:ATTR ...`."""
     args = commands.unalias(list(sys.argv[1:] if argv is None else argv))
     if not args or args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version"):
+        hint = options.nearest(args[0], COMMANDS, cutoff=0.75) if args and re.fullmatch(r"[A-Za-z]+", args[0]) else ""
+        if hint:  # `prun stauts`: a mistyped command, not an app (an app is MODULE:ATTR)
+            print(f"prun: error: unknown command {args[0]!r}{hint}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
         args.insert(0, "run")
     try:
         cli.main(args, prog_name="prun", standalone_mode=False)

@@ -614,11 +614,11 @@ def from_file_key(key: str) -> Option | None:
     return FILE_KEYS.get(key.replace("-", "_"))
 
 
-def nearest(word: str, known: Iterable[str]) -> str:
+def nearest(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     """' (did you mean X?)' for the known word nearest a mistyped one, or ''."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

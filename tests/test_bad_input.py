@@ -35,6 +35,7 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--port", "9000"], 2, "--bind and --host/--port both given on the command line"),
         (["tcp:handle", "--log-level", "loud"], 2, "invalid --log-level 'loud': expected one of trace, debug, info"),
         (["tcp:handle", "--env-file", "/no/such/.env"], 2, "cannot read --env-file /no/such/.env: no such file"),
+        (["stauts"], 2, "unknown command 'stauts' (did you mean status?)"),
         (["tcp:handle", "--wrkers", "2"], 2, "No such option '--wrkers'. (Did you mean one of: '--workers'"),
         (["tcp:handle", "-c", "/no/such/gunicorn.conf.py"], 2, "cannot read config file /no/such/gunicorn.conf.py"),
     ],
