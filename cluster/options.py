@@ -450,10 +450,10 @@ class Config:
     cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
         "(six fields: seconds first).", metavar="CRON", reload=False)
     pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
-    log_level: str = option(parse_log_level, "info", "The least level of the master's own lines: debug adds how "
-        "the balancing switches, warning and error keep only those (uvicorn's and gunicorn's trace and critical "
-        "are debug and error). The app's output and the access log do not change.",
-        metavar="[debug|info|warning|error]")
+    log_level: str = option(parse_log_level, "info", "The least level of prun's own lines (and of a gunicorn "
+        "config file's hooks' log): debug adds how the balancing switches, warning and error keep only those "
+        "(uvicorn's and gunicorn's trace and critical are debug and error). The app's output and the access log "
+        "do not change.", metavar="[debug|info|warning|error]", worker=True)
     log_format: str = option(Choice("text", "json"), "text", "json: one JSON object per event (a line a worker or "
         "instance prints, an exception with its traceback), with time, level, app, worker, pid, stream, message.",
         worker=True)

@@ -183,7 +183,8 @@ class Worker:
         if opts.hooks_file:  # a gunicorn config file with post_worker_init or worker_exit (runtime/hooks.py)
             from prun.runtime.hooks import WorkerHooks
 
-            self.hooks = WorkerHooks(opts.hooks_file, os.getpid(), os.getppid(), opts.slot, opts.generation)
+            self.hooks = WorkerHooks(opts.hooks_file, os.getpid(), os.getppid(), opts.slot, opts.generation,
+                                     opts.log_level)
         app, interface = loader.resolve(loader.load(opts.app, opts.chdir, opts.factory), opts.interface, opts.app,
                                         self.warn)
         server = make_server(app, interface, opts, loop)

@@ -66,20 +66,28 @@ def settings_of(names: Mapping[str, Any], known: Callable[[str], bool]) -> Simpl
     return SimpleNamespace(**{k: v for k, v in names.items() if known(k)})
 
 
-def _stderr(level: str, message: str) -> None:
-    print(f"prun: {message}" if level in ("info", "debug") else f"prun: {level}: {message}", file=sys.stderr,
-          flush=True)
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _stderr(least: str) -> Callable[[str, str], None]:
+    """Writes a worker's hook lines as the master writes its own, from level `least` up."""
+    def write(level: str, message: str) -> None:
+        if LEVELS.index(level) >= LEVELS.index(least):
+            print(f"prun: {message}" if level in ("info", "debug") else f"prun: {level}: {message}", file=sys.stderr,
+                  flush=True)
+
+    return write
 
 
 class WorkerHooks:
     """A worker's post_worker_init and worker_exit, from the config file the master names at boot."""
 
-    def __init__(self, path: str, pid: int, ppid: int, slot: int, generation: int) -> None:
+    def __init__(self, path: str, pid: int, ppid: int, slot: int, generation: int, log_level: str = "info") -> None:
         names = execute(path)
         self.post_worker_init = names.get("post_worker_init")
         self.worker_exit = names.get("worker_exit")
         cfg = settings_of(names, lambda k: not k.startswith("_") and not callable(names[k]))
-        self.log = HookLog(_stderr)
+        self.log = HookLog(_stderr(log_level))
         self.worker = SimpleNamespace(pid=pid, ppid=ppid, slot=slot, generation=generation, age=generation,
                                       cfg=cfg, log=self.log, wsgi=None)
         self.server = SimpleNamespace(pid=ppid, cfg=cfg, log=self.log)

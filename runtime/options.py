@@ -52,6 +52,7 @@ class WorkerOptions:
     access_log_fd: int = -1  # --access-log-file: the master's pipe for this worker's access lines (-1: stdout)
     log_format: str = "text"  # text | json: the worker's own multi-line reports become one JSON record
     log_json_time: str = "rfc3339"  # rfc3339 | epoch: the time of those records
+    log_level: str = "info"  # debug | info | warning | error: the least level of the hooks' log (runtime/hooks.py)
     # TLS (runtime/tls.py): each worker loads the files itself at boot; no certfile: plain TCP
     certfile: str = ""
     keyfile: str = ""

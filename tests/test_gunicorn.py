@@ -49,6 +49,7 @@ def on_exit(server):
 
 def post_worker_init(worker):
     mark("post_worker_init", worker.pid)
+    worker.log.debug("post_worker_init in slot %d", worker.slot)
 
 
 def worker_exit(server, worker):
@@ -90,6 +91,7 @@ def test_hooks_run_in_the_master_and_the_workers_and_ignored_settings_are_named(
     # each worker ran post_worker_init itself, before it was ready
     assert _marks(marks, "post_worker_init") == {pid: pid for pid in workers}
     assert "on_starting hook for 2 workers" in master.output
+    assert "prun: post_worker_init in slot 0" in master.output and "post_worker_init in slot 1" in master.output
     assert "balance: " in master.output  # loglevel = "debug"
     ignored = [line for line in master.output.splitlines() if line.startswith("prun: warning: gunicorn.conf.py: ")]
     assert [line.split(": ")[3].split()[0] for line in ignored] == [
@@ -193,3 +195,17 @@ def test_a_failing_on_starting_stops_prun_before_it_binds(prun, tmp_path: Path) 
     assert "the on_starting hook in gunicorn.conf.py failed: RuntimeError: vault locked" in master.output
     assert 'raise RuntimeError("vault locked")' in master.output  # the hook's own traceback, once
     assert "listening on" not in master.output
+
+
+def test_a_workers_hook_log_keeps_the_log_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prun.runtime.hooks import WorkerHooks
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("def worker_exit(server, worker):\n    pass\n")
+    for level, shown in (("debug", ["d", "i", "w"]), ("info", ["i", "w"]), ("warning", ["w"]), ("error", [])):
+        hooks = WorkerHooks(str(conf), 1, 2, 0, 1, level)
+        hooks.log.debug("d")
+        hooks.log.info("i")
+        hooks.log.warning("w")
+        lines = capsys.readouterr().err.splitlines()
+        assert [line.rsplit(" ", 1)[-1] for line in lines] == shown, (level, lines)
