@@ -551,7 +551,7 @@ def run_policy(balance: str, args: argparse.Namespace, tmp: Path) -> dict:
     try:
         began = time.monotonic()
         master = Master(procs, balance, port, args.instances)
-        master.wait(r"ready: \d+ workers", 60)
+        master.wait(r"ready: \d+ workers?", 60)
         prime(port, 20 * args.instances)
         idle_start = settle(master, began, args.instances)
         seconds = args.minutes * 60

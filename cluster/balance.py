@@ -29,6 +29,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
+from prun.cluster.log import plural
 from prun.cluster.worker import State, WorkerProcess
 from prun.runtime import channel
 
@@ -119,12 +120,12 @@ class LeastConn:
         if self.direct != before:
             if len(self.direct) == 1 and len(able) == 1:
                 (lone,) = self.direct
-                self.log.info(f"balance: {lone.describe()} accepts alone")
+                self.log.debug(f"balance: {lone.describe()} accepts alone")
             elif len(self.direct) > 1 and len(before) < 2:
-                self.log.info(f"balance: {len(self.direct)} workers accept directly "
+                self.log.debug(f"balance: {len(self.direct)} workers accept directly "
                               f"({self.rate():.0f} new connections/s)")
             elif before and not self.direct:
-                self.log.info(f"balance: master hands off to {len(able)} workers" if able
+                self.log.debug(f"balance: master hands off to {plural(len(able), 'worker')}" if able
                               else "balance: master accepts (no worker can take connections yet)")
         self._poll()
 

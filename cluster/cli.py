@@ -6,6 +6,7 @@ Every failure a user can cause ends here as one line on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,8 @@ from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
 if TYPE_CHECKING:
-    from prun.cluster.config import Config
+    from prun.cluster.config import Config, FileExtras
+    from prun.cluster.gunicorn import MasterHooks
     from prun.cluster.log import Log
 
 COMMANDS = ("run", *commands.NAMES)
@@ -50,15 +52,19 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
 
     signal.pthread_sigmask(signal.SIG_BLOCK, master.SIGNALS)  # held until the master handles them
     environ = dict(os.environ)
-    config = config_mod.build(cli_values, environ)
+    extras = config_mod.FileExtras()
+    config = config_mod.build(cli_values, environ, extras)
     config_mod.check_tls(config)
     if config.health:
         from prun.cluster.health import parse_address
 
         parse_address(config.health)
-    log = Log(config.log_format, app=config.name or config.app, json_time=config.log_json_time)
+    log = Log(config.log_format, app=config.name or config.app, json_time=config.log_json_time,
+              level=config.log_level)
+    for note in extras.notes:  # a gunicorn config file's settings that prun does not apply, and why
+        log.warning(note)
     try:
-        return serve_logged(cli_values, environ, config, log, control_fd)
+        return serve_logged(cli_values, environ, config, log, control_fd, extras)
     except PrunError as exc:
         if log.records is None:
             raise
@@ -67,15 +73,30 @@ def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
 
 
 def serve_logged(cli_values: dict[str, Any], environ: dict[str, str], config: Config, log: Log,
-                 control_fd: int | None) -> int:
-    """serve() once its log is there: open --log-file, bind, run the master."""
+                 control_fd: int | None, extras: FileExtras) -> int:
+    """serve() once its log is there: open --log-file, bind, run the master (and a gunicorn config file's
+    on_starting before binding, its on_exit at the end)."""
+    from prun.cluster.gunicorn import MasterHooks
+
+    if config.log_file:
+        os.close(log.open_file(config.log_file))
+    hooks = MasterHooks(extras.hooks, lambda level, message: getattr(log, level)(message), config.app,
+                        config.instances)
+    hooks.run("on_starting", fatal=True)
+    try:
+        return _bind_and_run(cli_values, environ, config, log, control_fd, hooks)
+    finally:
+        hooks.run("on_exit")
+
+
+def _bind_and_run(cli_values: dict[str, Any], environ: dict[str, str], config: Config, log: Log,
+                  control_fd: int | None, hooks: MasterHooks) -> int:
+    """Bind the listeners (unless systemd or the daemon gave them), run the master; its exit code."""
     from prun.cluster import config as config_mod
     from prun.cluster import listeners as listeners_mod
     from prun.cluster import master
     from prun.cluster.notify import Notifier
 
-    if config.log_file:
-        os.close(log.open_file(config.log_file))
     for spec in config.bind:
         listeners_mod.parse(spec)  # every address is checked before any is bound
     listeners = listeners_mod.systemd_listeners(os.environ)
@@ -95,7 +116,7 @@ def serve_logged(cli_values: dict[str, Any], environ: dict[str, str], config: Co
     try:
         notifier = Notifier.from_environ()
         reconfigure = config_mod.Reconfigure(cli_values, environ, config, log)
-        return master.run(config, listeners, log, reconfigure, notifier, control_fd)
+        return master.run(config, listeners, log, reconfigure, notifier, control_fd, hooks)
     finally:
         if config.pid_file:
             _remove_pid_file(config.pid_file)
@@ -132,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: `prun MODULE:ATTR ...` is `prun run MODULE:ATTR ...`."""
     args = commands.unalias(list(sys.argv[1:] if argv is None else argv))
     if not args or args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version"):
+        hint = options.nearest(args[0], COMMANDS, cutoff=0.75) if args and re.fullmatch(r"[A-Za-z]+", args[0]) else ""
+        if hint:  # `prun stauts`: a mistyped command, not an app (an app is MODULE:ATTR)
+            print(f"prun: error: unknown command {args[0]!r}{hint}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
         args.insert(0, "run")
     try:
         cli.main(args, prog_name="prun", standalone_mode=False)

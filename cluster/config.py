@@ -12,11 +12,29 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prun.cluster.errors import UsageError
 from prun.cluster.log import Log
-from prun.cluster.options import BY_NAME, OPTIONS, Config, Option, cpu_count, parse, parse_env, parse_instances
+from prun.cluster.options import (
+    BY_NAME,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    FILE_KEYS,
+    OPTIONS,
+    Config,
+    Option,
+    cpu_count,
+    from_file_key,
+    nearest,
+    parse,
+    parse_env,
+    parse_instances,
+)
+
+if TYPE_CHECKING:
+    from prun.cluster.gunicorn import Hooks
 
 # Config and the parsers live in the option table (cluster/options.py); they stay importable from here.
 __all__ = ["Config", "Reconfigure", "build", "cpu_count", "from_environ", "parse_env", "parse_instances",
@@ -28,8 +46,24 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """The settings in a TOML config file: top-level keys, or [tool.prun] of a pyproject.toml."""
+@dataclass
+class FileExtras:
+    """What a gunicorn config file gives beside settings, for the start only (a reload re-reads the settings)."""
+
+    notes: list[str] = field(default_factory=list)  # one line per setting or hook prun ignores, and why
+    hooks: Hooks | None = None  # the server hooks it defines that prun runs
+
+
+def read_file(path: str, extras: FileExtras | None = None) -> dict[str, Any]:
+    """The settings in a config file: TOML's top-level keys, [tool.prun] of a pyproject.toml, or the settings
+    of a gunicorn config file (*.py, executed: cluster/gunicorn.py)."""
+    if path.endswith(".py"):
+        from prun.cluster import gunicorn
+
+        loaded = gunicorn.load(path)
+        if extras is not None:
+            extras.notes, extras.hooks = loaded.notes, loaded.hooks
+        return loaded.settings
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -47,9 +81,12 @@ def read_file(path: str) -> dict[str, Any]:
         data = data.get("tool", {}).get("prun", {})
     settings: dict[str, Any] = {}
     for key, value in data.items():
-        option = BY_NAME.get(key.replace("-", "_"))
-        if option is None or not option.file:
-            raise UsageError(f"unknown setting {key!r} in {path}")
+        option = from_file_key(key)
+        if option is None:
+            hint = nearest(key.replace("-", "_"), FILE_KEYS)
+            raise UsageError(f"unknown setting {key!r} in {path}{hint.replace('_', '-')}")
+        if option.name in settings:
+            raise UsageError(f"{key!r} in {path} sets {option.key} a second time")
         settings[option.name] = value
     return settings
 
@@ -74,8 +111,21 @@ def _source(option: Option, value: Any) -> str:
     return "app" if option.argument else f"{option.long} {value!r}"
 
 
-def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    """The Config for these command-line values (None: not given) and this environment."""
+def fold_host_port(layer: dict[str, Any], source: str, environ: Mapping[str, str]) -> None:
+    """uvicorn's --host and --port of one source (the command line, the environment, a file) as its bind;
+    either alone takes the other from the default bind (127.0.0.1:8000, or 0.0.0.0:$PORT)."""
+    host, port = layer.pop("host", ""), layer.pop("port", "")
+    if not host and not port:
+        return
+    if "bind" in layer:
+        raise UsageError(f"--bind and --host/--port both given {source}: give one or the other")
+    platform = environ.get("PORT", "")
+    layer["bind"] = [f"{host or ('0.0.0.0' if platform else DEFAULT_HOST)}:{port or platform or DEFAULT_PORT}"]
+
+
+def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, extras: FileExtras | None = None) -> Config:
+    """The Config for these command-line values (None: not given) and this environment; `extras` gets what a
+    gunicorn config file gives beside its settings."""
     environ = os.environ if environ is None else environ
     given = {k: v for k, v in cli.items() if v is not None and v != () and k != "config"}
     config_path = cli.get("config") or environ.get(BY_NAME["config"].env) or ""
@@ -88,14 +138,26 @@ def build(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> C
             config_path = candidate
     values: dict[str, Any] = {}
     if config_path:
-        for name, value in read_file(config_path).items():
-            values[name] = parse(name, value, f"{name} in {config_path}")
-    for name, (value, variable) in from_environ(environ).items():
-        if name != "config":  # already looked at, above
-            values[name] = parse(name, value, variable)
-    for name, value in given.items():
-        values[name] = parse(name, value, _source(BY_NAME[name], value))
+        layer = {name: parse(name, value, f"{name} in {config_path}")
+                 for name, value in read_file(config_path, extras).items()}
+        fold_host_port(layer, f"in {config_path}", environ)
+        values.update(layer)
+    variables = from_environ(environ)
+    layer = {name: parse(name, value, variable) for name, (value, variable) in variables.items()
+             if name != "config"}  # the config file: already looked at, above
+    if ("host" in layer or "port" in layer) and variables.get("bind", ("", ""))[1] == "PORT":
+        del layer["bind"]  # PRUN_HOST or PRUN_PORT say more than PORT's default bind: they take its other half
+    fold_host_port(layer, "in the environment", environ)
+    values.update(layer)
+    layer = {name: parse(name, value, _source(BY_NAME[name], value)) for name, value in given.items()}
+    fold_host_port(layer, "on the command line", environ)
+    values.update(layer)
     config = Config(**values, config=config_path)
+    if config.env_file:
+        from prun.cluster.dotenv import read_env_file
+
+        from_file = read_env_file(config.env_file, environ)
+        config.env = {**{k: v for k, v in from_file.items() if k not in environ}, **config.env}
     validate(config)
     return config
 

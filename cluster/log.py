@@ -21,22 +21,33 @@ class OwnOutput(Protocol):
     def own(self, stream: str, line: bytes) -> None: ...
 
 
+LEVELS = ("debug", "info", "warning", "error")  # --log-level: the lines below the one given are not written
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 worker', '2 workers': a count as a user reads it."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class Log:
     """Writes the master's own lines; `json` gives one record per line for log collectors."""
 
     def __init__(self, fmt: str = "text", app: str = "", stream: TextIO | None = None,
-                 json_time: str = "rfc3339") -> None:
+                 json_time: str = "rfc3339", level: str = "info") -> None:
         self.fmt = fmt
+        self.least = LEVELS.index(level)
         self.app = app
         self.stream = stream or sys.stderr
         self.records = Records(app, json_time) if fmt == "json" else None
         self.output: OwnOutput | None = None
 
     def _write(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        if LEVELS.index(level) < self.least:
+            return
         if self.records is not None:
             data = self.records.event(level, message, None, os.getpid(), "stderr", time.time(), fields)
         else:
-            line = f"prun: {message}" if level == "info" else f"prun: {level}: {message}"
+            line = f"prun: {message}" if level in ("info", "debug") else f"prun: {level}: {message}"
             if fields.get("traceback"):
                 line += "\n" + str(fields["traceback"]).rstrip()
             data = line.encode("utf-8", "backslashreplace") + b"\n"
@@ -65,6 +76,10 @@ class Log:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         return fd
+
+    def debug(self, message: str, **fields: Any) -> None:
+        """What only --log-level debug shows: how prun works inside (the balancing switches)."""
+        self._write("debug", message, fields)
 
     def info(self, message: str, **fields: Any) -> None:
         self._write("info", message, fields)

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prun.cluster import control, output
 from prun.cluster.balance import LeastConn
@@ -20,7 +21,7 @@ from prun.cluster.config import Config
 from prun.cluster.errors import PrunError
 from prun.cluster.health import HealthServer
 from prun.cluster.listeners import Listener
-from prun.cluster.log import Log
+from prun.cluster.log import Log, plural
 from prun.cluster.metrics import Tally
 from prun.cluster.notify import Notifier
 from prun.cluster.recycling import Recycler
@@ -28,6 +29,9 @@ from prun.cluster.rollout import Rollout, Slot
 from prun.cluster.supervision import Supervision
 from prun.cluster.worker import State, WorkerProcess, describe_exit, exit_status, spawn
 from prun.runtime import channel
+
+if TYPE_CHECKING:
+    from prun.cluster.gunicorn import MasterHooks
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
            signal.SIGUSR1, signal.SIGCHLD)
@@ -47,8 +51,10 @@ class Master:
         reconfigure: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
         control_fd: int | None = None,
+        hooks: MasterHooks | None = None,
     ) -> None:
         self.config = config
+        self.hooks = hooks  # a gunicorn config file's: when_ready here; workers run theirs (hooks_file)
         self.notifier = notifier or Notifier(None)
         self.container = config.container or os.getpid() == 1
         self.listeners = listeners
@@ -99,9 +105,11 @@ class Master:
         try:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
-                self.log.info(f"ready: {len(self.slots)} workers of {self.config.app} (gen 1) on {urls}")
+                self.log.info(f"ready: {plural(len(self.slots), 'worker')} of {self.config.app} (gen 1) on {urls}")
                 self.emit(control.Online(len(self.slots), self.rollout.generation))
-                self.notifier.ready(f"{len(self.slots)} workers ready, gen 1")
+                self.notifier.ready(f"{plural(len(self.slots), 'worker')} ready, gen 1")
+                if self.hooks:
+                    self.hooks.run("when_ready")
                 self.rollout.release()
                 self.recycler.start()
             code = await self.finished
@@ -221,6 +229,8 @@ class Master:
         jitter = self.config.max_requests_jitter
         limit = self.config.max_requests + (int.from_bytes(os.urandom(2), "little") % (jitter + 1) if jitter else 0)
         options = self.config.worker_options(slot, generation, limit if self.config.max_requests else 0)
+        if self.hooks and self.hooks.hooks and self.hooks.hooks.worker:
+            options.hooks_file = os.path.abspath(self.hooks.hooks.path)
         # under leastconn too: a worker accepts on them itself while it is the only one (cluster/balance.py)
         listening = [listener.sock for listener in self.listeners]
         environ = dict(os.environ, **{self.config.instance_var: str(slot)})  # PM2's NODE_APP_INSTANCE
@@ -381,7 +391,7 @@ class Master:
             self.rollout.stop()
             self.supervision.stop()
         if graceful and first:
-            self.log.info(f"stopping: draining {sum(w.alive for w in self.workers.values())} workers")
+            self.log.info(f"stopping: draining {plural(sum(w.alive for w in self.workers.values()), 'worker')}")
             for worker in list(self.workers.values()):
                 self.rollout.retire(worker)
         else:
@@ -431,13 +441,13 @@ def _ignore(event: object) -> None:
 
 
 def run(config: Config, listeners: list[Listener], log: Log, reconfigure: Callable[[], Config] | None,
-        notifier: Notifier | None = None, control_fd: int | None = None) -> int:
+        notifier: Notifier | None = None, control_fd: int | None = None, hooks: MasterHooks | None = None) -> int:
     """Run a master until it stops; its exit code."""
     # A HUP or TTOU sent right after `listening on` must not find the default action (exit, stop):
     # they wait, blocked, until the master's handlers are in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
     async def main() -> int:
-        return await Master(config, listeners, log, reconfigure, notifier, control_fd).run()
+        return await Master(config, listeners, log, reconfigure, notifier, control_fd, hooks).run()
 
     return asyncio.run(main())

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,7 +31,11 @@ from prun.cluster.errors import UsageError
 from prun.runtime.logrecord import TIME_STYLES
 from prun.runtime.options import INTERFACES, WorkerOptions
 
-DEFAULT_BIND = "127.0.0.1:8000"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", "8000"  # uvicorn's and gunicorn's too
+DEFAULT_BIND = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+# --log-level: uvicorn's and gunicorn's words, as prun's four levels (cluster/log.py)
+LOG_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warning": "warning", "error": "error",
+              "critical": "error"}
 
 
 # ---- parsers: one per option, the same for the command line, the environment and files ------------
@@ -135,6 +139,29 @@ def parse_size(value: Any) -> int:
     if size < 0:
         raise ValueError(f"expected a size of 0 or more, got {value!r}")
     return size
+
+
+def parse_host(value: Any) -> str:
+    """uvicorn's --host: an address or a name, as a --bind takes it ('::' is written [::])."""
+    text = parse_str(value).strip()
+    if text.startswith("unix:") or "/" in text:
+        raise ValueError(f"expected a host name or an address, got {value!r} (a unix socket is --bind unix:PATH)")
+    return f"[{text}]" if ":" in text and not text.startswith("[") else text
+
+
+def parse_port(value: Any) -> str:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"expected a port number from 0 to 65535, got {value!r}")
+    return str(int(text))
+
+
+def parse_log_level(value: Any) -> str:
+    """One of prun's levels, from uvicorn's or gunicorn's words (trace is debug, critical is error)."""
+    text = str(value).strip().lower()
+    if text not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return LOG_LEVELS[text]
 
 
 def parse_cron(value: Any) -> str:
@@ -282,10 +309,16 @@ class Option:
     fallback_format: str = "{}"  # how that variable's value becomes this option's text
     show_values: bool = True  # False: a reload names the changed keys, not their values (secrets)
     bare: str = ""  # the value of the flag given without one (--watch alone); '' : a value is required
+    aliases: tuple[str, ...] = ()  # other servers' spellings of it (-w, --workers); a long one is a file key too
 
     @property
     def flags(self) -> tuple[str, ...]:
-        return (self.short, self.long) if self.short else (self.long,)
+        return ((self.short, self.long) if self.short else (self.long,)) + self.aliases
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its keys in a config file: its own, and its long aliases (workers = 4)."""
+        return (self.key, *(alias[2:] for alias in self.aliases if alias.startswith("--")))
 
     @property
     def long(self) -> str:
@@ -349,10 +382,14 @@ class Config:
         metavar="APP")
     instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
         "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
-        shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY")
+        shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY", aliases=("-w", "--workers"))
     bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
         "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
         shown_default=f"{DEFAULT_BIND}, or 0.0.0.0:$PORT", fallback_env="PORT", fallback_format="0.0.0.0:{}")
+    host: str = option(parse_host, "", f"uvicorn's --host: makes the bind HOST:PORT with --port; alone, with port "
+        f"{DEFAULT_PORT} (or $PORT). Not with --bind.", metavar="HOST")
+    port: str = option(parse_port, "", f"uvicorn's --port: makes the bind HOST:PORT with --host; alone, with host "
+        f"{DEFAULT_HOST} (0.0.0.0 if $PORT is set). Not with --bind.", metavar="PORT")
     chdir: str = option(parse_str, ".", "Directory to import the app from (first on sys.path).", metavar="DIR",
         worker=True, reload=True)
     factory: bool = option(parse_bool, False, "APP is a factory: call it to get the app.", flag=True, worker=True,
@@ -362,8 +399,12 @@ class Config:
     name: str = option(parse_name, "", f"The app's name in process titles and logs: {names.RULE}.", worker=True)
     env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
-    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml); a reload re-reads "
-        "it.", metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
+    env_file: str = option(parse_str, "", "A dotenv file (KEY=VALUE lines) read into the workers' environment, as "
+        "uvicorn's: a variable prun's environment has keeps its value, --env beats both; a reload re-reads it.",
+        metavar="FILE", reload=True)
+    config: str = option(parse_str, "", "A TOML config file (or [tool.prun] of pyproject.toml), or a gunicorn "
+        "config file (*.py, executed as gunicorn does: docs/from-gunicorn.md); a reload re-reads it.", short="-c",
+        metavar="FILE", file=False, shown_default="pyproject.toml's [tool.prun], if any")
     backlog: int = option(parse_backlog, 2048, "Listen backlog.", worker=True)
     unix_mode: str = option(parse_mode, "", "Permissions of each unix: socket --bind makes, in octal: 660 lets "
         "--unix-group connect too, e.g. a proxy's user (connecting takes write permission). Without it, as the "
@@ -374,7 +415,7 @@ class Config:
         "to the least busy worker (a lone worker, or workers taking over 1,000 new connections/s, accept "
         "themselves); shared: the kernel balances.", worker=True)
     graceful_timeout: float = option(parse_float, 25.0, "Seconds a draining worker may take.", worker=True,
-        reload=True)
+        reload=True, aliases=("--timeout-graceful-shutdown",))
     ready_timeout: float = option(parse_float, 60.0, "Seconds a new worker may take to become ready (0: no limit).",
         reload=True)
     timeout: float = option(parse_float, 30.0, "Seconds without a heartbeat before a worker is aborted (0: never).",
@@ -416,6 +457,10 @@ class Config:
     cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
         "(six fields: seconds first).", metavar="CRON", reload=False)
     pid_file: str = option(parse_str, "", "Write the master's pid to this file.", metavar="FILE")
+    log_level: str = option(parse_log_level, "info", "The least level of prun's own lines (and of a gunicorn "
+        "config file's hooks' log): debug adds how the balancing switches, warning and error keep only those "
+        "(uvicorn's and gunicorn's trace and critical are debug and error). The app's output and the access log "
+        "do not change.", metavar="[debug|info|warning|error]", worker=True)
     log_format: str = option(Choice("text", "json"), "text", "json: one JSON object per event (a line a worker or "
         "instance prints, an exception with its traceback), with time, level, app, worker, pid, stream, message.",
         worker=True)
@@ -450,10 +495,12 @@ class Config:
         reload=True)
     root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
         metavar="PATH", worker=True, reload=True)
-    proxy_headers: bool = option(parse_bool, True, "Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (as "
-        "uvicorn and gunicorn do).", shown_default="on", flag=True, worker=True, reload=True)
-    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated peers trusted for proxy headers, "
-        "or *.", metavar="IPS", worker=True, reload=True)
+    proxy_headers: bool = option(parse_bool, True, "Take the client's address from X-Forwarded-For and the scheme "
+        "from X-Forwarded-Proto when the peer is one of --forwarded-allow-ips, as uvicorn does (gunicorn takes only "
+        "the scheme from them).", shown_default="on", flag=True, worker=True, reload=True)
+    forwarded_allow_ips: str = option(parse_str, "127.0.0.1", "Comma-separated addresses or networks of the "
+        "proxies trusted for proxy headers, or *.", metavar="IPS", worker=True, reload=True,
+        shown_default="127.0.0.1, or $FORWARDED_ALLOW_IPS", fallback_env="FORWARDED_ALLOW_IPS")
     threads: int = option(parse_int, 8, "WSGI thread pool size per worker.", worker=True, reload=True)
     keepalive_timeout: float = option(parse_float, 5.0, "Seconds an idle keep-alive connection stays open.",
         metavar="SECONDS", worker=True, reload=True)
@@ -564,10 +611,22 @@ def parse(name: str, value: Any, source: str) -> Any:
         raise UsageError(f"invalid {source}: {exc}") from None
 
 
+FILE_KEYS: dict[str, Option] = {key.replace("-", "_"): option for option in OPTIONS if option.file
+                                 for key in option.keys}
+
+
 def from_file_key(key: str) -> Option | None:
-    """The option a TOML key names ('keepalive-timeout' or 'keepalive_timeout'), if a file may set it."""
-    option = BY_NAME.get(key.replace("-", "_"))
-    return option if option is not None and option.file else None
+    """The option a TOML key names ('keepalive-timeout', 'keepalive_timeout', an alias: 'workers'), if a file
+    may set it."""
+    return FILE_KEYS.get(key.replace("-", "_"))
+
+
+def nearest(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """' (did you mean X?)' for the known word nearest a mistyped one, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # ---- click --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from prun.cluster import control
 from prun.cluster.errors import PrunError
-from prun.cluster.log import Log
+from prun.cluster.log import Log, plural
 from prun.cluster.notify import Notifier
 from prun.cluster.worker import describe_exit
 
@@ -357,7 +357,7 @@ class Rollout(Generic[W]):
 
     async def _reload(self) -> Outcome:
         began = time.monotonic()
-        self.notifier.reloading(f"reloading {len(self.slots)} workers")
+        self.notifier.reloading(f"reloading {plural(len(self.slots), 'worker')}")
         self.emit(control.ReloadStarted(self.newest + 1))
         try:
             self.settings = self.supervisor.reconfigure()
@@ -369,7 +369,7 @@ class Rollout(Generic[W]):
             self.log.error(f"reload failed: {reason}")
         if self.on_reloaded is not None:
             self.on_reloaded(not reason, time.monotonic() - began)
-        self.notifier.ready(f"{len(self.slots)} workers ready, gen {self.generation}"
+        self.notifier.ready(f"{plural(len(self.slots), 'worker')} ready, gen {self.generation}"
                             + ("" if not reason else " (the last reload failed)"))
         self.emit(control.ReloadFinished(not reason, self.generation, len(self.slots), reason or ""))
         return reason
@@ -379,7 +379,7 @@ class Rollout(Generic[W]):
         generation = self.newest
         slots = list(self.slots)  # scaling waits in the queue: the table does not change meanwhile
         old = [slot.worker for slot in slots if slot.worker is not None]
-        self.log.info(f"reloading: gen {self.generation} -> gen {generation}, {len(slots)} workers")
+        self.log.info(f"reloading: gen {self.generation} -> gen {generation}, {plural(len(slots), 'worker')}")
         batch = max(1, self.settings.reload_batch)
         for start in range(0, len(slots), batch):
             reason = await self._roll(slots[start:start + batch], generation)
@@ -388,7 +388,7 @@ class Rollout(Generic[W]):
         self.generation = generation
         if old:
             await asyncio.wait([w.exited for w in old])
-        self.log.info(f"reload complete: {len(slots)} workers on gen {generation} in "
+        self.log.info(f"reload complete: {plural(len(slots), 'worker')} on gen {generation} in "
                       f"{time.monotonic() - began:.2f}s")
         return None
 
@@ -403,7 +403,7 @@ class Rollout(Generic[W]):
             kept = "(" + "; ".join(f"slots {slot_list(group)}: gen {g}" for g, group in groups.items()) + ")"
         if not rolled:
             return f"every worker keeps serving {kept if len(groups) == 1 else 'its generation ' + kept}"
-        return (f"{len(rolled)} workers (slots {slot_list(rolled)}) already run gen {generation}, the other "
+        return (f"{plural(len(rolled), 'worker')} (slots {slot_list(rolled)}) already run gen {generation}, the other "
                 f"{len(rest)} (slots {slot_list(rest)}) keep {kept if len(groups) == 1 else 'their generations ' + kept}")
 
     async def _recycle(self, worker: W, why: str) -> None:
@@ -426,17 +426,17 @@ class Rollout(Generic[W]):
                 slot: Slot[W] = Slot(len(self.slots), self.generation)
                 reason = await self._roll([slot], slot.generation)
                 if reason:
-                    reason = f"scaling up failed: {reason}; {len(self.slots)} workers keep serving"
+                    reason = f"scaling up failed: {reason}; {plural(len(self.slots), 'worker')} keep{'s' if len(self.slots) == 1 else ''} serving"
                     self.log.error(reason)
                     self.emit(control.Problem(reason))
                     return reason
                 self.slots.append(slot)
-                self.log.info(f"scaled up to {len(self.slots)} workers")
+                self.log.info(f"scaled up to {plural(len(self.slots), 'worker')}")
             else:
                 slot = self.slots.pop()
                 slot.close()
                 if slot.worker is not None:
                     self.retire(slot.worker)
-                self.log.info(f"scaled down to {len(self.slots)} workers")
+                self.log.info(f"scaled down to {plural(len(self.slots), 'worker')}")
             self.emit(control.Scaled(len(self.slots)))
         return STOPPING if self.stopped else None

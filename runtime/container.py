@@ -15,11 +15,14 @@ import socket
 import stat
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prun.runtime import channel, loader, output
 from prun.runtime.options import EXIT_BOOT_FAILURE, WorkerOptions
 from prun.runtime.server import BootError, Server
+
+if TYPE_CHECKING:
+    from prun.runtime.hooks import WorkerHooks
 
 PR_SET_PDEATHSIG = 1
 # How long a worker whose master vanished keeps finishing in-flight work.
@@ -146,6 +149,7 @@ class Worker:
         self.switching: asyncio.Task[None] | None = None  # _switch_accepting, while it runs
         self.report_scheduled = False
         self.rss = 0
+        self.hooks: WorkerHooks | None = None  # a gunicorn config file's post_worker_init and worker_exit
 
     def run(self) -> int:
         import uvloop
@@ -169,17 +173,26 @@ class Worker:
         loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
         loop.call_later(self.options.heartbeat_interval, self.heartbeat)
         loop.run_until_complete(self.done)
+        if self.hooks is not None:
+            self.hooks.exiting()
         return 0
 
     def boot(self, loop: asyncio.AbstractEventLoop) -> Server:
         opts = self.options
         os.environ.update(opts.env)
+        if opts.hooks_file:  # a gunicorn config file with post_worker_init or worker_exit (runtime/hooks.py)
+            from prun.runtime.hooks import WorkerHooks
+
+            self.hooks = WorkerHooks(opts.hooks_file, os.getpid(), os.getppid(), opts.slot, opts.generation,
+                                     opts.log_level)
         app, interface = loader.resolve(loader.load(opts.app, opts.chdir, opts.factory), opts.interface, opts.app,
                                         self.warn)
         server = make_server(app, interface, opts, loop)
         server.request_limit = opts.max_requests
         server.on_limit = self.ask_recycle
         loop.run_until_complete(server.startup())
+        if self.hooks is not None:
+            self.hooks.initialized(app)
         # leastconn: the master accepts, and says when this worker should accept itself (channel.Accept)
         loop.run_until_complete(server.serve(self.listeners if opts.balance != "leastconn" else []))
         for fd in listening_fds():  # a server may serve a duplicate: that one must not reach exec'd children either

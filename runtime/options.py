@@ -34,7 +34,7 @@ class WorkerOptions:
     # HTTP server (ASGI / WSGI)
     lifespan: str = "auto"  # auto | on | off
     root_path: str = ""
-    proxy_headers: bool = True  # as uvicorn and gunicorn: trusted from forwarded_allow_ips
+    proxy_headers: bool = True  # as uvicorn: client and scheme from X-Forwarded-* of forwarded_allow_ips peers
     forwarded_allow_ips: str = "127.0.0.1"
     threads: int = 8
     keepalive_timeout: float = 5.0
@@ -52,6 +52,7 @@ class WorkerOptions:
     access_log_fd: int = -1  # --access-log-file: the master's pipe for this worker's access lines (-1: stdout)
     log_format: str = "text"  # text | json: the worker's own multi-line reports become one JSON record
     log_json_time: str = "rfc3339"  # rfc3339 | epoch: the time of those records
+    log_level: str = "info"  # debug | info | warning | error: the least level of the hooks' log (runtime/hooks.py)
     # TLS (runtime/tls.py): each worker loads the files itself at boot; no certfile: plain TCP
     certfile: str = ""
     keyfile: str = ""
@@ -72,6 +73,7 @@ class WorkerOptions:
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)
+    hooks_file: str = ""  # a gunicorn config file whose post_worker_init / worker_exit this worker runs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,7 +34,7 @@ class Prun:
     def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None, **popen: object) -> None:
         full_env = dict(os.environ)
-        for variable in ("PORT", "WEB_CONCURRENCY"):
+        for variable in ("PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
             full_env.pop(variable, None)
         full_env.update(env or {})
         self.args = args
@@ -96,7 +96,7 @@ class Prun:
     def wait_ready(self, timeout: float = 20.0) -> int:
         """Wait for the first generation; the first listener's port."""
         port = int(self.wait_for(r"listening on (?:\S+):(\d+)", timeout).group(1))
-        self.wait_for(r"ready: \d+ workers", timeout)
+        self.wait_for(r"ready: \d+ workers?", timeout)
         return port
 
     @property

@@ -33,6 +33,12 @@ def _error_lines(output: str) -> list[str]:
         (["tcp:handle", "--unix-group", "no-such-group"], 2, "invalid --unix-group 'no-such-group': no group named"),
         (["tcp:handle", "--backlog", "1000000000000"], 2, "invalid --backlog '1000000000000': expected at most 65535"),
         (["tcp:handle", "--name", "../x"], 2, "invalid --name '../x': a name is 1 to 64 letters, digits or . _ - @ +"),
+        (["tcp:handle", "--port", "9000"], 2, "--bind and --host/--port both given on the command line"),
+        (["tcp:handle", "--log-level", "loud"], 2, "invalid --log-level 'loud': expected one of trace, debug, info"),
+        (["tcp:handle", "--env-file", "/no/such/.env"], 2, "cannot read --env-file /no/such/.env: no such file"),
+        (["stauts"], 2, "unknown command 'stauts' (did you mean status?)"),
+        (["tcp:handle", "--wrkers", "2"], 2, "No such option '--wrkers'. (Did you mean one of: '--workers'"),
+        (["tcp:handle", "-c", "/no/such/gunicorn.conf.py"], 2, "cannot read config file /no/such/gunicorn.conf.py"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(prun, args, code, message):
@@ -103,3 +109,23 @@ def test_a_config_file_value_that_cannot_be_used_is_one_line(prun, tmp_path, con
     master = prun("tcp:handle", "--config", str(path), "-b", "127.0.0.1:0")
     assert master.wait_exit(10) == 2
     assert _error_lines(master.output) == [f"prun: error: {message.format(path=path)}"], master.output
+
+
+@pytest.mark.parametrize("args", [
+    ["start"], ["stop"], ["scale", "api"], ["scale", "api", "0"], ["scale", "api", "many"], ["logs", "--lines", "x"],
+    ["sendSignal", "NOSUCH", "api"], ["start", "app:x", "--bogus"], ["start", "app:x", "-i", "banana"],
+    ["start", "app:x", "--port", "70000"], ["ls", "--bogus"], ["run"], ["app:x", "extra"],
+])
+def test_every_usage_error_of_every_command_exits_2(args, tmp_path):
+    """Before any daemon is asked: a missing argument, an unknown option, a value that does not parse."""
+    import os
+    import subprocess
+
+    from tests.support import prun_command
+
+    home = tmp_path / "home"
+    result = subprocess.run(prun_command() + args, capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, PRUN_HOME=str(home)), stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("prun: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not home.exists()  # no daemon was started for it

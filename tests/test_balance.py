@@ -259,7 +259,7 @@ def _served_while_the_master_is_stopped(master, port: int, count: int = 10) -> s
 
 
 def test_a_lone_worker_accepts_its_own_connections(prun):
-    master = prun("tcp:handle", "-b", "127.0.0.1:0")  # leastconn, the default, with one worker
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--log-level", "debug")  # leastconn, the default, with one worker
     port = master.wait_ready()
     (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
     master.wait_for(rf"balance: worker 0 \(pid {worker}, gen 1\) accepts alone")
@@ -269,7 +269,7 @@ def test_a_lone_worker_accepts_its_own_connections(prun):
 def test_a_busy_worker_under_fast_new_connections_accepts_several_per_turn_and_one_again_after(prun):
     # libuv accepts one connection per turn of the loop: a worker kept busy by new connections serves
     # its listener through several fds, one accept each per turn, then through one again.
-    master = prun("tcp:busy", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    master = prun("tcp:busy", "-b", "127.0.0.1:0", "--log-level", "debug", "--graceful-timeout", "10")
     port = master.wait_ready()
     (worker,) = wait_until(lambda: len(master.workers()) == 1 and master.workers())
     master.wait_for(rf"balance: worker 0 \(pid {worker}, gen 1\) accepts alone")
@@ -290,7 +290,7 @@ def test_a_busy_worker_under_fast_new_connections_accepts_several_per_turn_and_o
 
 @pytest.mark.parametrize("per_connection", [1, 50], ids=["connection-per-request", "keep-alive"])
 def test_hups_with_one_worker_lose_nothing_and_the_new_worker_accepts_alone(prun, per_connection):
-    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--log-level", "debug", "--graceful-timeout", "10")
     port = master.wait_ready()
     with EchoLoad(port, clients=8, per_connection=per_connection) as load:
         load.wait_requests(100)
@@ -300,7 +300,7 @@ def test_hups_with_one_worker_lose_nothing_and_the_new_worker_accepts_alone(prun
             # The master hands off to both generations, or, if the load opens connections fast enough
             # (DIRECT_ABOVE), both accept themselves.
             master.wait_for(BOTH_ACCEPT, start=mark, timeout=20)
-            master.wait_for(rf"reload complete: 1 workers on gen {n}", start=mark, timeout=30)
+            master.wait_for(rf"reload complete: 1 worker on gen {n}", start=mark, timeout=30)
             lone = int(master.wait_for(rf"balance: worker 0 \(pid (\d+), gen {n}\) accepts alone", start=mark).group(1))
             load.wait_requests(50)
     assert load.failed == 0, load.errors[:5]
@@ -308,7 +308,7 @@ def test_hups_with_one_worker_lose_nothing_and_the_new_worker_accepts_alone(prun
 
 
 def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_nothing(prun):
-    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--graceful-timeout", "10")
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--log-level", "debug", "--graceful-timeout", "10")
     port = master.wait_ready()
     master.wait_for(r"accepts alone")
     with EchoLoad(port, clients=8, per_connection=5) as load:
@@ -323,7 +323,7 @@ def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_
         load.wait_requests(100)
         mark = master.mark()
         master.signal(signal.SIGTTOU)
-        master.wait_for("scaled down to 1 workers", start=mark)
+        master.wait_for("scaled down to 1 worker", start=mark)
         lone = int(master.wait_for(r"balance: worker \d \(pid (\d+), gen 1\) accepts alone", start=mark).group(1))
         wait_until(lambda: set(master.workers()) == {lone}, what="the other worker gone")
         load.wait_requests(100)
@@ -334,7 +334,7 @@ def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_
 def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_ones_handed_off_again(prun):
     # Past about a thousand new connections a second, a hand-off costs more than it balances: the workers
     # accept on the listeners themselves, as in shared mode, until the rate falls again.
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-level", "debug", "--balance", "leastconn")
     port = master.wait_ready()
     master.wait_for(r"balance: master hands off to 2 workers")
     workers = set(wait_until(lambda: len(master.workers()) == 2 and master.workers()))
@@ -356,7 +356,7 @@ def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_on
 
 
 def test_a_worker_killed_while_workers_accept_directly_is_replaced_and_its_successor_accepts_directly(prun):
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-level", "debug", "--balance", "leastconn")
     port = master.wait_ready()
     mark = master.mark()
     with EchoLoad(port, clients=8, per_connection=1) as load:

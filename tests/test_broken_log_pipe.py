@@ -134,7 +134,7 @@ def test_prints_reach_a_new_log_file_again_and_it_says_how_many_were_dropped(mas
     reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # (RDWR: a FIFO that never reads as EOF)
     prun = master("greeter:app", "-b", "127.0.0.1:0", "--log-file", str(fifo), output=reader)
     port = int(prun.wait_for(rb"listening on \S+:(\d+)").group(1))
-    prun.wait_for(rb"ready: 1 workers")
+    prun.wait_for(rb"ready: 1 worker")
     prun.close_output()
     for n in range(3):
         assert say(port, f"lost-{n}")[0] == 200

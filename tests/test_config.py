@@ -60,7 +60,7 @@ def test_reload_applies_reloadable_options_and_reports_the_others(prun, tmp_path
     config.write_text('app = "greeter:app"\nenv = { GREETING = "two" }\nkeepalive-timeout = 0.5\n'
                       'balance = "shared"\ninstances = 3\nbacklog = 10\n')
     mark = master.mark()
-    master.reload("reload complete: 1 workers on gen 2")
+    master.reload("reload complete: 1 worker on gen 2")
     lines = [line for line in master.output.splitlines()[mark:] if line.startswith("prun: reload: ")]
     assert sorted(lines) == sorted([
         "prun: reload: --instances changed to 3; it needs a restart (kept 1)",
@@ -76,7 +76,7 @@ def test_reload_applies_reloadable_options_and_reports_the_others(prun, tmp_path
     assert len(wait_until(lambda: len(master.workers()) == 1 and master.workers())) == 1
 
     mark = master.mark()  # nothing changed since: a second reload says nothing about options
-    master.reload("reload complete: 1 workers on gen 3")
+    master.reload("reload complete: 1 worker on gen 3")
     assert not [line for line in master.output.splitlines()[mark:] if line.startswith("prun: reload: ")]
     assert _greeting(port) == b"two"
 

@@ -91,13 +91,22 @@ def test_logs_show_the_apps_output(home: Home) -> None:
 
 
 def test_scale_up_and_down(home: Home) -> None:
-    home.prun("start", *HTTP_APP, "--name", "api", "-i", "1")
+    # uvicorn's spellings: --port becomes the bind the daemon binds (not an argument of the master), -w is -i
+    home.prun("start", "greeter:app", "--lifespan", "off", "--port", "0", "--name", "api", "-w", "1")
+    assert get(home.port("api")).startswith("hello ")
     home.prun("scale", "api", "3")
     assert home.app("api")["workers"] == 3
     home.prun("scale", "api", "-1")
     assert home.app("api")["workers"] == 2
     home.prun("scale", "api", "+1")
     assert home.app("api")["workers"] == 3
+    for count in ("0", "-3", "-9"):  # never to nothing: a usage error, nothing scaled (prun stop stops an app)
+        refused = home.prun("scale", "api", count, check=False)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused
+        assert "an app keeps at least 1 (prun stop api stops it)" in refused.stderr, refused.stderr
+        assert home.app("api")["workers"] == 3
+    table = home.prun("ls").stdout
+    assert re.search(r"│ api +│.*│ \d+[smhD] +│", table), table  # the uptime has its unit
     home.prun("restart", "api")  # the count is stored
     assert home.app("api")["workers"] == 3
 
@@ -172,3 +181,9 @@ def test_a_failed_reload_says_why_and_the_old_workers_keep_serving(home: Home) -
     row = home.app("api")
     assert row["status"] == "online" and row["pid"] == master
     assert "api: reload_failed reason=" in open(os.path.join(home.path, "daemon.log")).read()
+
+
+def test_uptimes_have_a_unit() -> None:
+    from prun.cluster.commands.table import uptime
+
+    assert [uptime(s) for s in (0, 0.4, 59, 61, 7200, 90000)] == ["0s", "0s", "59s", "1m", "2h", "1D"]

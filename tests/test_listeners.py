@@ -75,14 +75,14 @@ def test_unix_mode_and_group_let_a_member_of_the_group_connect(prun, socket_dir:
     group = a_group()
     path = os.path.join(socket_dir, "app.sock")
     master = prun("tcp:handle", "-b", f"unix:{path}", "--unix-mode", "660", "--unix-group", group.gr_name)
-    master.wait_for(r"ready: 1 workers")
+    master.wait_for(r"ready: 1 worker")
     st = os.stat(path)
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, group.gr_gid)
     assert as_other_user(path, b"ping\n", [group.gr_gid]) == "ping"
     assert as_other_user(path, b"ping\n", []) == "refused"  # in no group of the socket: the mode keeps it out
     plain = os.path.join(socket_dir, "plain.sock")
     other = prun("tcp:handle", "-b", f"unix:{plain}")
-    other.wait_for(r"ready: 1 workers")
+    other.wait_for(r"ready: 1 worker")
     assert as_other_user(plain, b"ping\n", [group.gr_gid]) == "refused"  # without the options: owner only
 
 

@@ -91,7 +91,7 @@ def test_term_lets_a_slow_request_finish_then_exits_zero(prun):
         sock.sendall(b"sleep 1.5\n")
         time.sleep(0.2)  # let the request reach the worker before the stop
         master.signal(signal.SIGTERM)
-        master.wait_for("stopping: draining 1 workers")
+        master.wait_for("stopping: draining 1 worker")
         assert sock.makefile("rb").readline() == b"slept\n"
     assert master.wait_exit(15) == 0
 
@@ -116,9 +116,9 @@ def test_ttin_and_ttou_scale_by_one(prun):
     master.signal(signal.SIGTTIN)
     master.wait_for("scaled up to 3 workers")
     wait_until(lambda: len(master.workers()) == 3, what="3 workers")
-    for expected in (2, 1):
+    for expected, workers in ((2, "2 workers"), (1, "1 worker")):
         master.signal(signal.SIGTTOU)
-        master.wait_for(f"scaled down to {expected} workers")
+        master.wait_for(f"scaled down to {workers}$")
         wait_until(lambda expected=expected: len(master.workers()) == expected, what=f"{expected} workers")
     master.signal(signal.SIGTTOU)
     master.wait_for("already at 1 worker")
@@ -196,7 +196,7 @@ def test_usr1_reopens_the_log_file_in_master_and_workers(prun, tmp_path):
 @pytest.mark.parametrize("balance", ["shared", "leastconn"])
 def test_workers_keep_the_masters_listen_backlog(prun, balance):
     # leastconn: the lone worker accepts on the listener itself, so it calls listen() too
-    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--backlog", "777", "--balance", balance)
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", "--backlog", "777", "--balance", balance, "--log-level", "debug")
     port = master.wait_ready()
     if balance == "leastconn":
         master.wait_for("accepts alone")
@@ -211,6 +211,6 @@ def test_ttou_and_hup_during_start_up_wait_for_the_first_generation(prun):
     master.signal(signal.SIGTTOU)  # while both workers still import the app, or even before they start
     master.signal(signal.SIGHUP)
     master.wait_for(r"ready: 2 workers")
-    master.wait_for("scaled down to 1 workers")
-    master.wait_for("reload complete: 1 workers on gen 2")
+    master.wait_for("scaled down to 1 worker")
+    master.wait_for("reload complete: 1 worker on gen 2")
     assert master.proc.poll() is None

@@ -20,7 +20,8 @@ from tests.support import prun_command
 
 README = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 # WorkerOptions fields the master sets itself; they are not options a user gives.
-MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd"}
+MASTER_SET = {"slot", "generation", "heartbeat_interval", "drain_idle_window", "server_header", "access_log_fd",
+              "hooks_file"}
 
 
 def test_config_has_one_field_per_option_of_the_defaults_type():
@@ -87,11 +88,14 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
                "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",
                "interpreter": "python3", "log_json_time": "epoch", "log_max_line": 4096,
-               "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log"}
+               "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log", "log_level": "warning",
+               "env_file": str(tmp_path / "empty.env")}
+    (tmp_path / "empty.env").write_text("# nothing: --env's K stays the only variable\n")
     parsed = {"min_uptime": 0.5, "restart_delay": 2.0, "exp_backoff_restart_delay": 0.25,  # PM2's milliseconds
               "kill_timeout": 3.0}
-    assert set(samples) == {option.name for option in OPTIONS if option.file}
-    assert all(samples[o.name] != o.default for o in OPTIONS if o.file)
+    # --host and --port become the bind (test_host_and_port_make_one_bind)
+    assert set(samples) == {option.name for option in OPTIONS if option.file} - {"host", "port"}
+    assert all(samples[o.name] != o.default for o in OPTIONS if o.name in samples)
     toml = tmp_path / "prun.toml"
     lines = []
     for name, value in samples.items():
@@ -129,6 +133,8 @@ def test_precedence_command_line_environment_file_default(tmp_path):
     assert build({"instances": "5"}, {"WEB_CONCURRENCY": "3", "PRUN_INSTANCES": "4"}).instances == 5
     assert build({"timeout": "8"}, {"PRUN_TIMEOUT": "9"}).timeout == 8.0
     assert build({}, {"WEB_CONCURRENCY": "max"}).instances == cpu_count()
+    assert build({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}).forwarded_allow_ips == "10.0.0.0/8"  # uvicorn's, gunicorn's
+    assert build({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8", "PRUN_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == "*"
     other = tmp_path / "other.toml"
     other.write_text('app = "m:b"\ninstances = 6\n')
     from_variable = config_mod.build({}, {"PRUN_CONFIG": str(other)})
@@ -164,3 +170,102 @@ def test_tls_paths_reach_workers_absolute_and_the_key_password_is_never_shown(tm
     assert options.certfile == str(tmp_path / "live" / "cert.pem")  # not relative to --chdir
     assert (options.keyfile, options.ca_certs, options.keyfile_password) == ("", "", "s3cret")
     assert BY_NAME["keyfile_password"].describe("s3cret") == "(hidden)"
+
+
+def _run_values(*args: str) -> dict[str, object]:
+    """What `prun run ARGS` hands to config.build, parsed by the click command the table makes."""
+    from prun.cluster.cli import run_command
+
+    with run_command.make_context("run", list(args)) as ctx:
+        return {k: v for k, v in ctx.params.items() if k != "control_fd"}
+
+
+def test_uvicorn_and_gunicorn_spellings_are_the_same_options(tmp_path):
+    build = config_mod.build
+    both = build(_run_values("m:a", "-w", "3", "--timeout-graceful-shutdown", "4", "--log-level", "trace"), {})
+    assert (both.instances, both.graceful_timeout, both.log_level) == (3, 4.0, "debug")
+    assert build(_run_values("m:a", "--workers", "2", "--log-level", "critical"), {}).log_level == "error"
+    assert build(_run_values("m:a", "--workers", "2"), {}).instances == 2
+    toml = tmp_path / "prun.toml"
+    toml.write_text('app = "m:a"\nworkers = 5\ntimeout_graceful_shutdown = 6\n')
+    from_file = build({"config": str(toml)}, {})
+    assert (from_file.instances, from_file.graceful_timeout) == (5, 6.0)
+    toml.write_text('app = "m:a"\nworkers = 5\ninstances = 2\n')
+    with pytest.raises(UsageError, match="'instances' in .* sets instances a second time"):
+        build({"config": str(toml)}, {})
+
+
+def test_host_and_port_make_one_bind(tmp_path):
+    def bind(*args: str, environ: dict[str, str] | None = None) -> list[str]:
+        return config_mod.build(_run_values("m:a", *args), environ or {}).bind
+
+    assert bind("--host", "0.0.0.0", "--port", "9000") == ["0.0.0.0:9000"]
+    assert bind("--host", "0.0.0.0") == ["0.0.0.0:8000"]  # either alone: the other's default
+    assert bind("--port", "9000") == ["127.0.0.1:9000"]
+    assert bind("--host", "::") == ["[::]:8000"]
+    assert bind("--port", "9000", environ={"PRUN_BIND": "127.0.0.1:1"}) == ["127.0.0.1:9000"]  # the CLI wins
+    assert bind(environ={"PRUN_HOST": "0.0.0.0"}) == ["0.0.0.0:8000"]
+    # the default bind is 0.0.0.0:$PORT where a platform sets PORT: --host or --port alone takes its other half
+    assert bind("--host", "10.0.0.1", environ={"PORT": "5000"}) == ["10.0.0.1:5000"]
+    assert bind("--port", "9000", environ={"PORT": "5000"}) == ["0.0.0.0:9000"]
+    assert bind(environ={"PORT": "5000", "PRUN_HOST": "10.0.0.1"}) == ["10.0.0.1:5000"]
+    toml = tmp_path / "prun.toml"
+    toml.write_text('host = "0.0.0.0"\nport = 8080\n')
+    assert bind("--config", str(toml)) == ["0.0.0.0:8080"]
+    assert bind("--config", str(toml), "-b", "unix:/tmp/s") == ["unix:/tmp/s"]  # the CLI's bind beats the file's
+    with pytest.raises(UsageError, match="--bind and --host/--port both given on the command line"):
+        bind("--port", "9000", "-b", "127.0.0.1:1")
+    with pytest.raises(UsageError, match="invalid --port '80000': expected a port number"):
+        bind("--port", "80000")
+
+
+def test_an_unknown_setting_suggests_the_nearest(tmp_path):
+    toml = tmp_path / "prun.toml"
+    for key, hint in (("worker", "workers"), ("keepalive_timout", "keepalive-timeout"), ("gracefultimeout",
+                                                                                         "graceful-timeout")):
+        toml.write_text(f'app = "m:a"\n{key} = 1\n')
+        with pytest.raises(UsageError, match=f"unknown setting '{key}' in .* \\(did you mean {hint}\\?\\)"):
+            config_mod.build({"config": str(toml)}, {})
+    toml.write_text('app = "m:a"\nzzzzzz = 1\n')
+    with pytest.raises(UsageError) as raised:
+        config_mod.build({"config": str(toml)}, {})
+    assert str(raised.value).endswith("unknown setting 'zzzzzz' in " + str(toml))  # nothing near: no guess
+    result = subprocess.run(prun_command() + ["m:a", "--wrkers", "2"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "'--workers'" in result.stderr, result.stderr
+
+
+def test_a_real_master_with_uvicorns_flags_and_the_balancing_lines_only_at_debug(prun):
+    master = prun("tcp:handle", "-w", "1", "--host", "127.0.0.1", "--port", "0")
+    master.wait_ready()
+    assert "ready: 1 worker of tcp:handle (gen 1)" in master.output
+    assert "balance:" not in master.output  # the lone worker took over before the ready line, unsaid
+    debug = prun("tcp:handle", "--workers", "1", "--port", "0", "--log-level", "debug")
+    debug.wait_ready()
+    assert "accepts alone" in debug.output  # before the ready line too
+
+
+def test_log_levels_keep_what_they_say():
+    import io
+
+    from prun.cluster.log import Log
+
+    for level, shown in (("debug", 4), ("info", 3), ("warning", 2), ("error", 1)):
+        out = io.StringIO()
+        log = Log(stream=out, level=level)
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        assert len(out.getvalue().splitlines()) == shown, (level, out.getvalue())
+
+
+def test_an_app_file_takes_the_same_aliases_and_suggests_too(tmp_path):
+    from prun.cluster.daemon import ecosystem
+
+    apps = tmp_path / "prun.toml"
+    apps.write_text('[[apps]]\ntarget = "m:a"\nworkers = 3\ntimeout-graceful-shutdown = 4\n')
+    (app,) = ecosystem.read(str(apps))
+    assert (app["instances"], app["graceful_timeout"]) == ("3", 4)
+    apps.write_text('[[apps]]\ntarget = "m:a"\nworker = 3\n')
+    with pytest.raises(UsageError, match=r"unknown key 'worker' \(did you mean workers\?\)"):
+        ecosystem.read(str(apps))

@@ -255,7 +255,7 @@ class Prun(Server):
             return False
 
     def ready_pattern(self) -> str:
-        return r"prun: ready: \d+ workers"
+        return r"prun: ready: \d+ workers?"
 
     def ready_count(self) -> int:
         return 1

@@ -4,7 +4,9 @@
     -> {"id": 1, "command": "scale", "args": {"target": "api", "count": "+2"}}
     <- {"id": 1, "result": [...the app table...]}
 
-The new count is stored: a restart or a resurrect keeps it.
+The new count is stored: a restart or a resurrect keeps it. A count that would leave an app with no
+worker (0, or -N past its count) is refused (BAD_ARGUMENTS; the command exits 2) and nothing is scaled:
+prun stop stops an app.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     count = str(args.get("count", ""))
     if not re.fullmatch(r"[+-]?\d+", count):
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"invalid count {count!r}: expected N, +N or -N")
-    await asyncio.gather(*(god.scale(app, count) for app in god.resolve(args.get("target", ""))))
+    apps = god.resolve(args.get("target", ""))
+    for app in apps:  # all or none: an app is never scaled to nothing (prun stop stops it)
+        wanted = app.workers + int(count) if count.startswith(("+", "-")) else int(count)
+        if wanted < 1:
+            raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"cannot scale {app.name} to {wanted} workers: an app keeps at "
+                               f"least 1 (prun stop {app.name} stops it)")
+    await asyncio.gather(*(god.scale(app, count) for app in apps))
     return god.views()
 
 
@@ -35,5 +43,17 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 @click.argument("target")
 @click.argument("count")
 def command(target: str, count: str) -> None:
-    """Scale an app to N workers, or by +N / -N."""
-    show(client().scale(target, count))
+    """Scale an app to N workers, or by +N / -N (at least 1: prun stop stops an app)."""
+    from prun.cluster.client import ClientError
+    from prun.cluster.errors import UsageError
+
+    if not re.fullmatch(r"[+-]?\d+", count):
+        raise UsageError(f"invalid count {count!r}: expected N, +N or -N")
+    if int(count) == 0 and count[0].isdigit():
+        raise UsageError(f"cannot scale {target} to 0 workers: an app keeps at least 1 (prun stop {target} stops it)")
+    try:
+        show(client().scale(target, count))
+    except ClientError as exc:
+        if exc.code_name == "BAD_ARGUMENTS":  # a count that would leave an app without workers
+            raise UsageError(str(exc)) from None
+        raise

@@ -8,8 +8,7 @@ COLUMNS = ("id", "name", "namespace", "mode", "pid", "uptime", "↺", "status", 
 
 
 def uptime(seconds: float) -> str:
-    if not seconds:
-        return "0"
+    """With its unit always: 0s (a stopped app), 42s, 5m, 3h, 2D (PM2's units)."""
     for size, unit in ((86400, "D"), (3600, "h"), (60, "m")):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

@@ -56,9 +56,10 @@ def read(path: str, env_name: str | None = None, only: str | None = None) -> lis
     apps = data.get("apps")
     if not isinstance(apps, list) or not apps:
         raise UsageError(f"{path} has no [[apps]] table")
-    from prun.cluster.options import BY_NAME
+    from prun.cluster.options import BY_NAME, FILE_KEYS, nearest
 
     run_names = set(BY_NAME) - {"app", "name", "env", "instances"}
+    aliases = {key: option.name for key, option in FILE_KEYS.items() if key != option.name}  # workers: instances
     base = os.path.dirname(os.path.abspath(path))
     result = []
     for i, table in enumerate(apps):
@@ -68,6 +69,7 @@ def read(path: str, env_name: str | None = None, only: str | None = None) -> lis
         args: dict[str, Any] = {"env": {}}
         for key, value in table.items():
             name = key.replace("-", "_")
+            name = aliases.get(name, name)
             if name.startswith("env_"):
                 if name[4:] == env_name:
                     if not isinstance(value, dict):
@@ -91,7 +93,8 @@ def read(path: str, env_name: str | None = None, only: str | None = None) -> lis
                         raise UsageError(f"{where}: invalid {key} {names.shown(value)}: {exc}") from None
                 args[name] = value
             else:
-                raise UsageError(f"{where}: unknown key {key!r}")
+                hint = nearest(name, START_KEYS | run_names | set(aliases)).replace("_", "-")
+                raise UsageError(f"{where}: unknown key {key!r}{hint}")
         if not args.get("name"):
             from prun.cluster.client import APP_PATTERN, default_name
 

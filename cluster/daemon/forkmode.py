@@ -29,6 +29,7 @@ from typing import Any
 
 from prun.cluster import control, output
 from prun.cluster.daemon.tree import die_with_parent, reap_adopted
+from prun.cluster.log import plural
 from prun.cluster.supervision import become_subreaper, restart_delay
 from prun.cluster.worker import describe_exit as describe
 
@@ -228,7 +229,7 @@ class ForkSupervisor:
             self.loop.call_later(0.05, self.check_online)
             return
         self.online = True
-        log(f"ready: {len(self.instances)} workers of {' '.join(self.command)} (gen 1)")
+        log(f"ready: {plural(len(self.instances), 'worker')} of {' '.join(self.command)} (gen 1)")
         self.emit(control.Online(len(self.instances), self.generation))
 
     async def run(self, control_fd: int | None = None) -> int:
@@ -305,7 +306,7 @@ class ForkSupervisor:
             if self.stopping:
                 return
             began = time.monotonic()
-            log(f"reloading: {len(self.instances)} workers")
+            log(f"reloading: {plural(len(self.instances), 'worker')}")
             self.emit(control.ReloadStarted(self.generation + 1))
             self.generation += 1
             for instance in list(self.instances):
@@ -319,7 +320,7 @@ class ForkSupervisor:
                     instance.timer.cancel()
                 instance.failures = 0
                 self.spawn(instance)
-            log(f"reload complete: {len(self.instances)} workers in {time.monotonic() - began:.2f}s")
+            log(f"reload complete: {plural(len(self.instances), 'worker')} in {time.monotonic() - began:.2f}s")
             self.emit(control.ReloadFinished(True, self.generation, len(self.instances)))
 
     async def scale(self, delta: int) -> None:
@@ -330,7 +331,7 @@ class ForkSupervisor:
                 instance = Instance(len(self.instances))
                 self.instances.append(instance)
                 self.spawn(instance)
-                log(f"scaled up to {len(self.instances)} workers")
+                log(f"scaled up to {plural(len(self.instances), 'worker')}")
                 self.emit(control.Scaled(len(self.instances)))
             elif len(self.instances) > 1:
                 instance = self.instances.pop()
@@ -338,7 +339,7 @@ class ForkSupervisor:
                     instance.timer.cancel()
                 if instance.proc:
                     self.retire(instance.proc)
-                log(f"scaled down to {len(self.instances)} workers")
+                log(f"scaled down to {plural(len(self.instances), 'worker')}")
                 self.emit(control.Scaled(len(self.instances)))
             else:
                 log("already at 1 worker; not scaling down")
@@ -347,7 +348,7 @@ class ForkSupervisor:
         first = not self.stopping
         self.stopping = True
         if first:
-            log(f"stopping: {sum(1 for i in self.instances if i.proc)} workers")
+            log(f"stopping: {plural(sum(1 for i in self.instances if i.proc), 'worker')}")
             self.emit(control.Stopping(not force))
         for instance in self.instances:
             if instance.timer:
