@@ -170,12 +170,14 @@ class Client:
         return result
 
     def start(self, target: str, name: str | None = None, namespace: str = "default",
-              instances: str | int | None = None, env: dict[str, str] | None = None, autorestart: bool = True,
-              cwd: str | None = None, environ: dict[str, str] | None = None, **run_options: Any) -> Rows:
+              instances: str | int | None = None, env: dict[str, str] | None = None,
+              autorestart: bool | None = None, cwd: str | None = None, environ: dict[str, str] | None = None,
+              **run_options: Any) -> Rows:
         """Start TARGET (MODULE:ATTR in cluster mode; a script or a command in fork mode) under the daemon.
 
         `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...);
-        `max_memory_restart="300M"` replaces (losslessly) a worker that grows past it.
+        `max_memory_restart="300M"` replaces (losslessly) a worker that grows past it; `autorestart=False`
+        replaces nothing that exits unasked (--no-autorestart).
         """
         spec = build_spec(target, name=name, namespace=namespace, instances=instances, env=env or {},
                           autorestart=autorestart, cwd=cwd or os.getcwd(), run_options=run_options,
@@ -292,7 +294,7 @@ def check_names(name: str | None, namespace: str) -> None:
 
 
 def build_spec(target: str, name: str | None, namespace: str, instances: str | int | None, env: dict[str, str],
-               autorestart: bool, cwd: str, run_options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+               autorestart: bool | None, cwd: str, run_options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """The start spec the daemon stores: checked here, where the user's directory and environment are."""
     import shlex
 
@@ -307,7 +309,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 
-        values = dict(options, **logs, app=target, instances=str(instances) if instances is not None else None)
+        values = dict(options, **logs, app=target, instances=str(instances) if instances is not None else None,
+                      autorestart=autorestart)
         here = os.getcwd()
         try:
             os.chdir(cwd)
@@ -320,7 +323,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
                 "name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
                 "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
                 "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
-                "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": autorestart}
+                "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": config.autorestart}
     try:
         words = shlex.split(target)
     except ValueError as exc:
@@ -356,7 +359,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     spec = {**log_spec(given, cwd), "combined_file": _path(cwd, combined),
             "name": name or default_name(target, "fork", shlex.split(target) if words[0] == "/bin/sh" else words),
             "target": target, "mode": "fork", "cwd": cwd, "namespace": namespace, "instances": count,
-            "command": words, "env": dict(env), "autorestart": autorestart,
+            "command": words, "env": dict(env), "autorestart": autorestart is not False,
             "run_args": run_arguments({k: v for k, v in options.items() if k in FORK_OPTIONS + FORK_LOG_OPTIONS})}
     if options.get("kill_timeout"):  # PM2's name for it, in milliseconds
         spec["graceful_timeout"] = parse("kill_timeout", options["kill_timeout"], "--kill-timeout")

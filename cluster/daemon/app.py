@@ -113,11 +113,12 @@ class App:
     def argv(self, control_fd: int) -> list[str]:
         """The master's command line (fork mode: its supervisor's); `control_fd` is its control listener."""
         spec = self.spec
+        policy = [] if spec.autorestart else ["--no-autorestart"]  # the spec's field, an option of prun run
         if spec.mode == "fork":
             timeout = f"{min(spec.graceful_timeout, 30.0):g}"
             return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
                     "--kill-timeout", timeout, "--name", spec.name, "--control-fd", str(control_fd),
-                    *([] if spec.autorestart else ["--no-autorestart"]), *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
+                    *policy, *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
         binds = [arg for fd in self.fds for arg in ("-b", f"fd://{fd}")]
-        return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, "-i", spec.instances,
-                "--name", spec.name, *binds, "--control-fd", str(control_fd)]
+        return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, *policy,
+                "-i", spec.instances, "--name", spec.name, *binds, "--control-fd", str(control_fd)]

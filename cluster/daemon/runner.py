@@ -388,7 +388,7 @@ class Runner:
         if self.run is not run or not run.running or status.get("pid") != run.pid:
             return
         app = self.app
-        app.workers = int(status.get("slots") or reply.workers)
+        app.workers = int(status.get("slots") or reply.workers) - len(status.get("finished") or ())
         if status.get("stopping"):
             app.status = STOPPING
         elif status.get("booted"):
@@ -517,7 +517,10 @@ class Runner:
             self.god.publish("worker_started", app, slot=event.slot, pid=event.pid, generation=event.generation)
         elif isinstance(event, control.WorkerExited):
             self.god.publish("worker_exited", app, slot=event.slot, pid=event.pid, reason=event.reason,
-                             restarting=event.restarting)
+                             restarting=event.restarting, finished=event.finished)
+            if event.finished:  # --no-autorestart: the app runs on with one worker fewer
+                app.workers = max(0, app.workers - 1)
+                app.last_error = f"worker {event.slot} {event.reason} (--no-autorestart)"
             if event.restarting:
                 app.restarts += 1
                 app.last_error = event.reason
