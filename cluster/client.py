@@ -371,7 +371,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
 
 # The options of `prun run` a fork-mode supervisor follows (the rest are about serving).
 FORK_OPTIONS = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
-                "instance_var", "kill_signal")
+                "instance_var", "kill_signal", "max_memory_restart", "watch", "ignore_watch", "cron_restart",
+                "pid_file")
 
 
 def needs_shell(command: str) -> bool:

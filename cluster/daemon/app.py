@@ -22,6 +22,7 @@ __all__ = ["App", "Spec", "checked_record"]
 
 ONLINE, LAUNCHING, STOPPING, STOPPED, ERRORED = "online", "launching", "stopping", "stopped", "errored"
 RELOADING = "reloading"  # online, and rolling its workers onto a new generation
+FORK_KILL_TIMEOUT_CAP = 30.0  # the most of a fork-mode app's --kill-timeout that is used
 
 
 def checked_record(data: Any, where: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -115,7 +116,7 @@ class App:
         spec = self.spec
         policy = [] if spec.autorestart else ["--no-autorestart"]  # the spec's field, an option of prun run
         if spec.mode == "fork":
-            timeout = f"{min(spec.graceful_timeout, 30.0):g}"
+            timeout = f"{min(spec.graceful_timeout, FORK_KILL_TIMEOUT_CAP):g}"
             return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
                     "--kill-timeout", timeout, "--name", spec.name, "--control-fd", str(control_fd),
                     *policy, *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
