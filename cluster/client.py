@@ -351,8 +351,13 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     from prun.cluster.options import BY_NAME, parse
 
     def given(name: str) -> Any:
-        return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
+        values = logs if name in logs else options
+        return parse(name, values[name], BY_NAME[name].long) if name in values else BY_NAME[name].default_value()
 
+    unused = [BY_NAME[option_name].long for option_name in options if option_name not in FORK_TAKES]
+    if unused:  # said, never silently dropped
+        raise UsageError(f"{', '.join(unused)}: not an option of a fork-mode app (a command or a script, served by "
+                         "nobody): only a MODULE:ATTR app takes " + ("it" if len(unused) == 1 else "them"))
     for option_name in FORK_OPTIONS:  # checked here: a bad value is a usage error, before anything starts
         if option_name in options:
             parse(option_name, options[option_name], BY_NAME[option_name].long)
@@ -397,6 +402,8 @@ def needs_shell(command: str) -> bool:
     return False
 
 FORK_LOG_OPTIONS = ("log_format", "log_json_time", "log_max_line")  # what a fork-mode supervisor's relay takes
+# Every option of `prun run` a fork-mode app takes (beside those of its log files): the rest is refused.
+FORK_TAKES = (*FORK_OPTIONS, *FORK_LOG_OPTIONS, "kill_timeout", "graceful_timeout", "merge_logs")
 LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
                "log_date_format")
 

@@ -94,3 +94,20 @@ def test_every_worker_and_instance_knows_its_number(home: Home) -> None:
 def test_a_bad_kill_signal_is_one_line(home: Home) -> None:
     result = home.prun("start", "sleep 10", "--kill-signal", "SIGNOPE", check=False, cwd=APPS)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--kill-signal" in result.stderr
+
+
+def test_options_a_fork_app_cannot_use_are_refused_in_one_line(home: Home) -> None:
+    result = home.prun("start", "sleep 10", "-b", "127.0.0.1:0", "--threads", "3", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--bind, --threads: not an option of a fork-mode app" in result.stderr
+    assert "sleep" not in {row["name"] for row in home.ls()}
+
+
+def test_no_merge_logs_gives_each_fork_instance_its_own_log(home: Home) -> None:
+    home.prun("start", "sh -c 'echo instance $PRUN_INSTANCE; sleep 30'", "--name", "split", "-i", "2",
+              "--no-merge-logs")
+    def has(number: str) -> bool:
+        path = Path(home.path, "logs", f"split-out-{number}.log")
+        return path.exists() and f"instance {number}\n" in path.read_text()
+
+    wait_until(lambda: has("0") and has("1"), what="split-out-0.log and split-out-1.log")
