@@ -360,9 +360,9 @@ class Master:
                 self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
         # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
         finished = crashed and slot is not None and slot.finished
-        self.emit(control.WorkerExited(worker.slot, worker.pid, worker.generation,
-                                       worker.boot_error or describe_exit(code), restarting=crashed and not finished,
-                                       finished=finished))
+        reason = (worker.boot_error or describe_exit(code)) + (" (--no-autorestart)" if finished else "")
+        self.emit(control.WorkerExited(worker.slot, worker.pid, worker.generation, reason,
+                                       restarting=crashed and not finished, finished=finished))
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()

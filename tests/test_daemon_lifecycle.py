@@ -111,3 +111,14 @@ def test_no_merge_logs_gives_each_fork_instance_its_own_log(home: Home) -> None:
         return path.exists() and f"instance {number}\n" in path.read_text()
 
     wait_until(lambda: has("0") and has("1"), what="split-out-0.log and split-out-1.log")
+
+
+def test_no_autorestart_fork_instances_that_end_leave_the_others_running(home: Home) -> None:
+    script = "if [ $PRUN_INSTANCE = 0 ]; then sleep 1; exit 0; fi; sleep 100"
+    home.prun("start", f"sh -c '{script}'", "--name", "pair", "-i", "2", "--no-autorestart", "--min-uptime", "200")
+    row = wait_until(lambda: (lambda r: r["workers"] == 1 and r)(home.app("pair")), what="instance 0 to end")
+    assert (row["status"], row["restarts"]) == ("online", 0)
+    assert "worker 0 exited with code 0 (--no-autorestart)" in str(row["error"])
+    home.prun("scale", "pair", "2")  # the finished one runs again
+    assert home.app("pair")["workers"] == 2
+    wait_until(lambda: home.app("pair")["workers"] == 1, what="instance 0 to end again")

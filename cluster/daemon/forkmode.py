@@ -206,7 +206,8 @@ class ForkSupervisor:
             instance.finished = True
             why = "one of --stop-exit-codes" if code in self.policy["stop_exit_codes"] else "--no-autorestart"
             log(f"{what}; not restarting it ({why})")
-            self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code)))
+            self.emit(control.WorkerExited(instance.index, pid, self.generation, f"{describe(code)} ({why})",
+                                           finished=True))
             if all(i.finished for i in self.instances):
                 self.end(f"{what} ({why})", errored=code != 0 and code not in self.policy["stop_exit_codes"])
             return
@@ -333,6 +334,7 @@ class ForkSupervisor:
         if isinstance(request, control.Reload):
             await self.restart_all()
         else:
+            await self.refill()
             while len(self.instances) != max(1, request.count) and not self.stopping:
                 await self.scale(+1 if request.count > len(self.instances) else -1)
         return control.Reply(request.id, not self.stopping, "the supervisor is stopping" if self.stopping else "",
@@ -342,6 +344,7 @@ class ForkSupervisor:
         now = time.monotonic()
         return {
             "pid": os.getpid(), "booted": self.online, "stopping": self.stopping, "slots": len(self.instances),
+            "finished": [i.index for i in self.instances if i.finished],
             "generation": self.generation, "reloading": self.busy.locked(),
             "workers": [{"slot": i.index, "pid": i.proc.pid, "generation": self.generation, "state": "ready",
                          "uptime": round(now - i.started, 3), "connections": 0, "requests": 0, "rss": 0,
@@ -388,6 +391,12 @@ class ForkSupervisor:
         instance.failures = 0
         instance.finished = False
         self.spawn(instance)
+
+    async def refill(self) -> None:
+        """Start again the instances the policy left finished (a scale asks for that many running)."""
+        async with self.busy:
+            for instance in [i for i in self.instances if i.finished and not self.stopping]:
+                await self.replace(instance)
 
     async def scale(self, delta: int) -> None:
         async with self.busy:

@@ -528,7 +528,7 @@ class Runner:
                              restarting=event.restarting, finished=event.finished)
             if event.finished:  # --no-autorestart: the app runs on with one worker fewer
                 app.workers = max(0, app.workers - 1)
-                app.last_error = f"worker {event.slot} {event.reason} (--no-autorestart)"
+                app.last_error = f"worker {event.slot} {event.reason}"
             if event.restarting:
                 app.restarts += 1
                 app.last_error = event.reason
