@@ -118,6 +118,7 @@ class ForkSupervisor:
             else:
                 self.schedule(instance)
             return None
+        self.groups.forget(proc.pid)  # an old group of this id, if one was being ended, is gone: not this one
         self.relay_output(instance, proc.pid, pipes)
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
