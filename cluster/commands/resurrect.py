@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import caller_environment, client, show
+from prun.cluster.commands import caller_environment, client, show_after
 
 if TYPE_CHECKING:
     import asyncio
@@ -59,13 +59,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 @click.command("resurrect")
 def command() -> None:
     """Start the apps of the last prun save."""
-    from prun.cluster.client import ClientError
-
-    c = client()
-    try:
-        show(c.resurrect())
-    except ClientError as exc:
-        if exc.code_name != "START_FAILED":
-            raise
-        show(c.list())  # the others came back: the table, then the line saying which could not
-        raise
+    show_after(lambda: client().resurrect())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import client, show
+from prun.cluster.commands import client, show_after
 
 if TYPE_CHECKING:
     from prun.cluster.daemon.god import God
@@ -27,7 +27,7 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     count = str(args.get("count", ""))
     if not re.fullmatch(r"[+-]?\d+", count):
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"invalid count {count!r}: expected N, +N or -N")
-    await asyncio.gather(*(god.scale(app, count) for app in god.resolve(args.get("target", ""))))
+    await god.each([god.scale(app, count) for app in god.resolve(args.get("target", ""))])
     return god.views()
 
 
@@ -36,4 +36,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 @click.argument("count")
 def command(target: str, count: str) -> None:
     """Scale an app to N workers, or by +N / -N."""
-    show(client().scale(target, count))
+    show_after(lambda: client().scale(target, count))

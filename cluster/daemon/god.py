@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from prun.cluster import control
@@ -138,6 +139,20 @@ class God:
         finally:
             self.persist(app)  # a failed start stays listed (errored), as PM2 shows it
         return app
+
+    @staticmethod
+    async def each(calls: list[Awaitable[Any]]) -> None:
+        """One operation per app, all at once, every one waited for: a failure is raised once all are done
+        (several: one error naming each), so the others are not left half done behind the reply."""
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, rpc.RpcError):
+                raise result  # a bug: INTERNAL
+        failed = [result for result in results if isinstance(result, rpc.RpcError)]
+        if len(failed) == 1:
+            raise failed[0]
+        if failed:
+            raise rpc.RpcError(failed[0].code, "; ".join(error.message for error in failed))
 
     async def _launch(self, app: App) -> None:
         """Start the app's master and wait until it is online (START_FAILED if it exits or takes too long)."""
