@@ -286,9 +286,10 @@ class Master:
             self.rollout.request_recycle(worker, f"served {worker.requests} requests")
 
     def is_ready(self) -> bool:
-        """Every slot has a READY worker, and no shutdown has begun (the /readyz probe)."""
-        return self.booted and not self.stopping and all(
-            slot.worker is not None and slot.worker.state is State.READY for slot in self.slots)
+        """Every slot has a READY worker (but those --no-autorestart left empty), and no shutdown has begun (the
+        /readyz probe)."""
+        return self.booted and not self.stopping and self.rollout.serving > 0 and all(
+            slot.finished or (slot.worker is not None and slot.worker.state is State.READY) for slot in self.slots)
 
     def status(self) -> dict[str, object]:
         now = time.monotonic()

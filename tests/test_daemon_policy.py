@@ -122,7 +122,8 @@ def test_no_autorestart_leaves_a_crashed_worker_unreplaced_then_stops_with_the_l
     assert "exited with code 1 (--no-autorestart)" in str(row["error"]) and get(port).startswith("hello ")
     end_worker(port, 0)
     row = status(home, "api", "stopped")  # the last one exited 0: done, as PM2 shows it
-    assert "no worker is left (--no-autorestart)" in str(row["error"]) and row["restarts"] == 0 and refused(port)
+    assert "no worker is left (--no-autorestart)" in str(row["error"]) and row["restarts"] == 0
+    wait_until(lambda: refused(port), what="the port closed")  # (once the last processes holding it are gone)
     home.prun("restart", "api")
     assert (home.app("api")["workers"], home.app("api")["status"]) == (2, "online") and get(port).startswith("hello ")
 
@@ -142,16 +143,19 @@ def test_no_autorestart_workers_come_back_on_reload_and_a_last_crash_is_errored(
     end_worker(port, 3)
     end_worker(port, 3)
     row = status(home, "api", "errored")  # the last one crashed: errored, with why
-    assert "exited with code 3 and no worker is left (--no-autorestart)" in str(row["error"]) and refused(port)
+    assert "exited with code 3 and no worker is left (--no-autorestart)" in str(row["error"])
+    wait_until(lambda: refused(port), what="the port closed")
 
 
 def test_the_foreground_master_honours_no_autorestart(tmp_path: Path) -> None:
-    master = Prun(*APP, "-b", "127.0.0.1:0", "-i", "2", "--no-autorestart")
+    master = Prun(*APP, "-b", "127.0.0.1:0", "-i", "2", "--no-autorestart", "--health", "127.0.0.1:0")
     try:
+        health = int(master.wait_for(r"health endpoint on http://127\.0\.0\.1:(\d+)/readyz").group(1))
         port = master.wait_ready()
         end_worker(port, 1)
         master.wait_for(r"exited with code 1; not restarting it \(--no-autorestart\)")
         assert get(port).startswith("hello ") and len(master.workers()) == 1
+        assert get(health, "/readyz") == "ready\n"  # one worker fewer, still serving: ready
         end_worker(port, 0)
         assert master.proc.wait(timeout=60) == 0
         master.wait_for(r"no worker is left \(--no-autorestart\): stopping")
