@@ -214,3 +214,10 @@ def test_restart_all_with_a_broken_app_restarts_the_others_and_shows_the_table(h
     assert "napper" in result.stdout and "crasher" in result.stdout  # the table all the same
     row = home.app("napper")
     assert row["status"] == "online" and row["pid"] != pid  # done before the reply, not left launching
+
+
+def test_start_of_several_goes_on_past_one_that_cannot_start(home: Home) -> None:
+    result = home.prun("start", "crasher.py", SLEEPER, "--max-restarts", "1", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "crasher could not start" in result.stderr
+    assert "crasher" in result.stdout and "sleep" in result.stdout  # the table, then the line
+    assert states(home)["sleep"][0] == "online"

@@ -110,7 +110,9 @@ def _restart_existing(c: Any, target: str, declared: dict[str, str], update_env:
     return True
 
 
-def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tuple[str, ...], update_env: bool, only: str | None, output: str | None, error: str | None, **run_options: Any) -> None:
+def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tuple[str, ...], update_env: bool,
+           only: str | None, output: str | None, error: str | None, **run_options: Any) -> None:
+    from prun.cluster.client import ClientError
     from prun.cluster.commands import is_file
     from prun.cluster.commands.appfile import act
     from prun.cluster.config import parse_env
@@ -127,6 +129,7 @@ def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tupl
         run_options["time"] = True  # --log-date-format alone stamps lines, as PM2's does
     c = client()
     started = False
+    failed: list[ClientError] = []  # an app that cannot get online stays listed; the next targets are started
     for target in targets:
         if is_file(target):
             act(target, env, only, reload=False, update_env=update_env)
@@ -135,14 +138,19 @@ def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tupl
             declared = parse_env([e for e in env])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--env") from None
-        if _names_an_app(target, name) and _restart_existing(
-                c, target, declared, update_env, _given(namespace, run_options)):
-            started = True
-            continue
-        c.start(target, name=name, namespace=namespace, env=declared, **run_options)
+        try:
+            if not (_names_an_app(target, name) and _restart_existing(
+                    c, target, declared, update_env, _given(namespace, run_options))):
+                c.start(target, name=name, namespace=namespace, env=declared, **run_options)
+        except ClientError as exc:
+            if exc.code_name != "START_FAILED":
+                raise
+            failed.append(exc)
         started = True
     if started:
         show(c.list())
+    if failed:  # after the table, one line: what could not start, and why
+        raise failed[0] if len(failed) == 1 else ClientError("START_FAILED", "; ".join(map(str, failed)))
 
 
 class StartCommand(click.Command):
