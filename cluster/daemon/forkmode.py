@@ -274,7 +274,7 @@ class ForkSupervisor:
         try:
             return await self.done
         finally:
-            for task in self.tasks:
+            for task in list(self.tasks):
                 task.cancel()
             if pid_file:
                 pidfile.remove(pid_file)
