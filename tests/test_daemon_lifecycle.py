@@ -122,3 +122,11 @@ def test_no_autorestart_fork_instances_that_end_leave_the_others_running(home: H
     home.prun("scale", "pair", "2")  # the finished one runs again
     assert home.app("pair")["workers"] == 2
     wait_until(lambda: home.app("pair")["workers"] == 1, what="instance 0 to end again")
+
+
+def test_no_autorestart_an_instance_that_ends_at_once_does_not_hold_the_start(home: Home) -> None:
+    script = "[ $PRUN_INSTANCE = 0 ] && exit 0; sleep 100"  # instance 0 is done at once, instance 1 serves
+    home.prun("start", f"sh -c '{script}'", "--name", "quick", "-i", "2", "--no-autorestart", "--min-uptime", "300",
+              timeout=60)
+    row = home.app("quick")
+    assert (row["status"], row["workers"]) == ("online", 1)

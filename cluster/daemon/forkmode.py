@@ -237,17 +237,19 @@ class ForkSupervisor:
         self.stop(force=False)
 
     def check_online(self) -> None:
-        """Online once every instance has run for --min-uptime (a command that exits at once never is)."""
+        """Online once every instance has run for --min-uptime (a command that exits at once never is), but
+        those --no-autorestart (or --stop-exit-codes) left finished: the others are the app."""
         if self.stopping or self.online:
             return
         now = time.monotonic()
-        waiting = [i for i in self.instances if i.proc is None or now - i.started < self.policy["min_uptime"]]
-        if waiting:
+        running = [i for i in self.instances if not i.finished]
+        waiting = [i for i in running if i.proc is None or now - i.started < self.policy["min_uptime"]]
+        if waiting or not running:
             self.loop.call_later(0.05, self.check_online)
             return
         self.online = True
-        log(f"ready: {len(self.instances)} workers of {' '.join(self.command)} (gen 1)")
-        self.emit(control.Online(len(self.instances), self.generation))
+        log(f"ready: {len(running)} workers of {' '.join(self.command)} (gen 1)")
+        self.emit(control.Online(len(running), self.generation))
 
     async def run(self, control_fd: int | None = None) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
