@@ -130,3 +130,13 @@ def test_no_autorestart_an_instance_that_ends_at_once_does_not_hold_the_start(ho
               timeout=60)
     row = home.app("quick")
     assert (row["status"], row["workers"]) == ("online", 1)
+
+
+def test_no_autorestart_a_job_that_is_done_at_once_is_a_start_that_worked(home: Home) -> None:
+    result = home.prun("start", "sh -c 'echo migrated'", "--name", "migrate", "--no-autorestart")  # exit code 0
+    assert "migrate" in result.stdout and result.stderr == ""
+    assert home.app("migrate")["status"] == "stopped"
+    wait_until(lambda: "migrated" in out_log(home, "migrate"), what="its output")
+    failed = home.prun("start", "sh -c 'exit 2'", "--name", "broken", "--no-autorestart", check=False)
+    assert failed.returncode == 1 and "broken could not start" in failed.stderr  # a crash still is a failure
+    assert home.app("broken")["status"] == "errored"

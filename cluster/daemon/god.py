@@ -170,6 +170,8 @@ class God:
         if not online:  # it exited, or says it cannot come online: is it tried again?
             reason = run.failure or app.last_error
             await asyncio.wait([run.exited], timeout=1.0)
+            if run.ended is not None and not run.ended.errored and app.status == STOPPED:
+                return  # done already, and well (--no-autorestart: a job that ran and exited 0): no failure
             retry = " (retrying with backoff)" if app.status in (LAUNCHING, ONLINE) else ""
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {reason}"
                                f"{retry}; see prun logs {app.name}")
