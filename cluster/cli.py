@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster import commands, options
+from prun.cluster import commands, options, pidfile
 from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
 
@@ -23,23 +23,6 @@ if TYPE_CHECKING:
     from prun.cluster.log import Log
 
 COMMANDS = ("run", *commands.NAMES)
-
-
-def _write_pid_file(path: str) -> None:
-    try:
-        with open(path, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-    except OSError as exc:
-        raise PrunError(f"cannot write pid file {path}: {exc.strerror}") from None
-
-
-def _remove_pid_file(path: str) -> None:
-    try:
-        with open(path) as fh:
-            if fh.read().strip() == str(os.getpid()):
-                os.unlink(path)
-    except OSError:
-        pass
 
 
 def serve(cli_values: dict[str, Any], control_fd: int | None = None) -> int:
@@ -112,14 +95,14 @@ def _bind_and_run(cli_values: dict[str, Any], environ: dict[str, str], config: C
     for listener in listeners:
         log.info(f"listening on {listener.address}")
     if config.pid_file:
-        _write_pid_file(config.pid_file)
+        pidfile.write(config.pid_file)
     try:
         notifier = Notifier.from_environ()
         reconfigure = config_mod.Reconfigure(cli_values, environ, config, log)
         return master.run(config, listeners, log, reconfigure, notifier, control_fd, hooks)
     finally:
         if config.pid_file:
-            _remove_pid_file(config.pid_file)
+            pidfile.remove(config.pid_file)
         for listener in listeners:
             if listener.kind == "unix" and listener.spec.startswith("unix:"):
                 try:

@@ -170,12 +170,14 @@ class Client:
         return result
 
     def start(self, target: str, name: str | None = None, namespace: str = "default",
-              instances: str | int | None = None, env: dict[str, str] | None = None, autorestart: bool = True,
-              cwd: str | None = None, environ: dict[str, str] | None = None, **run_options: Any) -> Rows:
+              instances: str | int | None = None, env: dict[str, str] | None = None,
+              autorestart: bool | None = None, cwd: str | None = None, environ: dict[str, str] | None = None,
+              **run_options: Any) -> Rows:
         """Start TARGET (MODULE:ATTR in cluster mode; a script or a command in fork mode) under the daemon.
 
         `run_options` are `prun run`'s options by name (bind=["127.0.0.1:0"], balance="shared", ...);
-        `max_memory_restart="300M"` replaces (losslessly) a worker that grows past it.
+        `max_memory_restart="300M"` replaces (losslessly) a worker that grows past it; `autorestart=False`
+        replaces nothing that exits unasked (--no-autorestart).
         """
         spec = build_spec(target, name=name, namespace=namespace, instances=instances, env=env or {},
                           autorestart=autorestart, cwd=cwd or os.getcwd(), run_options=run_options,
@@ -292,7 +294,7 @@ def check_names(name: str | None, namespace: str) -> None:
 
 
 def build_spec(target: str, name: str | None, namespace: str, instances: str | int | None, env: dict[str, str],
-               autorestart: bool, cwd: str, run_options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+               autorestart: bool | None, cwd: str, run_options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """The start spec the daemon stores: checked here, where the user's directory and environment are."""
     import shlex
 
@@ -307,7 +309,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     if APP_PATTERN.fullmatch(target):
         from prun.cluster import config as config_mod
 
-        values = dict(options, **logs, app=target, instances=str(instances) if instances is not None else None)
+        values = dict(options, **logs, app=target, instances=str(instances) if instances is not None else None,
+                      autorestart=autorestart)
         here = os.getcwd()
         try:
             os.chdir(cwd)
@@ -320,7 +323,7 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
                 "name": name or default_name(target, "cluster", []), "target": target, "mode": "cluster",
                 "cwd": cwd, "namespace": namespace, "instances": str(instances or config.instances),
                 "run_args": run_arguments(options), "bind": bind, "backlog": config.backlog,
-                "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": autorestart}
+                "graceful_timeout": config.graceful_timeout, "env": dict(env), "autorestart": config.autorestart}
     try:
         words = shlex.split(target)
     except ValueError as exc:
@@ -348,15 +351,20 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
     from prun.cluster.options import BY_NAME, parse
 
     def given(name: str) -> Any:
-        return parse(name, logs[name], BY_NAME[name].long) if name in logs else BY_NAME[name].default_value()
+        values = logs if name in logs else options
+        return parse(name, values[name], BY_NAME[name].long) if name in values else BY_NAME[name].default_value()
 
+    unused = [BY_NAME[option_name].long for option_name in options if option_name not in FORK_TAKES]
+    if unused:  # said, never silently dropped
+        raise UsageError(f"{', '.join(unused)}: not an option of a fork-mode app (a command or a script, served by "
+                         "nobody): only a MODULE:ATTR app takes " + ("it" if len(unused) == 1 else "them"))
     for option_name in FORK_OPTIONS:  # checked here: a bad value is a usage error, before anything starts
         if option_name in options:
             parse(option_name, options[option_name], BY_NAME[option_name].long)
     spec = {**log_spec(given, cwd), "combined_file": _path(cwd, combined),
             "name": name or default_name(target, "fork", shlex.split(target) if words[0] == "/bin/sh" else words),
             "target": target, "mode": "fork", "cwd": cwd, "namespace": namespace, "instances": count,
-            "command": words, "env": dict(env), "autorestart": autorestart,
+            "command": words, "env": dict(env), "autorestart": autorestart is not False,
             "run_args": run_arguments({k: v for k, v in options.items() if k in FORK_OPTIONS + FORK_LOG_OPTIONS})}
     if options.get("kill_timeout"):  # PM2's name for it, in milliseconds
         spec["graceful_timeout"] = parse("kill_timeout", options["kill_timeout"], "--kill-timeout")
@@ -368,7 +376,8 @@ def build_spec(target: str, name: str | None, namespace: str, instances: str | i
 
 # The options of `prun run` a fork-mode supervisor follows (the rest are about serving).
 FORK_OPTIONS = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
-                "instance_var", "kill_signal")
+                "instance_var", "kill_signal", "max_memory_restart", "watch", "ignore_watch", "cron_restart",
+                "pid_file")
 
 
 def needs_shell(command: str) -> bool:
@@ -393,6 +402,8 @@ def needs_shell(command: str) -> bool:
     return False
 
 FORK_LOG_OPTIONS = ("log_format", "log_json_time", "log_max_line")  # what a fork-mode supervisor's relay takes
+# Every option of `prun run` a fork-mode app takes (beside those of its log files): the rest is refused.
+FORK_TAKES = (*FORK_OPTIONS, *FORK_LOG_OPTIONS, "kill_timeout", "graceful_timeout", "merge_logs")
 LOG_OPTIONS = ("log_file", "error_file", "log_max_size", "log_retain", "log_compress", "log_rotate_daily", "time",
                "log_date_format")
 

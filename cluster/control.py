@@ -107,7 +107,8 @@ class WorkerStarted:
 
 @dataclass(frozen=True)
 class WorkerExited:
-    """A worker exited; `restarting`: it died unasked and its slot gets a new one after `delay` s."""
+    """A worker exited; `restarting`: it died unasked and its slot gets a new one after `delay` s;
+    `finished`: it died unasked and stays so (--no-autorestart): the app runs one worker fewer."""
 
     KIND: ClassVar[str] = "worker_exited"
     slot: int
@@ -116,6 +117,7 @@ class WorkerExited:
     reason: str  # "exited with code 1", "killed by SIGKILL", or why it could not boot
     restarting: bool = False
     delay: float = 0.0
+    finished: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class Master:
             if await self.first_generation_ready():
                 urls = ", ".join(listener.address for listener in self.listeners)
                 self.log.info(f"ready: {plural(len(self.slots), 'worker')} of {self.config.app} (gen 1) on {urls}")
-                self.emit(control.Online(len(self.slots), self.rollout.generation))
+                self.emit(control.Online(self.rollout.serving, self.rollout.generation))
                 self.notifier.ready(f"{plural(len(self.slots), 'worker')} ready, gen 1")
                 if self.hooks:
                     self.hooks.run("when_ready")
@@ -296,9 +296,10 @@ class Master:
             self.rollout.request_recycle(worker, f"served {worker.requests} requests")
 
     def is_ready(self) -> bool:
-        """Every slot has a READY worker, and no shutdown has begun (the /readyz probe)."""
-        return self.booted and not self.stopping and all(
-            slot.worker is not None and slot.worker.state is State.READY for slot in self.slots)
+        """Every slot has a READY worker (but those --no-autorestart left empty), and no shutdown has begun (the
+        /readyz probe)."""
+        return self.booted and not self.stopping and self.rollout.serving > 0 and all(
+            slot.finished or (slot.worker is not None and slot.worker.state is State.READY) for slot in self.slots)
 
     def status(self) -> dict[str, object]:
         now = time.monotonic()
@@ -310,6 +311,7 @@ class Master:
             "ready": self.is_ready(),
             "booted": self.booted,  # the first generation served: the app is online
             "slots": len(self.slots),
+            "finished": [slot.index for slot in self.slots if slot.finished],  # --no-autorestart left them empty
             "stopping": self.stopping,
             "reloading": self.rollout.reloading,
             "uptime": round(now - self.started, 3),
@@ -362,18 +364,22 @@ class Master:
         self.supervision.worker_gone()
         slot = self.rollout.slot_of(worker)
         crashed = not self.stopping and slot is not None and not was_draining and (self.booted or was_ready)
-        self.emit(control.WorkerExited(worker.slot, worker.pid, worker.generation,
-                                       worker.boot_error or describe_exit(code), restarting=crashed))
+        ending = None
+        if crashed and slot is not None:
+            ending = self.supervision.died(slot, worker, code, was_ready)
+            if not slot.finished:
+                self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
+        # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
+        finished = crashed and slot is not None and slot.finished
+        reason = (worker.boot_error or describe_exit(code)) + (" (--no-autorestart)" if finished else "")
+        self.emit(control.WorkerExited(worker.slot, worker.pid, worker.generation, reason,
+                                       restarting=crashed and not finished, finished=finished))
         if self.stopping:
             if not any(w.alive for w in self.workers.values()):
                 self.finish()
-            return
-        if crashed and slot is not None:
-            self.tally.restarted(worker.slot, "hung" if worker.aborted else "crash")
-            ending = self.supervision.died(slot, worker, code, was_ready)
-            if ending is not None:  # the restart policy says the app stops here
-                self.end(ending, errored=code not in self.config.stop_exit_codes)
-        # otherwise: drained, scaled away, a candidate (the rollout decides), or a first boot that failed
+        elif ending is not None:  # the restart policy says the app stops here
+            crash = code not in self.config.stop_exit_codes and (code != 0 or self.config.autorestart)
+            self.end(ending, errored=crash)
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -427,7 +433,7 @@ class Master:
             reason = await self.rollout.request_reload()
         else:
             reason = await self.rollout.request_scale(to=max(1, request.count))
-        return control.Reply(request.id, reason is None, reason or "", len(self.slots))
+        return control.Reply(request.id, reason is None, reason or "", self.rollout.serving)
 
     def finish(self) -> None:
         if self.balancer:

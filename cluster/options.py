@@ -430,6 +430,10 @@ class Config:
         "exponential backoff below).", metavar="MS", reload=True, shown_default="0")
     exp_backoff_restart_delay: float = option(parse_ms, 0.1, "The first delay of the restart backoff (x1.5 each "
         "time, at most 15 s; back to this after 30 s up).", metavar="MS", reload=True, shown_default="100")
+    autorestart: bool = option(parse_bool, True, "Replace a worker (or fork-mode instance; under prun start, the "
+        "master too) that exits unasked. --no-autorestart: it is not replaced, the app runs on with the others "
+        "and stops once none is left (a reload, a restart or a scale brings them back).", flag=True, reload=True,
+        shown_default="on")
     stop_exit_codes: list[int] = option(parse_codes, [], "Exit codes after which a worker (or fork-mode "
         "instance) is not restarted and the app stops; repeatable.", metavar="CODE", multiple=True,
         reload=True)

@@ -7,6 +7,9 @@
   asks for a rolling reload; changes are debounced, and a reload asked while one runs or waits is not
   queued twice (the rollout's rule), so reloads never overlap.
 - `--cron-restart "0 3 * * *"`: a rolling reload at each time the expression matches (cluster/cron.py).
+
+The last two ask a fork-mode supervisor (cluster/daemon/forkmode.py) to restart its instances one by one
+in the same way (`start_reloads`).
 """
 
 from __future__ import annotations
@@ -67,44 +70,53 @@ class Recycler:
 
     def start(self) -> None:
         config = self.config()
-        loop = asyncio.get_running_loop()
-        if config.watch:
-            self.tasks.append(loop.create_task(self.watch(config.watch, config.ignore_watch, config.chdir)))
-        if config.cron_restart:
-            self.tasks.append(loop.create_task(self.cron(config.cron_restart)))
+        self.tasks = start_reloads(config, self.log, self.rollout.request_reload)
 
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
 
-    async def watch(self, paths: str, ignore: str, chdir: str) -> None:
-        try:
-            import watchfiles
-        except ImportError:
-            self.log.error("--watch needs watchfiles: pip install 'prun[watch]'; not watching")
-            return
-        roots = [os.path.abspath(os.path.join(chdir, p.strip())) for p in paths.split(",") if p.strip()]
-        patterns = IGNORED + tuple(p.strip() for p in ignore.split(",") if p.strip())
 
-        def wanted(change: Any, path: str) -> bool:
-            rel = [os.path.relpath(path, root) for root in roots if path.startswith(root)]
-            return not any(fnmatch.fnmatch(path, p) or any(fnmatch.fnmatch(r, p) for r in rel) for p in patterns)
+def start_reloads(config: Config, log: Log, reload: Callable[[], Any]) -> list[asyncio.Task[None]]:
+    """The tasks that call `reload` on --watch's changes and --cron-restart's schedule (a master's rolling
+    reload, a fork-mode supervisor's restart of its instances one by one)."""
+    loop = asyncio.get_running_loop()
+    tasks = []
+    if config.watch:
+        tasks.append(loop.create_task(watch(config.watch, config.ignore_watch, config.chdir, log, reload)))
+    if config.cron_restart:
+        tasks.append(loop.create_task(cron(config.cron_restart, log, reload)))
+    return tasks
 
-        self.log.info(f"watching {', '.join(roots)} for changes")
-        async for changes in watchfiles.awatch(*roots, watch_filter=wanted, debounce=WATCH_DEBOUNCE_MS,
-                                               step=50, recursive=True):
-            names = sorted({os.path.relpath(path, roots[0]) for _, path in changes})
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            self.log.info(f"changed: {shown}; reloading")
-            self.rollout.request_reload()
 
-    async def cron(self, expression: str, now: Callable[[], float] = time.time) -> None:
-        from prun.cluster.cron import Schedule
+async def watch(paths: str, ignore: str, chdir: str, log: Log, reload: Callable[[], Any]) -> None:
+    try:
+        import watchfiles
+    except ImportError:
+        log.error("--watch needs watchfiles: pip install 'prun[watch]'; not watching")
+        return
+    roots = [os.path.abspath(os.path.join(chdir, p.strip())) for p in paths.split(",") if p.strip()]
+    patterns = IGNORED + tuple(p.strip() for p in ignore.split(",") if p.strip())
 
-        schedule = Schedule.parse(expression)
-        while True:
-            at = schedule.next_after(now())
-            await asyncio.sleep(max(0.0, at - now()))
-            self.log.info(f"--cron-restart {expression!r}: reloading")
-            self.rollout.request_reload()
+    def wanted(change: Any, path: str) -> bool:
+        rel = [os.path.relpath(path, root) for root in roots if path.startswith(root)]
+        return not any(fnmatch.fnmatch(path, p) or any(fnmatch.fnmatch(r, p) for r in rel) for p in patterns)
 
+    log.info(f"watching {', '.join(roots)} for changes")
+    async for changes in watchfiles.awatch(*roots, watch_filter=wanted, debounce=WATCH_DEBOUNCE_MS,
+                                           step=50, recursive=True):
+        names = sorted({os.path.relpath(path, roots[0]) for _, path in changes})
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        log.info(f"changed: {shown}; reloading")
+        reload()
+
+
+async def cron(expression: str, log: Log, reload: Callable[[], Any], now: Callable[[], float] = time.time) -> None:
+    from prun.cluster.cron import Schedule
+
+    schedule = Schedule.parse(expression)
+    while True:
+        at = schedule.next_after(now())
+        await asyncio.sleep(max(0.0, at - now()))
+        log.info(f"--cron-restart {expression!r}: reloading")
+        reload()

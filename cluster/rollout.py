@@ -106,12 +106,14 @@ class Slot(Generic[W]):
     unstable: int = 0  # restarts in a row of workers that lived less than --min-uptime
     last_error: str = ""
     restart_timer: asyncio.TimerHandle | None = None
+    finished: bool = False  # its worker exited under --no-autorestart: empty until a reload or a scale fills it
 
     def take(self, worker: W, generation: int) -> W | None:
         """A rolled-out worker becomes the slot's own (with a fresh record); the worker it replaces."""
         old, self.worker, self.generation = self.worker, worker, generation
         self.failures = self.unstable = 0
         self.last_error = ""
+        self.finished = False
         self.close()
         return old
 
@@ -197,6 +199,11 @@ class Rollout(Generic[W]):
     @property
     def reloading(self) -> bool:
         return isinstance(self.running, Reload)
+
+    @property
+    def serving(self) -> int:
+        """The slots that have (or are getting) a worker: all but those --no-autorestart left empty."""
+        return sum(not slot.finished for slot in self.slots)
 
     def request_reload(self) -> asyncio.Future[Outcome]:
         """Queue a reload (or join the one already queued); the future says how it ended."""
@@ -371,7 +378,7 @@ class Rollout(Generic[W]):
             self.on_reloaded(not reason, time.monotonic() - began)
         self.notifier.ready(f"{plural(len(self.slots), 'worker')} ready, gen {self.generation}"
                             + ("" if not reason else " (the last reload failed)"))
-        self.emit(control.ReloadFinished(not reason, self.generation, len(self.slots), reason or ""))
+        self.emit(control.ReloadFinished(not reason, self.generation, self.serving, reason or ""))
         return reason
 
     async def _roll_all(self, began: float) -> Outcome:
@@ -416,27 +423,38 @@ class Rollout(Generic[W]):
             self.log.error(f"recycling {worker.describe()} failed: {reason}; it keeps serving")
 
     async def _scale(self, delta: int, to: int | None) -> Outcome:
-        """One slot at a time, up or down to the count asked; never below one."""
-        wanted = to if to is not None else len(self.slots) + delta
+        """One slot at a time, up or down to the count asked; never below one. Slots --no-autorestart left
+        empty count as workers to have: the scale fills those it keeps."""
+        wanted = to if to is not None else self.serving + delta
         if wanted < 1:
             self.log.info("already at 1 worker; not scaling down")
             wanted = 1
-        while len(self.slots) != wanted and not self.stopped:
-            if wanted > len(self.slots):
-                slot: Slot[W] = Slot(len(self.slots), self.generation)
-                reason = await self._roll([slot], slot.generation)
-                if reason:
-                    reason = f"scaling up failed: {reason}; {plural(len(self.slots), 'worker')} keep{'s' if len(self.slots) == 1 else ''} serving"
-                    self.log.error(reason)
-                    self.emit(control.Problem(reason))
-                    return reason
-                self.slots.append(slot)
-                self.log.info(f"scaled up to {plural(len(self.slots), 'worker')}")
-            else:
-                slot = self.slots.pop()
-                slot.close()
-                if slot.worker is not None:
-                    self.retire(slot.worker)
-                self.log.info(f"scaled down to {plural(len(self.slots), 'worker')}")
-            self.emit(control.Scaled(len(self.slots)))
+        while len(self.slots) > wanted and not self.stopped:
+            slot = self.slots.pop()
+            slot.close()
+            if slot.worker is not None:
+                self.retire(slot.worker)
+            self.log.info(f"scaled down to {plural(len(self.slots), 'worker')}")
+            self.emit(control.Scaled(self.serving))
+        for slot in [slot for slot in self.slots if slot.finished and not self.stopped]:
+            reason = await self._roll([slot], self.generation)
+            if reason:
+                return self._scale_failed(reason)
+            self.log.info(f"worker {slot.index} is back: {plural(self.serving, 'worker')}")
+            self.emit(control.Scaled(self.serving))
+        while len(self.slots) < wanted and not self.stopped:
+            slot = Slot(len(self.slots), self.generation)
+            reason = await self._roll([slot], slot.generation)
+            if reason:
+                return self._scale_failed(reason)
+            self.slots.append(slot)
+            self.log.info(f"scaled up to {plural(len(self.slots), 'worker')}")
+            self.emit(control.Scaled(self.serving))
         return STOPPING if self.stopped else None
+
+    def _scale_failed(self, reason: str) -> str:
+        reason = (f"scaling up failed: {reason}; {plural(self.serving, 'worker')} "
+                  f"keep{'s' if self.serving == 1 else ''} serving")
+        self.log.error(reason)
+        self.emit(control.Problem(reason))
+        return reason

@@ -84,8 +84,9 @@ class Supervision:
     def died(self, slot: Slot[WorkerProcess], worker: WorkerProcess, code: int, was_ready: bool) -> str | None:
         """A slot's own worker exited unasked: say why (a boot error once, not at every retry), restart it.
 
-        The restart policy first: None, or why the app must stop instead (a --stop-exit-codes code, or more
-        than --max-restarts unstable restarts in a row).
+        The restart policy first: None, or why the app must stop instead (a --stop-exit-codes code, more
+        than --max-restarts unstable restarts in a row, or under --no-autorestart the last worker gone).
+        Under --no-autorestart the slot stays empty (`finished`) and the others serve on.
         """
         policy = self.config()
         if worker.boot_error:
@@ -94,10 +95,17 @@ class Supervision:
                                traceback=worker.boot_traceback)
             slot.last_error = worker.boot_error
         elif code not in policy.stop_exit_codes:
-            self.log.warning(f"{worker.describe()} {describe_exit(code)}; restarting it")
+            then = "restarting it" if policy.autorestart else "not restarting it (--no-autorestart)"
+            self.log.warning(f"{worker.describe()} {describe_exit(code)}; {then}")
         slot.worker = None
         if code in policy.stop_exit_codes:
             return f"{worker.describe()} exited with code {code}, one of --stop-exit-codes"
+        if not policy.autorestart:
+            slot.finished = True
+            if not self.rollout.serving:
+                return f"{worker.describe()} {worker.boot_error or describe_exit(code)} and no worker is left " \
+                       "(--no-autorestart)"
+            return None
         up = time.monotonic() - worker.started
         if was_ready and up >= BACKOFF_RESET_AFTER:
             slot.failures = 0

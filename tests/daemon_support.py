@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from prun.cluster.client import Client
 from tests.support import APPS, ClientThreads, prun_command, wait_until
 
 
@@ -181,3 +183,31 @@ def stubborn_started(home: Home, times: int) -> None:
     log = os.path.join(home.path, "logs", "stubborn-out.log")
     wait_until(lambda: os.path.exists(log) and open(log).read().count("up\n") >= times,
                what=f"stubborn to start {times} times")
+
+
+class Events:
+    """Collects a subscription's events in a thread."""
+
+    def __init__(self, client: Client) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stream = client.subscribe()
+        next_event = self.stream.__next__  # subscribes now, before the test acts
+        self.first: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, args=(next_event,), daemon=True)
+        self._thread.start()
+
+    def _read(self, next_event: Any) -> None:
+        try:
+            while True:
+                self.events.append(next_event())
+        except (StopIteration, OSError, ValueError):
+            pass
+
+    def kinds(self, app: str) -> list[str]:
+        return [e["event"] for e in list(self.events) if e.get("app") == app]
+
+    def wait(self, app: str, kind: str) -> dict[str, Any]:
+        found: dict[str, Any] = wait_until(
+            lambda: next((e for e in list(self.events) if e.get("app") == app and e["event"] == kind), None),
+            what=f"event {kind} of {app}")
+        return found

@@ -155,7 +155,7 @@ def test_prun_start_takes_every_option_of_prun_run() -> None:
     run = {(p.name, tuple(p.opts)) for p in run_command.params if p.name != "app" and not getattr(p, "hidden", False)}
     start = {(p.name, tuple(p.opts)) for p in command.params}
     assert run <= start, run - start
-    assert {"name", "namespace", "env", "no_autorestart", "max_memory_restart", "targets"} <= {p.name for p in command.params}
+    assert {"name", "namespace", "env", "autorestart", "max_memory_restart", "targets"} <= {p.name for p in command.params}
 
 
 def test_restart_update_env_takes_the_callers_environment(home: Home) -> None:

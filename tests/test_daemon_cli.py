@@ -202,3 +202,22 @@ def test_log_flags_output_error_combined_dev_null_and_date_format(home: Home) ->
     result = home.prun("flush")
     assert f"flushed {out}" in result.stdout and "/dev/null" not in result.stdout + result.stderr
     assert os.path.getsize(combined) == 0
+
+
+def test_restart_all_with_a_broken_app_restarts_the_others_and_shows_the_table(home: Home) -> None:
+    home.prun("start", SLEEPER, "--name", "napper", "--min-uptime", "200")
+    home.prun("start", "crasher.py", "--max-restarts", "1", check=False)
+    wait_until(lambda: states(home)["crasher"][0] == "errored", what="crasher errored")
+    pid = home.app("napper")["pid"]
+    result = home.prun("restart", "all", check=False)  # napper restarts; crasher fails again
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "crasher could not start" in result.stderr
+    assert "napper" in result.stdout and "crasher" in result.stdout  # the table all the same
+    row = home.app("napper")
+    assert row["status"] == "online" and row["pid"] != pid  # done before the reply, not left launching
+
+
+def test_start_of_several_goes_on_past_one_that_cannot_start(home: Home) -> None:
+    result = home.prun("start", "crasher.py", SLEEPER, "--max-restarts", "1", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "crasher could not start" in result.stderr
+    assert "crasher" in result.stdout and "sleep" in result.stdout  # the table, then the line
+    assert states(home)["sleep"][0] == "online"

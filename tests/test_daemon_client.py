@@ -4,42 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-from typing import Any
 
 import pytest
 
 from prun.cluster.client import Client, ClientError
-from tests.daemon_support import Home, get
+from tests.daemon_support import Events, Home, get
 from tests.support import APPS, prun_command, wait_until
-
-
-class Events:
-    """Collects a subscription's events in a thread."""
-
-    def __init__(self, client: Client) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.stream = client.subscribe()
-        next_event = self.stream.__next__  # subscribes now, before the test acts
-        self.first: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._read, args=(next_event,), daemon=True)
-        self._thread.start()
-
-    def _read(self, next_event: Any) -> None:
-        try:
-            while True:
-                self.events.append(next_event())
-        except (StopIteration, OSError, ValueError):
-            pass
-
-    def kinds(self, app: str) -> list[str]:
-        return [e["event"] for e in list(self.events) if e.get("app") == app]
-
-    def wait(self, app: str, kind: str) -> dict[str, Any]:
-        found: dict[str, Any] = wait_until(
-            lambda: next((e for e in list(self.events) if e.get("app") == app and e["event"] == kind), None),
-            what=f"event {kind} of {app}")
-        return found
 
 
 def test_the_client_api_drives_the_workflow(home: Home) -> None:

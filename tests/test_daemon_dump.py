@@ -7,7 +7,7 @@ import os
 
 from prun.cluster.daemon.home import start_time
 from tests.daemon_support import Home, get
-from tests.support import APPS
+from tests.support import APPS, wait_until
 
 
 def test_save_kill_resurrect_brings_the_same_apps_back(home: Home) -> None:
@@ -112,3 +112,15 @@ def test_startup_systemd_prints_and_installs_a_unit(home: Home) -> None:
     out = home.prun("startup", "systemd", "--install", "--unit-dir", target).stdout
     written = os.path.join(target, os.listdir(target)[0])
     assert written in out and open(written).read() == unit
+
+
+def test_resurrect_with_an_app_saved_errored_starts_the_others_and_shows_the_table(home: Home) -> None:
+    home.prun("start", "sleep 1000", "--name", "sleeper")
+    home.prun("start", "crasher.py", "--max-restarts", "1", check=False)
+    wait_until(lambda: home.app("crasher")["status"] == "errored", what="crasher errored")
+    home.prun("save")
+    home.prun("kill")
+    result = home.prun("resurrect", check=False)  # crasher is tried again, and fails again
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "crasher could not start" in result.stderr
+    assert "sleeper" in result.stdout and "crasher" in result.stdout  # the table, all the same
+    assert home.app("sleeper")["status"] == "online"

@@ -94,3 +94,49 @@ def test_every_worker_and_instance_knows_its_number(home: Home) -> None:
 def test_a_bad_kill_signal_is_one_line(home: Home) -> None:
     result = home.prun("start", "sleep 10", "--kill-signal", "SIGNOPE", check=False, cwd=APPS)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--kill-signal" in result.stderr
+
+
+def test_options_a_fork_app_cannot_use_are_refused_in_one_line(home: Home) -> None:
+    result = home.prun("start", "sleep 10", "-b", "127.0.0.1:0", "--threads", "3", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--bind, --threads: not an option of a fork-mode app" in result.stderr
+    assert "sleep" not in {row["name"] for row in home.ls()}
+
+
+def test_no_merge_logs_gives_each_fork_instance_its_own_log(home: Home) -> None:
+    home.prun("start", "sh -c 'echo instance $PRUN_INSTANCE; sleep 30'", "--name", "split", "-i", "2",
+              "--no-merge-logs")
+    def has(number: str) -> bool:
+        path = Path(home.path, "logs", f"split-out-{number}.log")
+        return path.exists() and f"instance {number}\n" in path.read_text()
+
+    wait_until(lambda: has("0") and has("1"), what="split-out-0.log and split-out-1.log")
+
+
+def test_no_autorestart_fork_instances_that_end_leave_the_others_running(home: Home) -> None:
+    script = "if [ $PRUN_INSTANCE = 0 ]; then sleep 1; exit 0; fi; sleep 100"
+    home.prun("start", f"sh -c '{script}'", "--name", "pair", "-i", "2", "--no-autorestart", "--min-uptime", "200")
+    row = wait_until(lambda: (lambda r: r["workers"] == 1 and r)(home.app("pair")), what="instance 0 to end")
+    assert (row["status"], row["restarts"]) == ("online", 0)
+    assert "worker 0 exited with code 0 (--no-autorestart)" in str(row["error"])
+    home.prun("scale", "pair", "2")  # the finished one runs again
+    assert home.app("pair")["workers"] == 2
+    wait_until(lambda: home.app("pair")["workers"] == 1, what="instance 0 to end again")
+
+
+def test_no_autorestart_an_instance_that_ends_at_once_does_not_hold_the_start(home: Home) -> None:
+    script = "[ $PRUN_INSTANCE = 0 ] && exit 0; sleep 100"  # instance 0 is done at once, instance 1 serves
+    home.prun("start", f"sh -c '{script}'", "--name", "quick", "-i", "2", "--no-autorestart", "--min-uptime", "300",
+              timeout=60)
+    row = home.app("quick")
+    assert (row["status"], row["workers"]) == ("online", 1)
+
+
+def test_no_autorestart_a_job_that_is_done_at_once_is_a_start_that_worked(home: Home) -> None:
+    result = home.prun("start", "sh -c 'echo migrated'", "--name", "migrate", "--no-autorestart")  # exit code 0
+    assert "migrate" in result.stdout and result.stderr == ""
+    assert home.app("migrate")["status"] == "stopped"
+    wait_until(lambda: "migrated" in out_log(home, "migrate"), what="its output")
+    failed = home.prun("start", "sh -c 'exit 2'", "--name", "broken", "--no-autorestart", check=False)
+    assert failed.returncode == 1 and "broken could not start" in failed.stderr  # a crash still is a failure
+    assert home.app("broken")["status"] == "errored"

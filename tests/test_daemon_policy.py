@@ -110,3 +110,54 @@ def test_the_foreground_master_gives_up_too(tmp_path: Path) -> None:
 def test_a_bad_policy_value_is_one_line(home: Home, value: str) -> None:
     result = home.prun("start", *APP, "-b", "127.0.0.1:0", "--max-restarts", value, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--max-restarts" in result.stderr
+
+
+def test_no_autorestart_leaves_a_crashed_worker_unreplaced_then_stops_with_the_last(home: Home) -> None:
+    port = free_port()
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "-i", "2", "--no-autorestart")
+    master = home.app("api")["pid"]
+    end_worker(port, 1)
+    row = wait_until(lambda: (lambda r: r["workers"] == 1 and r)(home.app("api")), timeout=60, what="one worker left")
+    assert (row["status"], row["pid"], row["restarts"]) == ("online", master, 0)
+    assert "exited with code 1 (--no-autorestart)" in str(row["error"]) and get(port).startswith("hello ")
+    end_worker(port, 0)
+    row = status(home, "api", "stopped")  # the last one exited 0: done, as PM2 shows it
+    assert "no worker is left (--no-autorestart)" in str(row["error"]) and row["restarts"] == 0
+    wait_until(lambda: refused(port), what="the port closed")  # (once the last processes holding it are gone)
+    home.prun("restart", "api")
+    assert (home.app("api")["workers"], home.app("api")["status"]) == (2, "online") and get(port).startswith("hello ")
+
+
+def test_no_autorestart_workers_come_back_on_reload_and_a_last_crash_is_errored(home: Home) -> None:
+    port = free_port()
+    home.prun("start", *APP, "-b", f"127.0.0.1:{port}", "--name", "api", "-i", "2", "--no-autorestart")
+    end_worker(port, 1)
+    wait_until(lambda: home.app("api")["workers"] == 1, what="one worker left")
+    home.prun("reload", "api")  # a reload rolls every slot: the empty one gets its worker again
+    row = home.app("api")
+    assert (row["workers"], row["status"]) == (2, "online")
+    end_worker(port, 1)
+    wait_until(lambda: home.app("api")["workers"] == 1, what="one worker left")
+    home.prun("scale", "api", "2")  # so does a scale
+    assert home.app("api")["workers"] == 2
+    end_worker(port, 3)
+    end_worker(port, 3)
+    row = status(home, "api", "errored")  # the last one crashed: errored, with why
+    assert "exited with code 3 and no worker is left (--no-autorestart)" in str(row["error"])
+    wait_until(lambda: refused(port), what="the port closed")
+
+
+def test_the_foreground_master_honours_no_autorestart(tmp_path: Path) -> None:
+    master = Prun(*APP, "-b", "127.0.0.1:0", "-i", "2", "--no-autorestart", "--health", "127.0.0.1:0")
+    try:
+        health = int(master.wait_for(r"health endpoint on http://127\.0\.0\.1:(\d+)/readyz").group(1))
+        port = master.wait_ready()
+        end_worker(port, 1)
+        master.wait_for(r"exited with code 1; not restarting it \(--no-autorestart\)")
+        assert get(port).startswith("hello ") and len(master.workers()) == 1
+        assert get(health, "/readyz") == "ready\n"  # one worker fewer, still serving: ready
+        end_worker(port, 0)
+        assert master.proc.wait(timeout=60) == 0
+        master.wait_for(r"no worker is left \(--no-autorestart\): stopping")
+    finally:
+        master.cleanup()

@@ -85,7 +85,7 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "tls_profile": "intermediate", "limit_tls_handshakes": 16,
                "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
                "max_restarts": 4, "min_uptime": "500ms", "restart_delay": "2s", "exp_backoff_restart_delay": 250,
-               "stop_exit_codes": [3, 4], "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
+               "stop_exit_codes": [3, 4], "autorestart": False, "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
                "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",
                "interpreter": "python3", "log_json_time": "epoch", "log_max_line": 4096,
                "access_log_format": "%(h)s %(s)s", "access_log_file": "a.log", "log_level": "warning",

@@ -53,6 +53,21 @@ def show(rows: list[dict[str, Any]], as_json: bool = False) -> None:
     print(json.dumps(rows, indent=1) if as_json else render(rows), flush=True)
 
 
+def show_after(act: Callable[[], list[dict[str, Any]]]) -> None:
+    """Print the table once `act` is done; when it could not do all (an app that cannot start, one that is not
+    running), the table all the same (what the others are now), then the line saying why (exit code 1)."""
+    from prun.cluster.client import ClientError
+
+    try:
+        rows = act()
+    except ClientError as exc:
+        if exc.code_name not in ("START_FAILED", "NOT_RUNNING"):
+            raise
+        show(client().list())
+        raise
+    show(rows)
+
+
 def caller_environment(env: Any) -> dict[str, str]:
     """The environment a client sent (the daemon's side of start, resurrect, restart), checked; PrunError if not."""
     from prun.cluster.daemon import schema
@@ -109,6 +124,6 @@ def target_command(name: str, summary: str) -> Any:
     @click.argument("targets", nargs=-1, required=True)
     @only_option()
     def run(targets: tuple[str, ...], only: str | None) -> None:
-        show(client().call(name, target=app_targets(targets, only)))
+        show_after(lambda: client().call(name, target=app_targets(targets, only)))
 
     return run

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import app_targets, client, is_file, only_option, show
+from prun.cluster.commands import app_targets, client, is_file, only_option, show_after
 from prun.cluster.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    await asyncio.gather(*(god.reload(app) for app in god.resolve(args.get("target", ""))))
+    await god.each([god.reload(app) for app in god.resolve(args.get("target", ""))])
     return god.views()
 
 
@@ -53,6 +53,6 @@ def command(targets: tuple[str, ...], env: tuple[str, ...], update_env: bool, on
     if update_env:
         click.echo("restarting, not reloading: --update-env gives a new environment, which a reload cannot",
                    err=True)
-        show(c.restart(app_targets(apps), update_env=True))
+        show_after(lambda: c.restart(app_targets(apps), update_env=True))
         return
-    show(c.reload(app_targets(apps)))
+    show_after(lambda: c.reload(app_targets(apps)))

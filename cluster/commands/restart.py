@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import app_targets, caller_environment, client, is_file, only_option, show
+from prun.cluster.commands import app_targets, caller_environment, client, is_file, only_option, show_after
 
 if TYPE_CHECKING:
     from prun.cluster.daemon.god import God
@@ -38,7 +38,7 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
     except PrunError as exc:
         raise rpc.RpcError(rpc.BAD_ARGUMENTS, str(exc)) from None
     apps = god.resolve(args.get("target", ""))
-    await asyncio.gather(*(god.restart(app, environ, declared) for app in apps))
+    await god.each([god.restart(app, environ, declared) for app in apps])
     return god.views()
 
 
@@ -66,4 +66,4 @@ def command(targets: tuple[str, ...], env: tuple[str, ...], update_env: bool, on
         declared = parse_env(list(env))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--env") from None
-    show(client().restart(app_targets(apps), env=declared, update_env=update_env))
+    show_after(lambda: client().restart(app_targets(apps), env=declared, update_env=update_env))

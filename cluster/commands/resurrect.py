@@ -8,7 +8,8 @@
 Every app of the dump is checked (schema.py) before any is started. Each app starts in the environment
 it was saved with (the caller's, for an older dump without it). A dump that cannot be used falls back to
 dump.json.bak, with a line in daemon.log. Apps already in the table are left alone; apps saved as stopped
-come back stopped.
+come back stopped; an app that cannot start (saved errored, and still broken) is START_FAILED once every
+other app was started: the command line prints the table, then that line, and exits 1.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import caller_environment, client, show
+from prun.cluster.commands import caller_environment, client, show_after
 
 if TYPE_CHECKING:
     import asyncio
@@ -58,4 +59,4 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
 @click.command("resurrect")
 def command() -> None:
     """Start the apps of the last prun save."""
-    show(client().resurrect())
+    show_after(lambda: client().resurrect())

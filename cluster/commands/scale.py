@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prun.cluster.commands import client, show
+from prun.cluster.commands import client, show_after
 
 if TYPE_CHECKING:
     from prun.cluster.daemon.god import God
@@ -35,7 +35,7 @@ async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) 
         if wanted < 1:
             raise rpc.RpcError(rpc.BAD_ARGUMENTS, f"cannot scale {app.name} to {wanted} workers: an app keeps at "
                                f"least 1 (prun stop {app.name} stops it)")
-    await asyncio.gather(*(god.scale(app, count) for app in apps))
+    await god.each([god.scale(app, count) for app in apps])
     return god.views()
 
 
@@ -52,7 +52,7 @@ def command(target: str, count: str) -> None:
     if int(count) == 0 and count[0].isdigit():
         raise UsageError(f"cannot scale {target} to 0 workers: an app keeps at least 1 (prun stop {target} stops it)")
     try:
-        show(client().scale(target, count))
+        show_after(lambda: client().scale(target, count))
     except ClientError as exc:
         if exc.code_name == "BAD_ARGUMENTS":  # a count that would leave an app without workers
             raise UsageError(str(exc)) from None

@@ -64,10 +64,11 @@ def _run_params() -> list[click.Parameter]:
     return [p for p in click.command()(options.click_options(run)).params if p.name not in ("app", "name", "env")]
 
 
-def _given(namespace: str, no_autorestart: bool, run_options: dict[str, Any]) -> list[str]:
+def _given(namespace: str, run_options: dict[str, Any]) -> list[str]:
     """The options given on the command line beside --env and --update-env, as flags."""
-    given = [f"--{k.replace('_', '-')}" for k, v in run_options.items() if v is not None and v != () and v is not False]
-    return given + (["--namespace"] if namespace != "default" else []) + (["--no-autorestart"] if no_autorestart else [])
+    given = [f"--{'' if v is not False else 'no-'}{k.replace('_', '-')}" for k, v in run_options.items()
+             if v is not None and v != ()]
+    return given + (["--namespace"] if namespace != "default" else [])
 
 
 def _names_an_app(target: str, name: str | None) -> bool:
@@ -109,8 +110,9 @@ def _restart_existing(c: Any, target: str, declared: dict[str, str], update_env:
     return True
 
 
-def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tuple[str, ...], no_autorestart: bool,
-           update_env: bool, only: str | None, output: str | None, error: str | None, **run_options: Any) -> None:
+def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tuple[str, ...], update_env: bool,
+           only: str | None, output: str | None, error: str | None, **run_options: Any) -> None:
+    from prun.cluster.client import ClientError
     from prun.cluster.commands import is_file
     from prun.cluster.commands.appfile import act
     from prun.cluster.config import parse_env
@@ -127,6 +129,7 @@ def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tupl
         run_options["time"] = True  # --log-date-format alone stamps lines, as PM2's does
     c = client()
     started = False
+    failed: list[ClientError] = []  # an app that cannot get online stays listed; the next targets are started
     for target in targets:
         if is_file(target):
             act(target, env, only, reload=False, update_env=update_env)
@@ -135,16 +138,19 @@ def _start(targets: tuple[str, ...], name: str | None, namespace: str, env: tupl
             declared = parse_env([e for e in env])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--env") from None
-        if _names_an_app(target, name) and _restart_existing(
-                c, target, declared, update_env, _given(namespace, no_autorestart, run_options)):
-            started = True
-            continue
-        instances = run_options.get("instances")
-        c.start(target, name=name, namespace=namespace, instances=instances, env=declared,
-                autorestart=not no_autorestart, **{k: v for k, v in run_options.items() if k != "instances"})
+        try:
+            if not (_names_an_app(target, name) and _restart_existing(
+                    c, target, declared, update_env, _given(namespace, run_options))):
+                c.start(target, name=name, namespace=namespace, env=declared, **run_options)
+        except ClientError as exc:
+            if exc.code_name != "START_FAILED":
+                raise
+            failed.append(exc)
         started = True
     if started:
         show(c.list())
+    if failed:  # after the table, one line: what could not start, and why
+        raise failed[0] if len(failed) == 1 else ClientError("START_FAILED", "; ".join(map(str, failed)))
 
 
 class StartCommand(click.Command):
@@ -162,7 +168,6 @@ class StartCommand(click.Command):
                 click.Option(["--env"], multiple=True, metavar="KEY=VALUE",
                              help="Set a variable for the app; repeatable. With a prun.toml: the [apps.env_NAME] "
                                   "sections to apply."),
-                click.Option(["--no-autorestart"], is_flag=True, help="Do not restart the app when it exits."),
                 click.Option(["--update-env"], is_flag=True, help="An app started again takes this shell's "
                                                                    "environment instead of the one stored."),
                 click.Option(["--only"], metavar="NAME[,NAME]", help="With a prun.toml: only these of its apps."),

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 async def execute(god: God, args: dict[str, Any], writer: asyncio.StreamWriter) -> Any:
-    await asyncio.gather(*(god.stop(app) for app in god.resolve(args.get("target", ""))))
+    await god.each([god.stop(app) for app in god.resolve(args.get("target", ""))])
     return god.views()
 
 

@@ -22,6 +22,7 @@ __all__ = ["App", "Spec", "checked_record"]
 
 ONLINE, LAUNCHING, STOPPING, STOPPED, ERRORED = "online", "launching", "stopping", "stopped", "errored"
 RELOADING = "reloading"  # online, and rolling its workers onto a new generation
+FORK_KILL_TIMEOUT_CAP = 30.0  # the most of a fork-mode app's --kill-timeout that is used
 
 
 def checked_record(data: Any, where: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -113,11 +114,12 @@ class App:
     def argv(self, control_fd: int) -> list[str]:
         """The master's command line (fork mode: its supervisor's); `control_fd` is its control listener."""
         spec = self.spec
+        policy = [] if spec.autorestart else ["--no-autorestart"]  # the spec's field, an option of prun run
         if spec.mode == "fork":
-            timeout = f"{min(spec.graceful_timeout, 30.0):g}"
+            timeout = f"{min(spec.graceful_timeout, FORK_KILL_TIMEOUT_CAP):g}"
             return [sys.executable, "-m", "prun.cluster.daemon.forkmode", "--instances", spec.instances,
                     "--kill-timeout", timeout, "--name", spec.name, "--control-fd", str(control_fd),
-                    *([] if spec.autorestart else ["--no-autorestart"]), *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
+                    *policy, *spec.run_args, "--", *spec.command]  # run_args: its policy and log options
         binds = [arg for fd in self.fds for arg in ("-b", f"fd://{fd}")]
-        return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, "-i", spec.instances,
-                "--name", spec.name, *binds, "--control-fd", str(control_fd)]
+        return [sys.executable, "-m", "prun.cluster", "run", spec.target, *spec.run_args, *policy,
+                "-i", spec.instances, "--name", spec.name, *binds, "--control-fd", str(control_fd)]

@@ -1,6 +1,6 @@
 """Fork mode: the supervisor of an app that is a command or a script (no listener), one per app.
 
-    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] [--control-fd FD] [--no-autorestart]
+    python -m prun.cluster.daemon.forkmode --instances N [--kill-timeout S] [--control-fd FD]
         [OPTIONS OF prun run] -- COMMAND [ARG]...
 
 It plays the master's part for processes prun does not serve: it keeps N copies of COMMAND running
@@ -8,8 +8,10 @@ It plays the master's part for processes prun does not serve: it keeps N copies 
 master's restart policy (--max-restarts, --min-uptime, --restart-delay, --exp-backoff-restart-delay,
 --stop-exit-codes, --no-autorestart). It answers the master's signals: HUP restarts the instances one by
 one, TTIN/TTOU add or remove one, TERM/INT stop them all: --kill-signal (SIGINT, as PM2) to each
-instance's process group, then SIGKILL after --kill-timeout. It is online once every instance has run for
---min-uptime. Under the daemon it speaks the master's control channel (cluster/control.py): the same
+instance's process group, then SIGKILL after --kill-timeout to what is left of the group (groups.py: also
+the leftovers of an instance that ended), and it exits once every group is empty. --watch and
+--cron-restart restart the instances one by one, --max-memory-restart one whose process group grew past
+it; --pid-file holds its pid. It is online once every instance has run for --min-uptime. Under the daemon it speaks the master's control channel (cluster/control.py): the same
 requests and events, an instance being a worker. Each instance writes into pipes of its own,
 which the supervisor's output relay (cluster/output.py) reads, as a master does its workers': whole lines,
 --log-format json records.
@@ -27,8 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prun.cluster import control, output
+from prun.cluster import control, output, pidfile
+from prun.cluster.daemon.groups import Groups, memory
 from prun.cluster.daemon.tree import die_with_parent, reap_adopted
+from prun.cluster.errors import PrunError
 from prun.cluster.log import plural
 from prun.cluster.supervision import become_subreaper, restart_delay
 from prun.cluster.worker import describe_exit as describe
@@ -36,7 +40,10 @@ from prun.cluster.worker import describe_exit as describe
 BACKOFF_RESET_AFTER = 30.0
 EXIT_GAVE_UP = 3  # as a master whose workers cannot run
 POLICY = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "stop_exit_codes",
-          "instance_var", "kill_signal")
+          "instance_var", "kill_signal", "autorestart")
+RECYCLING = ("max_memory_restart", "watch", "ignore_watch", "cron_restart", "pid_file")
+MEMORY_INTERVAL = 1.0  # seconds between two looks at the instances' memory (a master's workers: a heartbeat)
+STOP_POLL = 0.05  # seconds between two looks at what is left of the instances' groups, while stopping
 
 
 def log(message: str) -> None:
@@ -57,20 +64,21 @@ class Instance:
 
 class ForkSupervisor:
     def __init__(self, command: list[str], instances: int, kill_timeout: float,
-                 policy: dict[str, Any] | None = None, autorestart: bool = True,
-                 logs: argparse.Namespace | None = None) -> None:
+                 policy: dict[str, Any] | None = None, logs: argparse.Namespace | None = None) -> None:
         from prun.cluster.options import values_in
 
         self.command = command
         self.kill_timeout = kill_timeout
-        self.policy = dict(values_in([], POLICY), **(policy or {}))
-        self.autorestart = autorestart
+        self.policy = dict(values_in([], POLICY + RECYCLING), **(policy or {}))
+        self.autorestart = self.policy["autorestart"]
         self.kill_signal = signal.Signals[self.policy["kill_signal"]]
+        self.loop = asyncio.get_running_loop()
+        self.groups = Groups(self.loop, self.kill_signal, kill_timeout)
+        self.tasks: set[asyncio.Task[None]] = set()
         self.exit_code = 0
         self.boot_told = False  # a first run that ended too soon was reported (the start fails)
         self.instances = [Instance(i) for i in range(instances)]
         self.stopping = False
-        self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[int] = self.loop.create_future()
         self.busy = asyncio.Lock()
         self.watched: dict[int, Instance] = {}
@@ -111,6 +119,7 @@ class ForkSupervisor:
             else:
                 self.schedule(instance)
             return None
+        self.groups.forget(proc.pid)  # an old group of this id, if one was being ended, is gone: not this one
         self.relay_output(instance, proc.pid, pipes)
         instance.proc, instance.started = proc, time.monotonic()
         self.watched[proc.pid] = instance
@@ -180,18 +189,27 @@ class ForkSupervisor:
             instance.proc = None
             self.exited(instance, pid, code)
         reap_adopted(self.watched)  # what an instance left: the supervisor is their subreaper
-        if self.stopping and not self.watched and not self.done.done():
+
+    def finish_when_gone(self) -> None:
+        """While stopping: done once no instance is left, nor any process in their groups (a look every 50 ms)."""
+        if self.done.done():
+            return
+        if not self.watched and not self.groups.left():
             self.done.set_result(self.exit_code)
+        else:
+            self.loop.call_later(STOP_POLL, self.finish_when_gone)
 
     def exited(self, instance: Instance, pid: int, code: int) -> None:
         """An instance exited unasked: the restart policy says whether it runs again, or the app ends."""
+        self.groups.end(pid)  # what it started and left behind in its group
         up = time.monotonic() - instance.started
         what = f"instance {instance.index} (pid {pid}) {describe(code)}"
         if code in self.policy["stop_exit_codes"] or not self.autorestart:
             instance.finished = True
             why = "one of --stop-exit-codes" if code in self.policy["stop_exit_codes"] else "--no-autorestart"
             log(f"{what}; not restarting it ({why})")
-            self.emit(control.WorkerExited(instance.index, pid, self.generation, describe(code)))
+            self.emit(control.WorkerExited(instance.index, pid, self.generation, f"{describe(code)} ({why})",
+                                           finished=True))
             if all(i.finished for i in self.instances):
                 self.end(f"{what} ({why})", errored=code != 0 and code not in self.policy["stop_exit_codes"])
             return
@@ -220,17 +238,19 @@ class ForkSupervisor:
         self.stop(force=False)
 
     def check_online(self) -> None:
-        """Online once every instance has run for --min-uptime (a command that exits at once never is)."""
+        """Online once every instance has run for --min-uptime (a command that exits at once never is), but
+        those --no-autorestart (or --stop-exit-codes) left finished: the others are the app."""
         if self.stopping or self.online:
             return
         now = time.monotonic()
-        waiting = [i for i in self.instances if i.proc is None or now - i.started < self.policy["min_uptime"]]
-        if waiting:
+        running = [i for i in self.instances if not i.finished]
+        waiting = [i for i in running if i.proc is None or now - i.started < self.policy["min_uptime"]]
+        if waiting or not running:
             self.loop.call_later(0.05, self.check_online)
             return
         self.online = True
-        log(f"ready: {plural(len(self.instances), 'worker')} of {' '.join(self.command)} (gen 1)")
-        self.emit(control.Online(len(self.instances), self.generation))
+        log(f"ready: {plural(len(running), 'worker')} of {' '.join(self.command)} (gen 1)")
+        self.emit(control.Online(len(running), self.generation))
 
     async def run(self, control_fd: int | None = None) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
@@ -241,16 +261,69 @@ class ForkSupervisor:
         if control_fd is not None:
             self.control = control.ControlServer(control_fd, self.loop, self.answer)
             self.control.start()
+        pid_file = self.policy["pid_file"]
+        try:
+            if pid_file:
+                pidfile.write(pid_file)
+        except PrunError as exc:
+            log(f"error: {exc}")
+            self.emit(control.BootFailed(str(exc)))
+            return exc.code
         for instance in self.instances:
             self.spawn(instance)
         self.booted = True
         self.check_online()
+        self.start_recycling()
         try:
             return await self.done
         finally:
+            for task in list(self.tasks):
+                task.cancel()
+            if pid_file:
+                pidfile.remove(pid_file)
             if self.control is not None:
                 self.control.close()
             self.close_output()
+
+    # ---- restarts nobody typed: --watch, --cron-restart, --max-memory-restart -------------------------
+
+    def start_recycling(self) -> None:
+        from prun.cluster.log import Log
+        from prun.cluster.options import Config
+        from prun.cluster.recycling import start_reloads
+
+        config = Config(**{name: self.policy[name] for name in ("watch", "ignore_watch", "cron_restart")})
+        for task in start_reloads(config, Log(), self.request_restart):
+            self.keep(task)
+        if self.policy["max_memory_restart"]:
+            self.keep(self.loop.create_task(self.watch_memory(self.policy["max_memory_restart"])))
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def request_restart(self) -> None:
+        """Restart the instances one by one (as HUP does), after the restart or scale under way."""
+        self.keep(self.loop.create_task(self.restart_all()))
+
+    async def watch_memory(self, limit: int) -> None:
+        """An instance whose process group uses more than `limit` bytes is restarted, and says so."""
+        from prun.cluster.recycling import megabytes
+
+        while not self.stopping:
+            await asyncio.sleep(MEMORY_INTERVAL)
+            running = {i.proc.pid: i for i in self.instances if i.proc is not None and self.online}
+            for pid, used in memory(running).items():
+                instance = running[pid]
+                if used <= limit or self.stopping or instance.proc is None or instance.proc.pid != pid:
+                    continue
+                log(f"instance {instance.index} (pid {pid}) uses {megabytes(used)} of memory, over "
+                    f"--max-memory-restart ({used} > {limit} bytes): restarting it")
+                self.emit(control.MemoryLimit(instance.index, pid, used, limit))
+                instance.restarts += 1
+                async with self.busy:
+                    if instance.proc is not None and instance.proc.pid == pid:
+                        await self.replace(instance)
 
     async def answer(self, request: control.Request) -> control.Reply:
         """A request of the daemon's control channel, answered once done."""
@@ -265,6 +338,7 @@ class ForkSupervisor:
         if isinstance(request, control.Reload):
             await self.restart_all()
         else:
+            await self.refill()
             while len(self.instances) != max(1, request.count) and not self.stopping:
                 await self.scale(+1 if request.count > len(self.instances) else -1)
         return control.Reply(request.id, not self.stopping, "the supervisor is stopping" if self.stopping else "",
@@ -274,6 +348,7 @@ class ForkSupervisor:
         now = time.monotonic()
         return {
             "pid": os.getpid(), "booted": self.online, "stopping": self.stopping, "slots": len(self.instances),
+            "finished": [i.index for i in self.instances if i.finished],
             "generation": self.generation, "reloading": self.busy.locked(),
             "workers": [{"slot": i.index, "pid": i.proc.pid, "generation": self.generation, "state": "ready",
                          "uptime": round(now - i.started, 3), "connections": 0, "requests": 0, "rss": 0,
@@ -284,7 +359,7 @@ class ForkSupervisor:
         if signum == signal.SIGCHLD:
             self.reap()
         elif signum == signal.SIGHUP:
-            self.loop.create_task(self.restart_all())
+            self.request_restart()
         elif signum in (signal.SIGTTIN, signal.SIGTTOU):
             self.loop.create_task(self.scale(+1 if signum == signal.SIGTTIN else -1))
         else:
@@ -292,14 +367,7 @@ class ForkSupervisor:
 
     def retire(self, proc: subprocess.Popen[bytes]) -> None:
         """--kill-signal to an instance we no longer want (its process group), SIGKILL after --kill-timeout."""
-        if proc.poll() is None:
-            _killpg(proc.pid, self.kill_signal)
-            self.loop.call_later(self.kill_timeout, self.kill_if_alive, proc)
-
-    @staticmethod
-    def kill_if_alive(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            _killpg(proc.pid, signal.SIGKILL)
+        self.groups.end(proc.pid)
 
     async def restart_all(self) -> None:
         async with self.busy:
@@ -310,18 +378,29 @@ class ForkSupervisor:
             self.emit(control.ReloadStarted(self.generation + 1))
             self.generation += 1
             for instance in list(self.instances):
-                old = instance.proc
-                if old is not None:
-                    instance.proc = None  # its exit is a retirement, not a crash
-                    self.retire(old)
-                    while old.pid in self.watched and old.poll() is None:
-                        await asyncio.sleep(0.02)
-                if instance.timer:
-                    instance.timer.cancel()
-                instance.failures = 0
-                self.spawn(instance)
+                await self.replace(instance)
             log(f"reload complete: {plural(len(self.instances), 'worker')} in {time.monotonic() - began:.2f}s")
             self.emit(control.ReloadFinished(True, self.generation, len(self.instances)))
+
+    async def replace(self, instance: Instance) -> None:
+        """Restart one instance we asked to (a reload, --max-memory-restart): it ends, then starts anew."""
+        old = instance.proc
+        if old is not None:
+            instance.proc = None  # its exit is a retirement, not a crash
+            self.retire(old)
+            while old.pid in self.watched and old.poll() is None:
+                await asyncio.sleep(0.02)
+        if instance.timer:
+            instance.timer.cancel()
+        instance.failures = 0
+        instance.finished = False
+        self.spawn(instance)
+
+    async def refill(self) -> None:
+        """Start again the instances the policy left finished (a scale asks for that many running)."""
+        async with self.busy:
+            for instance in [i for i in self.instances if i.finished and not self.stopping]:
+                await self.replace(instance)
 
     async def scale(self, delta: int) -> None:
         async with self.busy:
@@ -345,6 +424,7 @@ class ForkSupervisor:
                 log("already at 1 worker; not scaling down")
 
     def stop(self, force: bool) -> None:
+        """The kill signal to every instance's group (SIGKILL when `force`); done once all are empty."""
         first = not self.stopping
         self.stopping = True
         if first:
@@ -354,25 +434,13 @@ class ForkSupervisor:
             if instance.timer:
                 instance.timer.cancel()
         for pid, instance in self.watched.items():
-            proc = instance.proc if instance.proc and instance.proc.pid == pid else None
-            if proc is not None:
-                if force:
-                    _killpg(proc.pid, signal.SIGKILL)
-                else:
-                    self.retire(proc)
-            else:
-                try:
-                    os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            if instance.proc and instance.proc.pid == pid:
+                self.retire(instance.proc)  # (one retired earlier is being ended already)
+        if force:
+            self.groups.kill()
         self.reap()
-
-
-def _killpg(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+        if first:
+            self.finish_when_gone()
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
@@ -390,7 +458,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kill-timeout", type=float, default=5.0)
     parser.add_argument("--name", default="")
     parser.add_argument("--control-fd", type=int, default=None)
-    parser.add_argument("--no-autorestart", action="store_true")
     add_log_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
@@ -409,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         from prun.cluster.options import values_in
 
         supervisor = ForkSupervisor(command, max(1, args.instances), args.kill_timeout,
-                                    values_in(policy_args, POLICY), not args.no_autorestart, args)
+                                    values_in(policy_args, POLICY + RECYCLING), args)
         return await supervisor.run(args.control_fd)
 
     sys.exit(asyncio.run(run()))

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from prun.cluster import control
@@ -139,6 +140,20 @@ class God:
             self.persist(app)  # a failed start stays listed (errored), as PM2 shows it
         return app
 
+    @staticmethod
+    async def each(calls: list[Awaitable[Any]]) -> None:
+        """One operation per app, all at once, every one waited for: a failure is raised once all are done
+        (several: one error naming each), so the others are not left half done behind the reply."""
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, rpc.RpcError):
+                raise result  # a bug: INTERNAL
+        failed = [result for result in results if isinstance(result, rpc.RpcError)]
+        if len(failed) == 1:
+            raise failed[0]
+        if failed:
+            raise rpc.RpcError(failed[0].code, "; ".join(error.message for error in failed))
+
     async def _launch(self, app: App) -> None:
         """Start the app's master and wait until it is online (START_FAILED if it exits or takes too long)."""
         try:
@@ -155,6 +170,8 @@ class God:
         if not online:  # it exited, or says it cannot come online: is it tried again?
             reason = run.failure or app.last_error
             await asyncio.wait([run.exited], timeout=1.0)
+            if run.ended is not None and not run.ended.errored and app.status == STOPPED:
+                return  # done already, and well (--no-autorestart: a job that ran and exited 0): no failure
             retry = " (retrying with backoff)" if app.status in (LAUNCHING, ONLINE) else ""
             raise rpc.RpcError(rpc.START_FAILED, f"{app.name} could not start: {reason}"
                                f"{retry}; see prun logs {app.name}")

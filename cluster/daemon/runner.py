@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from prun.cluster import control
 from prun.cluster.daemon import cgroup, tree
-from prun.cluster.daemon.app import ERRORED, LAUNCHING, ONLINE, RELOADING, STOPPED, STOPPING, App
+from prun.cluster.daemon.app import ERRORED, FORK_KILL_TIMEOUT_CAP, LAUNCHING, ONLINE, RELOADING, STOPPED, STOPPING, App
 from prun.cluster.daemon.cgroup import Cgroup
 from prun.cluster.daemon.home import Home, alive, start_time
 from prun.cluster.daemon.link import Link, LinkLost
@@ -52,7 +52,7 @@ class God(Protocol):
 BACKOFF_RESET_AFTER = 30.0  # a master up this long earns its app a fresh backoff (policy.py: the delays)
 STOP_TIMEOUT_MARGIN = 5.0  # beyond the app's graceful timeout, before SIGKILL
 KILL_WAIT = 5.0  # after SIGKILL, for the exit to be seen
-LEFTOVER_GRACE = 5.0  # after a stop, for what outlived the master to end on SIGTERM
+LEFTOVER_GRACE = 5.0  # after a stop, for what outlived a master to end on SIGTERM (fork mode: --kill-timeout)
 REQUEST_TIMEOUT = 10.0  # a status or stop request: the master answers these at once
 RECONNECT_DELAY = 0.2  # a dropped control connection of a live master is made again after this
 
@@ -388,7 +388,7 @@ class Runner:
         if self.run is not run or not run.running or status.get("pid") != run.pid:
             return
         app = self.app
-        app.workers = int(status.get("slots") or reply.workers)
+        app.workers = int(status.get("slots") or reply.workers) - len(status.get("finished") or ())
         if status.get("stopping"):
             app.status = STOPPING
         elif status.get("booted"):
@@ -492,9 +492,17 @@ class Runner:
             self.loop.call_later(1.0, run.cgroup.remove)  # once the killed have left it
 
     async def stop_leftovers(self, run: MasterRun) -> None:
-        """After a stop: what outlived the master (a child that left its session) gets SIGTERM, then SIGKILL."""
-        grace = min(self.app.spec.graceful_timeout, LEFTOVER_GRACE)
-        killed = await tree.stop_tree(run.token, run.pid, signal.SIGTERM, grace, run.cgroup)
+        """After a stop: what outlived the master (a child that left its session) gets SIGTERM, then SIGKILL
+        (fork mode: the app's --kill-signal, then SIGKILL after its --kill-timeout, as its instances)."""
+        spec = self.app.spec
+        if spec.mode == "fork":
+            from prun.cluster.options import values_in
+
+            signum = signal.Signals[values_in(spec.run_args, ("kill_signal",))["kill_signal"]]
+            grace = min(spec.graceful_timeout, FORK_KILL_TIMEOUT_CAP)
+        else:
+            signum, grace = signal.SIGTERM, min(spec.graceful_timeout, LEFTOVER_GRACE)
+        killed = await tree.stop_tree(run.token, run.pid, signum, grace, run.cgroup)
         if killed:
             self.god.say(f"{self.app.name}: killed {len(killed)} processes that outlived master {run.pid}")
         if run.cgroup:
@@ -517,7 +525,10 @@ class Runner:
             self.god.publish("worker_started", app, slot=event.slot, pid=event.pid, generation=event.generation)
         elif isinstance(event, control.WorkerExited):
             self.god.publish("worker_exited", app, slot=event.slot, pid=event.pid, reason=event.reason,
-                             restarting=event.restarting)
+                             restarting=event.restarting, finished=event.finished)
+            if event.finished:  # --no-autorestart: the app runs on with one worker fewer
+                app.workers = max(0, app.workers - 1)
+                app.last_error = f"worker {event.slot} {event.reason}"
             if event.restarting:
                 app.restarts += 1
                 app.last_error = event.reason

@@ -33,7 +33,7 @@ MODES = ("cluster", "fork")
 # command is not drained as a cluster worker is, and has no reason to be given 25 s to exit.
 FORK_KILL_TIMEOUT = 5.0
 # The options of `prun run` a spec carries as fields of its own, never among its run_args.
-CARRIED = ("app", "bind", "host", "port", "instances", "name", "env")  # --host/--port: folded into bind
+CARRIED = ("app", "bind", "host", "port", "instances", "name", "env", "autorestart")  # --host/--port: folded into bind
 # The options the daemon's log writer reads, combined into the field log_time.
 LOG_TIME_OPTIONS = ("time", "log_date_format")
 MAX_BACKLOG = 65535  # as --backlog (cluster/options.py): the kernel caps it at net.core.somaxconn

@@ -58,8 +58,8 @@ class Spec:
     command: list[str] = declare(STRINGS, "Fork mode: the argument vector of each instance.", default=[])
     env: dict[str, str] = declare(VARIABLES, "The variables declared with --env (never the caller's "
                                   "environment).", default={}, checks=(schema.variables,))
-    autorestart: bool = declare(BOOLEAN, "Start the master again when it exits unasked (--no-autorestart).",
-                                default=True)
+    autorestart: bool = declare(BOOLEAN, "Replace what exits unasked: a worker or instance, and the master "
+                                "(false: --no-autorestart).", option="autorestart")
     log_file: str = declare(STRING, "The out log, absolute; `\"\"`: $PRUN_HOME/logs/NAME-out.log.",
                             option="log_file", daemon=True, checks=(schema.absolute_or_empty,))
     error_file: str = declare(STRING, "The err log, absolute; `\"\"`: log_file if given, else "

@@ -257,6 +257,28 @@ async def stop_tree(token: str, pgid: int, sig: int = signal.SIGTERM, grace: flo
     return killed
 
 
+def groups(pgids: Container[int]) -> dict[int, list[int]]:
+    """The live processes of each of these process groups, by pgid (one look at /proc; zombies left out)."""
+    found: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None and stat.pgid in pgids and stat.state not in ("Z", "X", "x"):
+                found.setdefault(stat.pgid, []).append(int(name))
+    return found
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` still has a process (a zombie not yet reaped counts)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal (set-user-ID): it is there
+        return True
+    return True
+
+
 # ---- children that die with their parent --------------------------------------------------------------
 
 
