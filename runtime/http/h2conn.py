@@ -1,0 +1,787 @@
+"""One HTTP/2 connection (RFC 9113) on the h2 library's sans-I/O H2Connection: streams, flow control, GOAWAY.
+
+A connection becomes HTTP/2 in one of two ways, on the same listeners as HTTP/1.1: ALPN `h2` at the end
+of a TLS handshake (server.py's AlpnProtocol), or the connection preface sent in clear text with prior
+knowledge (protocol.py stops on it and calls take_over). `Upgrade: h2c` is not honoured (RFC 9113
+deprecates it): such a request is answered over HTTP/1.1, as any other upgrade that is not a WebSocket.
+
+Every stream is one Exchange (h2exchange.py), run by the same ASGI and WSGI adapters as an HTTP/1.1
+request. Request bodies are flow-controlled per stream: received DATA is acknowledged (WINDOW_UPDATE) while
+less than HIGH_WATER of it waits for the app, and held back beyond. Responses go out as the peer's windows
+allow; an app's send waits while its stream's data waits for window.
+
+Bounds against the known HTTP/2 attacks (each ends in GOAWAY where RFC 9113 makes it a connection error;
+the worker's other connections are served meanwhile):
+- rapid reset (CVE-2023-44487): at most --http2-max-streams streams per connection whose app is running,
+  a reset one included (beyond, a new stream is refused with REFUSED_STREAM); more than RESETS_PER_SECOND
+  client resets of streams in progress: GOAWAY ENHANCE_YOUR_CALM;
+- CONTINUATION flood (CVE-2024-27316): h2 buffers at most 64 frames of one header block (then
+  PROTOCOL_ERROR), and a header list bigger than HEADER_LIST_BOUND decoded is ENHANCE_YOUR_CALM;
+- SETTINGS, PING, PRIORITY and empty DATA floods: more than CONTROL_PER_SECOND such frames: GOAWAY
+  ENHANCE_YOUR_CALM; and reading stops while the client does not read what the worker writes;
+- a zero window held forever: a stream whose data waits for window for --timeout-write is reset (CANCEL);
+- HPACK bomb: the decoded header list is bounded (HEADER_LIST_BOUND), whatever the dynamic table holds;
+- a header list over --limit-request-header-size: 431 on that stream; a :path over --limit-request-line:
+  414; a body over --limit-request-body: 413 (or the stream reset once the response has begun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import unquote
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes
+from h2.settings import Settings as H2Settings
+from hyperframe.frame import GoAwayFrame
+
+from prun.runtime.http.exchange import write_stalled
+from prun.runtime.http.logs import log_line
+from prun.runtime.http.proxy import forwarded
+from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE_END = b"SM\r\n\r\n"
+# The window each stream starts with, and the connection's (all streams at once may fill theirs).
+STREAM_WINDOW = HIGH_WATER
+MAX_STREAM_ID = 2**31 - 1
+# Client resets of streams still in progress, and control frames, per connection and second.
+RESETS_PER_SECOND = 200
+CONTROL_PER_SECOND = 1000
+GOAWAY_PING = b"prun-bye"  # the PING sent with the first GOAWAY of a drain
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+
+
+def take_over(proto: Any, data: bytes | memoryview) -> bool:
+    """Serve `proto`'s connection (an HttpProtocol that read the HTTP/2 preface) as HTTP/2 from now on.
+
+    `data` is the read that completed the preface's first line: the frames begin after PREFACE_END.
+    """
+    if proto.current is not None or proto.queue or proto.parsing is not None:
+        return False  # the preface after an HTTP/1.1 request: not HTTP/2 with prior knowledge
+    conn = H2Protocol(proto.settings, proto.shared, proto.loop)
+    proto.closing = proto.closed = True
+    proto.parser = None
+    if proto.host is not None:
+        proto.shared.release_host(proto)
+    proto.shared.protocols.discard(proto)
+    transport = proto.transport
+    transport.set_protocol(conn)
+    if proto.read_paused:
+        transport.resume_reading()
+    conn.preface_left = True
+    conn.connection_made(transport)
+    conn.data_received(data)
+    return True
+
+
+class H2Protocol(asyncio.Protocol):
+    """Serves the streams of one HTTP/2 connection."""
+
+    def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.loop = loop
+        config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
+        self.conn = conn = H2Connection(config=config)
+        self.max_streams = settings.http2_max_streams
+        conn.local_settings = H2Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limit_header,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        })
+        # What the HPACK decoder may inflate a header block to before the connection is torn down (a bomb);
+        # a block over --limit-request-header-size but within this gets 431 on its stream only.
+        conn.decoder.max_header_list_size = 4 * settings.limit_header + 4096
+        self.transport: Any = None
+        self.client: tuple[str, int] | None = None
+        self.sockname: Any = None
+        self.scheme = settings.scheme
+        self.streams: dict[int, Any] = {}  # stream id -> its exchange, until its response has gone out
+        self.apps = 0  # exchanges whose app call has not ended (a reset stream's included)
+        self.blocked: dict[int, Any] = {}  # streams whose response data waits for flow-control window
+        self.held: set[Any] = set()  # streams whose received data is not acknowledged yet (the app is behind)
+        self.read_paused = False  # some stream holds back its acknowledgements (asgi.py and wsgi.py look)
+        self.write_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.batching = False  # in data_received: the frames to send go out once, at its end
+        self.closing = False
+        self.closed = False
+        self.lingering = False
+        self.preface_left = False  # taken over from HTTP/1.1: the preface's end is still to be skipped
+        self.queue: tuple[()] = ()  # (what exchange.py's Connection reads: HTTP/2 has no pipeline)
+        self.head_since = 0.0  # (set by the WSGI adapter while it waits for a small body; not a clock here)
+        self.idle_since = shared.clock
+        self.resets = 0  # client resets of streams in progress this second
+        self.control = 0  # control frames this second
+        self.goaway_first = False  # the drain's first GOAWAY (every stream id) is out
+        self.last_stream = MAX_STREAM_ID  # streams above this are refused (after the drain's last GOAWAY)
+        self.write_left = 0
+        self.write_since = 0.0
+        self.date_key = b""
+        self.date_headers: list[tuple[bytes, bytes]] = []
+        # asgi.py's host task (one per connection, as for HTTP/1.1: an app that finishes in its first
+        # step costs no Task).
+        self.host: asyncio.Task[None] | None = None
+        self.host_box: Any = None
+        self.host_busy = False
+        self.host_job: Any = None
+
+    # -- connection events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+        if isinstance(local, tuple):
+            self.sockname = (local[0], local[1])
+        elif local:
+            self.sockname = (local, None)
+        shared = self.shared
+        if shared.make_host is not None:
+            self.host = shared.make_host(self)
+        self.conn.initiate_connection()
+        # The connection window: every stream may fill its own without starving the others.
+        self.conn.increment_flow_control_window(self.max_streams * STREAM_WINDOW)
+        self.flush()
+        shared.opened(self)
+        if shared.draining:
+            self.drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = self.closing = True
+        for ex in list(self.streams.values()):
+            ex.disconnect()
+            ex.wake_writers()
+        self.streams.clear()
+        self.blocked.clear()
+        self.held.clear()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+        if self.host is not None and not self.host_busy:
+            self.shared.release_host(self)
+        self.shared.closed(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        # The client reads less than it asks for: stop reading its frames (PINGs and SETTINGS that each
+        # want an answer included) until it has read what waits.
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for ex in list(self.streams.values()):
+            if not ex.out:
+                ex.wake_writers()
+
+    # -- frames in ----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            return
+        if self.preface_left:
+            data = self.skip_preface(bytes(data))
+            if not data:
+                return
+        self.batching = True
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self.batching = False
+            self.fail(f"HTTP/2 protocol error: {exc}")
+            return
+        handlers = _HANDLERS
+        try:
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+                if self.closing and self.lingering:
+                    break
+        finally:
+            self.batching = False
+        self.flush()
+
+    def skip_preface(self, data: bytes) -> bytes:
+        """Taken over from HTTP/1.1: feed h2 the preface, then the bytes after the client's."""
+        end = data.find(PREFACE_END)
+        if end < 0:
+            if len(data) > len(PREFACE):
+                self.fail("HTTP/2 preface malformed")
+            return b""  # (split within its last bytes: those come with the next read)
+        self.preface_left = False
+        return PREFACE + data[end + len(PREFACE_END) :]
+
+    def on_request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        shared = self.shared
+        if sid > self.last_stream or self.lingering:
+            self.refuse(sid)  # after the drain's last GOAWAY: the client retries it on a new connection
+            return
+        if self.apps >= self.max_streams:
+            # Apps of reset streams still running count too (rapid reset): refused, the client may retry.
+            self.refuse(sid)
+            return
+        status, scope = self.make_scope(event.headers)
+        if status:
+            self.respond_error(sid, status, scope is not None and scope.get("method") == "HEAD")
+            return
+        assert scope is not None
+        ex = shared.h2_exchange_cls(self, scope, True, scope.pop("_expect", False))
+        ex.stream_id = sid
+        ex.live = True
+        self.apps += 1
+        self.streams[sid] = ex
+        self.idle_since = 0.0
+        if scope["method"] == "HEAD":
+            ex.head_only = True
+        if event.stream_ended is not None:
+            ex.complete()
+        ex.run()
+
+    def make_scope(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
+        """The ASGI scope of a request's headers, or the status that refuses it (414, 431, 413, 400)."""
+        settings = self.settings
+        method = path = authority = b""
+        scheme = self.scheme
+        plain: list[tuple[bytes, bytes]] = []
+        size = 0
+        cookies: list[bytes] = []
+        fwd_for = fwd_proto = None
+        expect = False
+        has_host = False
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name == b"host":
+                has_host = True
+            elif name == b"content-length":
+                if not value.isdigit():
+                    return 400, None
+                if int(value) > settings.limit_body:
+                    return 413, {"method": method.decode("latin-1")}
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif name == b"x-forwarded-for":
+                fwd_for = value
+            elif name == b"x-forwarded-proto":
+                fwd_proto = value
+            plain.append((name, value))
+        if size > settings.limit_header:
+            return 431, {"method": method.decode("latin-1")}
+        if len(path) > settings.limit_line:
+            return 414, {"method": method.decode("latin-1")}
+        if cookies:
+            plain.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3: one header for HTTP/1.1 apps
+        if authority and not has_host:
+            plain.insert(0, (b"host", authority))
+        if method == b"CONNECT":
+            return 405, {"method": "CONNECT"}  # (no extended CONNECT: WebSocket over HTTP/2 is not served)
+        raw_path, _, query = path.partition(b"?")
+        if b"#" in query:
+            query = query.partition(b"#")[0]
+        if b"%" in raw_path:
+            text = unquote(raw_path.decode("latin-1"))
+        else:
+            try:
+                text = raw_path.decode("ascii")
+            except UnicodeDecodeError:
+                text = raw_path.decode("utf-8", "replace")
+        client = self.client
+        if (fwd_for is not None or fwd_proto is not None) and settings.proxy_headers and (
+            client is None or client[0] in settings.trusted
+        ):
+            client, scheme = forwarded(settings.trusted, client, scheme, fwd_for, fwd_proto)
+        root = settings.root_path
+        if root:
+            text = root + text
+            raw_path = settings.root_path_bytes + raw_path
+        state = self.shared.state
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "2",
+            "server": self.sockname,
+            "client": client,
+            "scheme": scheme,
+            "method": _METHODS.get(method) or method.decode("ascii", "replace"),
+            "root_path": root,
+            "path": text,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": plain,
+            "state": state.copy() if state else {},
+            "extensions": {"http.response.trailers": {}},
+        }
+        if expect:
+            scope["_expect"] = True
+        return 0, scope
+
+    def on_data(self, event: DataReceived) -> None:
+        sid = event.stream_id
+        flow = event.flow_controlled_length
+        ex = self.streams.get(sid)
+        if ex is None or ex.disconnected or ex.finished:
+            if flow:
+                self.ack(flow, sid)
+            return
+        data = event.data
+        if not data and event.stream_ended is None:
+            self.count_control()
+        ex.received += len(data)
+        if ex.received > self.settings.limit_body:
+            self.ack(flow, sid)
+            self.body_too_large(ex)
+            return
+        if data:
+            ex.feed(data)
+        if flow:
+            if ex.buffered <= HIGH_WATER:
+                self.ack(flow, sid)
+            else:
+                ex.held += flow
+                self.held.add(ex)
+                self.read_paused = True
+
+    def on_end(self, event: StreamEnded) -> None:
+        ex = self.streams.get(event.stream_id)
+        if ex is not None:
+            ex.complete()
+
+    def on_trailers(self, event: TrailersReceived) -> None:
+        pass  # (ASGI has no request trailers; StreamEnded follows)
+
+    def on_reset(self, event: StreamReset) -> None:
+        ex = self.streams.pop(event.stream_id, None)
+        self.blocked.pop(event.stream_id, None)
+        if ex is None:
+            return
+        self.held.discard(ex)
+        ex.reset_done = True
+        ex.disconnect()  # the app sees http.disconnect
+        ex.wake_writers()
+        if not ex.finished:
+            self.resets += 1
+            if self.resets > RESETS_PER_SECOND:
+                self.enhance_calm(f"{self.resets} streams reset by the client within a second (rapid reset)")
+        self.stream_gone()
+
+    def on_window(self, event: WindowUpdated) -> None:
+        if event.stream_id:
+            ex = self.blocked.get(event.stream_id)
+            if ex is not None:
+                self.push(ex)
+        else:
+            for ex in list(self.blocked.values()):
+                self.push(ex)
+
+    def on_settings(self, event: RemoteSettingsChanged) -> None:
+        self.count_control()
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for ex in list(self.blocked.values()):
+                self.push(ex)
+
+    def on_control(self, event: Any) -> None:
+        self.count_control()
+
+    def on_ping_ack(self, event: PingAckReceived) -> None:
+        if event.ping_data == GOAWAY_PING and self.goaway_first and self.last_stream == MAX_STREAM_ID:
+            self.goaway_last()
+
+    def on_terminated(self, event: ConnectionTerminated) -> None:
+        # The client's GOAWAY: no new stream will come; close once the ones in progress are answered.
+        self.last_stream = min(self.last_stream, self.conn.highest_inbound_stream_id)
+        if not self.streams:
+            self.close_gracefully()
+
+    def count_control(self) -> None:
+        self.control += 1
+        if self.control > CONTROL_PER_SECOND:
+            self.enhance_calm(f"{self.control} control frames within a second (a SETTINGS, PING or PRIORITY flood)")
+
+    # -- flow control of request bodies -------------------------------------------------------------
+
+    def ack(self, size: int, sid: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(size, sid)
+        except (StreamClosedError, ProtocolError):
+            pass
+        if not self.batching:
+            self.flush()
+
+    def maybe_resume_reading(self, force: bool = False) -> None:
+        """Acknowledge the data of streams whose app has taken it (below LOW_WATER; any, if `force`)."""
+        for ex in list(self.held):
+            if force or ex.buffered < LOW_WATER or ex.disconnected:
+                self.held.discard(ex)
+                size, ex.held = ex.held, 0
+                if size and not self.closed and ex.stream_id in self.streams:
+                    self.ack(size, ex.stream_id)
+        self.read_paused = bool(self.held)
+
+    def pause_reading(self) -> None:
+        pass  # (HTTP/2 holds back a stream's window, never the whole connection: see on_data)
+
+    # -- frames out ---------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def sent(self) -> None:
+        """Frames were queued in h2 outside data_received (an app task's send): write them now."""
+        if not self.batching:
+            self.flush()
+
+    def response_headers(self, ex: Any, body: bytes, end: bool) -> bool:
+        """Send the response head of `ex` (its status and headers, with the date and server); whether it
+        ended the stream (`end`, and no body follows)."""
+        status = ex.status
+        headers = [(b":status", _STATUS.get(status) or str(status).encode())]
+        length = -1
+        for name, value in ex.resp_headers:
+            name = name.lower()
+            if name in _HOP:
+                continue
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                raise ValueError("response header names and values must not contain CR or LF")
+            if name == b"content-length":
+                length = int(value)
+            headers.append((name, value))
+        if status < 200 or status == 204 or status == 304:
+            ex.head_only = True
+        ex.length = length
+        shared = self.shared
+        if shared.date_server is not self.date_key:
+            self.date_key = shared.date_server
+            self.date_headers = [(name, value) for name, _, value in
+                                 (line.partition(b": ") for line in shared.date_server.split(b"\r\n") if line)]
+        headers += self.date_headers
+        end = end and (not body or ex.head_only)
+        try:
+            self.conn.send_headers(ex.stream_id, headers, end_stream=end)
+        except (StreamClosedError, ProtocolError):
+            ex.disconnect()
+            return False
+        if end:
+            ex.out_end = 2
+        self.sent()
+        return end
+
+    def informational(self, ex: Any, status: int) -> None:
+        try:
+            self.conn.send_headers(ex.stream_id, [(b":status", _STATUS[status])])
+        except (StreamClosedError, ProtocolError):
+            return
+        self.sent()
+
+    def trailers(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        try:
+            self.conn.send_headers(ex.stream_id, [(n.lower(), v) for n, v in headers], end_stream=True)
+        except (StreamClosedError, ProtocolError):
+            ex.disconnect()
+            return
+        self.sent()
+
+    def push(self, ex: Any) -> None:
+        """Send what waits of `ex`'s response data, as far as the windows and frame size allow."""
+        conn = self.conn
+        sid = ex.stream_id
+        out = ex.out
+        try:
+            while out:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = out[:window]
+                out = out[window:]
+                conn.send_data(sid, chunk, end_stream=not out and ex.out_end)
+                ex.blocked_since = 0.0
+            if not out and ex.out_end == 1:
+                ex.out_end = 2
+        except (StreamClosedError, ProtocolError):
+            out = b""
+            ex.disconnect()
+        ex.out = out
+        if out:
+            if sid not in self.blocked:
+                self.blocked[sid] = ex
+                ex.blocked_since = self.shared.clock
+        else:
+            self.blocked.pop(sid, None)
+            if not self.write_paused:
+                ex.wake_writers()
+            if ex.out_end and ex.finished:
+                self.stream_done(ex)
+        self.sent()
+
+    def end_empty(self, ex: Any) -> None:
+        """End `ex`'s response stream with no more data."""
+        if ex.out:
+            ex.out_end = 1
+            return
+        ex.out_end = 2
+        try:
+            self.conn.end_stream(ex.stream_id)
+        except (StreamClosedError, ProtocolError):
+            ex.disconnect()
+        self.sent()
+
+    def stream_done(self, ex: Any) -> None:
+        """The response of `ex` has gone out whole: count it, log it, forget the stream."""
+        if self.streams.pop(ex.stream_id, None) is None:
+            return
+        self.blocked.pop(ex.stream_id, None)
+        self.held.discard(ex)
+        self.app_ended(ex)  # (an app that completed inline never calls app_done)
+        shared = self.shared
+        shared.requests += 1
+        if shared.requests == shared.request_limit:
+            shared.on_limit()
+        access_log = self.settings.access_log
+        if access_log is not None:
+            access_log.write(ex.scope, ex.status, ex.sent, self.loop.time() - ex.start_time)
+        if not ex.body_complete and not ex.reset_done:
+            # Answered before the client sent its whole body: tell it to stop (RFC 9113 8.1).
+            self.reset(ex.stream_id, ErrorCodes.NO_ERROR)
+        self.stream_gone()
+
+    def stream_gone(self) -> None:
+        if not self.streams:
+            self.idle_since = self.shared.clock
+            if self.last_stream != MAX_STREAM_ID or self.closing:
+                self.close_gracefully()
+
+    def app_ended(self, ex: Any) -> None:
+        if ex.live:
+            ex.live = False
+            self.apps -= 1
+
+    def reset(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
+        try:
+            self.conn.reset_stream(sid, code)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self.sent()
+
+    def refuse(self, sid: int) -> None:
+        self.reset(sid, ErrorCodes.REFUSED_STREAM)
+
+    def reset_exchange(self, ex: Any, code: int = ErrorCodes.CANCEL) -> None:
+        """Abandon `ex`'s stream (an app that failed mid-response, a body too large once answered)."""
+        ex.disconnect()
+        ex.out = b""
+        ex.wake_writers()
+        if self.streams.pop(ex.stream_id, None) is not None:
+            self.blocked.pop(ex.stream_id, None)
+            self.held.discard(ex)
+            self.reset(ex.stream_id, code)
+            self.stream_gone()
+
+    def respond_error(self, sid: int, status: int, head_only: bool = False) -> None:
+        """A small plain-text response the server makes itself, on stream `sid`."""
+        from http import HTTPStatus
+
+        body = b"" if head_only else HTTPStatus(status).phrase.encode() + b"\n"
+        headers = [(b":status", _STATUS[status]), (b"content-type", b"text/plain; charset=utf-8"),
+                   (b"content-length", str(len(HTTPStatus(status).phrase) + 1).encode())]
+        try:
+            self.conn.send_headers(sid, headers, end_stream=not body)
+            if body:
+                self.conn.send_data(sid, body, end_stream=True)
+        except (StreamClosedError, ProtocolError):
+            return
+        self.shared.counted()
+        if self.conn.streams.get(sid) is not None and not self.conn.streams[sid].closed:
+            self.reset(sid, ErrorCodes.NO_ERROR)  # the client may still be sending its body
+        self.sent()
+
+    def body_too_large(self, ex: Any) -> None:
+        if ex.head_sent:
+            self.reset_exchange(ex)
+            return
+        ex.disconnect()
+        ex.started = ex.finished = ex.head_sent = True
+        ex.status = 413
+        ex.wake_writers()
+        if self.streams.pop(ex.stream_id, None) is not None:
+            self.blocked.pop(ex.stream_id, None)
+            self.held.discard(ex)
+            self.respond_error(ex.stream_id, 413, ex.head_only)
+            self.stream_gone()
+
+    # -- backpressure for the app's sends -----------------------------------------------------------
+
+    async def drain_writes(self) -> None:
+        if self.write_paused and not self.closed:
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
+            await waiter
+
+    # -- closing, drain, the once-a-second sweep -----------------------------------------------------
+
+    def fail(self, why: str) -> None:
+        """A connection error: h2 has queued its GOAWAY; send it and close."""
+        if why not in self.shared.ws_refused and len(self.shared.ws_refused) < 64:
+            self.shared.ws_refused.add(why)
+            log_line(f"closed an HTTP/2 connection from {self.peer()}: {why} (logged once)")
+        self.flush()
+        self.abandon_streams()
+        self.close_gracefully()
+
+    def enhance_calm(self, why: str) -> None:
+        if self.closing:
+            return
+        self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, self.conn.highest_inbound_stream_id)
+        self.fail(why)
+
+    def abandon_streams(self) -> None:
+        for ex in list(self.streams.values()):
+            ex.disconnect()
+            ex.wake_writers()
+        self.streams.clear()
+        self.blocked.clear()
+        self.held.clear()
+
+    def goaway(self, code: int, last: int) -> None:
+        """A GOAWAY frame, written beside h2 (whose state would refuse every frame after one it sent itself)."""
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last
+        frame.error_code = code
+        if not self.closed:
+            self.transport.write(frame.serialize())
+
+    def drain(self) -> None:
+        """The worker drains: GOAWAY for every stream id and a PING; the last GOAWAY when it comes back."""
+        if self.closed or self.goaway_first:
+            return
+        self.goaway_first = True
+        self.goaway(ErrorCodes.NO_ERROR, MAX_STREAM_ID)
+        self.conn.ping(GOAWAY_PING)
+        self.flush()
+
+    def goaway_last(self) -> None:
+        """The last GOAWAY: the streams up to the last one received are served, later ones refused."""
+        if self.closed or self.last_stream != MAX_STREAM_ID:
+            return
+        self.last_stream = self.conn.highest_inbound_stream_id
+        self.goaway(ErrorCodes.NO_ERROR, self.last_stream)
+        if not self.streams:
+            self.close_gracefully()
+
+    def close_if_idle(self) -> None:
+        """End of the drain window: the last GOAWAY if the PING has not come back; close once no stream is open."""
+        if not self.goaway_first:
+            self.drain()
+        self.goaway_last()
+
+    def close_gracefully(self) -> None:
+        self.closing = True
+        if self.closed or self.lingering:
+            return
+        self.lingering = True
+        self.idle_since = self.shared.clock
+        self.flush()
+        transport = self.transport
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+                return
+            except (OSError, RuntimeError):
+                pass
+        transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Once a second: the flood counters, stalled clients and streams, idle connections."""
+        if self.closed:
+            return
+        self.resets = self.control = 0
+        settings = self.settings
+        left = self.transport.get_write_buffer_size()
+        if left:
+            if write_stalled(self, left, now, settings.timeout_write):
+                log_line(f"closed an HTTP/2 connection from {self.peer()}: it read nothing of what waits for it "
+                         f"({left} bytes) for {settings.timeout_write:g} s")
+                self.transport.abort()
+            return
+        self.write_left = 0
+        timeout = settings.timeout_write
+        if timeout:
+            for ex in list(self.blocked.values()):
+                if ex.blocked_since and now - ex.blocked_since >= timeout:
+                    log_line(f"reset an HTTP/2 stream from {self.peer()}: its window stayed shut for "
+                             f"{timeout:g} s ({len(ex.out)} bytes waiting)")
+                    self.reset_exchange(ex)
+        since = self.idle_since
+        if since and not self.streams and now - since >= (LINGER_SECONDS if self.lingering else settings.keepalive):
+            if self.lingering:
+                self.transport.abort()
+            else:
+                self.goaway(ErrorCodes.NO_ERROR, self.conn.highest_inbound_stream_id)
+                self.close_gracefully()
+
+    def peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
+
+
+_HANDLERS: dict[type, Any] = {
+    RequestReceived: H2Protocol.on_request,
+    DataReceived: H2Protocol.on_data,
+    StreamEnded: H2Protocol.on_end,
+    StreamReset: H2Protocol.on_reset,
+    WindowUpdated: H2Protocol.on_window,
+    RemoteSettingsChanged: H2Protocol.on_settings,
+    PingReceived: H2Protocol.on_control,
+    PriorityUpdated: H2Protocol.on_control,
+    PingAckReceived: H2Protocol.on_ping_ack,
+    ConnectionTerminated: H2Protocol.on_terminated,
+    TrailersReceived: H2Protocol.on_trailers,
+}
