@@ -135,6 +135,7 @@ class H2Protocol(asyncio.Protocol):
         self.idle_since = shared.clock
         self.resets = 0  # client resets of streams in progress this second
         self.control = 0  # control frames this second
+        self.draining = False  # the worker drains: GOAWAY once no stream is in progress
         self.goaway_first = False  # the drain's first GOAWAY (every stream id) is out
         self.last_stream = MAX_STREAM_ID  # streams above this are refused (after the drain's last GOAWAY)
         self.write_left = 0
@@ -213,8 +214,8 @@ class H2Protocol(asyncio.Protocol):
     # -- frames in ----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes | memoryview) -> None:
-        if self.closed:
-            return
+        if self.closed or self.lingering:
+            return  # (closing: what the client still sends is discarded)
         if self.preface_left:
             data = self.skip_preface(bytes(data))
             if not data:
@@ -255,8 +256,13 @@ class H2Protocol(asyncio.Protocol):
             self.refuse(sid)  # after the drain's last GOAWAY: the client retries it on a new connection
             return
         if self.apps >= self.max_streams:
-            # Apps of reset streams still running count too (rapid reset): refused, the client may retry.
+            # Apps of reset streams still running count too (rapid reset): refused, the client may retry;
+            # refusals count as resets (a client that respects MAX_CONCURRENT_STREAMS and resets nothing
+            # is never refused).
             self.refuse(sid)
+            self.resets += 1
+            if self.resets > RESETS_PER_SECOND:
+                self.enhance_calm(f"{self.resets} streams reset or refused within a second (rapid reset)")
             return
         status, scope = self.make_scope(event.headers)
         if status:
@@ -472,7 +478,7 @@ class H2Protocol(asyncio.Protocol):
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data and not self.closed:
+        if data and not self.closed and not self.lingering:
             self.transport.write(data)
 
     def sent(self) -> None:
@@ -596,7 +602,9 @@ class H2Protocol(asyncio.Protocol):
     def stream_gone(self) -> None:
         if not self.streams:
             self.idle_since = self.shared.clock
-            if self.last_stream != MAX_STREAM_ID or self.closing:
+            if self.draining and self.last_stream == MAX_STREAM_ID and not self.goaway_first:
+                self.goaway_last()
+            elif self.last_stream != MAX_STREAM_ID or self.closing:
                 self.close_gracefully()
 
     def app_ended(self, ex: Any) -> None:
@@ -696,12 +704,26 @@ class H2Protocol(asyncio.Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = last
         frame.error_code = code
-        if not self.closed:
+        if not self.closed and not self.lingering:
             self.transport.write(frame.serialize())
 
     def drain(self) -> None:
-        """The worker drains: GOAWAY for every stream id and a PING; the last GOAWAY when it comes back."""
-        if self.closed or self.goaway_first:
+        """The worker drains: GOAWAY at once if no stream is in progress, else when none is (stream_gone).
+
+        A GOAWAY while streams are in flight is sent only once the drain window ends (close_if_idle):
+        some clients (those on the h2 library, httpx among them) fail every stream still in flight when
+        a GOAWAY comes, whatever its last stream id.
+        """
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        if not self.streams:
+            self.goaway_last()
+
+    def goaway_twice(self) -> None:
+        """GOAWAY for every stream id and a PING; the last GOAWAY when the PING comes back (RFC 9113 6.8):
+        requests the client sent meanwhile are served, not refused."""
+        if self.closed or self.goaway_first or self.last_stream != MAX_STREAM_ID:
             return
         self.goaway_first = True
         self.goaway(ErrorCodes.NO_ERROR, MAX_STREAM_ID)
@@ -718,10 +740,12 @@ class H2Protocol(asyncio.Protocol):
             self.close_gracefully()
 
     def close_if_idle(self) -> None:
-        """End of the drain window: the last GOAWAY if the PING has not come back; close once no stream is open."""
-        if not self.goaway_first:
-            self.drain()
-        self.goaway_last()
+        """End of the drain window: streams still in flight get the two GOAWAYs; close once they are answered."""
+        self.draining = True
+        if self.streams:
+            self.goaway_twice()
+        else:
+            self.goaway_last()
 
     def close_gracefully(self) -> None:
         self.closing = True
