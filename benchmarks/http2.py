@@ -108,7 +108,7 @@ def one_round(server: str, scenario: dict, target: str, cert: Certificate | None
         result["cpu_us"] = round(cpu / max(1, result["succeeded"]) * 1e6 * seconds / (seconds + 1), 1)
         return result
     finally:
-        REGISTRY.kill_tree(proc, graceful=3)
+        REGISTRY.kill_tree(proc)
         out.tail()
 
 
@@ -172,7 +172,7 @@ def reloads(hups: int) -> dict:
                     results[f"{balance} {client}"] = {"reloads": done, "h2load": counts.group(0) if counts else text[-300:]}
                 print(balance, client, results[f"{balance} {client}"], flush=True)
             finally:
-                REGISTRY.kill_tree(proc, graceful=3)
+                REGISTRY.kill_tree(proc)
     return results
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import unquote
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -53,8 +52,8 @@ from h2.settings import Settings as H2Settings
 from hyperframe.frame import GoAwayFrame
 
 from prun.runtime.http.exchange import write_stalled
+from prun.runtime.http.h2scope import request_scope
 from prun.runtime.http.logs import log_line
-from prun.runtime.http.proxy import forwarded
 from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -68,7 +67,6 @@ CONTROL_PER_SECOND = 1000
 GOAWAY_PING = b"prun-bye"  # the PING sent with the first GOAWAY of a drain
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
-_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
 def take_over(proto: Any, data: bytes | memoryview) -> bool:
@@ -264,110 +262,21 @@ class H2Protocol(asyncio.Protocol):
             if self.resets > RESETS_PER_SECOND:
                 self.enhance_calm(f"{self.resets} streams reset or refused within a second (rapid reset)")
             return
-        status, scope = self.make_scope(event.headers)
-        if status:
-            self.respond_error(sid, status, scope is not None and scope.get("method") == "HEAD")
+        status, scope, expect, head = request_scope(self, event.headers)
+        if scope is None:
+            self.respond_error(sid, status, head)
             return
-        assert scope is not None
-        ex = shared.h2_exchange_cls(self, scope, True, scope.pop("_expect", False))
+        ex = shared.h2_exchange_cls(self, scope, True, expect)
         ex.stream_id = sid
         ex.live = True
         self.apps += 1
         self.streams[sid] = ex
         self.idle_since = 0.0
-        if scope["method"] == "HEAD":
+        if head:
             ex.head_only = True
         if event.stream_ended is not None:
             ex.complete()
         ex.run()
-
-    def make_scope(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
-        """The ASGI scope of a request's headers, or the status that refuses it (414, 431, 413, 400)."""
-        settings = self.settings
-        method = path = authority = b""
-        scheme = self.scheme
-        plain: list[tuple[bytes, bytes]] = []
-        size = 0
-        cookies: list[bytes] = []
-        fwd_for = fwd_proto = None
-        expect = False
-        has_host = False
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"cookie":
-                cookies.append(value)
-                continue
-            if name == b"host":
-                has_host = True
-            elif name == b"content-length":
-                if not value.isdigit():
-                    return 400, None
-                if int(value) > settings.limit_body:
-                    return 413, {"method": method.decode("latin-1")}
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif name == b"x-forwarded-for":
-                fwd_for = value
-            elif name == b"x-forwarded-proto":
-                fwd_proto = value
-            plain.append((name, value))
-        if size > settings.limit_header:
-            return 431, {"method": method.decode("latin-1")}
-        if len(path) > settings.limit_line:
-            return 414, {"method": method.decode("latin-1")}
-        if cookies:
-            plain.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3: one header for HTTP/1.1 apps
-        if authority and not has_host:
-            plain.insert(0, (b"host", authority))
-        if method == b"CONNECT":
-            return 405, {"method": "CONNECT"}  # (no extended CONNECT: WebSocket over HTTP/2 is not served)
-        raw_path, _, query = path.partition(b"?")
-        if b"#" in query:
-            query = query.partition(b"#")[0]
-        if b"%" in raw_path:
-            text = unquote(raw_path.decode("latin-1"))
-        else:
-            try:
-                text = raw_path.decode("ascii")
-            except UnicodeDecodeError:
-                text = raw_path.decode("utf-8", "replace")
-        client = self.client
-        if (fwd_for is not None or fwd_proto is not None) and settings.proxy_headers and (
-            client is None or client[0] in settings.trusted
-        ):
-            client, scheme = forwarded(settings.trusted, client, scheme, fwd_for, fwd_proto)
-        root = settings.root_path
-        if root:
-            text = root + text
-            raw_path = settings.root_path_bytes + raw_path
-        state = self.shared.state
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "2",
-            "server": self.sockname,
-            "client": client,
-            "scheme": scheme,
-            "method": _METHODS.get(method) or method.decode("ascii", "replace"),
-            "root_path": root,
-            "path": text,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": plain,
-            "state": state.copy() if state else {},
-            "extensions": {"http.response.trailers": {}},
-        }
-        if expect:
-            scope["_expect"] = True
-        return 0, scope
 
     def on_data(self, event: DataReceived) -> None:
         sid = event.stream_id
@@ -677,8 +586,9 @@ class H2Protocol(asyncio.Protocol):
 
     def fail(self, why: str) -> None:
         """A connection error: h2 has queued its GOAWAY; send it and close."""
-        if why not in self.shared.ws_refused and len(self.shared.ws_refused) < 64:
-            self.shared.ws_refused.add(why)
+        logged = self.shared.h2_logged
+        if why not in logged and len(logged) < 64:
+            logged.add(why)
             log_line(f"closed an HTTP/2 connection from {self.peer()}: {why} (logged once)")
         self.flush()
         self.abandon_streams()

@@ -100,6 +100,7 @@ class Shared:
         "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
         "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
         "on_empty", "server_header", "going_away", "ws_refused", "release_host", "spare_hosts", "h2_exchange_cls",
+        "h2_logged",
     )  # fmt: skip
 
     def __init__(self, app: Any, settings: Settings, clock: float) -> None:
@@ -125,6 +126,7 @@ class Shared:
         self.draining = False
         self.going_away = False  # the master stops (not a reload): WebSockets close with 1001, not 1012
         self.ws_refused: set[str] = set()  # why upgrades were refused, each logged once
+        self.h2_logged: set[str] = set()  # why HTTP/2 connections were closed, each logged once (h2conn.py)
         self.protocols: set[Any] = set()  # the open connections
         self.on_change: Callable[[], None] = lambda: None  # the number of connections changed
         self.on_empty: Callable[[], None] = lambda: None  # the last connection closed
