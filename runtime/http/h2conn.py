@@ -174,12 +174,7 @@ class H2Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = self.closing = True
-        for ex in list(self.streams.values()):
-            ex.disconnect()
-            ex.wake_writers()
-        self.streams.clear()
-        self.blocked.clear()
-        self.held.clear()
+        self.abandon_streams()
         for waiter in self.drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)

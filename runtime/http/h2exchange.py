@@ -40,7 +40,8 @@ class H2Stream:
     out_waiters: list[asyncio.Future[None]]
     reset_done: bool  # the client reset the stream
 
-    def init_stream(self: Any) -> None:
+    def __init__(self: Any, proto: Any, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
+        super().__init__(proto, scope, keep_alive, expect)  # type: ignore[call-arg]  # (the adapter's, next in the MRO)
         self.stream_id = 0
         self.out = b""
         self.out_end = 0
@@ -151,10 +152,6 @@ class AsgiH2Exchange(H2Stream, AsgiExchange):
 
     __slots__ = H2_SLOTS
 
-    def __init__(self, proto: Any, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
-        super().__init__(proto, scope, keep_alive, expect)
-        self.init_stream()
-
     def feed(self, body: bytes) -> None:
         if self.finished or self.disconnected:
             return
@@ -198,10 +195,6 @@ class WsgiH2Exchange(H2Stream, WsgiExchange):
     """A WSGI request on an HTTP/2 stream, its app on the thread pool as over HTTP/1.1."""
 
     __slots__ = H2_SLOTS
-
-    def __init__(self, proto: Any, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
-        super().__init__(proto, scope, keep_alive, expect)
-        self.init_stream()
 
     def feed(self, body: bytes) -> None:
         if self.finished or self.disconnected:
