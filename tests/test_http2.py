@@ -282,3 +282,11 @@ def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, int
     assert (h2.status_code, h2.headers.get("content-type"), h2.content) == (
         h1.status_code, h1.headers.get("content-type"), h1.content)
     assert posted.status_code == 200 and json.loads(posted.content) == {"item": 7, "size": 7000}
+
+
+def test_http_1_serves_http11_only(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--http", "1")
+    assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("1.1 GET")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(PREFACE)  # prior knowledge is refused as any malformed HTTP/1.1 request
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
