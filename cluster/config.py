@@ -8,6 +8,7 @@ options, their parsers and defaults are the table in cluster/options.py; this mo
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import sys
@@ -172,6 +173,10 @@ def validate(config: Config) -> None:
         raise UsageError("--instances must be at least 1")
     if config.reload_batch < 1:
         raise UsageError("--reload-batch must be at least 1")
+    if config.http == "2" and importlib.util.find_spec("h2") is None:
+        raise UsageError("--http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'")
+    if config.http2_max_streams < 1:
+        raise UsageError("--http2-max-streams must be at least 1")
 
 
 def check_tls(config: Config) -> None:

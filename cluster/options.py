@@ -562,6 +562,14 @@ class Config:
     ws_max_queue: int = option(parse_int, 32, "Received WebSocket messages waiting for the app before reading "
         "stops.", metavar="N", worker=True, reload=True)
 
+    # HTTP/2 (runtime/http/h2conn.py)
+    http: str = option(Choice("auto", "1", "2"), "auto", "HTTP versions served: auto (HTTP/2 beside HTTP/1.1 when "
+        "the h2 library is installed, pip install 'prun[http2]': ALPN h2 over TLS, prior knowledge in clear text), "
+        "1 (HTTP/1.1 only), 2 (as auto, and prun does not start without the h2 library).", worker=True,
+        reload=True)
+    http2_max_streams: int = option(parse_int, 100, "HTTP/2: concurrent streams per connection (requests "
+        "in progress, the app still running for a reset one included).", metavar="N", worker=True, reload=True)
+
     def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
         """What a worker of this config is told at boot (`max_requests` is already jittered)."""
         values = {option.name: getattr(self, option.name) for option in WORKER}

@@ -70,6 +70,9 @@ class WorkerOptions:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     ws_max_queue: int = 32
+    # HTTP/2 (auto: on if the h2 library imports | 1: HTTP/1.1 only | 2: on, required)
+    http: str = "auto"
+    http2_max_streams: int = 100
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ intermediate: prime256v1), and --tls-groups takes one name.
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from dataclasses import dataclass
 
@@ -22,9 +23,9 @@ from prun.runtime.options import WorkerOptions
 
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 ALPN = ["http/1.1"]
+ALPN_H2 = ["h2", "http/1.1"]  # --http auto or 2, with the h2 library installed: HTTP/2 preferred
 # The TLS handshake of a new connection may take this long when --timeout-request-header is 0.
 HANDSHAKE_TIMEOUT = 60.0
-
 
 
 
@@ -105,8 +106,13 @@ def server_context(options: WorkerOptions) -> ssl.SSLContext | None:
                        "come from)")
     context.verify_mode = CERT_REQS[options.cert_reqs]
     _protocols(context, options)
-    context.set_alpn_protocols(ALPN)
+    context.set_alpn_protocols(ALPN_H2 if http2_on(options) else ALPN)
     return context
+
+
+def http2_on(options: WorkerOptions) -> bool:
+    """Whether the options ask for HTTP/2 and the h2 library is there to serve it (the prun[http2] extra)."""
+    return options.http != "1" and importlib.util.find_spec("h2") is not None
 
 
 def _protocols(context: ssl.SSLContext, options: WorkerOptions) -> None:

@@ -6,6 +6,8 @@ report that ends the run counts all of them. Extra arguments go to pytest (`pyth
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,19 @@ def step(*command: str) -> None:
         sys.exit(code)
 
 
+def ensure_h2load() -> None:
+    """tests/test_http2.py loads prun with h2load (nghttp2's client): installed from Debian's packages when missing
+    and this is a root shell with apt (a CI machine); otherwise the test says what to install."""
+    if shutil.which("h2load") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    print("$ apt-get install nghttp2-client", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    if subprocess.call(["apt-get", "update", "-qq"], **quiet) == 0:  # type: ignore[call-overload]
+        subprocess.call(["apt-get", "install", "-y", "-qq", "nghttp2-client"], **quiet)  # type: ignore[call-overload]
+
+
 def main(argv: list[str]) -> None:
+    ensure_h2load()
     step("ruff", "check", "-q", "cluster", "runtime", "tests", "benchmarks", "examples")
     step("mypy")
     for stale in ROOT.glob(".coverage*"):

@@ -185,6 +185,13 @@ class HttpProtocol(asyncio.Protocol):
             cause = exc.__context__
             self.reject(cause.status if isinstance(cause, Reject) else 400)
         except httptools.HttpParserError:
+            if self.parser.get_method() == b"PRI" and self.shared.h2_exchange_cls is not None and not self.reused:
+                # The HTTP/2 connection preface, sent with prior knowledge (RFC 9113 3.3): llhttp stops at
+                # it, so detecting it costs HTTP/1.1 requests nothing. h2conn.py takes the connection over.
+                from prun.runtime.http.h2conn import take_over
+
+                if take_over(self, data):
+                    return
             self.reject(400)
         else:
             if self.url:
@@ -235,6 +242,10 @@ class HttpProtocol(asyncio.Protocol):
         view = memoryview(data)
         for start in range(0, len(view), FEED_SLICE):
             if self.closing:
+                if self.closed and not self.lingering:  # taken over (HTTP/2, WebSocket): the rest is the successor's
+                    successor = self.transport.get_protocol()
+                    if successor is not self:
+                        successor.data_received(bytes(view[start:]))
                 return
             if len(self.queue) >= PIPELINE_LIMIT:
                 self.unparsed = bytearray(view[start:])

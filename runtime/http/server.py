@@ -33,6 +33,10 @@ class HttpServer(Server):
             from prun.runtime.http.wsgi import WsgiExchange
 
             shared.exchange_cls = WsgiExchange
+            if settings.http2:
+                from prun.runtime.http.h2exchange import WsgiH2Exchange
+
+                shared.h2_exchange_cls = WsgiH2Exchange
             self.lifespan = Lifespan(app, "off", loop)
             self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
                 max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
@@ -42,6 +46,10 @@ class HttpServer(Server):
             from prun.runtime.http.asgi import AsgiExchange, release_host, take_host
 
             shared.exchange_cls = AsgiExchange
+            if settings.http2:
+                from prun.runtime.http.h2exchange import AsgiH2Exchange
+
+                shared.h2_exchange_cls = AsgiH2Exchange
             shared.make_host = take_host  # one per connection at a time, parked between them (asgi.py)
             shared.release_host = release_host
             self.lifespan = Lifespan(app, options.lifespan, loop)
@@ -117,6 +125,8 @@ class HttpServer(Server):
     # -- connections --------------------------------------------------------------------------------
 
     def protocol(self) -> HttpProtocol:
+        if self.ssl is not None and self.shared.h2_exchange_cls is not None:
+            return AlpnProtocol(self.settings, self.shared, self.loop)
         return HttpProtocol(self.settings, self.shared, self.loop)
 
     def _emptied(self) -> None:
@@ -169,3 +179,22 @@ class HttpServer(Server):
                 await asyncio.wait_for(asyncio.shield(self._all_closed), seconds)
             except asyncio.TimeoutError:
                 pass
+
+
+class AlpnProtocol(HttpProtocol):
+    """A TLS connection that may have chosen HTTP/2 by ALPN: served by h2conn.py if it did, else as HTTP/1.1."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: Any) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            from prun.runtime.http.h2conn import H2Protocol
+
+            conn = H2Protocol(self.settings, self.shared, self.loop)
+            self.closed = self.closing = True
+            self.parser = None
+            transport.set_protocol(conn)
+            conn.connection_made(transport)
+            return
+        super().connection_made(transport)

@@ -18,6 +18,7 @@ from prun.runtime.http.logs import AccessLog
 from prun.runtime.http.proxy import TrustedProxies
 from prun.runtime.options import WorkerOptions
 from prun.runtime.server import BootError
+from prun.runtime.tls import http2_on
 
 # Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
 HIGH_WATER = 64 * 1024
@@ -41,6 +42,7 @@ class Settings:
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
         "drain_idle_window", "backlog", "scheme", "ws_scheme",
         "ws", "ws_refusal", "ws_max_size", "ws_ping_interval", "ws_ping_timeout", "ws_max_queue",
+        "http2", "http2_max_streams",
     )  # fmt: skip
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -82,6 +84,13 @@ class Settings:
         self.ws_ping_interval = options.ws_ping_interval  # 0: no pings
         self.ws_ping_timeout = options.ws_ping_timeout
         self.ws_max_queue = max(1, options.ws_max_queue)
+        if options.http not in ("auto", "1", "2"):
+            raise BootError(f"unknown --http {options.http!r} (choose from auto, 1, 2)")
+        # HTTP/2 (h2conn.py): on when the h2 library imports, unless --http 1; --http 2 requires it.
+        self.http2 = http2_on(options)
+        if options.http == "2" and not self.http2:
+            raise BootError("--http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'")
+        self.http2_max_streams = max(1, options.http2_max_streams)
 
 
 class Shared:
@@ -90,7 +99,8 @@ class Shared:
     __slots__ = (
         "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
         "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
-        "on_empty", "server_header", "going_away", "ws_refused", "release_host", "spare_hosts",
+        "on_empty", "server_header", "going_away", "ws_refused", "release_host", "spare_hosts", "h2_exchange_cls",
+        "h2_logged",
     )  # fmt: skip
 
     def __init__(self, app: Any, settings: Settings, clock: float) -> None:
@@ -102,6 +112,7 @@ class Shared:
         self.release_host: Callable[[Any], None] = lambda proto: None
         self.spare_hosts: list[Any] = []  # idle host tasks parked for the next connections (asgi.py)
         self.executor: Any = None
+        self.h2_exchange_cls: Any = None  # the Exchange subclass of an HTTP/2 stream (h2exchange.py); None: no HTTP/2
         self.state: dict[str, Any] = {}  # the lifespan state, shallow-copied into every request
         self.server_header = settings.server_header
         self.clock = clock
@@ -115,6 +126,7 @@ class Shared:
         self.draining = False
         self.going_away = False  # the master stops (not a reload): WebSockets close with 1001, not 1012
         self.ws_refused: set[str] = set()  # why upgrades were refused, each logged once
+        self.h2_logged: set[str] = set()  # why HTTP/2 connections were closed, each logged once (h2conn.py)
         self.protocols: set[Any] = set()  # the open connections
         self.on_change: Callable[[], None] = lambda: None  # the number of connections changed
         self.on_empty: Callable[[], None] = lambda: None  # the last connection closed

@@ -1,0 +1,539 @@
+"""One HTTP/2 connection (RFC 9113) on the h2 library's sans-I/O H2Connection: streams, flow control, GOAWAY.
+
+A connection becomes HTTP/2 in one of two ways, on the same listeners as HTTP/1.1: ALPN `h2` at the end
+of a TLS handshake (server.py's AlpnProtocol), or the connection preface sent in clear text with prior
+knowledge (protocol.py stops on it and calls take_over). `Upgrade: h2c` is not honoured (RFC 9113
+deprecates it): such a request is answered over HTTP/1.1, as any other upgrade that is not a WebSocket.
+
+Every stream is one Exchange (h2exchange.py), run by the same ASGI and WSGI adapters as an HTTP/1.1
+request. Request bodies are flow-controlled per stream: received DATA is acknowledged (WINDOW_UPDATE) while
+less than HIGH_WATER of it waits for the app, and held back beyond. Responses go out as the peer's windows
+allow; an app's send waits while its stream's data waits for window.
+
+Bounds against the known HTTP/2 attacks (each ends in GOAWAY where RFC 9113 makes it a connection error;
+the worker's other connections are served meanwhile):
+- rapid reset (CVE-2023-44487): at most --http2-max-streams streams per connection whose app is running,
+  a reset one included (beyond, a new stream is refused with REFUSED_STREAM); more than RESETS_PER_SECOND
+  client resets of streams in progress: GOAWAY ENHANCE_YOUR_CALM;
+- CONTINUATION flood (CVE-2024-27316): h2 buffers at most 64 frames of one header block (then
+  PROTOCOL_ERROR), and a header list bigger than HEADER_LIST_BOUND decoded is ENHANCE_YOUR_CALM;
+- SETTINGS, PING, PRIORITY and empty DATA floods: more than CONTROL_PER_SECOND such frames: GOAWAY
+  ENHANCE_YOUR_CALM; and reading stops while the client does not read what the worker writes;
+- a zero window held forever: a stream whose data waits for window for --timeout-write is reset (CANCEL);
+- HPACK bomb: the decoded header list is bounded (HEADER_LIST_BOUND), whatever the dynamic table holds;
+- a header list over --limit-request-header-size: 431 on that stream; a :path over --limit-request-line:
+  414; a body over --limit-request-body: 413 (or the stream reset once the response has begun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes
+from h2.settings import Settings as H2Settings
+from hyperframe.frame import GoAwayFrame
+
+from prun.runtime.http.exchange import write_stalled
+from prun.runtime.http.h2output import StreamOutput
+from prun.runtime.http.h2scope import request_scope
+from prun.runtime.http.logs import log_line
+from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE_END = b"SM\r\n\r\n"
+# The window each stream starts with, and the connection's (all streams at once may fill theirs).
+STREAM_WINDOW = HIGH_WATER
+MAX_STREAM_ID = 2**31 - 1
+# Client resets of streams still in progress, and control frames, per connection and second.
+RESETS_PER_SECOND = 200
+CONTROL_PER_SECOND = 1000
+GOAWAY_PING = b"prun-bye"  # the PING sent with the first GOAWAY of a drain
+
+
+def take_over(proto: Any, data: bytes | memoryview) -> bool:
+    """Serve `proto`'s connection (an HttpProtocol that read the HTTP/2 preface) as HTTP/2 from now on.
+
+    `data` is the read that completed the preface's first line: the frames begin after PREFACE_END.
+    """
+    if proto.current is not None or proto.queue or proto.parsing is not None:
+        return False  # the preface after an HTTP/1.1 request: not HTTP/2 with prior knowledge
+    conn = H2Protocol(proto.settings, proto.shared, proto.loop)
+    proto.closing = proto.closed = True
+    proto.parser = None
+    if proto.host is not None:
+        proto.shared.release_host(proto)
+    proto.shared.protocols.discard(proto)
+    transport = proto.transport
+    transport.set_protocol(conn)
+    if proto.read_paused:
+        transport.resume_reading()
+    conn.preface_left = True
+    conn.connection_made(transport)
+    conn.data_received(data)
+    return True
+
+
+class H2Protocol(StreamOutput, asyncio.Protocol):
+    """Serves the streams of one HTTP/2 connection (what it sends on them: h2output.py)."""
+
+    def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.loop = loop
+        config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
+        self.conn = conn = H2Connection(config=config)
+        self.max_streams = settings.http2_max_streams
+        conn.local_settings = H2Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limit_header,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        })
+        # What the HPACK decoder may inflate a header block to before the connection is torn down (a bomb);
+        # a block over --limit-request-header-size but within this gets 431 on its stream only.
+        conn.decoder.max_header_list_size = 4 * settings.limit_header + 4096
+        self.transport: Any = None
+        self.client: tuple[str, int] | None = None
+        self.sockname: Any = None
+        self.scheme = settings.scheme
+        self.streams: dict[int, Any] = {}  # stream id -> its exchange, until its response has gone out
+        self.apps = 0  # exchanges whose app call has not ended (a reset stream's included)
+        self.blocked: dict[int, Any] = {}  # streams whose response data waits for flow-control window
+        self.held: set[Any] = set()  # streams whose received data is not acknowledged yet (the app is behind)
+        self.read_paused = False  # some stream holds back its acknowledgements (asgi.py and wsgi.py look)
+        self.write_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.batching = False  # in data_received: the frames to send go out once, at its end
+        self.closing = False
+        self.closed = False
+        self.lingering = False
+        self.preface_left = False  # taken over from HTTP/1.1: the preface's end is still to be skipped
+        self.queue: tuple[()] = ()  # (what exchange.py's Connection reads: HTTP/2 has no pipeline)
+        self.head_since = 0.0  # (set by the WSGI adapter while it waits for a small body; not a clock here)
+        self.idle_since = shared.clock
+        self.resets = 0  # client resets of streams in progress this second
+        self.control = 0  # control frames this second
+        self.draining = False  # the worker drains: GOAWAY once no stream is in progress
+        self.goaway_first = False  # the drain's first GOAWAY (every stream id) is out
+        self.last_stream = MAX_STREAM_ID  # streams above this are refused (after the drain's last GOAWAY)
+        self.write_left = 0
+        self.write_since = 0.0
+        self.date_key = b""
+        self.date_headers: list[tuple[bytes, bytes]] = []
+        # asgi.py's host task (one per connection, as for HTTP/1.1: an app that finishes in its first
+        # step costs no Task).
+        self.host: asyncio.Task[None] | None = None
+        self.host_box: Any = None
+        self.host_busy = False
+        self.host_job: Any = None
+
+    # -- connection events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+        if isinstance(local, tuple):
+            self.sockname = (local[0], local[1])
+        elif local:
+            self.sockname = (local, None)
+        shared = self.shared
+        if shared.make_host is not None:
+            self.host = shared.make_host(self)
+        self.conn.initiate_connection()
+        # The connection window: every stream may fill its own without starving the others.
+        self.conn.increment_flow_control_window(self.max_streams * STREAM_WINDOW)
+        self.flush()
+        shared.opened(self)
+        if shared.draining:
+            self.drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = self.closing = True
+        self.abandon_streams()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+        if self.host is not None and not self.host_busy:
+            self.shared.release_host(self)
+        self.shared.closed(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        # The client reads less than it asks for: stop reading its frames (PINGs and SETTINGS that each
+        # want an answer included) until it has read what waits.
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for ex in list(self.streams.values()):
+            if not ex.out:
+                ex.wake_writers()
+
+    # -- frames in ----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self.closed or self.lingering:
+            return  # (closing: what the client still sends is discarded)
+        if self.preface_left:
+            data = self.skip_preface(bytes(data))
+            if not data:
+                return
+        self.batching = True
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self.batching = False
+            self.fail(f"HTTP/2 protocol error: {exc}")
+            return
+        handlers = _HANDLERS
+        try:
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+                if self.closing and self.lingering:
+                    break
+        finally:
+            self.batching = False
+        self.flush()
+
+    def skip_preface(self, data: bytes) -> bytes:
+        """Taken over from HTTP/1.1: feed h2 the preface, then the bytes after the client's."""
+        end = data.find(PREFACE_END)
+        if end < 0:
+            if len(data) > len(PREFACE):
+                self.fail("HTTP/2 preface malformed")
+            return b""  # (split within its last bytes: those come with the next read)
+        self.preface_left = False
+        return PREFACE + data[end + len(PREFACE_END) :]
+
+    def on_request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        shared = self.shared
+        if sid > self.last_stream or self.lingering:
+            self.refuse(sid)  # after the drain's last GOAWAY: the client retries it on a new connection
+            return
+        if self.apps >= self.max_streams:
+            # Apps of reset streams still running count too (rapid reset): refused, the client may retry;
+            # refusals count as resets (a client that respects MAX_CONCURRENT_STREAMS and resets nothing
+            # is never refused).
+            self.refuse(sid)
+            self.resets += 1
+            if self.resets > RESETS_PER_SECOND:
+                self.enhance_calm(f"{self.resets} streams reset or refused within a second (rapid reset)")
+            return
+        status, scope, expect, head = request_scope(self, event.headers)
+        if scope is None:
+            self.respond_error(sid, status, head)
+            return
+        ex = shared.h2_exchange_cls(self, scope, True, expect)
+        ex.stream_id = sid
+        ex.live = True
+        self.apps += 1
+        self.streams[sid] = ex
+        self.idle_since = 0.0
+        if head:
+            ex.head_only = True
+        if event.stream_ended is not None:
+            ex.complete()
+        ex.run()
+
+    def on_data(self, event: DataReceived) -> None:
+        sid = event.stream_id
+        flow = event.flow_controlled_length
+        ex = self.streams.get(sid)
+        if ex is None or ex.disconnected or ex.finished:
+            if flow:
+                self.ack(flow, sid)
+            return
+        data = event.data
+        if not data and event.stream_ended is None:
+            self.count_control()
+        ex.received += len(data)
+        if ex.received > self.settings.limit_body:
+            self.ack(flow, sid)
+            self.body_too_large(ex)
+            return
+        if data:
+            ex.feed(data)
+        if flow:
+            if ex.buffered <= HIGH_WATER:
+                self.ack(flow, sid)
+            else:
+                ex.held += flow
+                self.held.add(ex)
+                self.read_paused = True
+
+    def on_end(self, event: StreamEnded) -> None:
+        ex = self.streams.get(event.stream_id)
+        if ex is not None:
+            ex.complete()
+
+    def on_trailers(self, event: TrailersReceived) -> None:
+        pass  # (ASGI has no request trailers; StreamEnded follows)
+
+    def on_reset(self, event: StreamReset) -> None:
+        ex = self.streams.pop(event.stream_id, None)
+        self.blocked.pop(event.stream_id, None)
+        if ex is None:
+            return
+        self.held.discard(ex)
+        ex.reset_done = True
+        ex.disconnect()  # the app sees http.disconnect
+        ex.wake_writers()
+        if not ex.finished:
+            self.resets += 1
+            if self.resets > RESETS_PER_SECOND:
+                self.enhance_calm(f"{self.resets} streams reset by the client within a second (rapid reset)")
+        self.stream_gone()
+
+    def on_window(self, event: WindowUpdated) -> None:
+        if event.stream_id:
+            ex = self.blocked.get(event.stream_id)
+            if ex is not None:
+                self.push(ex)
+        else:
+            for ex in list(self.blocked.values()):
+                self.push(ex)
+
+    def on_settings(self, event: RemoteSettingsChanged) -> None:
+        self.count_control()
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for ex in list(self.blocked.values()):
+                self.push(ex)
+
+    def on_control(self, event: Any) -> None:
+        self.count_control()
+
+    def on_ping_ack(self, event: PingAckReceived) -> None:
+        if event.ping_data == GOAWAY_PING and self.goaway_first and self.last_stream == MAX_STREAM_ID:
+            self.goaway_last()
+
+    def on_terminated(self, event: ConnectionTerminated) -> None:
+        # The client's GOAWAY: no new stream will come; close once the ones in progress are answered.
+        self.last_stream = min(self.last_stream, self.conn.highest_inbound_stream_id)
+        if not self.streams:
+            self.close_gracefully()
+
+    def count_control(self) -> None:
+        self.control += 1
+        if self.control > CONTROL_PER_SECOND:
+            self.enhance_calm(f"{self.control} control frames within a second (a SETTINGS, PING or PRIORITY flood)")
+
+    # -- flow control of request bodies -------------------------------------------------------------
+
+    def ack(self, size: int, sid: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(size, sid)
+        except (StreamClosedError, ProtocolError):
+            pass
+        if not self.batching:
+            self.flush()
+
+    def maybe_resume_reading(self, force: bool = False) -> None:
+        """Acknowledge the data of streams whose app has taken it (below LOW_WATER; any, if `force`)."""
+        for ex in list(self.held):
+            if force or ex.buffered < LOW_WATER or ex.disconnected:
+                self.held.discard(ex)
+                size, ex.held = ex.held, 0
+                if size and not self.closed and ex.stream_id in self.streams:
+                    self.ack(size, ex.stream_id)
+        self.read_paused = bool(self.held)
+
+    def pause_reading(self) -> None:
+        pass  # (HTTP/2 holds back a stream's window, never the whole connection: see on_data)
+
+    # -- streams ending ----------------------------------------------------------------------------
+
+    def stream_gone(self) -> None:
+        if not self.streams:
+            self.idle_since = self.shared.clock
+            if self.draining and self.last_stream == MAX_STREAM_ID and not self.goaway_first:
+                self.goaway_last()
+            elif self.last_stream != MAX_STREAM_ID or self.closing:
+                self.close_gracefully()
+
+    def app_ended(self, ex: Any) -> None:
+        if ex.live:
+            ex.live = False
+            self.apps -= 1
+
+    # -- backpressure for the app's sends -----------------------------------------------------------
+
+    async def drain_writes(self) -> None:
+        if self.write_paused and not self.closed:
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
+            await waiter
+
+    # -- closing, drain, the once-a-second sweep -----------------------------------------------------
+
+    def fail(self, why: str) -> None:
+        """A connection error: h2 has queued its GOAWAY; send it and close."""
+        logged = self.shared.h2_logged
+        if why not in logged and len(logged) < 64:
+            logged.add(why)
+            log_line(f"closed an HTTP/2 connection from {self.peer()}: {why} (logged once)")
+        self.flush()
+        self.abandon_streams()
+        self.close_gracefully()
+
+    def enhance_calm(self, why: str) -> None:
+        if self.closing:
+            return
+        self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, self.conn.highest_inbound_stream_id)
+        self.fail(why)
+
+    def abandon_streams(self) -> None:
+        for ex in list(self.streams.values()):
+            ex.disconnect()
+            ex.wake_writers()
+        self.streams.clear()
+        self.blocked.clear()
+        self.held.clear()
+
+    def goaway(self, code: int, last: int) -> None:
+        """A GOAWAY frame, written beside h2 (whose state would refuse every frame after one it sent itself)."""
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last
+        frame.error_code = code
+        if not self.closed and not self.lingering:
+            self.transport.write(frame.serialize())
+
+    def drain(self) -> None:
+        """The worker drains: GOAWAY at once if no stream is in progress, else when none is (stream_gone).
+
+        A GOAWAY while streams are in flight is sent only once the drain window ends (close_if_idle):
+        some clients (those on the h2 library, httpx among them) fail every stream still in flight when
+        a GOAWAY comes, whatever its last stream id.
+        """
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        if not self.streams:
+            self.goaway_last()
+
+    def goaway_twice(self) -> None:
+        """GOAWAY for every stream id and a PING; the last GOAWAY when the PING comes back (RFC 9113 6.8):
+        requests the client sent meanwhile are served, not refused."""
+        if self.closed or self.goaway_first or self.last_stream != MAX_STREAM_ID:
+            return
+        self.goaway_first = True
+        self.goaway(ErrorCodes.NO_ERROR, MAX_STREAM_ID)
+        self.conn.ping(GOAWAY_PING)
+        self.flush()
+
+    def goaway_last(self) -> None:
+        """The last GOAWAY: the streams up to the last one received are served, later ones refused."""
+        if self.closed or self.last_stream != MAX_STREAM_ID:
+            return
+        self.last_stream = self.conn.highest_inbound_stream_id
+        self.goaway(ErrorCodes.NO_ERROR, self.last_stream)
+        if not self.streams:
+            self.close_gracefully()
+
+    def close_if_idle(self) -> None:
+        """End of the drain window: streams still in flight get the two GOAWAYs; close once they are answered."""
+        self.draining = True
+        if self.streams:
+            self.goaway_twice()
+        else:
+            self.goaway_last()
+
+    def close_gracefully(self) -> None:
+        self.closing = True
+        if self.closed or self.lingering:
+            return
+        self.lingering = True
+        self.idle_since = self.shared.clock
+        self.flush()
+        transport = self.transport
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+                return
+            except (OSError, RuntimeError):
+                pass
+        transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Once a second: the flood counters, stalled clients and streams, idle connections."""
+        if self.closed:
+            return
+        self.resets = self.control = 0
+        settings = self.settings
+        left = self.transport.get_write_buffer_size()
+        if left:
+            if write_stalled(self, left, now, settings.timeout_write):
+                log_line(f"closed an HTTP/2 connection from {self.peer()}: it read nothing of what waits for it "
+                         f"({left} bytes) for {settings.timeout_write:g} s")
+                self.transport.abort()
+            return
+        self.write_left = 0
+        timeout = settings.timeout_write
+        if timeout:
+            for ex in list(self.blocked.values()):
+                if ex.blocked_since and now - ex.blocked_since >= timeout:
+                    log_line(f"reset an HTTP/2 stream from {self.peer()}: its window stayed shut for "
+                             f"{timeout:g} s ({len(ex.out)} bytes waiting)")
+                    self.reset_exchange(ex)
+        since = self.idle_since
+        if since and not self.streams and now - since >= (LINGER_SECONDS if self.lingering else settings.keepalive):
+            if self.lingering:
+                self.transport.abort()
+            else:
+                self.goaway(ErrorCodes.NO_ERROR, self.conn.highest_inbound_stream_id)
+                self.close_gracefully()
+
+    def peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
+
+
+_HANDLERS: dict[type, Any] = {
+    RequestReceived: H2Protocol.on_request,
+    DataReceived: H2Protocol.on_data,
+    StreamEnded: H2Protocol.on_end,
+    StreamReset: H2Protocol.on_reset,
+    WindowUpdated: H2Protocol.on_window,
+    RemoteSettingsChanged: H2Protocol.on_settings,
+    PingReceived: H2Protocol.on_control,
+    PriorityUpdated: H2Protocol.on_control,
+    PingAckReceived: H2Protocol.on_ping_ack,
+    ConnectionTerminated: H2Protocol.on_terminated,
+    TrailersReceived: H2Protocol.on_trailers,
+}

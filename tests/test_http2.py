@@ -1,0 +1,292 @@
+"""HTTP/2 in real prun masters: prior knowledge and ALPN on the HTTP/1.1 port, ASGI and WSGI streams, bodies
+with flow control, trailers, http.disconnect on RST_STREAM, the limits, reloads that lose no stream, and the
+bounds against HTTP/2 attacks, each checked from the client's side (frames on a socket, curl, h2load, httpx).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hpack import Encoder
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+
+from tests.h2_wire import PREFACE, H2Load, H2Wire
+from tests.support import running, wait_until
+
+CURL = shutil.which("curl")
+H2LOAD = shutil.which("h2load")
+if H2LOAD is None:  # pragma: no cover
+    raise RuntimeError("the HTTP/2 tests load prun with h2load: apt-get install nghttp2-client")
+
+
+def start(prun, *args: str):  # type: ignore[no-untyped-def]
+    master = prun("h2app:app", "-b", "127.0.0.1:0", *args)
+    return master, master.wait_ready()
+
+
+def test_prior_knowledge_and_http11_on_one_port(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    wire = H2Wire(port)
+    response = wire.get("/hello?x=1")
+    assert response.status == 200
+    assert response.body == f"2 GET /hello http 127.0.0.1:{port}".encode()  # :authority becomes host
+    assert response.header(b"date") and response.header(b"server") == b"prun"
+    assert httpx.get(f"http://127.0.0.1:{port}/hello").text == f"1.1 GET /hello http 127.0.0.1:{port}"
+    with httpx.Client(http1=False, http2=True) as client:  # httpx: HTTP/2 with prior knowledge
+        reply = client.get(f"http://127.0.0.1:{port}/x")
+        assert reply.http_version == "HTTP/2" and reply.text.startswith("2 GET /x")
+    assert CURL is not None
+    out = subprocess.run([CURL, "-s", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/curl"],
+                         capture_output=True, text=True, timeout=10).stdout
+    assert out.startswith("2 GET /curl")
+    # Upgrade: h2c (curl --http2 in clear text) is not honoured: answered over HTTP/1.1 (RFC 9113 deprecates it).
+    verbose = subprocess.run([CURL, "-sv", "--http2", f"http://127.0.0.1:{port}/up"], capture_output=True,
+                             text=True, timeout=10)
+    assert verbose.stdout.startswith("1.1 GET /up") and "< HTTP/1.1 200" in verbose.stderr
+    assert "101" not in verbose.stderr
+
+
+def test_tls_alpn_h2_and_http11(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_tls import Pki
+
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    pki = Pki(pki_dir)
+    cert, key = pki.issue("server", 2)
+    master = prun("h2app:app", "-b", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key), "-i", "2",
+                  "--balance", "shared")
+    port = master.wait_ready()
+    with httpx.Client(http2=True, verify=pki.client_context()) as client:
+        reply = client.get(f"https://127.0.0.1:{port}/tls")
+        assert reply.http_version == "HTTP/2" and reply.text.startswith("2 GET /tls https")
+    with httpx.Client(verify=pki.client_context()) as client:  # a client offering http/1.1 only
+        reply = client.get(f"https://127.0.0.1:{port}/tls")
+        assert reply.http_version == "HTTP/1.1" and reply.text.startswith("1.1 GET /tls https")
+    context = pki.client_context()
+    context.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    assert tls.selected_alpn_protocol() == "h2"
+    wire = H2Wire(port, sock=tls)
+    assert wire.get("/raw").body.startswith(b"2 GET /raw https")
+    wire.close()
+
+
+def test_h2load_streams_and_the_http11_hot_path_beside(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    out = subprocess.run([str(H2LOAD), "-n", "4000", "-c", "4", "-m", "20", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "4000 succeeded, 0 failed, 0 errored" in out, out
+    out = subprocess.run([str(H2LOAD), "-n", "200", "-c", "2", "-m", "10", "-d", str(Path(sys.executable)),
+                          f"http://127.0.0.1:{port}/echo"], capture_output=True, text=True, timeout=60).stdout
+    assert "200 succeeded, 0 failed" in out, out
+
+
+def test_request_body_streams_with_flow_control(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    body = os.urandom(3 * 1024 * 1024)  # 48 times the stream's window: only WINDOW_UPDATEs let it through
+    wire = H2Wire(port)
+    sids = [wire.request("/echo", method="POST", body=body[: 1024 * 1024 * (i + 1)]) for i in range(2)]
+    for i, sid in enumerate(sids):
+        size = 1024 * 1024 * (i + 1)
+        assert wire.response(sid, 30).body == f"{size} {hashlib.sha256(body[:size]).hexdigest()}".encode()
+    # A response bigger than the client's window arrives whole as the client acknowledges it.
+    response = wire.get("/big", timeout=30)
+    assert response.status == 200 and response.body == b"x" * (16 * 65536)
+
+
+def test_trailers_disconnect_and_an_app_failing_mid_response(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    wire = H2Wire(port)
+    response = wire.get("/trailers")
+    assert response.body == b"with trailers" and response.trailers == [(b"x-checksum", b"abc")]
+    sid = wire.request("/wait-disconnect", method="POST", end=False)  # a body that never ends
+    wire.conn.reset_stream(sid)
+    wire.flush()
+    wait_until(lambda: H2Wire(port).get("/disconnects").body == b"1", what="http.disconnect after RST_STREAM")
+    failed = wire.get("/fail")
+    assert failed.reset == ErrorCodes.INTERNAL_ERROR and failed.body == b"part"
+    assert wire.get("/after").status == 200  # the connection goes on
+    master.wait_for(r"broken mid-response")
+
+
+def test_wsgi_streams_on_the_thread_pool(prun) -> None:  # type: ignore[no-untyped-def]
+    master = prun("h2app:wsgi", "-b", "127.0.0.1:0", "--interface", "wsgi")
+    port = master.wait_ready()
+    wire = H2Wire(port)
+    assert wire.get("/w").body == b"HTTP/2 GET /w"
+    body = os.urandom(512 * 1024)
+    sids = [wire.request("/echo", method="POST", body=body) for _ in range(3)]
+    expected = f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+    assert [wire.response(sid, 30).body for sid in sids] == [expected] * 3
+    assert wire.get("/stream").body == b"part0;part1;part2;"
+
+
+def test_limits_per_stream(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--limit-request-body", "1000", "--limit-request-line", "100",
+                         "--limit-request-header-size", "4000")
+    wire = H2Wire(port)
+    assert wire.get("/" + "a" * 200).status == 414
+    assert wire.get("/x", headers=[("x-big", "v" * 5000)]).status == 431  # over the limit, under the HPACK bound
+    # Refused on its content-length, before the app, while the body is still coming.
+    assert wire.get("/echo", method="POST", body=b"b" * 5000, headers=[("content-length", "5000")]).status == 413
+    assert wire.get("/echo", method="POST", body=b"b" * 3000).status == 413  # no length: counted as it comes
+    assert wire.get("/ok").status == 200  # the connection serves on
+
+
+@pytest.mark.parametrize("balance", ["shared", "leastconn"])
+def test_reloads_lose_no_stream(prun, balance: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "-i", "2", "--balance", balance)
+    with H2Load(port, clients=4, streams=8) as load:
+        wait_until(lambda: load.ok >= 200, what="streams before the reloads")
+        for _ in range(4):
+            mark = load.ok
+            master.reload()
+            wait_until(lambda mark=mark: load.ok >= mark + 200, what="streams after a reload")
+    assert load.failed == 0, load.errors
+    assert load.connections > 4  # the clients were sent away by GOAWAY and came back to the new workers
+
+
+def goaway_code(wire: H2Wire, timeout: float = 10.0) -> int | None:
+    event = wire.wait_goaway(timeout)
+    return None if event is None else event.error_code
+
+
+def test_rapid_reset_is_bounded(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--http2-max-streams", "20")
+    wire = H2Wire(port)
+    for _ in range(600):
+        sid = wire.conn.get_next_available_stream_id()
+        wire.conn.send_headers(sid, [(":method", "GET"), (":path", "/slow?3"), (":scheme", "http"),
+                                     (":authority", "x")], end_stream=True)
+        wire.conn.reset_stream(sid)
+    wire.flush()
+    assert goaway_code(wire) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert wire.wait_closed()
+    other = H2Wire(port)
+    assert other.get("/").status == 200  # the worker serves others meanwhile
+    assert int(other.get("/most").body) <= 20  # never more apps running than --http2-max-streams
+
+
+def test_continuation_flood_ends_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    wire = H2Wire(port)
+    block = Encoder().encode([(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")])
+    frames = [HeadersFrame(1, data=block[:2]).serialize()]  # no END_HEADERS: CONTINUATION must follow
+    frames += [ContinuationFrame(1, data=b"\x00" * 16000).serialize() for _ in range(200)]
+    try:
+        wire.send_raw(b"".join(frames))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed before all of it was sent
+    assert goaway_code(wire) == ErrorCodes.PROTOCOL_ERROR
+    assert wire.wait_closed()
+    assert H2Wire(port).get("/").status == 200
+
+
+@pytest.mark.parametrize("frame", ["ping", "settings"])
+def test_control_frame_floods_end_in_goaway(prun, frame: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    wire = H2Wire(port)
+    one = PingFrame(0, opaque_data=b"12345678") if frame == "ping" else SettingsFrame(0)
+    try:
+        wire.send_raw(one.serialize() * 5000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert goaway_code(wire) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert wire.wait_closed()
+    assert H2Wire(port).get("/").status == 200
+
+
+def test_hpack_bomb_ends_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun)
+    wire = H2Wire(port)
+    # A 4 KB header enters the dynamic table (index 62) with a request under the limits, then one header
+    # block refers to it 1,000 times: 4 MB once decoded, from a 1 KB block.
+    assert wire.get("/", headers=[("x-bomb", "b" * 4000)]).status == 200  # x-bomb is the newest entry: 62
+    bomb = b"\x82\x84\x86" + b"\xbe" * 1000  # :method GET, :path /, :scheme http (static), then x-bomb 1,000 times
+    wire.send_raw(HeadersFrame(3, data=bomb, flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert goaway_code(wire) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert H2Wire(port).get("/").status == 200
+
+
+def test_too_many_concurrent_streams_end_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--http2-max-streams", "10")
+    wire = H2Wire(port)
+    encoder = Encoder()
+    frames = [HeadersFrame(2 * i + 1, data=encoder.encode([(":method", "GET"), (":path", "/slow?5"), (":scheme", "http"),
+                                                           (":authority", "x")]),
+                           flags=["END_HEADERS", "END_STREAM"]).serialize() for i in range(11)]
+    wire.send_raw(b"".join(frames))  # the 11th is beyond SETTINGS_MAX_CONCURRENT_STREAMS
+    assert goaway_code(wire) == ErrorCodes.PROTOCOL_ERROR
+    assert H2Wire(port).get("/").status == 200
+
+
+def test_a_window_held_shut_resets_the_stream(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--timeout-write", "1")
+    wire = H2Wire(port, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})  # a reader that never opens its window
+    sid = wire.request("/big")
+    response = wire.response(sid, timeout=15)
+    assert response.reset == ErrorCodes.CANCEL and response.body == b""
+    master.wait_for(r"reset an HTTP/2 stream .* window stayed shut")
+    assert H2Wire(port).get("/").status == 200
+
+
+def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The library made unimportable in every process prun starts, as if the prun[http2] extra were missing.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['h2'] = None\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with running("h2app:app", "-b", "127.0.0.1:0", "--http", "2", env=env) as refused:
+        assert refused.wait_exit() == 2
+        assert refused.output.strip().splitlines() == [
+            "prun: error: --http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'"]
+    master = prun("h2app:app", "-b", "127.0.0.1:0", env=env)  # --http auto: HTTP/1.1 only, quietly
+    port = master.wait_ready()
+    assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("1.1 GET")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(PREFACE)
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    assert "HTTP/2" not in master.output and "h2 library" not in master.output
+
+
+FRAMEWORKS = [  # (tests/apps/h2frameworks.py)
+    ("h2frameworks:fastapi_app", "asgi"),
+    ("h2frameworks:starlette_app", "asgi"),
+    ("h2frameworks:flask_app", "wsgi"),
+    ("h2frameworks:django_asgi", "asgi"),
+    ("h2frameworks:django_wsgi", "wsgi"),
+]
+
+
+@pytest.mark.parametrize(("target", "interface"), FRAMEWORKS, ids=[t.split(":")[1] for t, _ in FRAMEWORKS])
+def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, interface: str) -> None:  # type: ignore[no-untyped-def]
+    master = prun(target, "-b", "127.0.0.1:0", "--interface", interface, env={"DJANGO_SETTINGS_MODULE": "h2frameworks"})
+    port = master.wait_ready()
+    url = f"http://127.0.0.1:{port}/items/7?q=x"
+    h1 = httpx.get(url, headers={"x-token": "t"})
+    with httpx.Client(http1=False, http2=True) as client:
+        h2 = client.get(url, headers={"x-token": "t"})
+        posted = client.post(url, content=b"payload" * 1000)
+    assert h2.http_version == "HTTP/2" and h1.http_version == "HTTP/1.1"
+    assert h1.status_code == 200 and json.loads(h1.content) == {"item": 7, "q": "x", "token": "t"}
+    assert (h2.status_code, h2.headers.get("content-type"), h2.content) == (
+        h1.status_code, h1.headers.get("content-type"), h1.content)
+    assert posted.status_code == 200 and json.loads(posted.content) == {"item": 7, "size": 7000}
+
+
+def test_http_1_serves_http11_only(prun) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, "--http", "1")
+    assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("1.1 GET")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(PREFACE)  # prior knowledge is refused as any malformed HTTP/1.1 request
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
