@@ -48,8 +48,9 @@ def _pid_of(sock: socket.socket) -> int:
 
 
 def test_connections_go_to_the_worker_with_fewest_open(prun):
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn")
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn", "--log-level", "debug")
     port = master.wait_ready()
+    master.wait_for(r"balance: master hands off to 2 workers")  # the first worker no longer accepts alone
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
     try:
         owners = [_pid_of(s) for s in held]
