@@ -403,7 +403,7 @@ class Config:
     max_memory_restart: int = option(parse_size, 0, "Replace a worker whose memory passes SIZE (300M, 1G; 0: "
         "never), losslessly, one at a time.", metavar="SIZE", reload=True, shown_default="0")
     watch: str = option(parse_str, "", "Reload (losslessly) when a file under PATHS changes: --watch alone for "
-        "--chdir, or --watch=src,lib (the prun[watch] extra).", metavar="PATHS", bare=".")
+        "--chdir, or --watch=src,lib (the prun-cluster[watch] extra).", metavar="PATHS", bare=".")
     ignore_watch: str = option(parse_str, "", "Comma-separated globs --watch ignores (besides *.pyc, "
         "__pycache__, .git).", metavar="GLOBS")
     cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
@@ -494,7 +494,7 @@ class Config:
         metavar="N", worker=True, reload=True)
     # WebSocket (ASGI apps)
     ws: str = option(Choice("auto", "none"), "auto", "WebSocket upgrades for ASGI apps (auto: on if the websockets "
-        "library is installed, pip install 'prun[ws]'; none: refused with 400).", worker=True, reload=True)
+        "library is installed, pip install 'prun-cluster[ws]'; none: refused with 400).", worker=True, reload=True)
     ws_max_size: int = option(parse_int, 16 * 1024 * 1024, "Largest WebSocket message, bytes (closed with 1009 "
         "beyond, as beyond 4,096 fragments; 0: no limit).", metavar="BYTES", shown_default="16777216 (16 MiB)", worker=True, reload=True)
     ws_ping_interval: float = option(parse_float, 20.0, "Seconds between pings on a quiet WebSocket (0: none).",
