@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from prun.cluster import names
+from prun.cluster.cpus import cpu_count as cpu_count  # re-exported: -i max counts these
 from prun.cluster.errors import UsageError
 from prun.runtime.logrecord import TIME_STYLES
 from prun.runtime.options import INTERFACES, WorkerOptions
@@ -37,15 +38,11 @@ DEFAULT_BIND = "127.0.0.1:8000"
 # ---- parsers: one per option, the same for the command line, the environment and files ------------
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
 def parse_instances(value: Any) -> int:
-    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them."""
+    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them.
+
+    The CPUs are those prun may use: its affinity mask or its cgroup's CPU quota, the smaller (cluster/cpus.py).
+    """
     text = str(value).strip().lower()
     if text in ("max", "0"):
         return cpu_count()
@@ -340,8 +337,9 @@ class Config:
 
     app: str = option(parse_str, "", "MODULE:ATTR to serve, e.g. app:server.", argument=True, worker=True,
         metavar="APP")
-    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
-        "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
+    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU prun may use: the "
+        "affinity mask or the cgroup CPU quota, rounded up, the smaller), -N (CPUs minus N, at least 1). A restart "
+        "changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
         shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY")
     bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
         "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
@@ -437,8 +435,9 @@ class Config:
         metavar="SIZE", shown_default="64K")
     container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
         "every child, pass the app's exit status through.", flag=True)
-    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics on this port (loopback unless a host "
-        "is given).", metavar="[HOST:]PORT")
+    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics at this address: a PORT alone on "
+        "loopback (127.0.0.1), HOST:PORT or [V6]:PORT where given, e.g. 0.0.0.0:8081 for kubelet's probes.",
+        metavar="[HOST:]PORT")
     lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
         reload=True)
     root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
