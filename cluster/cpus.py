@@ -25,7 +25,9 @@ def cpu_count() -> int:
 
 @dataclass(frozen=True)
 class Mount:
-    root: str  # the directory of the hierarchy mounted here (not "/" inside a cgroup namespace's view, say)
+    """A cgroup hierarchy, or one group of it, mounted at `point` (a line of /proc/self/mountinfo)."""
+
+    root: str  # the group mounted here: "/" for a whole hierarchy, a group's path where only that group is
     point: str
     fstype: str  # cgroup2, or cgroup (v1)
     options: frozenset[str]  # v1: the controllers of this hierarchy (cpu, cpuacct, ...)
