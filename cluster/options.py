@@ -485,8 +485,8 @@ class Config:
         "by colons, e.g. X25519:prime256v1:secp384r1 (Python before 3.15 takes one; default: OpenSSL's, or the "
         "--tls-profile's).", metavar="GROUPS", worker=True, reload=True)
     tls_profile: str = option(parse_tls_profile, "", "Mozilla's server-side TLS profile: modern "
-        "(TLS 1.3 only) or intermediate (TLS 1.2 and 1.3, its ciphers); either with its groups, client's cipher "
-        "order. Default: Python's and OpenSSL's settings.", metavar="[modern|intermediate]", worker=True,
+        "(TLS 1.3 only, X25519: Python 3.11 or later) or intermediate (TLS 1.2 and 1.3, its ciphers); either with "
+        "its groups, client's cipher order. Default: Python's and OpenSSL's settings.", metavar="[modern|intermediate]", worker=True,
         reload=True)
     limit_tls_handshakes: int = option(parse_int, 256, "TLS handshakes in progress per worker (0: no limit); "
         "beyond, new connections wait in the kernel's queue, and one running 0.25 s or more is cut for them.",
