@@ -41,8 +41,13 @@ class Dist:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
+    # Built from a copy of the checkout: the sdist step writes into its source tree (egg-info, a staging
+    # directory), which two runs in one checkout would share.
+    source = tmp_path_factory.mktemp("source") / "prun"
+    shutil.copytree(ROOT, source, ignore=lambda directory, names: [
+        n for n in names if n.startswith(".") or n in ("build", "dist", "__pycache__") or n.endswith(".egg-info")])
     out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],
                            capture_output=True, text=True, timeout=180)
     assert built.returncode == 0, built.stdout + built.stderr
     (sdist,) = out.glob("*.tar.gz")
