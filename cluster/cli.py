@@ -16,6 +16,7 @@ import click
 from prun.cluster import commands, options, pidfile
 from prun.cluster.commands.group import Group
 from prun.cluster.errors import EXIT_USAGE, PrunError
+from prun.runtime import DISTRIBUTION
 
 if TYPE_CHECKING:
     from prun.cluster.config import Config, FileExtras
@@ -113,7 +114,7 @@ def _bind_and_run(cli_values: dict[str, Any], environ: dict[str, str], config: C
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="prun", prog_name="prun")
+@click.version_option(package_name=DISTRIBUTION, prog_name="prun")
 def cli() -> None:
     """prun: a pre-fork cluster runtime for Python network services.
 

@@ -33,6 +33,7 @@ from prun.cluster.options import (
     parse_env,
     parse_instances,
 )
+from prun.runtime import install_hint
 
 if TYPE_CHECKING:
     from prun.cluster.gunicorn import Hooks
@@ -174,7 +175,7 @@ def validate(config: Config) -> None:
     if config.reload_batch < 1:
         raise UsageError("--reload-batch must be at least 1")
     if config.http == "2" and importlib.util.find_spec("h2") is None:
-        raise UsageError("--http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'")
+        raise UsageError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
     if config.http2_max_streams < 1:
         raise UsageError("--http2-max-streams must be at least 1")
 

@@ -79,7 +79,7 @@ IGNORED: dict[str, str] = {
     "worker_connections": "prun has no per-worker connection cap; --limit-concurrency bounds requests in progress",
     "limit_request_fields": "prun bounds the header section's size instead (--limit-request-header-size)",
     "limit_request_field_size": "prun bounds the whole header section instead (--limit-request-header-size)",
-    "reload_engine": "--watch uses watchfiles (the prun[watch] extra)",
+    "reload_engine": "--watch uses watchfiles (the prun-cluster[watch] extra)",
     "reload_extra_files": "--watch takes directories (--watch=src,templates)",
     "spew": "prun has no line tracer",
     "check_config": "prun checks its config as it starts, and stops with one line if it is wrong",

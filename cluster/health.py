@@ -3,7 +3,7 @@
     GET /livez    200 while the master runs
     GET /readyz   200 when every slot has a READY worker; 503 from the moment a shutdown drain begins
     GET /status   JSON: the app, its generation, and each worker's slot, pid, state and stats
-    GET /metrics  Prometheus text format (cluster/metrics.py; needs the prun[metrics] extra, 501 without)
+    GET /metrics  Prometheus text format (cluster/metrics.py; needs the prun-cluster[metrics] extra, 501 without)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prun.cluster.errors import UsageError
+from prun.runtime import install_hint
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 501: "Not Implemented",
             503: "Service Unavailable"}
@@ -67,7 +68,7 @@ class HealthServer:
             from prun.cluster import metrics
 
             if not metrics.available():
-                return 501, b"/metrics needs prometheus_client: pip install 'prun[metrics]'\n", "text/plain"
+                return 501, f"/metrics needs prometheus_client: {install_hint('metrics')}\n".encode(), "text/plain"
             return 200, self.metrics(), metrics.CONTENT_TYPE
         return 404, b"not found\n", "text/plain"
 

@@ -1,6 +1,6 @@
 """`GET /metrics` on the health port: the master's view of its workers in Prometheus text format.
 
-Generated with the official `prometheus_client` (the `prun[metrics]` extra), imported by the master on the
+Generated with the official `prometheus_client` (the `prun-cluster[metrics]` extra), imported by the master on the
 first scrape only: workers never load it, and a master nobody scrapes never pays for it. Every value is read
 from what the master already knows (heartbeats, the worker table, the rollout) when the scrape comes; the
 workers' CPU and memory come from /proc.

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from prun.cluster import names
+from prun.cluster.cpus import cpu_count as cpu_count  # re-exported: -i max counts these
 from prun.cluster.errors import UsageError
 from prun.runtime.logrecord import TIME_STYLES
 from prun.runtime.options import INTERFACES, WorkerOptions
@@ -41,15 +42,11 @@ LOG_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warning": "wa
 # ---- parsers: one per option, the same for the command line, the environment and files ------------
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
 def parse_instances(value: Any) -> int:
-    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them."""
+    """N, 'max' or 0 (one per CPU), or -N (CPUs minus N, at least 1), as PM2 takes them.
+
+    The CPUs are those prun may use: its affinity mask or its cgroup's CPU quota, the smaller (cluster/cpus.py).
+    """
     text = str(value).strip().lower()
     if text in ("max", "0"):
         return cpu_count()
@@ -380,8 +377,9 @@ class Config:
 
     app: str = option(parse_str, "", "MODULE:ATTR to serve, e.g. app:server.", argument=True, worker=True,
         metavar="APP")
-    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU), -N (CPUs minus N, at "
-        "least 1). A restart changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
+    instances: int = option(parse_instances, 1, "Workers: N, 'max' or 0 (one per CPU prun may use: the "
+        "affinity mask or the cgroup CPU quota, rounded up, the smaller), -N (CPUs minus N, at least 1). A restart "
+        "changes it; TTIN/TTOU scale a running master.", short="-i", metavar="N",
         shown_default="1, or $WEB_CONCURRENCY", fallback_env="WEB_CONCURRENCY", aliases=("-w", "--workers"))
     bind: list[str] = option(parse_binds, [DEFAULT_BIND], "HOST:PORT, [::]:PORT, unix:PATH or fd://N; repeatable. "
         "systemd socket activation (LISTEN_FDS) is honoured.", short="-b", metavar="ADDRESS", multiple=True,
@@ -455,7 +453,7 @@ class Config:
     max_memory_restart: int = option(parse_size, 0, "Replace a worker whose memory passes SIZE (300M, 1G; 0: "
         "never), losslessly, one at a time.", metavar="SIZE", reload=True, shown_default="0")
     watch: str = option(parse_str, "", "Reload (losslessly) when a file under PATHS changes: --watch alone for "
-        "--chdir, or --watch=src,lib (the prun[watch] extra).", metavar="PATHS", bare=".")
+        "--chdir, or --watch=src,lib (the prun-cluster[watch] extra).", metavar="PATHS", bare=".")
     ignore_watch: str = option(parse_str, "", "Comma-separated globs --watch ignores (besides *.pyc, "
         "__pycache__, .git).", metavar="GLOBS")
     cron_restart: str = option(parse_cron, "", "Reload (losslessly) on this cron schedule, e.g. '0 3 * * *' "
@@ -493,8 +491,9 @@ class Config:
         metavar="SIZE", shown_default="64K")
     container: bool = option(parse_bool, False, "Run as a container's PID 1 (implied when prun is PID 1): reap "
         "every child, pass the app's exit status through.", flag=True)
-    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics on this port (loopback unless a host "
-        "is given).", metavar="[HOST:]PORT")
+    health: str = option(parse_str, "", "Serve /livez, /readyz, /status and /metrics at this address: a PORT alone on "
+        "loopback (127.0.0.1), HOST:PORT or [V6]:PORT where given, e.g. 0.0.0.0:8081 for kubelet's probes.",
+        metavar="[HOST:]PORT")
     lifespan: str = option(Choice("auto", "on", "off"), "auto", "ASGI lifespan events.", worker=True,
         reload=True)
     root_path: str = option(parse_str, "", "ASGI root_path / WSGI SCRIPT_NAME for apps behind a path prefix.",
@@ -544,15 +543,15 @@ class Config:
         "by colons, e.g. X25519:prime256v1:secp384r1 (Python before 3.15 takes one; default: OpenSSL's, or the "
         "--tls-profile's).", metavar="GROUPS", worker=True, reload=True)
     tls_profile: str = option(parse_tls_profile, "", "Mozilla's server-side TLS profile: modern "
-        "(TLS 1.3 only) or intermediate (TLS 1.2 and 1.3, its ciphers); either with its groups, client's cipher "
-        "order. Default: Python's and OpenSSL's settings.", metavar="[modern|intermediate]", worker=True,
+        "(TLS 1.3 only, X25519: Python 3.11 or later) or intermediate (TLS 1.2 and 1.3, its ciphers); either with "
+        "its groups, client's cipher order. Default: Python's and OpenSSL's settings.", metavar="[modern|intermediate]", worker=True,
         reload=True)
     limit_tls_handshakes: int = option(parse_int, 256, "TLS handshakes in progress per worker (0: no limit); "
         "beyond, new connections wait in the kernel's queue, and one running 0.25 s or more is cut for them.",
         metavar="N", worker=True, reload=True)
     # WebSocket (ASGI apps)
     ws: str = option(Choice("auto", "none"), "auto", "WebSocket upgrades for ASGI apps (auto: on if the websockets "
-        "library is installed, pip install 'prun[ws]'; none: refused with 400).", worker=True, reload=True)
+        "library is installed, pip install 'prun-cluster[ws]'; none: refused with 400).", worker=True, reload=True)
     ws_max_size: int = option(parse_int, 16 * 1024 * 1024, "Largest WebSocket message, bytes (closed with 1009 "
         "beyond, as beyond 4,096 fragments; 0: no limit).", metavar="BYTES", shown_default="16777216 (16 MiB)", worker=True, reload=True)
     ws_ping_interval: float = option(parse_float, 20.0, "Seconds between pings on a quiet WebSocket (0: none).",
@@ -564,7 +563,7 @@ class Config:
 
     # HTTP/2 (runtime/http/h2conn.py)
     http: str = option(Choice("auto", "1", "2"), "auto", "HTTP versions served: auto (HTTP/2 beside HTTP/1.1 when "
-        "the h2 library is installed, pip install 'prun[http2]': ALPN h2 over TLS, prior knowledge in clear text), "
+        "the h2 library is installed, pip install 'prun-cluster[http2]': ALPN h2 over TLS, prior knowledge in clear text), "
         "1 (HTTP/1.1 only), 2 (as auto, and prun does not start without the h2 library).", worker=True,
         reload=True)
     http2_max_streams: int = option(parse_int, 100, "HTTP/2: concurrent streams per connection (requests "

@@ -3,7 +3,7 @@
 - `--max-memory-restart SIZE`: on each heartbeat, a ready worker whose resident memory is over SIZE is
   replaced like a --max-requests recycle: a new worker for its slot first, then it drains. One worker at a
   time (the rollout's queue), each once.
-- `--watch[=PATHS]` (`--ignore-watch GLOBS`): a change under PATHS (watchfiles, the `prun[watch]` extra)
+- `--watch[=PATHS]` (`--ignore-watch GLOBS`): a change under PATHS (watchfiles, the `prun-cluster[watch]` extra)
   asks for a rolling reload; changes are debounced, and a reload asked while one runs or waits is not
   queued twice (the rollout's rule), so reloads never overlap.
 - `--cron-restart "0 3 * * *"`: a rolling reload at each time the expression matches (cluster/cron.py).
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from prun.cluster import control
 from prun.cluster.log import Log
 from prun.cluster.metrics import Tally, rss
+from prun.runtime import install_hint
 
 if TYPE_CHECKING:
     from prun.cluster.config import Config
@@ -93,7 +94,7 @@ async def watch(paths: str, ignore: str, chdir: str, log: Log, reload: Callable[
     try:
         import watchfiles
     except ImportError:
-        log.error("--watch needs watchfiles: pip install 'prun[watch]'; not watching")
+        log.error(f"--watch needs watchfiles: {install_hint('watch')}; not watching")
         return
     roots = [os.path.abspath(os.path.join(chdir, p.strip())) for p in paths.split(",") if p.strip()]
     patterns = IGNORED + tuple(p.strip() for p in ignore.split(",") if p.strip())

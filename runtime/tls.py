@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+import sys
 from dataclasses import dataclass
 
 from prun.runtime.options import WorkerOptions
@@ -111,7 +112,7 @@ def server_context(options: WorkerOptions) -> ssl.SSLContext | None:
 
 
 def http2_on(options: WorkerOptions) -> bool:
-    """Whether the options ask for HTTP/2 and the h2 library is there to serve it (the prun[http2] extra)."""
+    """Whether the options ask for HTTP/2 and the h2 library is there to serve it (the prun-cluster[http2] extra)."""
     return options.http != "1" and importlib.util.find_spec("h2") is not None
 
 
@@ -133,11 +134,13 @@ def _protocols(context: ssl.SSLContext, options: WorkerOptions) -> None:
     if options.tls_groups:
         set_groups(context, options.tls_groups)
     elif profile is not None:
-        set_groups(context, profile.groups if hasattr(context, "set_groups") else profile.group)
+        set_groups(context, profile.groups if hasattr(context, "set_groups") else profile.group,
+                   f"--tls-profile {options.tls_profile}")
 
 
-def set_groups(context: ssl.SSLContext, groups: str) -> None:
+def set_groups(context: ssl.SSLContext, groups: str, given: str = "") -> None:
     """Offer these key-exchange groups (colon-separated OpenSSL names), or say why not. Raises TlsError."""
+    what = given or f"--tls-groups {groups!r}"
     names = [name.strip() for name in groups.split(":") if name.strip()]
     if not names:
         raise TlsError(f"--tls-groups {groups!r}: no group named")
@@ -151,7 +154,10 @@ def set_groups(context: ssl.SSLContext, groups: str) -> None:
             raise TlsError(f"--tls-groups {groups!r}: this Python sets one group, not a list (ssl.SSLContext."
                            "set_groups comes with Python 3.15): name one, e.g. X25519 or prime256v1")
     except (ValueError, ssl.SSLError):
-        raise TlsError(f"--tls-groups {groups!r}: not a group OpenSSL knows (e.g. X25519, prime256v1, "
+        if sys.version_info < (3, 11) and names[0].upper() in ("X25519", "X448"):  # set_ecdh_curve: EC curves only
+            raise TlsError(f"{what}: Python 3.10 offers one elliptic curve (e.g. prime256v1 or secp384r1), not "
+                           f"{names[0]}, which needs Python 3.11 or later") from None
+        raise TlsError(f"{what}: not a group OpenSSL knows (e.g. X25519, prime256v1, "
                        "secp384r1)") from None
 
 

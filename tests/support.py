@@ -32,7 +32,7 @@ class Prun:
     """A prun master started with `args`; its merged stdout/stderr is collected line by line."""
 
     def __init__(self, *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-                 wrapper: list[str] | None = None, **popen: object) -> None:
+                 wrapper: list[str] | None = None, command: list[str] | None = None, **popen: object) -> None:
         full_env = dict(os.environ)
         for variable in ("PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
             full_env.pop(variable, None)
@@ -40,7 +40,7 @@ class Prun:
         self.args = args
         self.wrapped = bool(wrapper)
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
-            (wrapper or []) + prun_command() + list(args),
+            (wrapper or []) + (command or prun_command()) + list(args),  # command: another installed prun
             cwd=str(cwd or APPS),
             env=full_env,
             stdin=subprocess.DEVNULL,

@@ -243,13 +243,13 @@ def test_a_window_held_shut_resets_the_stream(prun) -> None:  # type: ignore[no-
 
 
 def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # The library made unimportable in every process prun starts, as if the prun[http2] extra were missing.
+    # The library made unimportable in every process prun starts, as if the prun-cluster[http2] extra were missing.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['h2'] = None\n")
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with running("h2app:app", "-b", "127.0.0.1:0", "--http", "2", env=env) as refused:
         assert refused.wait_exit() == 2
         assert refused.output.strip().splitlines() == [
-            "prun: error: --http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'"]
+            "prun: error: --http 2 needs the h2 library, which is not installed: pip install 'prun-cluster[http2]'"]
     master = prun("h2app:app", "-b", "127.0.0.1:0", env=env)  # --http auto: HTTP/1.1 only, quietly
     port = master.wait_ready()
     assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("1.1 GET")

@@ -108,13 +108,16 @@ class ServerThread:
         return done  # type: ignore[return-value]
 
     def stop(self) -> None:
-        if self._thread.is_alive():
+        booted = self._booted.done() and self._booted.exception() is None
+        if booted and self._thread.is_alive():
             try:
                 if not self.server.draining:  # type: ignore[attr-defined]
                     self.drain(1.0).result(10)
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self._thread.join(10)
+        elif self._thread.ident is not None:
+            self._thread.join(10)  # the boot failed: the thread is ending by itself, its loop no longer runs
         if not self.loop.is_running():
             self.loop.close()
         if self._booted.done() and self._booted.exception() is None:

@@ -221,11 +221,11 @@ def test_a_refused_upgrade_gets_400_and_one_line_saying_why(prun, tmp_path, caus
     if cause == "ws-none":
         args, env, why = ["--ws", "none"], None, "WebSocket is off (--ws none)"
     else:
-        # The worker cannot import websockets (as after `pip install prun` without the [ws] extra):
+        # The worker cannot import websockets (as after `pip install prun-cluster` without the [ws] extra):
         # sys.modules["websockets"] = None makes every import and find_spec of it fail.
         (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["websockets"] = None\n')
         path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-        args, env, why = [], {"PYTHONPATH": path}, "the websockets library is not installed (pip install 'prun[ws]')"
+        args, env, why = [], {"PYTHONPATH": path}, "the websockets library is not installed (pip install 'prun-cluster[ws]')"
     master = prun("wsapp:app", "-b", "127.0.0.1:0", *args, env=env)
     port = master.wait_ready()
     for _ in range(2):

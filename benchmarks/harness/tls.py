@@ -30,10 +30,14 @@ def make_certificate(directory: Path) -> Certificate:
     directory.mkdir(parents=True, exist_ok=True)
     p256 = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
     run(*p256, "-out", "ca.key")
-    run("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    # A CA with the key usage and a server certificate with the key identifiers that strict verification (the
+    # default of ssl.create_default_context from Python 3.13) asks for.
+    run("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     run(*p256, "-out", "server.key")
     run("req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nsubjectKeyIdentifier=hash\n"
+                                       "authorityKeyIdentifier=keyid,issuer\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "1", "-days", "2",
         "-out", "server.pem", "-extfile", "san.ext")
     return Certificate(directory / "ca.pem", directory / "server.pem", directory / "server.key")

@@ -6,7 +6,7 @@
 
 The apps come from the daemon (`describe all`: one RPC per refresh), each app's workers with them (the
 daemon asks each master over its control channel); cpu and memory of each worker
-from psutil; requests/s from two successive request counts. Drawn with rich (the `prun[monit]` extra),
+from psutil; requests/s from two successive request counts. Drawn with rich (the `prun-cluster[monit]` extra),
 which only this command imports.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from prun.cluster.commands import client
+from prun.runtime import install_hint
 
 REFRESH = 1.0
 
@@ -135,7 +136,7 @@ def command() -> None:
         from rich.console import Console
         from rich.live import Live
     except ImportError:
-        raise click.ClickException("prun monit needs rich: pip install 'prun[monit]'") from None
+        raise click.ClickException(f"prun monit needs rich: {install_hint('monit')}") from None
     if not sys.stdin.isatty():
         raise click.ClickException("prun monit needs a terminal")
     monitor = Monitor()

@@ -103,8 +103,8 @@ class ForkSupervisor:
             # process group, which the kill signal goes to (a shell and what it runs, together)
             pipes = self.output_pipes()
             try:
-                proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, process_group=0,
-                                        preexec_fn=die_with_parent(),
+                proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent(new_group=True),
                                         stdout=pipes["stdout"][1] if pipes else None,
                                         stderr=pipes["stderr"][1] if pipes else None)
             finally:

@@ -282,9 +282,10 @@ def group_alive(pgid: int) -> bool:
 # ---- children that die with their parent --------------------------------------------------------------
 
 
-def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None]:
+def die_with_parent(signum: int = signal.SIGKILL, new_group: bool = False) -> Callable[[], None]:
     """A preexec_fn for Popen: the child gets `signum` when the process starting it dies (PR_SET_PDEATHSIG),
-    and at once if that happened already.
+    and at once if that happened already; with `new_group`, it leads a process group of its own (what Popen's
+    process_group=0 does from Python 3.11 on).
 
     For single-threaded parents only (preexec_fn runs Python between fork and exec, where a lock another
     thread held stays locked): the fork-mode supervisor qualifies, the daemon does not (with_parent_death).
@@ -294,6 +295,8 @@ def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None]:
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
 
     def preexec() -> None:
+        if new_group:
+            os.setpgid(0, 0)
         prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
         if os.getppid() != parent:
             os.kill(os.getpid(), signum)

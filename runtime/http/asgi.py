@@ -14,6 +14,11 @@ contextvars Context, as it would with a Task of its own. When the host task is b
 running after its response, e.g. background work, while the next request arrives), the next request
 gets a plain Task.
 
+Entering a task from a protocol callback takes asyncio's private `_enter_task`/`_leave_task` (and, on
+3.10, the private `Task._must_cancel`). Where they are missing (`INLINE` is False) the server keeps to
+public asyncio: no host tasks, and every request runs in a Task of its own, started with
+`loop.create_task`; tests/test_http_protocol.py runs its task tests both ways on each Python.
+
 Host tasks outlive their connections: one that waits idle when its connection closes is parked
 (SPARE_HOSTS at most) and the next connection takes it, so a connection costs no Task creation, start
 and cancellation (about 8 µs together), which with a new connection per request was a third of
@@ -26,7 +31,6 @@ import asyncio
 import contextvars
 import sys
 import types
-from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -37,6 +41,13 @@ from prun.runtime.http.settings import HIGH_WATER
 _DISCONNECT = {"type": "http.disconnect"}  # copied before it is handed out
 SPARE_HOSTS = 256  # idle host tasks kept for the next connections
 
+try:
+    from asyncio.tasks import _enter_task, _leave_task
+
+    INLINE = sys.version_info >= (3, 11) or hasattr(asyncio.Task, "_must_cancel")
+except ImportError:  # pragma: no cover - a Python without them: public asyncio only (a Task per request)
+    INLINE = False
+
 if sys.version_info >= (3, 11):
 
     def _cancel_pending(task: asyncio.Task[Any]) -> bool:
@@ -46,7 +57,8 @@ if sys.version_info >= (3, 11):
 else:
 
     def _cancel_pending(task: asyncio.Task[Any]) -> bool:
-        # Python 3.10 has no Task.cancelling(); a task cancelled before its first step has this private flag set.
+        # Python 3.10 has no Task.cancelling(); a task cancelled before its first step has this private flag set
+        # (INLINE is False without it).
         return bool(getattr(task, "_must_cancel"))  # noqa: B009
 
 
@@ -133,8 +145,10 @@ async def host_main(box: HostBox) -> None:
             proto.host_busy = False
 
 
-def take_host(proto: HttpProtocol) -> asyncio.Task[None]:
-    """A host task for a new connection: a parked one if there is one, else a new one."""
+def take_host(proto: HttpProtocol) -> asyncio.Task[None] | None:
+    """A host task for a new connection: a parked one if there is one, else a new one (none if not INLINE)."""
+    if not INLINE:
+        return None
     spare = proto.shared.spare_hosts
     while spare:
         task: asyncio.Task[None]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
+from prun.runtime import install_hint
 from prun.runtime.http.logs import AccessLog
 from prun.runtime.http.proxy import TrustedProxies
 from prun.runtime.options import WorkerOptions
@@ -78,7 +79,7 @@ class Settings:
         self.ws = options.ws == "auto" and importlib.util.find_spec("websockets") is not None
         self.ws_refusal = "" if self.ws else (
             "WebSocket is off (--ws none)" if options.ws == "none"
-            else "the websockets library is not installed (pip install 'prun[ws]')"
+            else f"the websockets library is not installed ({install_hint('ws')})"
         )  # fmt: skip
         self.ws_max_size = options.ws_max_size or None  # 0: no limit
         self.ws_ping_interval = options.ws_ping_interval  # 0: no pings
@@ -89,7 +90,7 @@ class Settings:
         # HTTP/2 (h2conn.py): on when the h2 library imports, unless --http 1; --http 2 requires it.
         self.http2 = http2_on(options)
         if options.http == "2" and not self.http2:
-            raise BootError("--http 2 needs the h2 library, which is not installed: pip install 'prun[http2]'")
+            raise BootError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
         self.http2_max_streams = max(1, options.http2_max_streams)
 
 
