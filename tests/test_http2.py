@@ -262,6 +262,8 @@ def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[n
 FRAMEWORKS = [  # (tests/apps/h2frameworks.py)
     ("h2frameworks:fastapi_app", "asgi"),
     ("h2frameworks:starlette_app", "asgi"),
+    ("h2frameworks:quart_app", "asgi"),
+    ("h2frameworks:litestar_app", "asgi"),
     ("h2frameworks:flask_app", "wsgi"),
     ("h2frameworks:django_asgi", "asgi"),
     ("h2frameworks:django_wsgi", "wsgi"),

@@ -7,6 +7,8 @@ The module is also its own Django settings module (DJANGO_SETTINGS_MODULE=h2fram
 import json
 
 import flask
+import litestar
+import quart
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -46,6 +48,28 @@ async def starlette_item(request):  # type: ignore[no-untyped-def]
 
 
 starlette_app = Starlette(routes=[Route("/items/{item:int}", starlette_item, methods=["GET", "POST"])])
+
+quart_app = quart.Quart("h2frameworks")
+
+
+@quart_app.route("/items/<int:item>", methods=["GET", "POST"])
+async def quart_item(item: int):  # type: ignore[no-untyped-def]
+    if quart.request.method == "POST":
+        return quart.jsonify(_answer(item, "", "", len(await quart.request.get_data())))
+    return quart.jsonify(_answer(item, quart.request.args.get("q", ""), quart.request.headers.get("x-token", ""), None))
+
+
+@litestar.get("/items/{item:int}")
+async def litestar_get(item: int, request: litestar.Request, q: str = "") -> dict:  # type: ignore[type-arg]
+    return _answer(item, q, request.headers.get("x-token", ""), None)
+
+
+@litestar.post("/items/{item:int}", status_code=200)
+async def litestar_post(item: int, request: litestar.Request) -> dict:  # type: ignore[type-arg]
+    return _answer(item, "", "", len(await request.body()))
+
+
+litestar_app = litestar.Litestar(route_handlers=[litestar_get, litestar_post])
 
 flask_app = flask.Flask("h2frameworks")
 
