@@ -35,7 +35,7 @@ class Mount:
 
 def cgroup_cpu_limit(proc: str = "/proc/self") -> int | None:
     """The CPU quota of the process `proc` describes, in whole CPUs rounded up; None if none is set."""
-    mounts = _mounts(os.path.join(proc, "mountinfo"))
+    mounts = cgroup_mounts(os.path.join(proc, "mountinfo"))
     limits: list[int] = []
     try:
         with open(os.path.join(proc, "cgroup")) as groups:
@@ -105,7 +105,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _mounts(path: str) -> list[Mount]:
+def cgroup_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
     """The cgroup mounts in a mountinfo file (fields: id parent dev root point options ... - fstype source super)."""
     found: list[Mount] = []
     try:

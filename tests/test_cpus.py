@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prun.cluster.cpus import Mount, _mounts, cgroup_cpu_limit, cpu_count
+from prun.cluster.cpus import Mount, cgroup_cpu_limit, cgroup_mounts, cpu_count
 from tests.support import prun_command, running, wait_until
 
 # ---- made-up trees -----------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_a_mount_point_with_a_space_is_unescaped(tmp_path: Path) -> None:
 
 
 def cgroup_mount(version: str) -> Mount | None:
-    for mount in _mounts("/proc/self/mountinfo"):
+    for mount in cgroup_mounts("/proc/self/mountinfo"):
         if version == "v2" and mount.fstype == "cgroup2":
             return mount
         if version == "v1" and mount.fstype == "cgroup" and "cpu" in mount.options:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from prun.cluster.cpus import cgroup_mounts
+
 PREFIX = "prun-"
 
 # `sh -c SCRIPT PROCS ARGV...`: writes its own pid into PROCS ("$0"), then becomes ARGV (same pid, same
@@ -130,20 +132,4 @@ def own_group() -> str | None:
 
 def _cgroup2_mount() -> tuple[str, str] | None:
     """(root within the hierarchy, mount point) of the first cgroup2 mount (/proc/self/mountinfo)."""
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            for line in mounts:
-                fields, _, rest = line.partition(" - ")
-                if rest.split(" ", 1)[0] == "cgroup2":
-                    parts = fields.split()
-                    return _unescape(parts[3]), _unescape(parts[4])
-    except OSError:
-        return None
-    return None
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(escaped, plain)
-    return field
+    return next(((m.root, m.point) for m in cgroup_mounts() if m.fstype == "cgroup2"), None)
