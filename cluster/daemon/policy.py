@@ -12,6 +12,7 @@ options (cluster/options.py), read here from the spec's run_args.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 NAMES = ("max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay")
@@ -26,10 +27,9 @@ class Policy:
 
     @classmethod
     def from_run_args(cls, run_args: list[str]) -> Policy:
-        """The policy in `prun run` arguments (each option's default where it is not given)."""
-        from prun.cluster.options import values_in
-
-        return cls(**values_in(run_args, NAMES))
+        """The policy in `prun run` arguments (each option's default where it is not given); parsed once per
+        set of arguments (the daemon asks at every exit of an app's master)."""
+        return _parsed(tuple(run_args))
 
     def delay(self, failures: int) -> float:
         from prun.cluster.supervision import restart_delay
@@ -38,3 +38,10 @@ class Policy:
 
     def gives_up(self, unstable: int) -> bool:
         return bool(self.max_restarts) and unstable > self.max_restarts
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(run_args: tuple[str, ...]) -> Policy:
+    from prun.cluster.options import values_in
+
+    return Policy(**values_in(list(run_args), NAMES))
