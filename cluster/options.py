@@ -394,7 +394,8 @@ class Config:
         reload=True)
     interface: str = option(Choice(*INTERFACES), "auto", "How to serve APP (auto: tell from its shape).",
         worker=True, reload=True)
-    name: str = option(parse_name, "", f"The app's name in process titles and logs: {names.RULE}.", worker=True)
+    name: str = option(parse_name, "", "The app's name in its logs and JSON records (the master's title shows it "
+        f"with its arguments): {names.RULE}.", worker=True)
     env: dict[str, str] = option(parse_env, {}, "Set a variable in the workers; repeatable (a table in a config "
         "file).", metavar="KEY=VALUE", multiple=True, worker=True, reload=True, show_values=False)
     env_file: str = option(parse_str, "", "A dotenv file (KEY=VALUE lines) read into the workers' environment, as "
