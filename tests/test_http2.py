@@ -292,3 +292,16 @@ def test_http_1_serves_http11_only(prun) -> None:  # type: ignore[no-untyped-def
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(PREFACE)  # prior knowledge is refused as any malformed HTTP/1.1 request
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def test_proxy_headers_root_path_and_the_access_log_over_http2(prun) -> None:  # type: ignore[no-untyped-def]
+    """What HTTP/1.1 requests get from prun, HTTP/2 streams get too: the client and scheme a trusted proxy
+    names, --root-path, and an access log line."""
+    master, port = start(prun, "--access-log", "common", "--root-path", "/api")
+    forwarded = {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"}
+    with httpx.Client(http1=False, http2=True) as client:
+        reply = client.get(f"http://127.0.0.1:{port}/client", headers=forwarded)
+    assert reply.http_version == "HTTP/2" and reply.text == "203.0.113.7 https '/api' /api/client"
+    h1 = httpx.get(f"http://127.0.0.1:{port}/client", headers=forwarded)
+    assert h1.text == reply.text
+    master.wait_for(r'203\.0\.113\.7 - - \[[^]]+\] "GET /api/client HTTP/2" 200 ')  # the access log's line

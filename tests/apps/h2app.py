@@ -43,6 +43,8 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
             pass
         disconnects += 1
         return
+    elif path.endswith("/client"):  # (with --root-path, path begins with it, as in uvicorn)
+        body = f"{scope['client'][0]} {scope['scheme']} {scope['root_path']!r} {path}".encode()
     elif path == "/disconnects":
         body = str(disconnects).encode()
     elif path == "/trailers":
