@@ -21,6 +21,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    InformationalResponseReceived,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -39,6 +40,7 @@ class Response:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     reset: int | None = None  # the RST_STREAM error code, if the server reset the stream
     ended: bool = False
+    informational: list[int] = field(default_factory=list)  # the 1xx statuses before the response
 
     def header(self, name: bytes) -> bytes | None:
         return next((v for n, v in self.headers if n == name), None)
@@ -136,6 +138,9 @@ class H2Wire:
             assert response is not None
             response.headers = list(event.headers)
             response.status = int(dict(event.headers)[b":status"])
+        elif isinstance(event, InformationalResponseReceived):
+            assert response is not None
+            response.informational.append(int(dict(event.headers)[b":status"]))
         elif isinstance(event, DataReceived):
             assert response is not None
             response.body += event.data

@@ -305,3 +305,16 @@ def test_proxy_headers_root_path_and_the_access_log_over_http2(prun) -> None:  #
     h1 = httpx.get(f"http://127.0.0.1:{port}/client", headers=forwarded)
     assert h1.text == reply.text
     master.wait_for(r'203\.0\.113\.7 - - \[[^]]+\] "GET /api/client HTTP/2" 200 ')  # the access log's line
+
+
+def test_expect_100_continue_over_http2(prun) -> None:  # type: ignore[no-untyped-def]
+    """A client that asks for 100-continue gets it once the app reads the body, and only then sends it."""
+    master, port = start(prun)
+    wire = H2Wire(port)
+    sid = wire.request("/echo", "POST", headers=[("expect", "100-continue"), ("content-length", "5")], end=False)
+    assert wire.wait(lambda: wire.responses[sid].informational == [100])
+    assert wire.responses[sid].status == 0  # not the response yet: the app waits for the body
+    wire.send_body(sid, b"hello")
+    assert wire.wait(lambda: wire.responses[sid].ended)
+    assert (wire.responses[sid].status, wire.responses[sid].body) == (
+        200, f"5 {hashlib.sha256(b'hello').hexdigest()}".encode())
