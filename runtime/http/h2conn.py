@@ -55,7 +55,7 @@ from prun.runtime.http.exchange import write_stalled
 from prun.runtime.http.h2output import StreamOutput
 from prun.runtime.http.h2scope import request_scope
 from prun.runtime.http.logs import log_line
-from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared
+from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared, addresses
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PREFACE_END = b"SM\r\n\r\n"
@@ -150,14 +150,7 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        if isinstance(peer, tuple):
-            self.client = (peer[0], peer[1])
-        if isinstance(local, tuple):
-            self.sockname = (local[0], local[1])
-        elif local:
-            self.sockname = (local, None)
+        self.client, self.sockname = addresses(transport)
         shared = self.shared
         if shared.make_host is not None:
             self.host = shared.make_host(self)

@@ -155,13 +155,7 @@ class StreamOutput:
         self.blocked.pop(ex.stream_id, None)
         self.held.discard(ex)
         self.app_ended(ex)  # (an app that completed inline never calls app_done)
-        shared = self.shared
-        shared.requests += 1
-        if shared.requests == shared.request_limit:
-            shared.on_limit()
-        access_log = self.settings.access_log
-        if access_log is not None:
-            access_log.write(ex.scope, ex.status, ex.sent, self.loop.time() - ex.start_time)
+        self.shared.served(ex, self.settings.access_log, self.loop.time() - ex.start_time)
         if not ex.body_complete and not ex.reset_done:
             # Answered before the client sent its whole body: tell it to stop (RFC 9113 8.1).
             self.reset(ex.stream_id, ErrorCodes.NO_ERROR)

@@ -9,10 +9,9 @@ expect. The per-stream limits are checked here: --limit-request-line (414, on :p
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
 
 from prun.runtime.http.proxy import forwarded
-from prun.runtime.http.settings import Settings
+from prun.runtime.http.settings import Settings, decode_path
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
@@ -69,13 +68,7 @@ def request_scope(conn: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, d
     raw_path, _, query = path.partition(b"?")
     if b"#" in query:
         query = query.partition(b"#")[0]
-    if b"%" in raw_path:
-        text = unquote(raw_path.decode("latin-1"))
-    else:
-        try:
-            text = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            text = raw_path.decode("utf-8", "replace")
+    text = decode_path(raw_path)
     client = conn.client
     if (fwd_for is not None or fwd_proto is not None) and settings.proxy_headers and (
         client is None or client[0] in settings.trusted

@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import unquote
 
 from prun.runtime import install_hint
 from prun.runtime.http.logs import AccessLog
@@ -133,6 +134,14 @@ class Shared:
         self.on_empty: Callable[[], None] = lambda: None  # the last connection closed
         self.tick(clock)
 
+    def served(self, ex: Any, access_log: AccessLog | None, seconds: float) -> None:
+        """A response went out whole (over HTTP/1.1 or on an HTTP/2 stream): count it, and log it."""
+        self.requests += 1
+        if self.requests == self.request_limit:
+            self.on_limit()
+        if access_log is not None:
+            access_log.write(ex.scope, ex.status, ex.sent, seconds)
+
     def tick(self, now: float) -> None:
         """Once a second: the clock, a fresh Date header, and an empty head cache (heads hold the Date)."""
         self.clock = now
@@ -158,3 +167,24 @@ class Shared:
         self.on_change()
         if not self.protocols:
             self.on_empty()
+
+
+def addresses(transport: Any) -> tuple[tuple[str, int] | None, Any]:
+    """A connection's (client, server) as ASGI gives them: (host, port) pairs, a unix socket's server as
+    (path, None); None where the transport does not say."""
+    peer = transport.get_extra_info("peername")
+    local = transport.get_extra_info("sockname")
+    client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+    if isinstance(local, tuple):
+        return client, (local[0], local[1])
+    return client, (local, None) if local else None
+
+
+def decode_path(raw_path: bytes) -> str:
+    """A request's path as ASGI's `path` and WSGI's PATH_INFO carry it: percent-decoded, UTF-8 where it is not ASCII."""
+    if b"%" in raw_path:
+        return unquote(raw_path.decode("latin-1"))
+    try:
+        return raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        return raw_path.decode("utf-8", "replace")
