@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,6 +101,25 @@ def check_numbered(lines: list[bytes], count: int) -> None:
     assert numbers == list(range(count)), f"{len(numbers)} lines, {len(set(numbers))} different"
 
 
+def kill_writers_while(feed: Callable[[], None], logs: Pipes, rng: random.Random, most: int) -> list[int]:
+    """Run `feed` in a thread while the writer is SIGKILLed (at most `most` times, each once it noted its files,
+    at a random moment) and replaced on the same pipes, as runner.py does; the pids killed."""
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    killed: list[int] = []
+    try:
+        while feeder.is_alive() and len(killed) < most:
+            wait_until(lambda: logs.journal_names(logs.writer.pid), what="the writer to note its files")
+            time.sleep(rng.uniform(0, 0.05))
+            logs.writer.kill()
+            logs.writer.wait()
+            killed.append(logs.writer.pid)
+            logs.writer = logs.start(replacing=logs.writer)
+    finally:
+        feeder.join(120)
+    return killed
+
+
 def test_each_line_once_and_whole_whatever_moment_the_writer_is_killed_at(pipes: type[Pipes]) -> None:
     """SIGKILLed 25 times at random moments while frames come: while it writes, rotates, compresses, notes."""
     logs = pipes("--max-size", "16384", "--retain", "100000", "--compress")
@@ -114,19 +133,7 @@ def test_each_line_once_and_whole_whatever_moment_the_writer_is_killed_at(pipes:
             n += len(batch)
             logs.send(logs.frame(OUT, rng.randint(0, 3), b"".join(batch)))
 
-    feeder = threading.Thread(target=feed)
-    feeder.start()
-    killed = []
-    try:
-        while feeder.is_alive() and len(killed) < 25:
-            wait_until(lambda: logs.journal_names(logs.writer.pid), what="the writer to note its files")
-            time.sleep(rng.uniform(0, 0.05))
-            logs.writer.kill()
-            logs.writer.wait()
-            killed.append(logs.writer.pid)
-            logs.writer = logs.start(replacing=logs.writer)
-    finally:
-        feeder.join(120)
+    killed = kill_writers_while(feed, logs, rng, 25)
     assert len(killed) >= 10
     assert logs.close_writing() == 0
     check_numbered(all_lines(logs.out), count)
@@ -151,19 +158,7 @@ def test_the_combined_file_holds_every_line_once_across_killed_writers(pipes: ty
             kind = rng.choice((OUT, ERR))
             logs.send(logs.frame(kind, 1, b"".join(batch)), logs.err_w if kind == ERR else logs.out_w)
 
-    feeder = threading.Thread(target=feed)
-    feeder.start()
-    killed = 0
-    try:
-        while feeder.is_alive() and killed < 8:
-            wait_until(lambda: logs.journal_names(logs.writer.pid), what="the writer to note its files")
-            time.sleep(rng.uniform(0, 0.05))
-            logs.writer.kill()
-            logs.writer.wait()
-            killed += 1
-            logs.writer = logs.start(replacing=logs.writer)
-    finally:
-        feeder.join(120)
+    kill_writers_while(feed, logs, rng, 8)
     assert logs.close_writing() == 0
     check_numbered(sorted(all_lines(combined), key=lambda line: int(line.split()[1])), count)
     written = [line for path in (logs.out, logs.err) for line in all_lines(path) if line.startswith(b"line ")]
