@@ -176,6 +176,8 @@ def validate(config: Config) -> None:
         raise UsageError("--reload-batch must be at least 1")
     if config.http == "2" and importlib.util.find_spec("h2") is None:
         raise UsageError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
+    if config.http != "1" and config.http2_engine == "zttp" and importlib.util.find_spec("zttp") is None:
+        raise UsageError(f"--http2-engine zttp needs the zttp library, which is not installed: {install_hint('zttp')}")
     if config.http2_max_streams < 1:
         raise UsageError("--http2-max-streams must be at least 1")
 

@@ -6,12 +6,14 @@ bounds against HTTP/2 attacks, each checked from the client's side (frames on a 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,13 +32,22 @@ if H2LOAD is None:  # pragma: no cover
     raise RuntimeError("the HTTP/2 tests load prun with h2load: apt-get install nghttp2-client")
 
 
-def start(prun, *args: str):  # type: ignore[no-untyped-def]
-    master = prun("h2app:app", "-b", "127.0.0.1:0", *args)
+# The HTTP/2 protocol libraries prun serves with (--http2-engine): each test taking `engine` runs on both.
+ENGINES = ["h2", "zttp"] if importlib.util.find_spec("zttp") is not None else ["h2"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def start(prun, engine: str, *args: str):  # type: ignore[no-untyped-def]
+    master = prun("h2app:app", "-b", "127.0.0.1:0", "--http2-engine", engine, *args)
     return master, master.wait_ready()
 
 
-def test_prior_knowledge_and_http11_on_one_port(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_prior_knowledge_and_http11_on_one_port(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     response = wire.get("/hello?x=1")
     assert response.status == 200
@@ -57,14 +68,14 @@ def test_prior_knowledge_and_http11_on_one_port(prun) -> None:  # type: ignore[n
     assert "101" not in verbose.stderr
 
 
-def test_tls_alpn_h2_and_http11(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_alpn_h2_and_http11(prun, tmp_path: Path, engine: str) -> None:  # type: ignore[no-untyped-def]
     from tests.test_tls import Pki
 
     pki_dir = tmp_path / "pki"
     pki_dir.mkdir()
     pki = Pki(pki_dir)
     cert, key = pki.issue("server", 2)
-    master = prun("h2app:app", "-b", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key), "-i", "2",
+    master = prun("h2app:app", "-b", "127.0.0.1:0", "--http2-engine", engine, "--certfile", str(cert), "--keyfile", str(key), "-i", "2",
                   "--balance", "shared")
     port = master.wait_ready()
     with httpx.Client(http2=True, verify=pki.client_context()) as client:
@@ -83,8 +94,8 @@ def test_tls_alpn_h2_and_http11(prun, tmp_path: Path) -> None:  # type: ignore[n
     wire.close()
 
 
-def test_h2load_streams_and_the_http11_hot_path_beside(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_h2load_streams_and_the_http11_hot_path_beside(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     out = subprocess.run([str(H2LOAD), "-n", "4000", "-c", "4", "-m", "20", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, timeout=60).stdout
     assert "4000 succeeded, 0 failed, 0 errored" in out, out
@@ -93,8 +104,8 @@ def test_h2load_streams_and_the_http11_hot_path_beside(prun) -> None:  # type: i
     assert "200 succeeded, 0 failed" in out, out
 
 
-def test_request_body_streams_with_flow_control(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_request_body_streams_with_flow_control(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     body = os.urandom(3 * 1024 * 1024)  # 48 times the stream's window: only WINDOW_UPDATEs let it through
     wire = H2Wire(port)
     sids = [wire.request("/echo", method="POST", body=body[: 1024 * 1024 * (i + 1)]) for i in range(2)]
@@ -106,8 +117,8 @@ def test_request_body_streams_with_flow_control(prun) -> None:  # type: ignore[n
     assert response.status == 200 and response.body == b"x" * (16 * 65536)
 
 
-def test_trailers_disconnect_and_an_app_failing_mid_response(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_trailers_disconnect_and_an_app_failing_mid_response(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     response = wire.get("/trailers")
     assert response.body == b"with trailers" and response.trailers == [(b"x-checksum", b"abc")]
@@ -121,8 +132,8 @@ def test_trailers_disconnect_and_an_app_failing_mid_response(prun) -> None:  # t
     master.wait_for(r"broken mid-response")
 
 
-def test_wsgi_streams_on_the_thread_pool(prun) -> None:  # type: ignore[no-untyped-def]
-    master = prun("h2app:wsgi", "-b", "127.0.0.1:0", "--interface", "wsgi")
+def test_wsgi_streams_on_the_thread_pool(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master = prun("h2app:wsgi", "-b", "127.0.0.1:0", "--http2-engine", engine, "--interface", "wsgi")
     port = master.wait_ready()
     wire = H2Wire(port)
     assert wire.get("/w").body == b"HTTP/2 GET /w"
@@ -133,8 +144,8 @@ def test_wsgi_streams_on_the_thread_pool(prun) -> None:  # type: ignore[no-untyp
     assert wire.get("/stream").body == b"part0;part1;part2;"
 
 
-def test_limits_per_stream(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "--limit-request-body", "1000", "--limit-request-line", "100",
+def test_limits_per_stream(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine, "--limit-request-body", "1000", "--limit-request-line", "100",
                          "--limit-request-header-size", "4000")
     wire = H2Wire(port)
     assert wire.get("/" + "a" * 200).status == 414
@@ -146,8 +157,8 @@ def test_limits_per_stream(prun) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("balance", ["shared", "leastconn"])
-def test_reloads_lose_no_stream(prun, balance: str) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "-i", "2", "--balance", balance)
+def test_reloads_lose_no_stream(prun, balance: str, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine, "-i", "2", "--balance", balance)
     with H2Load(port, clients=4, streams=8) as load:
         wait_until(lambda: load.ok >= 200, what="streams before the reloads")
         for _ in range(4):
@@ -163,8 +174,8 @@ def goaway_code(wire: H2Wire, timeout: float = 10.0) -> int | None:
     return None if event is None else event.error_code
 
 
-def test_rapid_reset_is_bounded(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "--http2-max-streams", "20")
+def test_rapid_reset_is_bounded(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine, "--http2-max-streams", "20")
     wire = H2Wire(port)
     for _ in range(600):
         sid = wire.conn.get_next_available_stream_id()
@@ -179,8 +190,8 @@ def test_rapid_reset_is_bounded(prun) -> None:  # type: ignore[no-untyped-def]
     assert int(other.get("/most").body) <= 20  # never more apps running than --http2-max-streams
 
 
-def test_continuation_flood_ends_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_continuation_flood_ends_in_goaway(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     block = Encoder().encode([(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")])
     frames = [HeadersFrame(1, data=block[:2]).serialize()]  # no END_HEADERS: CONTINUATION must follow
@@ -189,14 +200,15 @@ def test_continuation_flood_ends_in_goaway(prun) -> None:  # type: ignore[no-unt
         wire.send_raw(b"".join(frames))
     except (BrokenPipeError, ConnectionResetError):
         pass  # closed before all of it was sent
-    assert goaway_code(wire) == ErrorCodes.PROTOCOL_ERROR
+    # h2 ends it at its 64th frame as a protocol error; zttp at 16 frames or 64 KB, as a flood.
+    assert goaway_code(wire) == (ErrorCodes.PROTOCOL_ERROR if engine == "h2" else ErrorCodes.ENHANCE_YOUR_CALM)
     assert wire.wait_closed()
     assert H2Wire(port).get("/").status == 200
 
 
 @pytest.mark.parametrize("frame", ["ping", "settings"])
-def test_control_frame_floods_end_in_goaway(prun, frame: str) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_control_frame_floods_end_in_goaway(prun, frame: str, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     one = PingFrame(0, opaque_data=b"12345678") if frame == "ping" else SettingsFrame(0)
     try:
@@ -208,8 +220,8 @@ def test_control_frame_floods_end_in_goaway(prun, frame: str) -> None:  # type: 
     assert H2Wire(port).get("/").status == 200
 
 
-def test_hpack_bomb_ends_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun)
+def test_hpack_bomb_ends_in_goaway(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     # A 4 KB header enters the dynamic table (index 62) with a request under the limits, then one header
     # block refers to it 1,000 times: 4 MB once decoded, from a 1 KB block.
@@ -220,26 +232,67 @@ def test_hpack_bomb_ends_in_goaway(prun) -> None:  # type: ignore[no-untyped-def
     assert H2Wire(port).get("/").status == 200
 
 
-def test_too_many_concurrent_streams_end_in_goaway(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "--http2-max-streams", "10")
+def test_too_many_concurrent_streams_end_in_goaway(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine, "--http2-max-streams", "10")
     wire = H2Wire(port)
-    encoder = Encoder()
-    frames = [HeadersFrame(2 * i + 1, data=encoder.encode([(":method", "GET"), (":path", "/slow?5"), (":scheme", "http"),
-                                                           (":authority", "x")]),
-                           flags=["END_HEADERS", "END_STREAM"]).serialize() for i in range(11)]
-    wire.send_raw(b"".join(frames))  # the 11th is beyond SETTINGS_MAX_CONCURRENT_STREAMS
-    assert goaway_code(wire) == ErrorCodes.PROTOCOL_ERROR
+    if engine == "h2":
+        encoder = Encoder()
+        frames = [HeadersFrame(2 * i + 1, data=encoder.encode([(":method", "GET"), (":path", "/slow?5"), (":scheme", "http"),
+                                                               (":authority", "x")]),
+                               flags=["END_HEADERS", "END_STREAM"]).serialize() for i in range(11)]
+        wire.send_raw(b"".join(frames))  # the 11th is beyond SETTINGS_MAX_CONCURRENT_STREAMS
+        assert goaway_code(wire) == ErrorCodes.PROTOCOL_ERROR  # h2 makes it a connection error
+    else:
+        # zttp's bound is its own (128): prun refuses the stream beyond --http2-max-streams, the others are
+        # served. (Sent before the client read the server's SETTINGS, so the client does not hold the 11th back.)
+        sids = [wire.request("/slow?2") for _ in range(11)]
+        assert wire.response(sids[-1], timeout=5).reset == ErrorCodes.REFUSED_STREAM
+        assert [wire.response(sid, timeout=15).body for sid in sids[:-1]] == [b"slow"] * 10
     assert H2Wire(port).get("/").status == 200
 
-
-def test_a_window_held_shut_resets_the_stream(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "--timeout-write", "1")
+def test_a_window_held_shut_resets_the_stream(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine, "--timeout-write", "1")
     wire = H2Wire(port, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})  # a reader that never opens its window
     sid = wire.request("/big")
     response = wire.response(sid, timeout=15)
     assert response.reset == ErrorCodes.CANCEL and response.body == b""
     master.wait_for(r"reset an HTTP/2 stream .* window stayed shut")
     assert H2Wire(port).get("/").status == 200
+
+
+def test_a_body_the_app_does_not_read_is_held_back(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
+    wire = H2Wire(port)
+    sid = wire.request("/slow?1", method="POST", end=False)  # an app that sleeps and never reads its body
+    sent, chunk = 0, b"b" * 16384
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
+        window = min(wire.conn.local_flow_control_window(sid), len(chunk))
+        if window <= 0:  # the server's windows are shut: read what it sends (a WINDOW_UPDATE would open them)
+            wire.sock.settimeout(0.05)
+            try:
+                wire.read_once()
+            except TimeoutError:
+                pass
+            continue
+        wire.conn.send_data(sid, chunk[:window])
+        wire.flush()
+        sent += window
+    # h2 holds the stream's window shut; on zttp (which acknowledges what it reads), the connection stops reading.
+    assert sent < 1024 * 1024, sent
+    assert wire.response(sid, timeout=15).status == 200  # answered without the rest of its body
+    assert wire.get("/after").status == 200  # and the connection serves on
+
+
+def test_a_connection_past_zttps_bound_of_streams_moves_on_without_losing_one(prun) -> None:  # type: ignore[no-untyped-def]
+    if "zttp" not in ENGINES:  # pragma: no cover
+        pytest.fail("zttp is in the test extra on Python 3.11 and later")
+    master, port = start(prun, "zttp")
+    with H2Load(port, clients=1, streams=10) as load:
+        # zttp ends a connection after 4,096 streams: prun sends it away with GOAWAY from its 3,000th stream.
+        wait_until(lambda: load.ok >= 7000, timeout=120, what="7,000 streams on one client")
+    assert load.failed == 0, load.errors
+    assert load.connections >= 3
 
 
 def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -257,22 +310,33 @@ def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[n
         sock.sendall(PREFACE)
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
     assert "HTTP/2" not in master.output and "h2 library" not in master.output
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['zttp'] = None\n")
+    with running("h2app:app", "-b", "127.0.0.1:0", "--http2-engine", "zttp", env=env) as refused:
+        assert refused.wait_exit() == 2
+        assert refused.output.strip().splitlines() == [
+            "prun: error: --http2-engine zttp needs the zttp library, which is not installed: "
+            "pip install 'prun-cluster[zttp]'"]
 
 
-FRAMEWORKS = [  # (tests/apps/h2frameworks.py)
-    ("h2frameworks:fastapi_app", "asgi"),
-    ("h2frameworks:starlette_app", "asgi"),
-    ("h2frameworks:quart_app", "asgi"),
-    ("h2frameworks:litestar_app", "asgi"),
-    ("h2frameworks:flask_app", "wsgi"),
-    ("h2frameworks:django_asgi", "asgi"),
-    ("h2frameworks:django_wsgi", "wsgi"),
+FRAMEWORKS = [  # (tests/apps/h2frameworks.py): every one on h2, three of them on zttp too
+    ("h2frameworks:fastapi_app", "asgi", "h2"),
+    ("h2frameworks:starlette_app", "asgi", "h2"),
+    ("h2frameworks:quart_app", "asgi", "h2"),
+    ("h2frameworks:litestar_app", "asgi", "h2"),
+    ("h2frameworks:flask_app", "wsgi", "h2"),
+    ("h2frameworks:django_asgi", "asgi", "h2"),
+    ("h2frameworks:django_wsgi", "wsgi", "h2"),
+    *[(target, interface, "zttp") for target, interface in (("h2frameworks:fastapi_app", "asgi"),
+                                                            ("h2frameworks:flask_app", "wsgi"),
+                                                            ("h2frameworks:django_asgi", "asgi")) if "zttp" in ENGINES],
 ]
 
 
-@pytest.mark.parametrize(("target", "interface"), FRAMEWORKS, ids=[t.split(":")[1] for t, _ in FRAMEWORKS])
-def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, interface: str) -> None:  # type: ignore[no-untyped-def]
-    master = prun(target, "-b", "127.0.0.1:0", "--interface", interface, env={"DJANGO_SETTINGS_MODULE": "h2frameworks"})
+@pytest.mark.parametrize(("target", "interface", "engine"), FRAMEWORKS,
+                         ids=[f"{t.split(':')[1]}-{e}" for t, _, e in FRAMEWORKS])
+def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, interface: str, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master = prun(target, "-b", "127.0.0.1:0", "--interface", interface, "--http2-engine", engine,
+                  env={"DJANGO_SETTINGS_MODULE": "h2frameworks"})
     port = master.wait_ready()
     url = f"http://127.0.0.1:{port}/items/7?q=x"
     h1 = httpx.get(url, headers={"x-token": "t"})
@@ -287,17 +351,17 @@ def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, int
 
 
 def test_http_1_serves_http11_only(prun) -> None:  # type: ignore[no-untyped-def]
-    master, port = start(prun, "--http", "1")
+    master, port = start(prun, "h2", "--http", "1")
     assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("1.1 GET")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(PREFACE)  # prior knowledge is refused as any malformed HTTP/1.1 request
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
 
 
-def test_proxy_headers_root_path_and_the_access_log_over_http2(prun) -> None:  # type: ignore[no-untyped-def]
+def test_proxy_headers_root_path_and_the_access_log_over_http2(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
     """What HTTP/1.1 requests get from prun, HTTP/2 streams get too: the client and scheme a trusted proxy
     names, --root-path, and an access log line."""
-    master, port = start(prun, "--access-log", "common", "--root-path", "/api")
+    master, port = start(prun, engine, "--access-log", "common", "--root-path", "/api")
     forwarded = {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"}
     with httpx.Client(http1=False, http2=True) as client:
         reply = client.get(f"http://127.0.0.1:{port}/client", headers=forwarded)
@@ -307,9 +371,9 @@ def test_proxy_headers_root_path_and_the_access_log_over_http2(prun) -> None:  #
     master.wait_for(r'203\.0\.113\.7 - - \[[^]]+\] "GET /api/client HTTP/2" 200 ')  # the access log's line
 
 
-def test_expect_100_continue_over_http2(prun) -> None:  # type: ignore[no-untyped-def]
+def test_expect_100_continue_over_http2(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
     """A client that asks for 100-continue gets it once the app reads the body, and only then sends it."""
-    master, port = start(prun)
+    master, port = start(prun, engine)
     wire = H2Wire(port)
     sid = wire.request("/echo", "POST", headers=[("expect", "100-continue"), ("content-length", "5")], end=False)
     assert wire.wait(lambda: wire.responses[sid].informational == [100])

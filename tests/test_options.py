@@ -84,7 +84,7 @@ def test_every_option_is_a_toml_key_and_an_environment_variable(tmp_path):
                "cert_reqs": "required", "ciphers": "ECDHE+AESGCM", "tls_groups": "X25519",
                "tls_profile": "intermediate", "limit_tls_handshakes": 16,
                "ws": "none", "ws_max_size": 12, "ws_ping_interval": 1.5, "ws_ping_timeout": 2.5, "ws_max_queue": 3,
-               "http": "1", "http2_max_streams": 7,
+               "http": "1", "http2_max_streams": 7, "http2_engine": "zttp",
                "max_restarts": 4, "min_uptime": "500ms", "restart_delay": "2s", "exp_backoff_restart_delay": 250,
                "stop_exit_codes": [3, 4], "autorestart": False, "unix_mode": "0660", "unix_group": grp.getgrgid(os.getgid()).gr_name,
                "instance_var": "NODE_APP_INSTANCE", "kill_signal": "SIGTERM", "kill_timeout": "3s",

@@ -43,7 +43,6 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
-    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -75,7 +74,7 @@ def take_over(proto: Any, data: bytes | memoryview) -> bool:
     """
     if proto.current is not None or proto.queue or proto.parsing is not None:
         return False  # the preface after an HTTP/1.1 request: not HTTP/2 with prior knowledge
-    conn = H2Protocol(proto.settings, proto.shared, proto.loop)
+    conn = proto.shared.h2_protocol_cls(proto.settings, proto.shared, proto.loop)
     proto.closing = proto.closed = True
     proto.parser = None
     if proto.host is not None:
@@ -98,19 +97,8 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         self.settings = settings
         self.shared = shared
         self.loop = loop
-        config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
-                                 normalize_outbound_headers=False)
-        self.conn = conn = H2Connection(config=config)
         self.max_streams = settings.http2_max_streams
-        conn.local_settings = H2Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limit_header,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-        })
-        # What the HPACK decoder may inflate a header block to before the connection is torn down (a bomb);
-        # a block over --limit-request-header-size but within this gets 431 on its stream only.
-        conn.decoder.max_header_list_size = 4 * settings.limit_header + 4096
+        self.conn: Any = self.new_connection(settings)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
         self.sockname: Any = None
@@ -145,6 +133,22 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         self.host_box: Any = None
         self.host_busy = False
         self.host_job: Any = None
+
+    def new_connection(self, settings: Settings) -> Any:
+        """The protocol library's connection state (h2's H2Connection; h2zttp.py gives zttp's instead)."""
+        config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
+        conn = H2Connection(config=config)
+        conn.local_settings = H2Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limit_header,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        })
+        # What the HPACK decoder may inflate a header block to before the connection is torn down (a bomb);
+        # a block over --limit-request-header-size but within this gets 431 on its stream only.
+        conn.decoder.max_header_list_size = 4 * settings.limit_header + 4096
+        return conn
 
     # -- connection events --------------------------------------------------------------------------
 
@@ -234,8 +238,8 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         self.preface_left = False
         return PREFACE + data[end + len(PREFACE_END) :]
 
-    def on_request(self, event: RequestReceived) -> None:
-        sid = event.stream_id
+    def on_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool, method: bytes = b"",
+                   path: bytes = b"") -> None:
         shared = self.shared
         if sid > self.last_stream or self.lingering:
             self.refuse(sid)  # after the drain's last GOAWAY: the client retries it on a new connection
@@ -249,9 +253,9 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
             if self.resets > RESETS_PER_SECOND:
                 self.enhance_calm(f"{self.resets} streams reset or refused within a second (rapid reset)")
             return
-        status, scope, expect, head = request_scope(self, event.headers)
+        status, scope, expect, head = request_scope(self, headers, method, path)
         if scope is None:
-            self.respond_error(sid, status, head)
+            self.respond_error(sid, status, head, not ended)
             return
         ex = shared.h2_exchange_cls(self, scope, True, expect)
         ex.stream_id = sid
@@ -261,20 +265,17 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         self.idle_since = 0.0
         if head:
             ex.head_only = True
-        if event.stream_ended is not None:
+        if ended:
             ex.complete()
         ex.run()
 
-    def on_data(self, event: DataReceived) -> None:
-        sid = event.stream_id
-        flow = event.flow_controlled_length
+    def on_data(self, sid: int, data: bytes, flow: int, ended: bool) -> None:
         ex = self.streams.get(sid)
         if ex is None or ex.disconnected or ex.finished:
             if flow:
                 self.ack(flow, sid)
             return
-        data = event.data
-        if not data and event.stream_ended is None:
+        if not data and not ended:
             self.count_control()
         ex.received += len(data)
         if ex.received > self.settings.limit_body:
@@ -291,17 +292,14 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
                 self.held.add(ex)
                 self.read_paused = True
 
-    def on_end(self, event: StreamEnded) -> None:
-        ex = self.streams.get(event.stream_id)
+    def on_end(self, sid: int) -> None:
+        ex = self.streams.get(sid)
         if ex is not None:
             ex.complete()
 
-    def on_trailers(self, event: TrailersReceived) -> None:
-        pass  # (ASGI has no request trailers; StreamEnded follows)
-
-    def on_reset(self, event: StreamReset) -> None:
-        ex = self.streams.pop(event.stream_id, None)
-        self.blocked.pop(event.stream_id, None)
+    def on_reset(self, sid: int) -> None:
+        ex = self.streams.pop(sid, None)
+        self.blocked.pop(sid, None)
         if ex is None:
             return
         self.held.discard(ex)
@@ -314,29 +312,26 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
                 self.enhance_calm(f"{self.resets} streams reset by the client within a second (rapid reset)")
         self.stream_gone()
 
-    def on_window(self, event: WindowUpdated) -> None:
-        if event.stream_id:
-            ex = self.blocked.get(event.stream_id)
+    def on_window(self, sid: int) -> None:
+        if sid:
+            ex = self.blocked.get(sid)
             if ex is not None:
                 self.push(ex)
         else:
             for ex in list(self.blocked.values()):
                 self.push(ex)
 
-    def on_settings(self, event: RemoteSettingsChanged) -> None:
+    def on_settings(self, window_changed: bool) -> None:
         self.count_control()
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if window_changed:
             for ex in list(self.blocked.values()):
                 self.push(ex)
 
-    def on_control(self, event: Any) -> None:
-        self.count_control()
-
-    def on_ping_ack(self, event: PingAckReceived) -> None:
-        if event.ping_data == GOAWAY_PING and self.goaway_first and self.last_stream == MAX_STREAM_ID:
+    def on_ping_ack(self, data: bytes) -> None:
+        if data == GOAWAY_PING and self.goaway_first and self.last_stream == MAX_STREAM_ID:
             self.goaway_last()
 
-    def on_terminated(self, event: ConnectionTerminated) -> None:
+    def on_terminated(self) -> None:
         # The client's GOAWAY: no new stream will come; close once the ones in progress are answered.
         self.last_stream = min(self.last_stream, self.conn.highest_inbound_stream_id)
         if not self.streams:
@@ -517,16 +512,17 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "a unix socket"
 
 
+# h2's events, each to the H2Protocol method that takes it.
 _HANDLERS: dict[type, Any] = {
-    RequestReceived: H2Protocol.on_request,
-    DataReceived: H2Protocol.on_data,
-    StreamEnded: H2Protocol.on_end,
-    StreamReset: H2Protocol.on_reset,
-    WindowUpdated: H2Protocol.on_window,
-    RemoteSettingsChanged: H2Protocol.on_settings,
-    PingReceived: H2Protocol.on_control,
-    PriorityUpdated: H2Protocol.on_control,
-    PingAckReceived: H2Protocol.on_ping_ack,
-    ConnectionTerminated: H2Protocol.on_terminated,
-    TrailersReceived: H2Protocol.on_trailers,
+    RequestReceived: lambda p, e: p.on_request(e.stream_id, e.headers, e.stream_ended is not None),
+    DataReceived: lambda p, e: p.on_data(e.stream_id, e.data, e.flow_controlled_length, e.stream_ended is not None),
+    StreamEnded: lambda p, e: p.on_end(e.stream_id),
+    StreamReset: lambda p, e: p.on_reset(e.stream_id),
+    WindowUpdated: lambda p, e: p.on_window(e.stream_id),
+    RemoteSettingsChanged: lambda p, e: p.on_settings(SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings),
+    PingReceived: lambda p, e: p.count_control(),
+    PriorityUpdated: lambda p, e: p.count_control(),
+    PingAckReceived: lambda p, e: p.on_ping_ack(e.ping_data),
+    ConnectionTerminated: lambda p, e: p.on_terminated(),
+    # (TrailersReceived: ASGI has no request trailers; StreamEnded follows)
 }

@@ -128,7 +128,7 @@ class H2Stream:
         if proto.streams.pop(self.stream_id, None) is not None:
             proto.blocked.pop(self.stream_id, None)
             proto.held.discard(self)
-            proto.respond_error(self.stream_id, status, self.scope.get("method") == "HEAD")
+            proto.respond_error(self.stream_id, status, self.scope.get("method") == "HEAD", not self.body_complete)
             proto.stream_gone()
 
     def app_done(self: Any, exc: BaseException | None) -> None:

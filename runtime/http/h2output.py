@@ -14,7 +14,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 
-from prun.runtime.http.settings import Settings, Shared
+from prun.runtime.http.settings import HEAD_CACHE_SIZE, Settings, Shared
 
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
@@ -58,9 +58,48 @@ class StreamOutput:
         """Send the response head of `ex` (its status and headers, with the date and server); whether it
         ended the stream (`end`, and no body follows)."""
         status = ex.status
+        shared = self.shared
+        # Apps answer with the same few heads over and over: the header list built for one (with the Date,
+        # which is why the cache is emptied every second, as HTTP/1.1's) is reused for the same status and
+        # headers.
+        given = tuple(ex.resp_headers)  # (any iterable of pairs: read once)
+        if given and type(given[0]) is not tuple:
+            given = tuple(map(tuple, given))  # pairs given as lists
+        key: Any = (status, given)
+        try:
+            cached = shared.h2_heads.get(key)
+        except TypeError:  # a name or value that is not hashable (a bytearray): build the list as usual
+            key = cached = None
+        if cached is None:
+            cached = self.header_list(status, given)
+            if key is not None and len(shared.h2_heads) < HEAD_CACHE_SIZE:
+                shared.h2_heads[key] = cached
+        headers, rest, length = cached
+        if status < 200 or status == 204 or status == 304:
+            ex.head_only = True
+        ex.length = length
+        end = end and (not body or ex.head_only)
+        try:
+            self.send_response(ex.stream_id, status, headers, rest, end)
+        except (StreamClosedError, ProtocolError):
+            ex.disconnect()
+            return False
+        if end:
+            ex.out_end = 2
+        self.sent()
+        return end
+
+    def send_response(self, sid: int, status: int, headers: list[tuple[bytes, bytes]],
+                      rest: list[tuple[bytes, bytes]], end: bool) -> None:
+        """Send a response head: `headers` begins with :status, `rest` is what follows it (h2zttp.py sends that)."""
+        self.conn.send_headers(sid, headers, end_stream=end)
+
+    def header_list(self, status: int, given: Any) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], int]:
+        """The HTTP/2 header list of a response (its :status, its headers lower-cased without the hop-by-hop
+        ones, the date and server), the same without :status, and its content-length (-1: none)."""
         headers = [(b":status", _STATUS.get(status) or str(status).encode())]
         length = -1
-        for name, value in ex.resp_headers:
+        for name, value in given:
             name = name.lower()
             if name in _HOP:
                 continue
@@ -69,25 +108,13 @@ class StreamOutput:
             if name == b"content-length":
                 length = int(value)
             headers.append((name, value))
-        if status < 200 or status == 204 or status == 304:
-            ex.head_only = True
-        ex.length = length
         shared = self.shared
         if shared.date_server is not self.date_key:
             self.date_key = shared.date_server
             self.date_headers = [(name, value) for name, _, value in
                                  (line.partition(b": ") for line in shared.date_server.split(b"\r\n") if line)]
         headers += self.date_headers
-        end = end and (not body or ex.head_only)
-        try:
-            self.conn.send_headers(ex.stream_id, headers, end_stream=end)
-        except (StreamClosedError, ProtocolError):
-            ex.disconnect()
-            return False
-        if end:
-            ex.out_end = 2
-        self.sent()
-        return end
+        return headers, headers[1:], length
 
     def informational(self, ex: Any, status: int) -> None:
         try:
@@ -182,8 +209,9 @@ class StreamOutput:
             self.reset(ex.stream_id, code)
             self.stream_gone()
 
-    def respond_error(self, sid: int, status: int, head_only: bool = False) -> None:
-        """A small plain-text response the server makes itself, on stream `sid`."""
+    def respond_error(self, sid: int, status: int, head_only: bool, body_open: bool) -> None:
+        """A small plain-text response the server makes itself, on stream `sid` (`body_open`: the client may
+        still be sending its body)."""
         from http import HTTPStatus
 
         body = b"" if head_only else HTTPStatus(status).phrase.encode() + b"\n"
@@ -196,7 +224,7 @@ class StreamOutput:
         except (StreamClosedError, ProtocolError):
             return
         self.shared.counted()
-        if self.conn.streams.get(sid) is not None and not self.conn.streams[sid].closed:
+        if body_open:
             self.reset(sid, ErrorCodes.NO_ERROR)  # the client may still be sending its body
         self.sent()
 
@@ -211,5 +239,5 @@ class StreamOutput:
         if self.streams.pop(ex.stream_id, None) is not None:
             self.blocked.pop(ex.stream_id, None)
             self.held.discard(ex)
-            self.respond_error(ex.stream_id, 413, ex.head_only)
+            self.respond_error(ex.stream_id, 413, ex.head_only, True)
             self.stream_gone()

@@ -16,14 +16,17 @@ from prun.runtime.http.settings import Settings, decode_path
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
-def request_scope(conn: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None, bool, bool]:
+def request_scope(conn: Any, headers: list[tuple[bytes, bytes]], method: bytes = b"",
+                  path: bytes = b"") -> tuple[int, dict[str, Any] | None, bool, bool]:
     """(status, scope, expect, head) of a request's header list on `conn` (an H2Protocol): the ASGI scope,
-    whether it expects 100-continue and is a HEAD; or a status that refuses it (400, 405, 413, 414, 431)."""
+    whether it expects 100-continue and is a HEAD; or a status that refuses it (400, 405, 413, 414, 431).
+    The method and path come from the list's pseudo-headers (h2), or as arguments (zttp, which gives
+    :authority as a host header)."""
     settings: Settings = conn.settings
-    method = path = authority = b""
+    authority = b""
     scheme = conn.scheme
     plain: list[tuple[bytes, bytes]] = []
-    size = 0
+    size = len(method) + len(path) + 20 if method else 0  # (as the two pseudo-headers count)
     cookies: list[bytes] = []
     fwd_for = fwd_proto = None
     expect = False

@@ -37,6 +37,7 @@ class HttpServer(Server):
                 from prun.runtime.http.h2exchange import WsgiH2Exchange
 
                 shared.h2_exchange_cls = WsgiH2Exchange
+                shared.h2_protocol_cls = h2_protocol_class(settings)
             self.lifespan = Lifespan(app, "off", loop)
             self.executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
                 max_workers=max(1, options.threads), thread_name_prefix="prun-wsgi"
@@ -50,6 +51,7 @@ class HttpServer(Server):
                 from prun.runtime.http.h2exchange import AsgiH2Exchange
 
                 shared.h2_exchange_cls = AsgiH2Exchange
+                shared.h2_protocol_cls = h2_protocol_class(settings)
             shared.make_host = take_host  # one per connection at a time, parked between them (asgi.py)
             shared.release_host = release_host
             self.lifespan = Lifespan(app, options.lifespan, loop)
@@ -181,6 +183,17 @@ class HttpServer(Server):
                 pass
 
 
+def h2_protocol_class(settings: Settings) -> Any:
+    """The protocol serving an HTTP/2 connection: on the h2 library (h2conn.py), or on zttp (h2zttp.py)."""
+    if settings.http2_engine == "zttp":
+        from prun.runtime.http.h2zttp import ZttpProtocol
+
+        return ZttpProtocol
+    from prun.runtime.http.h2conn import H2Protocol
+
+    return H2Protocol
+
+
 class AlpnProtocol(HttpProtocol):
     """A TLS connection that may have chosen HTTP/2 by ALPN: served by h2conn.py if it did, else as HTTP/1.1."""
 
@@ -189,9 +202,7 @@ class AlpnProtocol(HttpProtocol):
     def connection_made(self, transport: Any) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-            from prun.runtime.http.h2conn import H2Protocol
-
-            conn = H2Protocol(self.settings, self.shared, self.loop)
+            conn = self.shared.h2_protocol_cls(self.settings, self.shared, self.loop)
             self.closed = self.closing = True
             self.parser = None
             transport.set_protocol(conn)

@@ -44,7 +44,7 @@ class Settings:
         "root_path", "root_path_bytes", "proxy_headers", "trusted", "access_log", "server_header",
         "drain_idle_window", "backlog", "scheme", "ws_scheme",
         "ws", "ws_refusal", "ws_max_size", "ws_ping_interval", "ws_ping_timeout", "ws_max_queue",
-        "http2", "http2_max_streams",
+        "http2", "http2_max_streams", "http2_engine",
     )  # fmt: skip
 
     def __init__(self, options: WorkerOptions) -> None:
@@ -93,6 +93,11 @@ class Settings:
         if options.http == "2" and not self.http2:
             raise BootError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
         self.http2_max_streams = max(1, options.http2_max_streams)
+        if options.http2_engine not in ("h2", "zttp"):
+            raise BootError(f"unknown --http2-engine {options.http2_engine!r} (choose from h2, zttp)")
+        if self.http2 and options.http2_engine == "zttp" and importlib.util.find_spec("zttp") is None:
+            raise BootError(f"--http2-engine zttp needs the zttp library, which is not installed: {install_hint('zttp')}")
+        self.http2_engine = options.http2_engine
 
 
 class Shared:
@@ -102,7 +107,7 @@ class Shared:
         "app", "exchange_cls", "make_host", "executor", "state", "clock", "date_server", "date_lines",
         "heads", "active", "requests", "request_limit", "on_limit", "draining", "protocols", "on_change",
         "on_empty", "server_header", "going_away", "ws_refused", "release_host", "spare_hosts", "h2_exchange_cls",
-        "h2_logged",
+        "h2_protocol_cls", "h2_logged", "h2_heads",
     )  # fmt: skip
 
     def __init__(self, app: Any, settings: Settings, clock: float) -> None:
@@ -115,12 +120,14 @@ class Shared:
         self.spare_hosts: list[Any] = []  # idle host tasks parked for the next connections (asgi.py)
         self.executor: Any = None
         self.h2_exchange_cls: Any = None  # the Exchange subclass of an HTTP/2 stream (h2exchange.py); None: no HTTP/2
+        self.h2_protocol_cls: Any = None  # the protocol of an HTTP/2 connection (h2conn.py, or h2zttp.py)
         self.state: dict[str, Any] = {}  # the lifespan state, shallow-copied into every request
         self.server_header = settings.server_header
         self.clock = clock
         self.date_server = b""  # "date: ...\r\nserver: prun\r\n", refreshed every second
         self.date_lines = 1
         self.heads: dict[Any, tuple[bytes, int, bool, bool]] = {}  # response heads built this second (exchange.py)
+        self.h2_heads: dict[Any, Any] = {}  # HTTP/2's, this second (h2output.py)
         self.active = 0  # app calls running
         self.requests = 0  # responses written since start
         self.request_limit = 0  # max-requests: on_limit is called once when `requests` reaches it
@@ -151,6 +158,7 @@ class Shared:
         self.date_server = line
         self.date_lines = line.count(b"\n")
         self.heads.clear()
+        self.h2_heads.clear()
 
     def counted(self) -> None:
         """One more response written (server-made errors included)."""
