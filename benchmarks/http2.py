@@ -6,9 +6,9 @@
 
 Scenarios: `pinned-h2c` / `pinned-h2` (one worker, the server's whole tree on CPU 0, h2load on CPU 1; clear
 text with prior knowledge, or TLS with ALPN h2) and `i2-h2c` / `i2-h2` (two workers, nothing pinned).
-h2load opens 16 connections with up to 10 streams each (`-c 16 -m 10`) and makes 3,000 requests on each
-(`-n 48000`), again and again until --seconds have passed, after a first batch as warm-up: the rate is the
-requests over h2load's own times. Batches, not a timed run, because prun on zttp (`prun-zttp`,
+h2load opens 16 connections with up to 10 streams each (`-c 16 -m 10`) and makes up to 3,000 requests on
+each (`-n 48000`; fewer for a slow server, so that about three batches fit), again and again until
+--seconds have passed, after a small batch as warm-up: the rate is the requests over h2load's own times. Batches, not a timed run, because prun on zttp (`prun-zttp`,
 --http2-engine zttp) sends a connection away with GOAWAY after about 3,000 streams (zttp's bound is 4,096)
 and h2load does not open a new connection after a GOAWAY; every server gets the same batches. The servers
 take turns round by round, and every figure is the median of the rounds, with the ratios taken round by
@@ -99,15 +99,16 @@ def h2load_batch(url: str, requests: int, cpu: str | None) -> dict:
 
 
 def h2load(port: int, tls: bool, seconds: float, cpu: str | None, tree: int) -> dict:
-    """Batches of PER_CONNECTION requests on each of 16 connections until `seconds` have passed (after one
-    batch of warm-up): the rate over h2load's times, and the server tree's CPU per request."""
+    """Batches of up to PER_CONNECTION requests on each of 16 connections until `seconds` have passed (after
+    a batch of warm-up): the rate over h2load's times, and the server tree's CPU per request."""
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
-    h2load_batch(url, 16 * PER_CONNECTION, cpu)  # warm-up
+    warm = h2load_batch(url, 16 * 200, cpu)  # warm-up; its rate sizes the batches: about 3 in `seconds`
+    per_connection = int(min(PER_CONNECTION, max(100, warm["succeeded"] / warm["seconds"] * seconds / 16 / 3)))
     cpu_before = machine.tree_cpu_seconds(tree)
     total = {"seconds": 0.0, "succeeded": 0, "failed": 0, "batches": 0}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        batch = h2load_batch(url, 16 * PER_CONNECTION, cpu)
+        batch = h2load_batch(url, 16 * per_connection, cpu)
         for key in ("seconds", "succeeded", "failed"):
             total[key] += batch[key]
         total["batches"] += 1

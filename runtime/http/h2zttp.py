@@ -18,7 +18,7 @@ Where zttp differs from h2, and what prun does about it:
   it is lower (a higher value is capped at 128 by zttp: the streams beyond are refused).
 - zttp sends nothing on a stream after it was reset, but does not refuse it either: H2Protocol never sends
   on a stream it has let go of.
-- Request trailers and PRIORITY frames are read and dropped by zttp (PRIORITY costs no Python).
+- Request trailers, PRIORITY frames and empty DATA frames are read and dropped by zttp (they cost no Python).
 """
 
 from __future__ import annotations
