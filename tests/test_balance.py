@@ -42,6 +42,29 @@ def _listener_fds(pid: int, port: int) -> int:
     return count
 
 
+def _polls_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` has the IPv4 listener on `port` in an epoll set (it accepts on it itself)."""
+    target = f"socket:[{_listener(port)[9]}]"
+    mine, polls = set(), []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link == target:
+            mine.add(fd)
+        elif link == "anon_inode:[eventpoll]":
+            polls.append(fd)
+    for fd in polls:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                if any(line.startswith("tfd:") and line.split()[1] in mine for line in info):
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 def _pid_of(sock: socket.socket) -> int:
     sock.sendall(b"pid\n")
     return int(sock.makefile("rb").readline())
@@ -51,6 +74,10 @@ def test_connections_go_to_the_worker_with_fewest_open(prun):
     master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--balance", "leastconn", "--log-level", "debug")
     port = master.wait_ready()
     master.wait_for(r"balance: master hands off to 2 workers")  # the first worker no longer accepts alone
+    # ... once it has done as told (it accepted alone until then, and a connection it took would not count
+    # for the master until its next report): no worker polls the listener.
+    workers = list(master.workers())
+    wait_until(lambda: not any(_polls_listener(pid, port) for pid in workers), what="the workers to stop accepting")
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
     try:
         owners = [_pid_of(s) for s in held]
