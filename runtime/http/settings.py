@@ -10,6 +10,7 @@ attributes in __slots__, no properties.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -96,7 +97,8 @@ class Settings:
         if options.http2_engine not in ("h2", "zttp"):
             raise BootError(f"unknown --http2-engine {options.http2_engine!r} (choose from h2, zttp)")
         if self.http2 and options.http2_engine == "zttp" and importlib.util.find_spec("zttp") is None:
-            raise BootError(f"--http2-engine zttp needs the zttp library, which is not installed: {install_hint('zttp')}")
+            raise BootError("--http2-engine zttp needs the zttp library, which is not installed: "
+                            + (install_hint("zttp") if sys.version_info >= (3, 11) else "it needs Python 3.11 or later"))
         self.http2_engine = options.http2_engine
 
 
