@@ -174,8 +174,10 @@ def test_fuzzed_frames_never_take_the_worker_down(prun, engine: str) -> None:  #
         assert answered[-1] >= 1, f"the opening request was not answered: {got[:300]!r}"
 
     one_connection()
-    fuzzed = sum(n > 1 for n in answered)  # (a check that the fuzzing reaches the apps, not only the framing)
-    assert fuzzed >= len(answered) // 10, f"only {fuzzed} of {len(answered)} connections got a response to a fuzzed request"
+    # A check that the fuzzing reaches the apps, not only the framing: about 15 in 100 connections get an answer
+    # to a fuzzed request within the moment of quiet converse() waits for (fewer on a loaded machine).
+    fuzzed = sum(n > 1 for n in answered)
+    assert fuzzed >= 3, f"only {fuzzed} of {len(answered)} connections got a response to a fuzzed request"
     assert list(master.workers()) == [pid], "the worker was replaced"
     wait_until(lambda: worker.num_fds() <= baseline, timeout=15, what="the worker's fds back to baseline")
     wire = H2Wire(port)
