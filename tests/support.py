@@ -141,6 +141,14 @@ class Prun:
     def cleanup(self) -> None:
         """Stop the master and every worker it had, whatever state the test left them in."""
         self.workers()
+        if self.proc.poll() is None:
+            # A stop first (an idle master ends in a few ms): processes that exit write their coverage data,
+            # which a SIGKILL loses. One that does not end within a second is killed below.
+            try:
+                os.kill(self.master_pid, signal.SIGTERM)
+                self.proc.wait(1)
+            except (ProcessLookupError, AssertionError, psutil.Error, subprocess.TimeoutExpired):
+                pass
         if self.wrapped and self.proc.poll() is None:
             try:
                 os.kill(self.master_pid, signal.SIGKILL)
