@@ -60,8 +60,7 @@ def exe(name: str) -> str:
 def command(server: str, target: str, port: int, instances: int, cert: Certificate | None) -> list[str]:
     if server in ("prun", "prun-zttp"):
         cmd = [exe("prun"), target, "-b", f"127.0.0.1:{port}", "-i", str(instances), "--http", "2"]
-        if server == "prun-zttp":
-            cmd += ["--http2-engine", "zttp"]
+        cmd += ["--http2-engine", "zttp" if server == "prun-zttp" else "h2"]
         return cmd + (["--certfile", str(cert.cert), "--keyfile", str(cert.key)] if cert else [])
     if server == "granian":
         cmd = [exe("granian"), "--interface", "asgi", "--http", "2", "--workers", str(instances), "--host",

@@ -569,9 +569,9 @@ class Config:
         reload=True)
     http2_max_streams: int = option(parse_int, 100, "HTTP/2: concurrent streams per connection (requests "
         "in progress, the app still running for a reset one included).", metavar="N", worker=True, reload=True)
-    http2_engine: str = option(Choice("h2", "zttp"), "h2", "HTTP/2: the protocol library: h2 (pure Python), or "
-        "zttp (a Zig core, alpha; about 4x the requests per CPU second; pip install 'prun-cluster[zttp]', Python "
-        "3.11+; at most 128 concurrent streams per connection).", worker=True, reload=True)
+    http2_engine: str = option(Choice("auto", "h2", "zttp"), "auto", "HTTP/2: the protocol library: h2 (pure "
+        "Python), zttp (a Zig core, alpha, about 7x the requests per CPU second: pip install 'prun-cluster[zttp]', "
+        "Python 3.11+), or auto: zttp when it is installed, else h2.", worker=True, reload=True)
 
     def worker_options(self, slot: int, generation: int, max_requests: int) -> WorkerOptions:
         """What a worker of this config is told at boot (`max_requests` is already jittered)."""

@@ -73,7 +73,7 @@ class WorkerOptions:
     # HTTP/2 (auto: on if the h2 library imports | 1: HTTP/1.1 only | 2: on, required)
     http: str = "auto"
     http2_max_streams: int = 100
-    http2_engine: str = "h2"  # the HTTP/2 protocol library: h2 | zttp
+    http2_engine: str = "auto"  # the HTTP/2 protocol library: auto (zttp if it imports, else h2) | h2 | zttp
     # listen() is called again on each listener a worker serves: the same backlog as the master's bind
     backlog: int = 2048
     env: dict[str, str] = field(default_factory=dict)

@@ -295,6 +295,36 @@ def test_a_connection_past_zttps_bound_of_streams_moves_on_without_losing_one(pr
     assert load.connections >= 3
 
 
+def first_settings(port: int) -> dict[int, int]:
+    """The settings of the first SETTINGS frame the server sends on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(PREFACE + SettingsFrame(0).serialize())
+        data = b""
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = sock.recv(65536)
+            assert chunk, "closed before its SETTINGS"
+            data += chunk
+    assert data[3] == 0x4, "the server's first frame is not SETTINGS"
+    payload = data[9:9 + int.from_bytes(data[:3], "big")]
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+            for i in range(0, len(payload), 6)}
+
+
+def test_the_auto_engine_is_zttp_when_it_is_installed_else_h2(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Told apart by their first SETTINGS: zttp announces its own 128 concurrent streams (prun's 100 follows in a
+    # second frame), h2 announces prun's 100.
+    master = prun("h2app:app", "-b", "127.0.0.1:0")  # --http2-engine auto
+    port = master.wait_ready()
+    assert first_settings(port)[SettingCodes.MAX_CONCURRENT_STREAMS] == (128 if "zttp" in ENGINES else 100)
+    assert H2Wire(port).get("/").status == 200
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['zttp'] = None\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    master = prun("h2app:app", "-b", "127.0.0.1:0", env=env)
+    port = master.wait_ready()
+    assert first_settings(port)[SettingCodes.MAX_CONCURRENT_STREAMS] == 100
+    assert H2Wire(port).get("/").status == 200
+
+
 def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # The library made unimportable in every process prun starts, as if the prun-cluster[http2] extra were missing.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['h2'] = None\n")

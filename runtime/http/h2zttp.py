@@ -1,4 +1,4 @@
-"""HTTP/2 on zttp (`--http2-engine zttp`): the same connection as h2conn.py, its protocol work in zttp's Zig core.
+"""HTTP/2 on zttp (`--http2-engine zttp`, or `auto` with zttp installed): the same connection as h2conn.py, on zttp.
 
 zttp (pip install 'prun-cluster[zttp]', Python 3.11 and later) parses frames, decodes and encodes HPACK,
 keeps the streams' states and the windows, acknowledges PINGs and SETTINGS, and frames response data, for

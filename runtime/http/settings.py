@@ -94,12 +94,14 @@ class Settings:
         if options.http == "2" and not self.http2:
             raise BootError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
         self.http2_max_streams = max(1, options.http2_max_streams)
-        if options.http2_engine not in ("h2", "zttp"):
-            raise BootError(f"unknown --http2-engine {options.http2_engine!r} (choose from h2, zttp)")
-        if self.http2 and options.http2_engine == "zttp" and importlib.util.find_spec("zttp") is None:
+        engine = options.http2_engine
+        if engine not in ("auto", "h2", "zttp"):
+            raise BootError(f"unknown --http2-engine {engine!r} (choose from auto, h2, zttp)")
+        zttp = importlib.util.find_spec("zttp") is not None
+        if self.http2 and engine == "zttp" and not zttp:
             raise BootError("--http2-engine zttp needs the zttp library, which is not installed: "
                             + (install_hint("zttp") if sys.version_info >= (3, 11) else "it needs Python 3.11 or later"))
-        self.http2_engine = options.http2_engine
+        self.http2_engine = ("zttp" if zttp else "h2") if engine == "auto" else engine  # (auto: zttp if installed)
 
 
 class Shared:
