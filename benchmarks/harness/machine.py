@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from prun.runtime import DISTRIBUTION
+
 ROOT = Path(__file__).resolve().parents[2]
 # 1-minute load average above which a machine is called busy (other work competes for the CPUs the
 # servers and wrk are pinned to). The figures in the README were taken below it.
@@ -102,8 +104,10 @@ def describe() -> dict[str, object]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {
-            **{name: version(name) for name in ("prun", "uvicorn", "gunicorn", "granian", "uvloop", "httptools",
-                                                "fastapi", "starlette", "flask", "werkzeug", "websockets", "wsproto")},
+            "prun": version(DISTRIBUTION),
+            **{name: version(name) for name in ("uvicorn", "gunicorn", "granian", "uvloop", "httptools", "fastapi",
+                                                "starlette", "flask", "werkzeug", "websockets", "wsproto", "h2", "zttp",
+                                                "hypercorn")},
             "wrk": (command_output(["wrk", "-v"], any_status=True, first=True) or "").split(" [")[0] or None,
             "node": command_output(["node", "--version"]),
             "pm2": json.loads(pm2.read_text())["version"] if pm2.exists() else None,
