@@ -49,6 +49,7 @@ SCENARIOS = {
     "i2-h2": {"instances": 2, "pin": False, "tls": True},
 }
 SERVERS = ["prun", "prun-zttp", "granian", "hypercorn"]
+H2LOAD_COUNTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed")
 PER_CONNECTION = 3000  # requests per h2load connection in a batch (below prun-zttp's bound of streams)
 
 
@@ -90,7 +91,7 @@ def h2load_batch(url: str, requests: int, cpu: str | None) -> dict:
         cmd = ["taskset", "-c", cpu, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
     took = re.search(r"finished in ([\d.]+)(m?s),", out)
-    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    done = H2LOAD_COUNTS.search(out)
     if took is None or done is None:
         raise RuntimeError(f"h2load said: {out[-500:]}")
     seconds = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
@@ -194,8 +195,7 @@ def reloads(hups: int) -> dict:
                 time.sleep(1)
                 done = hup(proc.pid, out, hups)
                 text = h2.communicate(timeout=hups * 2 + 60)[0]
-                counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed",
-                                   text)
+                counts = H2LOAD_COUNTS.search(text)
                 results[f"{engine} {balance} {client}"] = {"reloads": done, "h2load": counts.group(0) if counts else text[-300:]}
             print(engine, balance, client, results[f"{engine} {balance} {client}"], flush=True)
         finally:

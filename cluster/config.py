@@ -177,16 +177,11 @@ def validate(config: Config) -> None:
     if config.http == "2" and importlib.util.find_spec("h2") is None:
         raise UsageError(f"--http 2 needs the h2 library, which is not installed: {install_hint('http2')}")
     if config.http != "1" and config.http2_engine == "zttp" and importlib.util.find_spec("zttp") is None:
+        from prun.runtime.tls import zttp_missing
+
         raise UsageError(zttp_missing())
     if config.http2_max_streams < 1:
         raise UsageError("--http2-max-streams must be at least 1")
-
-
-def zttp_missing() -> str:
-    """Why --http2-engine zttp cannot be served here, in one line."""
-    if sys.version_info < (3, 11):
-        return "--http2-engine zttp needs Python 3.11 or later (zttp has no build for this Python): use h2"
-    return f"--http2-engine zttp needs the zttp library, which is not installed: {install_hint('zttp')}"
 
 
 def check_tls(config: Config) -> None:

@@ -20,6 +20,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 
+from prun.runtime import install_hint
 from prun.runtime.options import WorkerOptions
 
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -114,6 +115,13 @@ def server_context(options: WorkerOptions) -> ssl.SSLContext | None:
 def http2_on(options: WorkerOptions) -> bool:
     """Whether the options ask for HTTP/2 and the h2 library is there to serve it (the prun-cluster[http2] extra)."""
     return options.http != "1" and importlib.util.find_spec("h2") is not None
+
+
+def zttp_missing() -> str:
+    """Why --http2-engine zttp cannot be served here (zttp does not import), in one line."""
+    if sys.version_info < (3, 11):
+        return "--http2-engine zttp needs Python 3.11 or later (zttp has no build for this Python): use h2"
+    return f"--http2-engine zttp needs the zttp library, which is not installed: {install_hint('zttp')}"
 
 
 def _protocols(context: ssl.SSLContext, options: WorkerOptions) -> None:

@@ -54,7 +54,7 @@ from prun.runtime.http.exchange import write_stalled
 from prun.runtime.http.h2output import StreamOutput
 from prun.runtime.http.h2scope import request_scope
 from prun.runtime.http.logs import log_line
-from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared, addresses
+from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared, addresses, wake_all
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PREFACE_END = b"SM\r\n\r\n"
@@ -92,6 +92,8 @@ def take_over(proto: Any, data: bytes | memoryview) -> bool:
 
 class H2Protocol(StreamOutput, asyncio.Protocol):
     """Serves the streams of one HTTP/2 connection (what it sends on them: h2output.py)."""
+
+    frame_errors: tuple[type[Exception], ...] = (ProtocolError,)  # what the library raises for a connection error
 
     def __init__(self, settings: Settings, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
@@ -171,10 +173,8 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
             return
         self.closed = self.closing = True
         self.abandon_streams()
-        for waiter in self.drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.drain_waiters.clear()
+        waiters, self.drain_waiters = self.drain_waiters, []
+        wake_all(waiters)
         if self.host is not None and not self.host_busy:
             self.shared.release_host(self)
         self.shared.closed(self)
@@ -193,9 +193,7 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         if not self.closed:
             self.transport.resume_reading()
         waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
         for ex in list(self.streams.values()):
             if not ex.out:
                 ex.wake_writers()
@@ -211,22 +209,25 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
                 return
         self.batching = True
         try:
-            events = self.conn.receive_data(data)
-        except ProtocolError as exc:
+            self.read_frames(data)
+        except self.frame_errors as exc:
             self.batching = False
             self.fail(f"HTTP/2 protocol error: {exc}")
             return
-        handlers = _HANDLERS
-        try:
-            for event in events:
-                handler = handlers.get(type(event))
-                if handler is not None:
-                    handler(self, event)
-                if self.closing and self.lingering:
-                    break
         finally:
             self.batching = False
         self.flush()
+
+    def read_frames(self, data: bytes | memoryview) -> None:
+        """The library reads the frames in `data`; each event it makes goes to its handler (h2's here;
+        h2zttp.py reads zttp's)."""
+        handlers = _HANDLERS
+        for event in self.conn.receive_data(data):
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            if self.closing and self.lingering:
+                break
 
     def skip_preface(self, data: bytes) -> bytes:
         """Taken over from HTTP/1.1: feed h2 the preface, then the bytes after the client's."""

@@ -16,7 +16,7 @@ from h2.errors import ErrorCodes
 
 from prun.runtime.http.asgi import AsgiExchange
 from prun.runtime.http.logs import log_app_error
-from prun.runtime.http.settings import HIGH_WATER
+from prun.runtime.http.settings import HIGH_WATER, wake_all
 from prun.runtime.http.wsgi import WsgiExchange, WsgiInput
 
 # The state an exchange keeps for its stream (declared by each concrete class: two bases with slots
@@ -54,9 +54,7 @@ class H2Stream:
 
     def wake_writers(self: Any) -> None:
         waiters, self.out_waiters = self.out_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
 
     async def writable(self) -> None:
         """Wait until this stream's data has gone out and the connection takes more (or the stream is gone)."""

@@ -148,58 +148,45 @@ class ZttpProtocol(H2Protocol):
         else:
             self.conn.respond(sid, status, rest, end)
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        if self.closed or self.lingering:
-            return
-        if self.preface_left:
-            data = self.skip_preface(bytes(data))
-            if not data:
-                return
+    frame_errors = (zttp.ProtocolError,)
+
+    def read_frames(self, data: bytes | memoryview) -> None:
         conn = self.conn
         z = conn.z
-        self.batching = True
-        try:
-            z.receive_data(data)
-            while True:
-                event = z.next_event()
-                kind = type(event)
-                if kind is _Request:
-                    sid = event.stream_id
-                    conn.highest_inbound_stream_id = sid
-                    self.on_request(sid, event.headers, event.end_stream, event.method, event.target)
-                    if sid > RETIRE_IDLE_ID:
-                        self.retire(sid)
-                elif kind is _Data:
-                    body = event.data
-                    self.on_data(event.stream_id, body, len(body), False)
-                elif kind is _End:
-                    self.on_end(event.stream_id)
-                elif kind is _NeedData:
-                    break
-                elif kind is _Window:
-                    self.on_window(event.stream_id)
-                elif kind is _Reset:
-                    self.on_reset(event.stream_id)
-                elif kind is _Ping:
-                    if event.ack:
-                        self.on_ping_ack(event.data)
-                    else:
-                        self.count_control()
-                elif kind is _Settings:
-                    self.on_settings(any(key == _WINDOW for key, _ in event.params))
-                elif kind is _GoAway:
-                    self.on_terminated()
-                elif kind is _Closed:
-                    break
-                if self.closing and self.lingering:
-                    break
-        except zttp.ProtocolError as exc:
-            self.batching = False
-            self.fail(f"HTTP/2 protocol error: {exc}")
-            return
-        finally:
-            self.batching = False
-        self.flush()
+        z.receive_data(data)
+        while True:
+            event = z.next_event()
+            kind = type(event)
+            if kind is _Request:
+                sid = event.stream_id
+                conn.highest_inbound_stream_id = sid
+                self.on_request(sid, event.headers, event.end_stream, event.method, event.target)
+                if sid > RETIRE_IDLE_ID:
+                    self.retire(sid)
+            elif kind is _Data:
+                body = event.data
+                self.on_data(event.stream_id, body, len(body), False)
+            elif kind is _End:
+                self.on_end(event.stream_id)
+            elif kind is _NeedData:
+                break
+            elif kind is _Window:
+                self.on_window(event.stream_id)
+            elif kind is _Reset:
+                self.on_reset(event.stream_id)
+            elif kind is _Ping:
+                if event.ack:
+                    self.on_ping_ack(event.data)
+                else:
+                    self.count_control()
+            elif kind is _Settings:
+                self.on_settings(any(key == _WINDOW for key, _ in event.params))
+            elif kind is _GoAway:
+                self.on_terminated()
+            elif kind is _Closed:
+                break
+            if self.closing and self.lingering:
+                break
 
     def retire(self, sid: int) -> None:
         """Near zttp's bound of streams per connection: GOAWAY as a drain sends it; the client opens a new one."""

@@ -31,6 +31,7 @@ from prun.runtime.http.settings import (
     Settings,
     Shared,
     addresses,
+    wake_all,
 )
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
@@ -128,10 +129,8 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(item, Exchange):
                 item.disconnect()
         self.queue.clear()
-        for waiter in self.drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.drain_waiters.clear()
+        waiters, self.drain_waiters = self.drain_waiters, []
+        wake_all(waiters)
         if self.host is not None and not self.host_busy:
             self.shared.release_host(self)
         # The parser holds this protocol's bound methods, and so the two would live on as a cycle
@@ -153,9 +152,7 @@ class HttpProtocol(asyncio.Protocol):
             self.next_on_resume = False
             self.loop.call_soon(self.next_request)
         waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
 
     # -- parsing (httptools callbacks) --------------------------------------------------------------
 

@@ -10,7 +10,6 @@ attributes in __slots__, no properties.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -21,7 +20,7 @@ from prun.runtime.http.logs import AccessLog
 from prun.runtime.http.proxy import TrustedProxies
 from prun.runtime.options import WorkerOptions
 from prun.runtime.server import BootError
-from prun.runtime.tls import http2_on
+from prun.runtime.tls import http2_on, zttp_missing
 
 # Reading pauses while this much request body waits for the app, and resumes below LOW_WATER.
 HIGH_WATER = 64 * 1024
@@ -99,8 +98,7 @@ class Settings:
             raise BootError(f"unknown --http2-engine {engine!r} (choose from auto, h2, zttp)")
         zttp = importlib.util.find_spec("zttp") is not None
         if self.http2 and engine == "zttp" and not zttp:
-            raise BootError("--http2-engine zttp needs the zttp library, which is not installed: "
-                            + (install_hint("zttp") if sys.version_info >= (3, 11) else "it needs Python 3.11 or later"))
+            raise BootError(zttp_missing())
         self.http2_engine = ("zttp" if zttp else "h2") if engine == "auto" else engine  # (auto: zttp if installed)
 
 
@@ -179,6 +177,13 @@ class Shared:
         self.on_change()
         if not self.protocols:
             self.on_empty()
+
+
+def wake_all(waiters: list[Any]) -> None:
+    """Resolve every future in `waiters` not done yet (writers waiting for the client to read on)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 def addresses(transport: Any) -> tuple[tuple[str, int] | None, Any]:

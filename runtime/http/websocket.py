@@ -27,7 +27,7 @@ from websockets.http11 import Response
 
 from prun.runtime.http.exchange import status_line, write_stalled
 from prun.runtime.http.logs import log_app_error, log_line
-from prun.runtime.http.settings import Settings, Shared
+from prun.runtime.http.settings import Settings, Shared, wake_all
 from prun.runtime.http.wsframes import (
     BINARY,
     CLOSE,
@@ -343,9 +343,7 @@ class WebSocket(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
         if self.read_paused and not self.closed:
             self.loop.call_soon(self.read_on)  # (not from inside the transport's write)
 
