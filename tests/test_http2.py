@@ -68,6 +68,19 @@ def test_prior_knowledge_and_http11_on_one_port(prun, engine: str) -> None:  # t
     assert "101" not in verbose.stderr
 
 
+def test_a_preface_split_anywhere_is_read_whole(prun, engine: str) -> None:  # type: ignore[no-untyped-def]
+    master, port = start(prun, engine)
+    for cut in range(1, len(PREFACE) + 1):  # the preface and SETTINGS in two sends, cut after each preface byte
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wire = H2Wire(port, sock=sock, preface=False)
+            wire.conn.initiate_connection()
+            opening = wire.conn.data_to_send()
+            sock.sendall(opening[:cut])
+            sock.sendall(opening[cut:])
+            assert wire.get(f"/cut{cut}").status == 200, cut
+
+
 def test_tls_alpn_h2_and_http11(prun, tmp_path: Path, engine: str) -> None:  # type: ignore[no-untyped-def]
     from tests.test_tls import Pki
 

@@ -57,7 +57,6 @@ from prun.runtime.http.logs import log_line
 from prun.runtime.http.settings import HIGH_WATER, LINGER_SECONDS, LOW_WATER, Settings, Shared, addresses, wake_all
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-PREFACE_END = b"SM\r\n\r\n"
 # The window each stream starts with, and the connection's (all streams at once may fill theirs).
 STREAM_WINDOW = HIGH_WATER
 MAX_STREAM_ID = 2**31 - 1
@@ -70,7 +69,7 @@ GOAWAY_PING = b"prun-bye"  # the PING sent with the first GOAWAY of a drain
 def take_over(proto: Any, data: bytes | memoryview) -> bool:
     """Serve `proto`'s connection (an HttpProtocol that read the HTTP/2 preface) as HTTP/2 from now on.
 
-    `data` is the read that completed the preface's first line: the frames begin after PREFACE_END.
+    `data` is the read on which HTTP/1.1's parser stopped: the rest of the preface, then frames (skip_preface).
     """
     if proto.current is not None or proto.queue or proto.parsing is not None:
         return False  # the preface after an HTTP/1.1 request: not HTTP/2 with prior knowledge
@@ -117,6 +116,7 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
         self.closed = False
         self.lingering = False
         self.preface_left = False  # taken over from HTTP/1.1: the preface's end is still to be skipped
+        self.preface_read = b""  # ... and what was read of it so far
         self.queue: tuple[()] = ()  # (what exchange.py's Connection reads: HTTP/2 has no pipeline)
         self.head_since = 0.0  # (set by the WSGI adapter while it waits for a small body; not a clock here)
         self.idle_since = shared.clock
@@ -230,14 +230,25 @@ class H2Protocol(StreamOutput, asyncio.Protocol):
                 break
 
     def skip_preface(self, data: bytes) -> bytes:
-        """Taken over from HTTP/1.1: feed h2 the preface, then the bytes after the client's."""
-        end = data.find(PREFACE_END)
-        if end < 0:
-            if len(data) > len(PREFACE):
-                self.fail("HTTP/2 preface malformed")
-            return b""  # (split within its last bytes: those come with the next read)
-        self.preface_left = False
-        return PREFACE + data[end + len(PREFACE_END) :]
+        """Taken over from HTTP/1.1: the library is given the whole preface, then the bytes after the client's.
+
+        HTTP/1.1's parser stops on the preface at a point of its own (after its first line and blank line, or
+        after `SM`...), so an earlier read may have held part of it: this read begins with the rest of the
+        preface (the shortest rest that fits: the frames after it begin with a 0 byte, which the preface has
+        none of), or is all preface, kept until the next read completes it.
+        """
+        data = self.preface_read + data
+        for k in range(len(PREFACE) + 1):  # k: how much of the preface came in earlier reads
+            rest = PREFACE[k:]
+            if data.startswith(rest):
+                self.preface_left = False
+                self.preface_read = b""
+                return PREFACE + data[len(rest) :]
+            if rest.startswith(data):
+                self.preface_read = data  # (cut within the preface: its rest comes with the next read)
+                return b""
+        self.fail("HTTP/2 preface malformed")
+        return b""
 
     def on_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool, method: bytes = b"",
                    path: bytes = b"") -> None:
