@@ -1,6 +1,7 @@
 """Fuzzed HTTP/2 connections against a real prun worker, on each engine: random sequences of frames, well
 formed and not (requests, bodies, resets, window updates, settings, pings, CONTINUATIONs, frames of any type
-with any flags, lengths and stream ids), each on a connection of its own. Whatever a connection gets (answers,
+with any flags, lengths and stream ids), each on a connection of its own and sent in random pieces (the
+connection preface included). Whatever a connection gets (answers,
 resets, GOAWAY, a close), the worker is never replaced, gives back every fd, and answers the next client.
 """
 
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.h2_wire import PREFACE, H2Wire
+from tests.http_wire import split
 from tests.support import wait_until
 
 ENGINES = ["h2", "zttp"] if importlib.util.find_spec("zttp") is not None else ["h2"]
@@ -131,15 +133,19 @@ def read_until(sock: socket.socket, done: Any, quiet: float, limit: float) -> by
     return got
 
 
-def converse(port: int, opening: list[tuple], ops: list[tuple]) -> bytes:
+def converse(port: int, opening: list[tuple], ops: list[tuple], cuts: list[int]) -> bytes:
     """On a new connection: the opening requests, read up to the first response; then the fuzzed frames (with
-    the same HPACK state), read until the server closes the connection or is quiet for a moment."""
+    the same HPACK state), read until the server closes the connection or is quiet for a moment. Both are
+    sent in pieces cut at `cuts` (one send each): the reads a server could see."""
     encoder = Encoder()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(encode(opening, encoder, preface=True))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in split(encode(opening, encoder, preface=True), cuts):
+            sock.sendall(piece)
         got = read_until(sock, lambda got: any(got[i + 3] == 1 for i in frame_offsets(got)), 2.0, 5.0)
         try:
-            sock.sendall(encode(ops, encoder))
+            for piece in split(encode(ops, encoder), cuts):
+                sock.sendall(piece)
         except (ConnectionResetError, BrokenPipeError):
             return got
         return got + read_until(sock, lambda got: False, 0.1, 2.0)
@@ -167,9 +173,9 @@ def test_fuzzed_frames_never_take_the_worker_down(prun, engine: str) -> None:  #
 
     @settings(max_examples=100, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(conversations() | st.lists(operations(), min_size=1, max_size=12))
-    def one_connection(ops: list[tuple]) -> None:
-        got = converse(port, OPENING, ops)
+    @given(conversations() | st.lists(operations(), min_size=1, max_size=12), st.lists(st.integers(0, 5000), max_size=5))
+    def one_connection(ops: list[tuple], cuts: list[int]) -> None:
+        got = converse(port, OPENING, ops, cuts)
         answered.append(sum(got[i + 3] == 1 for i in frame_offsets(got)))  # HEADERS frames: responses
         assert answered[-1] >= 1, f"the opening request was not answered: {got[:300]!r}"
 
