@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import selectors
 import signal
 import socket
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -63,6 +65,12 @@ def _polls_listener(pid: int, port: int) -> bool:
         except OSError:
             pass
     return False
+
+
+def _open_connections(health: int) -> list[int]:
+    """What the master counts open on each worker (from their heartbeats), as its /status shows."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{health}/status", timeout=5) as reply:
+        return [w["connections"] for w in json.loads(reply.read())["workers"]]
 
 
 def _pid_of(sock: socket.socket) -> int:
@@ -362,8 +370,10 @@ def test_scaling_from_one_worker_to_two_and_back_switches_who_accepts_and_loses_
 def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_ones_handed_off_again(prun):
     # Past about a thousand new connections a second, a hand-off costs more than it balances: the workers
     # accept on the listeners themselves, as in shared mode, until the rate falls again.
-    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-level", "debug", "--balance", "leastconn")
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--log-level", "debug", "--balance", "leastconn",
+                  "--health", "127.0.0.1:0")
     port = master.wait_ready()
+    health = int(master.wait_for(r"health endpoint on http://\S+:(\d+)/").group(1))
     master.wait_for(r"balance: master hands off to 2 workers")
     workers = set(wait_until(lambda: len(master.workers()) == 2 and master.workers()))
     mark = master.mark()
@@ -374,6 +384,10 @@ def test_fast_new_connections_are_accepted_by_the_workers_themselves_and_slow_on
         load.wait_requests(200)
     master.wait_for(r"balance: master hands off to 2 workers", start=mark, timeout=10)  # the load is over
     assert load.failed == 0, load.errors[:5]
+    # The workers have stopped accepting, and the master has heard from each that the load's connections
+    # are closed (their heartbeats): otherwise its count of what each one holds is not yet theirs.
+    wait_until(lambda: not any(_polls_listener(pid, port) for pid in workers), what="the workers to stop accepting")
+    wait_until(lambda: _open_connections(health) == [0, 0], timeout=10, what="both workers reporting none open")
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
     try:  # handed off again: each new connection to the worker with the fewest
         owners = [_pid_of(s) for s in held]

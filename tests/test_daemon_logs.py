@@ -174,11 +174,13 @@ def test_a_full_disk_drops_lines_counts_them_and_never_stops_serving(home: Home)
         get(port, "/say?back")
         wait_until(lambda: "said back" in open(out).read(), what="writing resumed")
         text = open(out).read()
-        dropped = re.search(r"prun: warning: (\d+) log lines were dropped", text)
-        assert dropped and int(dropped.group(1)) >= 1
+        # The disk may take a smaller batch after refusing a larger one (the half-written batch was cut off,
+        # which frees the end of the file's last page): then lines are dropped again, and counted again.
+        dropped = [int(n) for n in re.findall(r"prun: warning: (\d+) log lines were dropped", text)]
+        assert dropped and min(dropped) >= 1
         kept = len(re.findall(r"said full\d+", text))
-        assert kept + int(dropped.group(1)) == sent  # every line either written whole or counted
-        assert open(log).read().count("dropping log lines") == 1
+        assert kept + sum(dropped) == sent  # every line either written whole or counted
+        assert open(log).read().count("dropping log lines") == len(dropped)  # one warning for each time
         assert all(line.startswith(("said ", "prun: ", "greeter ")) for line in text.splitlines()), text[-500:]
     finally:
         home.cleanup()
