@@ -200,8 +200,9 @@ class Worker:
         return server
 
     def warn(self, message: str) -> None:
-        """A warning about the app, printed by the first worker of each generation only (not once per worker)."""
-        if self.options.slot == 0:
+        """A warning about the app, printed by the first worker of each generation only (not once per worker),
+        and not under --log-level error."""
+        if self.options.slot == 0 and self.options.log_level != "error":
             print(f"prun: warning: {message}", file=sys.stderr, flush=True)
 
     def boot_failed(self, message: str, cause: BaseException | None) -> None:
@@ -328,7 +329,8 @@ def main() -> None:
     try:
         import setproctitle
 
-        setproctitle.setproctitle(f"prun worker {options.slot} {options.app} gen {options.generation}")
+        title = f"prun worker {options.slot} {options.name or options.app} gen {options.generation}"
+        setproctitle.setproctitle(title)  # --name, as PM2 and `prun ls` call the app
     except ImportError:
         pass
     faulthandler.enable()  # SIGABRT from the master's heartbeat watchdog prints the stuck stack

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import signal
 
-from tests.support import echo
+import psutil
+
+from tests.support import echo, wait_until
 from tests.test_bad_input import _error_lines
 
 FACTORIES = '''
@@ -52,6 +55,13 @@ def _get(port: int) -> tuple[int, bytes]:
         conn.close()
 
 
+def _answers(port: int) -> tuple[int, bytes] | None:
+    try:
+        return _get(port)
+    except OSError:
+        return None
+
+
 def test_an_app_factory_without_factory_flag_is_called_with_one_warning(prun, tmp_path):
     (tmp_path / "factories.py").write_text(FACTORIES)
     master = prun("factories:create_app", "-i", "2", "-b", "127.0.0.1:0", cwd=tmp_path)
@@ -60,6 +70,18 @@ def test_an_app_factory_without_factory_flag_is_called_with_one_warning(prun, tm
     warnings = [line for line in master.output.splitlines() if "warning" in line]
     assert warnings == ["prun: warning: 'factories:create_app' is an app factory: prun called it to get the app "
                         "(pass --factory to say so)"]
+
+
+def test_the_factory_warning_is_quiet_under_log_level_error(prun, tmp_path):
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    master = prun("factories:create_app", "-b", "127.0.0.1:0", "--log-level", "error", cwd=tmp_path)
+    # nothing says where it listens at this level: the master's listening socket does
+    port = wait_until(lambda: next((c.laddr.port for c in psutil.Process(master.master_pid).net_connections("tcp")
+                                    if c.status == psutil.CONN_LISTEN), None), what="a listener")
+    assert wait_until(lambda: _answers(port), what="an answer") == (200, b"factory")
+    master.signal(signal.SIGTERM)
+    assert master.wait_exit() == 0
+    assert master.output == ""  # not the factory warning either
 
 
 def test_an_app_factory_with_factory_flag_has_no_warning(prun, tmp_path):

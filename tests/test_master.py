@@ -27,6 +27,13 @@ def test_instances_max_starts_one_worker_per_cpu_with_titled_slots(prun):
     assert " ".join(psutil.Process(master.pid).cmdline()).strip().startswith("prun master tcp:handle")
 
 
+def test_worker_titles_name_the_app_by_its_name(prun):
+    master = prun("tcp:handle", "-i", "2", "-b", "127.0.0.1:0", "--name", "echo-api")
+    master.wait_ready()
+    workers = wait_until(lambda: len(master.workers()) == 2 and master.workers(), what="workers")
+    assert sorted(workers.values()) == ["prun worker 0 echo-api gen 1", "prun worker 1 echo-api gen 1"]
+
+
 def test_instances_minus_one_starts_one_fewer(prun):
     master = prun("tcp:handle", "-i", "-1", "-b", "127.0.0.1:0")
     master.wait_ready()
