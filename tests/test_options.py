@@ -270,3 +270,15 @@ def test_an_app_file_takes_the_same_aliases_and_suggests_too(tmp_path):
     apps.write_text('[[apps]]\ntarget = "m:a"\nworker = 3\n')
     with pytest.raises(UsageError, match=r"unknown key 'worker' \(did you mean workers\?\)"):
         ecosystem.read(str(apps))
+
+
+def test_a_mistyped_prun_variable_is_warned_with_the_one_meant_and_the_others_are_left_alone(prun):
+    master = prun("tcp:handle", "-b", "127.0.0.1:0", env={"PRUN_INSTANSES": "2", "PRUN_WORKERS": "2",
+                                                          "PRUN_MY_APP_SETTING": "x", "PRUN_TIMEOUT": "30"})
+    master.wait_ready()
+    warnings = [line for line in master.output.splitlines() if "warning" in line]
+    assert warnings == [
+        "prun: warning: PRUN_INSTANSES is not one of prun's variables, and is ignored (did you mean PRUN_INSTANCES?)",
+        "prun: warning: PRUN_WORKERS is not one of prun's variables, and is ignored (did you mean PRUN_INSTANCES?)",
+    ]
+    assert len(master.workers()) == 1  # what the typo meant was not taken
