@@ -361,17 +361,20 @@ def test_without_the_h2_library(prun, tmp_path: Path) -> None:  # type: ignore[n
             "pip install 'prun-cluster[zttp]'"]
 
 
-FRAMEWORKS = [  # (tests/apps/h2frameworks.py): every one on h2, three of them on zttp too
-    ("h2frameworks:fastapi_app", "asgi", "h2"),
-    ("h2frameworks:starlette_app", "asgi", "h2"),
-    ("h2frameworks:quart_app", "asgi", "h2"),
-    ("h2frameworks:litestar_app", "asgi", "h2"),
-    ("h2frameworks:flask_app", "wsgi", "h2"),
-    ("h2frameworks:django_asgi", "asgi", "h2"),
-    ("h2frameworks:django_wsgi", "wsgi", "h2"),
-    *[(target, interface, "zttp") for target, interface in (("h2frameworks:fastapi_app", "asgi"),
-                                                            ("h2frameworks:flask_app", "wsgi"),
-                                                            ("h2frameworks:django_asgi", "asgi")) if "zttp" in ENGINES],
+FRAMEWORKS = [  # (tests/apps/frameworks.py): every one on h2, three of them on zttp too
+    ("frameworks:fastapi_app", "asgi", "h2"),
+    ("frameworks:starlette_app", "asgi", "h2"),
+    ("frameworks:quart_app", "asgi", "h2"),
+    ("frameworks:litestar_app", "asgi", "h2"),
+    ("frameworks:flask_app", "wsgi", "h2"),
+    ("frameworks:django_asgi", "asgi", "h2"),
+    ("frameworks:django_wsgi", "wsgi", "h2"),
+    ("frameworks:sanic_app", "asgi", "h2"),
+    ("frameworks:falcon_asgi", "asgi", "h2"),
+    ("frameworks:falcon_wsgi", "wsgi", "h2"),
+    *[(target, interface, "zttp") for target, interface in (("frameworks:fastapi_app", "asgi"),
+                                                            ("frameworks:flask_app", "wsgi"),
+                                                            ("frameworks:django_asgi", "asgi")) if "zttp" in ENGINES],
 ]
 
 
@@ -379,7 +382,7 @@ FRAMEWORKS = [  # (tests/apps/h2frameworks.py): every one on h2, three of them o
                          ids=[f"{t.split(':')[1]}-{e}" for t, _, e in FRAMEWORKS])
 def test_frameworks_answer_the_same_over_http11_and_http2(prun, target: str, interface: str, engine: str) -> None:  # type: ignore[no-untyped-def]
     master = prun(target, "-b", "127.0.0.1:0", "--interface", interface, "--http2-engine", engine,
-                  env={"DJANGO_SETTINGS_MODULE": "h2frameworks"})
+                  env={"DJANGO_SETTINGS_MODULE": "frameworks"})
     port = master.wait_ready()
     url = f"http://127.0.0.1:{port}/items/7?q=x"
     h1 = httpx.get(url, headers={"x-token": "t"})
