@@ -111,20 +111,19 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
 
 # prun's variables that are no option's: the daemon's home, and what a master tells its workers
 OTHER_VARIABLES = frozenset({"PRUN_HOME", "PRUN_WORKER", "PRUN_MASTER_PID", "PRUN_CHANNEL_FD", "PRUN_APP_TOKEN",
-                             "PRUN_APP_NAME", "PRUN_INSTANCE"})
+                             "PRUN_APP_NAME", BY_NAME["instance_var"].default})
 
 
 def mistyped_variables(environ: Mapping[str, str]) -> list[str]:
     """A warning for each PRUN_ variable that is no option's but looks like one's, or spells an alias
     (PRUN_WORKERS): otherwise the setting it was meant for is silently not made. Others are left alone."""
     known = {option.env for option in OPTIONS}
-    aliases = {"PRUN_" + alias[2:].replace("-", "_").upper(): option.env
-               for option in OPTIONS for alias in option.aliases if alias.startswith("--")}
     notes = []
     for name in sorted(environ):
         if not name.startswith("PRUN_") or name in known or name in OTHER_VARIABLES:
             continue
-        hint = f" (did you mean {aliases[name]}?)" if name in aliases else nearest(name, known, cutoff=0.8)
+        meant = from_file_key(name[5:].lower())  # an alias's spelling, as a config file takes it (workers)
+        hint = f" (did you mean {meant.env}?)" if meant else nearest(name, known, cutoff=0.8)
         if hint:
             notes.append(f"{name} is not one of prun's variables, and is ignored{hint}")
     return notes
